@@ -1,0 +1,16 @@
+//! vitnas: transformer architecture search with weight-sharing supernets.
+//!
+//! Data flows one way: [`space`] (search spaces, architectures, cost) →
+//! [`supernet`] (elastic layers, weight entanglement) → [`models`] (static
+//! subnets). See the repository README for the commands.
+
+pub mod error;
+pub mod init;
+pub mod models;
+pub mod ops;
+pub mod space;
+pub mod supernet;
+
+pub use error::{Error, Result};
+pub use space::{Arch, Space};
+pub use supernet::Supernet;

@@ -1,0 +1,177 @@
+//! A static ViT with per-layer heads and MLP widths: the form an extracted or
+//! exported subnet takes. Tensor names follow Hugging Face
+//! `ViTForImageClassification`.
+
+use super::layers::{LayerNorm, Linear};
+use crate::ops;
+use crate::space::{Arch, Space};
+use candle_core::{IndexOp, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+/// Shapes of a static ViT. Per-layer lists allow non-uniform subnets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VitConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    pub num_labels: usize,
+    pub hidden_size: usize,
+    pub head_dim: usize,
+    pub num_heads: Vec<usize>,
+    pub intermediate_sizes: Vec<usize>,
+    pub layer_norm_eps: f64,
+}
+
+impl VitConfig {
+    pub fn from_arch(space: &Space, arch: &Arch) -> Self {
+        Self {
+            image_size: space.input.image_size,
+            patch_size: space.input.patch_size,
+            num_channels: space.input.channels,
+            num_labels: space.input.num_classes,
+            hidden_size: arch.embed_dim,
+            head_dim: space.supernet.head_dim,
+            num_heads: arch.num_heads.clone(),
+            intermediate_sizes: (0..arch.depth).map(|l| arch.mlp_width(l)).collect(),
+            layer_norm_eps: space.supernet.layer_norm_eps,
+        }
+    }
+
+    pub fn seq_len(&self) -> usize {
+        let g = self.image_size / self.patch_size;
+        g * g + 1
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VitLayer {
+    pub layernorm_before: LayerNorm,
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub attention_output: Linear,
+    pub layernorm_after: LayerNorm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub num_heads: usize,
+    pub head_dim: usize,
+}
+
+impl VitLayer {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.layernorm_before.forward(x)?;
+        let ctx = ops::attention(
+            &self.query.forward(&h)?,
+            &self.key.forward(&h)?,
+            &self.value.forward(&h)?,
+            self.num_heads,
+            self.head_dim,
+        )?;
+        let x = (x + self.attention_output.forward(&ctx)?)?;
+        let h = self.layernorm_after.forward(&x)?;
+        let h = self.output.forward(&ops::gelu(&self.intermediate.forward(&h)?)?)?;
+        x + h
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Vit {
+    pub config: VitConfig,
+    pub cls_token: Tensor,
+    pub position_embeddings: Tensor,
+    /// Convolution layout `[hidden, channels, patch, patch]`, as HF stores it.
+    pub patch_weight: Tensor,
+    pub patch_bias: Tensor,
+    pub layers: Vec<VitLayer>,
+    pub layernorm: LayerNorm,
+    pub classifier: Linear,
+}
+
+impl Vit {
+    /// Loads a static ViT from tensors with Hugging Face names.
+    pub fn load(config: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        let c = config;
+        let e = c.hidden_size;
+        let emb = vb.pp("vit").pp("embeddings");
+        let proj = emb.pp("patch_embeddings").pp("projection");
+        let enc = vb.pp("vit").pp("encoder").pp("layer");
+        let mut layers = Vec::with_capacity(c.num_heads.len());
+        for (i, (&h, &m)) in c.num_heads.iter().zip(&c.intermediate_sizes).enumerate() {
+            let lb = enc.pp(i);
+            let q = h * c.head_dim;
+            let att = lb.pp("attention");
+            layers.push(VitLayer {
+                layernorm_before: LayerNorm::load(e, c.layer_norm_eps, lb.pp("layernorm_before"))?,
+                query: Linear::load(e, q, att.pp("attention").pp("query"))?,
+                key: Linear::load(e, q, att.pp("attention").pp("key"))?,
+                value: Linear::load(e, q, att.pp("attention").pp("value"))?,
+                attention_output: Linear::load(q, e, att.pp("output").pp("dense"))?,
+                layernorm_after: LayerNorm::load(e, c.layer_norm_eps, lb.pp("layernorm_after"))?,
+                intermediate: Linear::load(e, m, lb.pp("intermediate").pp("dense"))?,
+                output: Linear::load(m, e, lb.pp("output").pp("dense"))?,
+                num_heads: h,
+                head_dim: c.head_dim,
+            });
+        }
+        Ok(Self {
+            config: config.clone(),
+            cls_token: emb.get((1, 1, e), "cls_token")?,
+            position_embeddings: emb.get((1, c.seq_len(), e), "position_embeddings")?,
+            patch_weight: proj.get((e, c.num_channels, c.patch_size, c.patch_size), "weight")?,
+            patch_bias: proj.get(e, "bias")?,
+            layers,
+            layernorm: LayerNorm::load(e, c.layer_norm_eps, vb.pp("vit").pp("layernorm"))?,
+            classifier: Linear::load(e, c.num_labels, vb.pp("classifier"))?,
+        })
+    }
+
+    /// Token states after the embeddings (`[B, T, hidden]`).
+    pub fn embed(&self, images: &Tensor) -> Result<Tensor> {
+        let e = self.config.hidden_size;
+        let patches = ops::patchify(images, self.config.patch_size)?;
+        let w = self.patch_weight.reshape((e, ()))?;
+        let x = ops::linear(&patches, &w, Some(&self.patch_bias))?;
+        let b = x.dim(0)?;
+        let cls = self.cls_token.broadcast_as((b, 1, e))?;
+        Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embeddings)
+    }
+
+    /// Logits `[B, num_labels]` for images `[B, C, H, W]`.
+    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        let mut x = self.embed(images)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        let cls = self.layernorm.forward(&x.i((.., 0))?)?;
+        self.classifier.forward(&cls)
+    }
+
+    /// Every tensor with its Hugging Face name, in a stable order.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![
+            ("vit.embeddings.cls_token".to_string(), self.cls_token.clone()),
+            ("vit.embeddings.position_embeddings".to_string(), self.position_embeddings.clone()),
+            ("vit.embeddings.patch_embeddings.projection.weight".to_string(), self.patch_weight.clone()),
+            ("vit.embeddings.patch_embeddings.projection.bias".to_string(), self.patch_bias.clone()),
+        ];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("vit.encoder.layer.{i}");
+            l.layernorm_before.push_tensors(&format!("{p}.layernorm_before"), &mut out);
+            l.query.push_tensors(&format!("{p}.attention.attention.query"), &mut out);
+            l.key.push_tensors(&format!("{p}.attention.attention.key"), &mut out);
+            l.value.push_tensors(&format!("{p}.attention.attention.value"), &mut out);
+            l.attention_output.push_tensors(&format!("{p}.attention.output.dense"), &mut out);
+            l.layernorm_after.push_tensors(&format!("{p}.layernorm_after"), &mut out);
+            l.intermediate.push_tensors(&format!("{p}.intermediate.dense"), &mut out);
+            l.output.push_tensors(&format!("{p}.output.dense"), &mut out);
+        }
+        self.layernorm.push_tensors("vit.layernorm", &mut out);
+        self.classifier.push_tensors("classifier", &mut out);
+        out
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.tensors().iter().map(|(_, t)| t.elem_count()).sum()
+    }
+}

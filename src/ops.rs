@@ -1,0 +1,76 @@
+//! The numeric building blocks every layer calls: linear, layer norm,
+//! softmax, GELU. Callers never know how they compute, so fused CPU kernels
+//! (with backward) can replace these composites without touching the layers.
+//!
+//! All of them are differentiable through candle's autograd: no
+//! `candle_nn::LayerNorm` fast path and no `softmax_last_dim`, which have no
+//! backward (see ../shared/CONVENTIONS.md).
+
+use candle_core::{Result, Tensor, D};
+
+/// `x · wᵀ + b` over the last dimension of `x`, computed as one 2-D matmul
+/// over the flattened leading dimensions (`x`: `[.., in]`, `w`: `[out, in]`).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let k = *dims.last().expect("linear input has at least one dimension");
+    let rows = x.elem_count() / k.max(1);
+    let x2 = x.reshape((rows, k))?;
+    let y = x2.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().unwrap() = w.dim(0)?;
+    y.reshape(out_dims)
+}
+
+/// Layer norm over the last dimension, with gamma and beta.
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let n = x.dim(D::Minus1)? as f64;
+    let mean = (x.sum_keepdim(D::Minus1)? / n)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+    let inv = (var + eps)?.sqrt()?.recip()?;
+    xc.broadcast_mul(&inv)?.broadcast_mul(gamma)?.broadcast_add(beta)
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// GELU, exact (erf) form, as Hugging Face's `hidden_act = "gelu"`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// Cuts images `[B, C, H, W]` into non-overlapping `p × p` patches, returning
+/// `[B, (H/p)·(W/p), C·p·p]` with each patch flattened in `(C, p, p)` order,
+/// the order of a `[E, C, p, p]` convolution weight. A stride-`p` convolution
+/// is then one linear layer over these rows.
+pub fn patchify(images: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, c, h, w) = images.dims4()?;
+    let (gh, gw) = (h / p, w / p);
+    images
+        .reshape(vec![b, c, gh, p, gw, p])?
+        .permute(vec![0, 2, 4, 1, 3, 5])?
+        .contiguous()?
+        .reshape((b, gh * gw, c * p * p))
+}
+
+/// Multi-head scaled dot-product attention without masking. `q`, `k`, `v`:
+/// `[B, T, heads·head_dim]`; returns the per-head weighted sums concatenated
+/// back to `[B, T, heads·head_dim]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+    let (b, t, _) = q.dims3()?;
+    let split = |x: &Tensor| -> Result<Tensor> {
+        x.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous()
+    };
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let q = (split(q)? * scale)?;
+    let k = split(k)?;
+    let v = split(v)?;
+    let probs = softmax_last(&q.matmul(&k.t()?)?)?;
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, heads * head_dim))
+}

@@ -1,0 +1,284 @@
+//! Search spaces: a TOML file per space under `search_spaces/`, deserialized
+//! straight into [`Space`], then checked by [`Space::validate`].
+
+mod arch;
+mod cost;
+
+pub use arch::Arch;
+pub use cost::{flops, params};
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The input the supernet reads and the labels it predicts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub channels: usize,
+    pub num_classes: usize,
+}
+
+/// The supernet's largest dimensions: the shapes its weights are allocated with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupernetDims {
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_ratio: f64,
+    /// Fixed per-head dimension (AutoFormer: 64); q/k/v width = heads × head_dim.
+    pub head_dim: usize,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-6
+}
+
+/// The global choices and the default per-layer choices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Choices {
+    pub embed_dim: Vec<usize>,
+    pub depth: Vec<usize>,
+    pub num_heads: Vec<usize>,
+    pub mlp_ratio: Vec<f64>,
+}
+
+/// A layer with its own choice lists (`[[layer]]` tables in the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerOverride {
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_heads: Option<Vec<usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_ratio: Option<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Space {
+    pub name: String,
+    pub input: Input,
+    pub supernet: SupernetDims,
+    pub choices: Choices,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer: Vec<LayerOverride>,
+}
+
+/// MLP hidden width for an embedding dim and ratio, as AutoFormer computes it
+/// (`int(embed * ratio)`; the epsilon guards against 0.3 * 10 = 2.999...).
+pub fn mlp_width(embed_dim: usize, ratio: f64) -> usize {
+    (embed_dim as f64 * ratio + 1e-6).floor() as usize
+}
+
+impl Space {
+    /// Reads, parses and validates a space file. Errors name the file and the field.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
+        let space: Space = toml::from_str(text).map_err(|e| Error::Toml {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
+        space.validate(origin)?;
+        Ok(space)
+    }
+
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).expect("a Space always serializes")
+    }
+
+    /// Checks that the space is usable: non-empty choice lists, every choice
+    /// within the supernet's maximum, sensible input geometry.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let bad = |field: &str, message: String| Error::InvalidSpace {
+            file: file.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        let i = &self.input;
+        let s = &self.supernet;
+        if self.name.trim().is_empty() {
+            return Err(bad("name", "must not be empty".into()));
+        }
+        for (field, v) in [
+            ("input.image_size", i.image_size),
+            ("input.patch_size", i.patch_size),
+            ("input.channels", i.channels),
+            ("input.num_classes", i.num_classes),
+            ("supernet.embed_dim", s.embed_dim),
+            ("supernet.depth", s.depth),
+            ("supernet.num_heads", s.num_heads),
+            ("supernet.head_dim", s.head_dim),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be positive".into()));
+            }
+        }
+        if i.image_size % i.patch_size != 0 {
+            return Err(bad(
+                "input.patch_size",
+                format!(
+                    "{} does not divide the image size {}",
+                    i.patch_size, i.image_size
+                ),
+            ));
+        }
+        if !(s.mlp_ratio.is_finite() && s.mlp_ratio > 0.0) {
+            return Err(bad("supernet.mlp_ratio", format!("{} is not a positive number", s.mlp_ratio)));
+        }
+        if !(s.layer_norm_eps.is_finite() && s.layer_norm_eps > 0.0) {
+            return Err(bad(
+                "supernet.layer_norm_eps",
+                format!("{} is not a positive number", s.layer_norm_eps),
+            ));
+        }
+        let c = &self.choices;
+        check_list(&bad, "choices.embed_dim", &c.embed_dim, |&e| {
+            if e == 0 || e > s.embed_dim {
+                Some(format!("{e} is outside 1..={} (supernet.embed_dim)", s.embed_dim))
+            } else {
+                None
+            }
+        })?;
+        check_list(&bad, "choices.depth", &c.depth, |&d| {
+            if d == 0 || d > s.depth {
+                Some(format!("{d} is outside 1..={} (supernet.depth)", s.depth))
+            } else {
+                None
+            }
+        })?;
+        let max_embed = *c.embed_dim.iter().max().unwrap();
+        let super_mlp = self.supernet_mlp_width();
+        let heads_ok = |field: &str, hs: &[usize]| {
+            check_list(&bad, field, hs, |&h| {
+                if h == 0 || h > s.num_heads {
+                    Some(format!("{h} is outside 1..={} (supernet.num_heads)", s.num_heads))
+                } else {
+                    None
+                }
+            })
+        };
+        let mlp_ok = |field: &str, rs: &[f64]| {
+            check_list(&bad, field, rs, |&r| {
+                if !(r.is_finite() && r > 0.0) {
+                    Some(format!("{r} is not a positive number"))
+                } else if mlp_width(max_embed, r) > super_mlp {
+                    Some(format!(
+                        "{r} × embed {max_embed} = {} exceeds the supernet's MLP width {super_mlp} \
+                         (supernet.embed_dim × supernet.mlp_ratio)",
+                        mlp_width(max_embed, r)
+                    ))
+                } else {
+                    None
+                }
+            })
+        };
+        heads_ok("choices.num_heads", &c.num_heads)?;
+        mlp_ok("choices.mlp_ratio", &c.mlp_ratio)?;
+        let mut seen = std::collections::HashSet::new();
+        for (k, o) in self.layer.iter().enumerate() {
+            if o.index >= s.depth {
+                return Err(bad(
+                    &format!("layer[{k}].index"),
+                    format!("{} is past the supernet's last layer {}", o.index, s.depth - 1),
+                ));
+            }
+            if !seen.insert(o.index) {
+                return Err(bad(
+                    &format!("layer[{k}].index"),
+                    format!("layer {} is overridden twice", o.index),
+                ));
+            }
+            if let Some(hs) = &o.num_heads {
+                heads_ok(&format!("layer[{k}].num_heads"), hs)?;
+            }
+            if let Some(rs) = &o.mlp_ratio {
+                mlp_ok(&format!("layer[{k}].mlp_ratio"), rs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Width of the supernet's MLP hidden layer.
+    pub fn supernet_mlp_width(&self) -> usize {
+        mlp_width(self.supernet.embed_dim, self.supernet.mlp_ratio)
+    }
+
+    /// Width of the supernet's q/k/v projections (all heads).
+    pub fn supernet_qkv_width(&self) -> usize {
+        self.supernet.num_heads * self.supernet.head_dim
+    }
+
+    pub fn num_patches(&self) -> usize {
+        let g = self.input.image_size / self.input.patch_size;
+        g * g
+    }
+
+    /// Tokens per image: the patches plus the cls token.
+    pub fn seq_len(&self) -> usize {
+        self.num_patches() + 1
+    }
+
+    /// Deepest architecture the choices allow (layers past it are never used).
+    pub fn max_depth(&self) -> usize {
+        *self.choices.depth.iter().max().expect("validated: depth choices not empty")
+    }
+
+    pub fn heads_choices(&self, layer: usize) -> &[usize] {
+        self.override_for(layer)
+            .and_then(|o| o.num_heads.as_deref())
+            .unwrap_or(&self.choices.num_heads)
+    }
+
+    pub fn mlp_choices(&self, layer: usize) -> &[f64] {
+        self.override_for(layer)
+            .and_then(|o| o.mlp_ratio.as_deref())
+            .unwrap_or(&self.choices.mlp_ratio)
+    }
+
+    fn override_for(&self, layer: usize) -> Option<&LayerOverride> {
+        self.layer.iter().find(|o| o.index == layer)
+    }
+
+    /// Number of distinct architectures in the space.
+    pub fn size(&self) -> u128 {
+        let e = self.choices.embed_dim.len() as u128;
+        let mut total: u128 = 0;
+        for &d in &self.choices.depth {
+            let per_layers: u128 = (0..d)
+                .map(|l| (self.heads_choices(l).len() * self.mlp_choices(l).len()) as u128)
+                .fold(1u128, |a, b| a.saturating_mul(b));
+            total = total.saturating_add(e.saturating_mul(per_layers));
+        }
+        total
+    }
+}
+
+fn check_list<T: std::fmt::Debug>(
+    bad: &impl Fn(&str, String) -> Error,
+    field: &str,
+    list: &[T],
+    check: impl Fn(&T) -> Option<String>,
+) -> Result<()> {
+    if list.is_empty() {
+        return Err(bad(field, "the choice list is empty".into()));
+    }
+    for (k, v) in list.iter().enumerate() {
+        if let Some(msg) = check(v) {
+            return Err(bad(&format!("{field}[{k}]"), msg));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Elastic multi-head self-attention with separate query/key/value
+//! projections. A subnet with `h` heads uses the first `h · head_dim` rows of
+//! q/k/v (and their biases) and the same columns of the output projection;
+//! the head dimension is fixed, so head `i` is the same weights in every
+//! subnet (no interleaved-qkv slicing quirk).
+
+use super::linear::{elastic_linear, ElasticLinear};
+use crate::ops;
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+#[derive(Debug, Clone)]
+pub struct ElasticAttention {
+    pub query: ElasticLinear,
+    pub key: ElasticLinear,
+    pub value: ElasticLinear,
+    pub output: ElasticLinear,
+    pub head_dim: usize,
+}
+
+/// `vb` is the layer's `attention` prefix (HF: `attention.attention.*`,
+/// `attention.output.dense`).
+pub fn elastic_attention(
+    max_embed: usize,
+    max_heads: usize,
+    head_dim: usize,
+    vb: VarBuilder,
+) -> Result<ElasticAttention> {
+    let q = max_heads * head_dim;
+    let a = vb.pp("attention");
+    Ok(ElasticAttention {
+        query: elastic_linear(max_embed, q, a.pp("query"))?,
+        key: elastic_linear(max_embed, q, a.pp("key"))?,
+        value: elastic_linear(max_embed, q, a.pp("value"))?,
+        output: elastic_linear(q, max_embed, vb.pp("output").pp("dense"))?,
+        head_dim,
+    })
+}
+
+impl ElasticAttention {
+    /// `x: [B, T, embed]` to `[B, T, embed]` with `heads` heads.
+    pub fn forward(&self, x: &Tensor, embed: usize, heads: usize) -> Result<Tensor> {
+        let qd = heads * self.head_dim;
+        let ctx = ops::attention(
+            &self.query.forward(x, qd, embed)?,
+            &self.key.forward(x, qd, embed)?,
+            &self.value.forward(x, qd, embed)?,
+            heads,
+            self.head_dim,
+        )?;
+        self.output.forward(&ctx, embed, qd)
+    }
+}

@@ -1,0 +1,55 @@
+//! Elastic cls token and absolute position embeddings (first `embed`
+//! channels), added to the patch tokens.
+
+use super::linear::detached_copy;
+use super::patch_embed::{elastic_patch_embed, ElasticPatchEmbed};
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+#[derive(Debug, Clone)]
+pub struct ElasticEmbeddings {
+    pub cls_token: Tensor,
+    pub position_embeddings: Tensor,
+    pub patch_embeddings: ElasticPatchEmbed,
+}
+
+/// `vb` is `vit.embeddings`.
+pub fn elastic_embeddings(
+    channels: usize,
+    patch_size: usize,
+    seq_len: usize,
+    max_embed: usize,
+    vb: VarBuilder,
+) -> Result<ElasticEmbeddings> {
+    let init = Init::Randn { mean: 0.0, stdev: 0.02 };
+    Ok(ElasticEmbeddings {
+        cls_token: vb.get_with_hints((1, 1, max_embed), "cls_token", init)?,
+        position_embeddings: vb.get_with_hints((1, seq_len, max_embed), "position_embeddings", init)?,
+        patch_embeddings: elastic_patch_embed(
+            channels,
+            patch_size,
+            max_embed,
+            vb.pp("patch_embeddings").pp("projection"),
+        )?,
+    })
+}
+
+impl ElasticEmbeddings {
+    fn slice(&self, embed: usize) -> Result<(Tensor, Tensor)> {
+        Ok((self.cls_token.narrow(2, 0, embed)?, self.position_embeddings.narrow(2, 0, embed)?))
+    }
+
+    /// Images `[B, C, H, W]` to tokens `[B, 1 + N, embed]`.
+    pub fn forward(&self, images: &Tensor, embed: usize) -> Result<Tensor> {
+        let x = self.patch_embeddings.forward(images, embed)?;
+        let (cls, pos) = self.slice(embed)?;
+        let cls = cls.broadcast_as((x.dim(0)?, 1, embed))?;
+        Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&pos)
+    }
+
+    /// `(cls_token, position_embeddings)`, detached copies.
+    pub fn extract(&self, embed: usize) -> Result<(Tensor, Tensor)> {
+        let (cls, pos) = self.slice(embed)?;
+        Ok((detached_copy(&cls)?, detached_copy(&pos)?))
+    }
+}

@@ -1,0 +1,53 @@
+//! Elastic linear layer: a subnet uses the first `out` rows and first `in`
+//! columns of the full `[out_max, in_max]` weight, and the first `out` bias
+//! entries (weight entanglement). Narrowing is differentiable, so the full
+//! weight receives a full-shape gradient that is zero outside the slice.
+
+use crate::models::layers::Linear;
+use crate::ops;
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+#[derive(Debug, Clone)]
+pub struct ElasticLinear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+/// Truncated-normal-like initialisation of ViT linears (std 0.02), zero bias.
+pub fn elastic_linear(in_max: usize, out_max: usize, vb: VarBuilder) -> Result<ElasticLinear> {
+    let weight = vb.get_with_hints((out_max, in_max), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+    let bias = vb.get_with_hints(out_max, "bias", Init::Const(0.0))?;
+    Ok(ElasticLinear { weight, bias })
+}
+
+impl ElasticLinear {
+    /// The `[out, in]` weight and `[out]` bias slices a subnet uses.
+    pub fn slice(&self, out: usize, inp: usize) -> Result<(Tensor, Tensor)> {
+        let (out_max, in_max) = self.weight.dims2()?;
+        let w = if out == out_max && inp == in_max {
+            self.weight.clone()
+        } else {
+            self.weight.narrow(0, 0, out)?.narrow(1, 0, inp)?
+        };
+        let b = if out == out_max { self.bias.clone() } else { self.bias.narrow(0, 0, out)? };
+        Ok((w, b))
+    }
+
+    /// `x: [.., inp]` to `[.., out]`.
+    pub fn forward(&self, x: &Tensor, out: usize, inp: usize) -> Result<Tensor> {
+        let (w, b) = self.slice(out, inp)?;
+        ops::linear(x, &w, Some(&b))
+    }
+
+    /// A standalone copy of the slice, detached from the supernet.
+    pub fn extract(&self, out: usize, inp: usize) -> Result<Linear> {
+        let (w, b) = self.slice(out, inp)?;
+        Ok(Linear { weight: detached_copy(&w)?, bias: detached_copy(&b)? })
+    }
+}
+
+/// A contiguous copy with its own storage and no autograd history.
+pub(crate) fn detached_copy(t: &Tensor) -> Result<Tensor> {
+    t.detach().contiguous()?.copy()
+}

@@ -1,0 +1,28 @@
+//! Elastic MLP: `intermediate.dense` (embed → width), exact GELU,
+//! `output.dense` (width → embed); a subnet uses the first `width` hidden units.
+
+use super::linear::{elastic_linear, ElasticLinear};
+use crate::ops;
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+#[derive(Debug, Clone)]
+pub struct ElasticMlp {
+    pub intermediate: ElasticLinear,
+    pub output: ElasticLinear,
+}
+
+/// `vb` is the layer's prefix (HF: `intermediate.dense`, `output.dense`).
+pub fn elastic_mlp(max_embed: usize, max_width: usize, vb: VarBuilder) -> Result<ElasticMlp> {
+    Ok(ElasticMlp {
+        intermediate: elastic_linear(max_embed, max_width, vb.pp("intermediate").pp("dense"))?,
+        output: elastic_linear(max_width, max_embed, vb.pp("output").pp("dense"))?,
+    })
+}
+
+impl ElasticMlp {
+    pub fn forward(&self, x: &Tensor, embed: usize, width: usize) -> Result<Tensor> {
+        let h = ops::gelu(&self.intermediate.forward(x, width, embed)?)?;
+        self.output.forward(&h, embed, width)
+    }
+}

@@ -1,0 +1,127 @@
+//! The weight-sharing ViT supernet. Every subnet of a [`Space`] is the
+//! leading slice of the supernet's weights; the architecture is an argument
+//! of [`Supernet::forward`], never stored state.
+
+pub mod attention;
+pub mod block;
+pub mod embeddings;
+pub mod head;
+pub mod layer_norm;
+pub mod linear;
+pub mod mlp;
+pub mod patch_embed;
+
+use crate::error::{Error, Result};
+use crate::models::vit::{Vit, VitConfig};
+use crate::space::{Arch, Space};
+use block::{elastic_block, BlockDims, ElasticBlock};
+use candle_core::{IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use embeddings::{elastic_embeddings, ElasticEmbeddings};
+use head::{elastic_head, ElasticHead};
+use layer_norm::{elastic_layer_norm, ElasticLayerNorm};
+
+#[derive(Debug, Clone)]
+pub struct Supernet {
+    pub space: Space,
+    pub embeddings: ElasticEmbeddings,
+    pub layers: Vec<ElasticBlock>,
+    pub layernorm: ElasticLayerNorm,
+    pub classifier: ElasticHead,
+}
+
+impl Supernet {
+    /// Builds (or loads, depending on `vb`'s backend) the supernet of `space`
+    /// with Hugging Face `ViTForImageClassification` tensor names.
+    pub fn new(space: &Space, vb: VarBuilder) -> Result<Self> {
+        let s = &space.supernet;
+        let i = &space.input;
+        let vit = vb.pp("vit");
+        let embeddings = elastic_embeddings(
+            i.channels,
+            i.patch_size,
+            space.seq_len(),
+            s.embed_dim,
+            vit.pp("embeddings"),
+        )?;
+        let enc = vit.pp("encoder").pp("layer");
+        let layers = (0..s.depth)
+            .map(|l| {
+                elastic_block(
+                    s.embed_dim,
+                    s.num_heads,
+                    s.head_dim,
+                    space.supernet_mlp_width(),
+                    s.layer_norm_eps,
+                    enc.pp(l),
+                )
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            space: space.clone(),
+            embeddings,
+            layers,
+            layernorm: elastic_layer_norm(s.embed_dim, s.layer_norm_eps, vit.pp("layernorm"))?,
+            classifier: elastic_head(s.embed_dim, i.num_classes, vb.pp("classifier"))?,
+        })
+    }
+
+    fn check_input(&self, images: &Tensor) -> Result<()> {
+        let i = &self.space.input;
+        let ok = matches!(images.dims(), &[_, c, h, w] if c == i.channels && h == i.image_size && w == i.image_size);
+        if !ok {
+            return Err(Error::Tensor {
+                name: "input images".into(),
+                message: format!(
+                    "expected shape [batch, {}, {}, {}], found {:?}",
+                    i.channels,
+                    i.image_size,
+                    i.image_size,
+                    images.dims()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn block_dims(arch: &Arch, l: usize) -> BlockDims {
+        BlockDims { embed: arch.embed_dim, heads: arch.num_heads[l], mlp_width: arch.mlp_width(l) }
+    }
+
+    /// Logits `[B, classes]` of the subnet `arch` for images `[B, C, H, W]`.
+    /// `train` switches training-only behaviour (none yet: no dropout).
+    pub fn forward(&self, images: &Tensor, arch: &Arch, train: bool) -> Result<Tensor> {
+        let _ = train;
+        arch.check_fits(&self.space)?;
+        self.check_input(images)?;
+        let e = arch.embed_dim;
+        let mut x = self.embeddings.forward(images, e)?;
+        for l in 0..arch.depth {
+            x = self.layers[l].forward(&x, Self::block_dims(arch, l))?;
+        }
+        let cls = self.layernorm.forward(&x.i((.., 0))?, e)?;
+        Ok(self.classifier.forward(&cls, e)?)
+    }
+
+    /// The subnet `arch` as a standalone static ViT: contiguous copies of the
+    /// slices it uses, no link back to the supernet.
+    pub fn extract(&self, arch: &Arch) -> Result<Vit> {
+        arch.check_fits(&self.space)?;
+        let e = arch.embed_dim;
+        let (patch_weight, patch_bias) = self.embeddings.patch_embeddings.extract(e)?;
+        let (cls_token, position_embeddings) = self.embeddings.extract(e)?;
+        let layers = (0..arch.depth)
+            .map(|l| self.layers[l].extract(Self::block_dims(arch, l)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Vit {
+            config: VitConfig::from_arch(&self.space, arch),
+            cls_token,
+            position_embeddings,
+            patch_weight,
+            patch_bias,
+            layers,
+            layernorm: self.layernorm.extract(e)?,
+            classifier: self.classifier.extract(e)?,
+        })
+    }
+}
