@@ -42,6 +42,22 @@ pub enum Error {
     #[error("tensor `{name}`: {message}")]
     Tensor { name: String, message: String },
 
+    /// A recipe that parsed but does not make sense.
+    #[error("{file}: invalid recipe, field `{field}`: {message}")]
+    InvalidRecipe { file: String, field: String, message: String },
+
+    /// A checkpoint that cannot be read or does not match the model.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+
+    /// Training stopped: a loss was NaN or infinite.
+    #[error("non-finite loss at step {step} ({which}): {value}; the last good checkpoint is kept")]
+    NonFiniteLoss { step: usize, which: String, value: f32 },
+
+    /// A dataset file or directory that cannot be used.
+    #[error("{source_name}: {message}")]
+    Data { source_name: String, message: String },
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -4,12 +4,17 @@
 //! [`supernet`] (elastic layers, weight entanglement) → [`models`] (static
 //! subnets). See the repository README for the commands.
 
+pub mod bench;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod init;
+pub mod kernels;
 pub mod models;
 pub mod ops;
 pub mod space;
 pub mod supernet;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use space::{Arch, Space};

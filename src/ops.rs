@@ -2,11 +2,13 @@
 //! softmax, GELU. Callers never know how they compute, so fused CPU kernels
 //! (with backward) can replace these composites without touching the layers.
 //!
-//! All of them are differentiable through candle's autograd: no
-//! `candle_nn::LayerNorm` fast path and no `softmax_last_dim`, which have no
-//! backward (see ../shared/CONVENTIONS.md).
+//! All of them are differentiable: the fused kernels of [`crate::kernels`]
+//! carry their own backward; [`composite`] holds the plain candle versions
+//! they are tested against. No `candle_nn::LayerNorm` fast path and no
+//! `softmax_last_dim`, which have no backward (see ../shared/CONVENTIONS.md).
 
-use candle_core::{Result, Tensor, D};
+use crate::kernels;
+use candle_core::{Result, Tensor};
 
 /// `x · wᵀ + b` over the last dimension of `x`, computed as one 2-D matmul
 /// over the flattened leading dimensions (`x`: `[.., in]`, `w`: `[out, in]`).
@@ -25,24 +27,68 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     y.reshape(out_dims)
 }
 
+thread_local! {
+    static COMPOSITE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the unfused [`composite`] ops on this thread (for tests
+/// and before/after measurements); the fused kernels are the default.
+pub fn with_composite<T>(f: impl FnOnce() -> T) -> T {
+    let prev = COMPOSITE.with(|c| c.replace(true));
+    let out = f();
+    COMPOSITE.with(|c| c.set(prev));
+    out
+}
+
+fn composite_on() -> bool {
+    COMPOSITE.with(|c| c.get())
+}
+
 /// Layer norm over the last dimension, with gamma and beta.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    let n = x.dim(D::Minus1)? as f64;
-    let mean = (x.sum_keepdim(D::Minus1)? / n)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / n)?;
-    let inv = (var + eps)?.sqrt()?.recip()?;
-    xc.broadcast_mul(&inv)?.broadcast_mul(gamma)?.broadcast_add(beta)
+    if composite_on() {
+        return composite::layer_norm(x, gamma, beta, eps);
+    }
+    kernels::normalize(x, eps)?.broadcast_mul(gamma)?.broadcast_add(beta)
 }
 
 /// Softmax over the last dimension.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::softmax(x, D::Minus1)
+    if composite_on() {
+        return composite::softmax_last(x);
+    }
+    kernels::softmax_last(x)
 }
 
 /// GELU, exact (erf) form, as Hugging Face's `hidden_act = "gelu"`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    if composite_on() {
+        return composite::gelu(x);
+    }
+    kernels::gelu(x)
+}
+
+/// The unfused candle composites the kernels replace: the reference for the
+/// kernel tests.
+pub mod composite {
+    use candle_core::{Result, Tensor, D};
+
+    pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+        let n = x.dim(D::Minus1)? as f64;
+        let mean = (x.sum_keepdim(D::Minus1)? / n)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+        let inv = (var + eps)?.sqrt()?.recip()?;
+        xc.broadcast_mul(&inv)?.broadcast_mul(gamma)?.broadcast_add(beta)
+    }
+
+    pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+
+    pub fn gelu(x: &Tensor) -> Result<Tensor> {
+        x.gelu_erf()
+    }
 }
 
 /// Cuts images `[B, C, H, W]` into non-overlapping `p × p` patches, returning

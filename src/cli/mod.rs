@@ -1,7 +1,10 @@
 //! One file per subcommand; each parses its arguments and calls the library.
 
 mod arch;
+mod bench;
+mod eval;
 mod space;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +29,13 @@ pub enum Command {
     /// Sample, validate and measure architectures.
     #[command(subcommand)]
     Arch(arch::ArchCmd),
+    /// Train a supernet from a recipe (recipes/*.toml), or resume a run.
+    Train(train::TrainArgs),
+    /// Accuracy and loss of an inherited subnet of a trained supernet.
+    Eval(eval::EvalArgs),
+    /// Time the benchmark workload (compare with ../shared/bench/torch_reference.py).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -44,5 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Space(c) => space::run(c),
         Command::Arch(c) => arch::run(c),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Bench(c) => bench::run(c),
     }
 }

@@ -175,3 +175,61 @@ impl Vit {
         self.tensors().iter().map(|(_, t)| t.elem_count()).sum()
     }
 }
+
+/// The fields vitnas reads from a Hugging Face ViT `config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HfVitConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+    #[serde(default)]
+    pub id2label: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl VitConfig {
+    /// Reads a Hugging Face `ViTForImageClassification` config.json.
+    pub fn from_hf_config_file(path: &std::path::Path) -> crate::Result<Self> {
+        use crate::Error;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let c: HfVitConfig =
+            serde_json::from_str(&text).map_err(|source| Error::Json { path: path.into(), source })?;
+        if let Some(act) = c.hidden_act.as_deref() {
+            if act != "gelu" {
+                return Err(Error::Tensor {
+                    name: format!("{}: hidden_act", path.display()),
+                    message: format!("`{act}` is not supported (vitnas ViTs use exact GELU, \"gelu\")"),
+                });
+            }
+        }
+        let num_labels = c.num_labels.or(c.id2label.as_ref().map(|m| m.len())).ok_or_else(|| Error::Tensor {
+            name: format!("{}: num_labels", path.display()),
+            message: "neither num_labels nor id2label is present".into(),
+        })?;
+        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+            return Err(Error::Tensor {
+                name: format!("{}: num_attention_heads", path.display()),
+                message: format!("{} heads do not divide hidden_size {}", c.num_attention_heads, c.hidden_size),
+            });
+        }
+        Ok(Self {
+            image_size: c.image_size,
+            patch_size: c.patch_size,
+            num_channels: c.num_channels,
+            num_labels,
+            hidden_size: c.hidden_size,
+            head_dim: c.hidden_size / c.num_attention_heads,
+            num_heads: vec![c.num_attention_heads; c.num_hidden_layers],
+            intermediate_sizes: vec![c.intermediate_size; c.num_hidden_layers],
+            layer_norm_eps: c.layer_norm_eps,
+        })
+    }
+}

@@ -1,7 +1,7 @@
 //! Search spaces: a TOML file per space under `search_spaces/`, deserialized
 //! straight into [`Space`], then checked by [`Space::validate`].
 
-mod arch;
+pub mod arch;
 mod cost;
 
 pub use arch::Arch;

@@ -1,0 +1,123 @@
+//! The benchmark workload of ../shared/README.md (fmnist-tiny space, random
+//! inputs as the PyTorch peer uses), timed; results as JSON values.
+
+use crate::data::batch::{make_batch, Augment, Normalize};
+use crate::data::Dataset;
+use crate::error::Result;
+use crate::space::{flops, Space};
+use crate::train::loss::Kl;
+use crate::train::optim::AdamW;
+use crate::train::recipe::OptimizerConfig;
+use crate::train::sampler::{Plan, Sampler, Sandwich};
+use crate::train::{build_supernet, step::accumulate};
+use candle_core::{Device, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// Gemm peak of the 2-core benchmark machines (../shared/README.md, issue 6).
+pub const GEMM_PEAK_GFLOPS: f64 = 170.0;
+
+/// The benchmark space (same as ../shared/bench/torch_reference.py).
+pub fn space() -> Space {
+    Space::from_toml_str(include_str!("../search_spaces/fmnist-tiny.toml"), "search_spaces/fmnist-tiny.toml")
+        .expect("the bundled space is valid")
+}
+
+fn random_batch(batch: usize, seed: u64) -> Result<(Tensor, Tensor)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x: Vec<f32> = (0..batch * 28 * 28).map(|_| rng.random()).collect();
+    let y: Vec<u32> = (0..batch).map(|_| rng.random_range(0..10)).collect();
+    Ok((Tensor::from_vec(x, (batch, 1, 28, 28), &Device::Cpu)?, Tensor::from_vec(y, batch, &Device::Cpu)?))
+}
+
+pub fn train(steps: usize, batch: usize, threads: usize) -> Result<Value> {
+    let space = space();
+    let (net, _vm, params) = build_supernet(&space, 0)?;
+    let cfg = OptimizerConfig {
+        lr: 5e-4,
+        lr_reference_batch: None,
+        min_lr: 5e-4,
+        warmup_lr: 5e-4,
+        warmup_epochs: 0.0,
+        weight_decay: 0.05,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        clip_grad_norm: None,
+    };
+    let mut opt = AdamW::new(&params.names, &params.sizes(), cfg);
+    let (x, y) = random_batch(batch, 0)?;
+    let sampler = Sandwich { num_random: 2 };
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut grads = params.zero_grads();
+    let mut macs = 0u64;
+    let mut step = |plan: &Plan, grads: &mut Vec<Vec<f32>>| -> Result<()> {
+        grads.iter_mut().for_each(|g| g.fill(0.0));
+        accumulate(&net, &params, plan, &x, &y, 0.0, Some(&Kl), grads)?;
+        opt.step(&params.vars, grads, 5e-4)?;
+        Ok(())
+    };
+    for s in 0..3 {
+        step(&sampler.plan(&space, s, &mut rng), &mut grads)?;
+    }
+    let t0 = Instant::now();
+    for s in 0..steps {
+        let plan = sampler.plan(&space, s, &mut rng);
+        macs += plan.archs.iter().map(|a| flops(&space, a)).sum::<u64>();
+        step(&plan, &mut grads)?;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    // Training FLOPs ≈ 3 × forward (forward + two backward matmuls), 2 FLOPs per MAC.
+    let gflops = 6.0 * macs as f64 * batch as f64 / dt / 1e9;
+    Ok(json!({
+        "mode": "train", "batch": batch, "threads": threads,
+        "steps_per_s": steps as f64 / dt, "images_per_s": (steps * batch) as f64 / dt,
+        "ms_per_step": 1e3 * dt / steps as f64,
+        "gflops": gflops, "gemm_peak_fraction": gflops / GEMM_PEAK_GFLOPS,
+    }))
+}
+
+pub fn infer(batch: usize, iters: usize, threads: usize) -> Result<Value> {
+    let space = space();
+    let (net, _vm, _) = build_supernet(&space, 0)?;
+    let arch = space.largest();
+    let model = net.extract(&arch)?;
+    let (x, _) = random_batch(batch, 0)?;
+    for _ in 0..10 {
+        model.forward(&x)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        model.forward(&x)?;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    let gflops = 2.0 * flops(&space, &arch) as f64 * (batch * iters) as f64 / dt / 1e9;
+    Ok(json!({
+        "mode": "infer", "batch": batch, "threads": threads,
+        "ms_per_batch": 1e3 * dt / iters as f64, "images_per_s": (batch * iters) as f64 / dt,
+        "gflops": gflops, "gemm_peak_fraction": gflops / GEMM_PEAK_GFLOPS,
+    }))
+}
+
+pub fn data(batch: usize, iters: usize) -> Result<Value> {
+    let n = 4096;
+    let mut rng = StdRng::seed_from_u64(0);
+    let ds = Dataset {
+        images: (0..n * 784).map(|_| rng.random()).collect(),
+        labels: (0..n).map(|_| rng.random_range(0..10)).collect(),
+        channels: 1,
+        height: 28,
+        width: 28,
+        num_classes: 10,
+        source: "random".into(),
+    };
+    let norm = Normalize { mean: vec![0.286], std: vec![0.353] };
+    let aug = Augment { crop_padding: 2, hflip: true };
+    let t0 = Instant::now();
+    for k in 0..iters {
+        let idx: Vec<usize> = (0..batch).map(|i| (k * batch + i) % n).collect();
+        make_batch(&ds, &idx, &norm, Some((&aug, &mut rng)), &Device::Cpu)?;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    Ok(json!({"mode": "data", "batch": batch, "ms_per_batch": 1e3 * dt / iters as f64, "images_per_s": (batch * iters) as f64 / dt}))
+}

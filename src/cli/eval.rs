@@ -1,0 +1,76 @@
+//! `vitnas eval --supernet <run dir> --arch <largest|smallest|arch.json>`.
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use vitnas::eval::evaluate;
+use vitnas::space::{flops, params, Arch, Space};
+use vitnas::train::{self, checkpoint::read_safetensors, recipe::Recipe};
+use vitnas::Supernet;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Val,
+    Test,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A training run directory (holding recipe.toml, space.toml and
+    /// supernet.safetensors), or a supernet .safetensors file inside one.
+    #[arg(long)]
+    supernet: PathBuf,
+    /// `largest`, `smallest`, or an architecture JSON file.
+    #[arg(long, default_value = "largest")]
+    arch: String,
+    /// Validation split (carved from train) or the test split.
+    #[arg(long, value_enum, default_value = "val")]
+    split: SplitArg,
+    /// Override the data directory of the run's recipe.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let (dir, file) = if a.supernet.is_dir() {
+        (a.supernet.clone(), a.supernet.join(train::SUPERNET_FILE))
+    } else {
+        let dir = a.supernet.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        (dir, a.supernet.clone())
+    };
+    let mut recipe = Recipe::from_file(dir.join(train::RECIPE_FILE))
+        .with_context(|| format!("{} is not a vitnas run directory", dir.display()))?;
+    if let Some(d) = a.data {
+        recipe.data.path = Some(d);
+    }
+    let space = Space::from_file(dir.join(train::SPACE_FILE))?;
+    let arch = match a.arch.as_str() {
+        "largest" => space.largest(),
+        "smallest" => space.smallest(),
+        path => {
+            let arch = Arch::from_json_file(path)?;
+            arch.check_fits(&space)?;
+            arch
+        }
+    };
+    let (tensors, _) = read_safetensors(&file, &Device::Cpu)?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let net = Supernet::new(&space, vb).with_context(|| format!("loading {}", file.display()))?;
+    let (_, val, norm) = train::load_train_val(&recipe, &space)?;
+    let norm = recipe.data.normalize.clone().unwrap_or(norm);
+    let (split, ds) = match a.split {
+        SplitArg::Val => ("val", val),
+        SplitArg::Test => ("test", train::load_test(&recipe, &space)?),
+    };
+    let r = evaluate(&ds, &norm, recipe.data.eval_batch_size, &Device::Cpu, |x| Ok(net.forward(x, &arch, false)?))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "split": split, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
+            "arch": arch, "params": params(&space, &arch), "flops_macs": flops(&space, &arch),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! `vitnas train <recipe>` and `vitnas train --resume <dir>`.
+
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use vitnas::train::{self, recipe::Recipe, RunOptions};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A recipe file, e.g. recipes/quickstart.toml.
+    #[arg(required_unless_present = "resume")]
+    recipe: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, conflicts_with = "recipe")]
+    resume: Option<PathBuf>,
+    /// Override the recipe's output_dir.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Override the recipe's data directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Override the recipe's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop after this many steps in total (checkpointed; resumable).
+    #[arg(long)]
+    max_steps: Option<usize>,
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint of the current step");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)");
+    })?;
+    let opts = RunOptions { resume: a.resume.is_some(), stop: &STOP, progress: true };
+    let summary = match &a.resume {
+        Some(dir) => train::resume(dir, &opts)?,
+        None => {
+            let path = a.recipe.as_ref().expect("clap requires a recipe");
+            let mut r = Recipe::from_file(path)?;
+            if let Some(d) = a.output_dir {
+                r.output_dir = d;
+            }
+            if let Some(d) = a.data {
+                r.data.path = Some(d);
+            }
+            if let Some(s) = a.seed {
+                r.seed = s;
+            }
+            if let Some(m) = a.max_steps {
+                r.train.max_steps = Some(m);
+            }
+            train::train(&r, &opts)?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if summary.interrupted {
+        eprintln!(
+            "interrupted at step {}/{}: continue with `vitnas train --resume {}`",
+            summary.steps,
+            summary.total_steps,
+            summary.run_dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! Supernet training: data, sampler, losses, AdamW, checkpoints, resume.
+//!
+//! Every source of randomness is derived from the recipe seed: the
+//! initialisation, the per-epoch data order `(seed, epoch)`, and per step
+//! `(seed, step)` the augmentation and the sampled subnets. A resumed run
+//! therefore replays exactly what an uninterrupted run would have done.
+
+pub mod checkpoint;
+pub mod loss;
+pub mod optim;
+pub mod recipe;
+pub mod sampler;
+pub mod step;
+
+use crate::data::batch::{epoch_order, make_batch, Normalize};
+use crate::data::{self, Dataset, Format, Split, FASHION_MNIST_DIRS};
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalResult};
+use crate::init::seeded_var_builder;
+use crate::space::{flops, Space};
+use crate::supernet::Supernet;
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+use checkpoint::{read_safetensors, to_safetensors_bytes, write_atomic, TrainState, STATE_KEY};
+use optim::{lr_at, AdamW};
+use rand::{rngs::StdRng, SeedableRng};
+use recipe::{NonFinite, Recipe};
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use step::{accumulate, Params};
+
+pub const RECIPE_FILE: &str = "recipe.toml";
+pub const SPACE_FILE: &str = "space.toml";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const SUPERNET_FILE: &str = "supernet.safetensors";
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const STATE_FILE: &str = "state.json";
+
+/// The RNG of step `step`: augmentation and sampling draw from it.
+pub fn step_rng(seed: u64, step: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+fn data_dir(recipe: &Recipe) -> Result<PathBuf> {
+    let candidates: &[&str] = if recipe.data.format == Format::Idx { FASHION_MNIST_DIRS } else { &[] };
+    data::resolve_dir(recipe.data.path.as_deref(), candidates)
+}
+
+/// Training and validation splits (validation carved from train, seeded)
+/// and the normalisation in use.
+pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<(Dataset, Dataset, Normalize)> {
+    let dir = data_dir(recipe)?;
+    let i = &space.input;
+    let full = data::load(recipe.data.format, &dir, Split::Train, i.image_size, i.channels)?;
+    full.check_fits(space)?;
+    let (mut train, val) = full.split_validation(recipe.data.val_size, recipe.seed)?;
+    if let Some(n) = recipe.data.train_limit {
+        train = train.head(n);
+    }
+    let norm = match &recipe.data.normalize {
+        Some(n) => n.clone(),
+        None => {
+            let (mean, std) = train.channel_stats();
+            Normalize { mean, std }
+        }
+    };
+    Ok((train, val, norm))
+}
+
+/// The test split, for final reports only.
+pub fn load_test(recipe: &Recipe, space: &Space) -> Result<Dataset> {
+    let dir = data_dir(recipe)?;
+    let i = &space.input;
+    let test = data::load(recipe.data.format, &dir, Split::Test, i.image_size, i.channels)?;
+    test.check_fits(space)?;
+    Ok(test)
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub run_dir: PathBuf,
+    pub steps: usize,
+    pub total_steps: usize,
+    pub skipped_steps: usize,
+    pub wall_s: f64,
+    /// Stopped by a signal before the end (a checkpoint was written).
+    pub interrupted: bool,
+    pub val_largest: Option<EvalResult>,
+    pub val_smallest: Option<EvalResult>,
+    pub test_largest: Option<EvalResult>,
+    pub test_smallest: Option<EvalResult>,
+}
+
+/// Where and how to run.
+pub struct RunOptions<'a> {
+    /// Continue the run in `recipe.output_dir` from its checkpoint.
+    pub resume: bool,
+    /// Set (e.g. by Ctrl-C) to finish the current step, checkpoint and return.
+    pub stop: &'a AtomicBool,
+    /// Show a progress bar (when stderr is a terminal) or plain log lines.
+    pub progress: bool,
+}
+
+/// Starts a run from a recipe: creates the run directory with the resolved
+/// recipe and the space, then trains.
+pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<Summary> {
+    let dir = &recipe.output_dir;
+    if opts.resume {
+        return resume(dir, opts);
+    }
+    if dir.join(CHECKPOINT_FILE).exists() {
+        return Err(Error::Checkpoint {
+            path: dir.join(CHECKPOINT_FILE),
+            message: "a run already exists here: continue it with --resume, or choose another output_dir".into(),
+        });
+    }
+    let space = Space::from_file(&recipe.space)?;
+    let (train, val, norm) = load_train_val(recipe, &space)?;
+    let mut resolved = recipe.clone();
+    resolved.data.normalize = Some(norm);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_atomic(&dir.join(RECIPE_FILE), resolved.to_toml_string().as_bytes())?;
+    write_atomic(&dir.join(SPACE_FILE), space.to_toml_string().as_bytes())?;
+    std::fs::write(dir.join(METRICS_FILE), b"").map_err(|e| Error::io(dir.join(METRICS_FILE), e))?;
+    run(&resolved, &space, &train, &val, None, opts)
+}
+
+/// Continues the run in `dir` from its last checkpoint.
+pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
+    let recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
+    let space = Space::from_file(dir.join(SPACE_FILE))?;
+    let (train, val, _) = load_train_val(&recipe, &space)?;
+    let ckpt = dir.join(CHECKPOINT_FILE);
+    let (tensors, meta) = read_safetensors(&ckpt, &Device::Cpu)?;
+    let state: TrainState = meta
+        .get(STATE_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| Error::Checkpoint { path: ckpt.clone(), message: format!("metadata `{STATE_KEY}` missing or invalid") })?;
+    truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
+    run(&recipe, &space, &train, &val, Some((tensors, state)), opts)
+}
+
+/// Drops metric lines written after the checkpoint a run resumes from.
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+struct Checkpointer<'a> {
+    dir: &'a Path,
+    recipe: &'a Recipe,
+}
+
+impl Checkpointer<'_> {
+    fn save(&self, params: &Params, opt: &AdamW, state: &TrainState) -> Result<()> {
+        let weights = params.tensors();
+        let mut all = weights.clone();
+        let dev = Device::Cpu;
+        for (k, name) in params.names.iter().enumerate() {
+            let shape = params.vars[k].shape().clone();
+            all.push((format!("optimizer.m.{name}"), candle_core::Tensor::from_slice(&opt.m[k], shape.clone(), &dev)?));
+            all.push((format!("optimizer.v.{name}"), candle_core::Tensor::from_slice(&opt.v[k], shape, &dev)?));
+        }
+        let state_json = serde_json::to_string(state).expect("state serializes");
+        let meta = [(STATE_KEY.to_string(), state_json.clone())].into_iter().collect();
+        write_atomic(&self.dir.join(CHECKPOINT_FILE), &to_safetensors_bytes(&all, Some(meta))?)?;
+        let meta = [("vitnas.recipe".to_string(), self.recipe.name.clone())].into_iter().collect();
+        write_atomic(&self.dir.join(SUPERNET_FILE), &to_safetensors_bytes(&weights, Some(meta))?)?;
+        write_atomic(&self.dir.join(STATE_FILE), state_json.as_bytes())
+    }
+}
+
+fn metrics_line(path: &Path, v: serde_json::Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
+}
+
+/// Builds the seeded supernet of a space and its sorted parameters.
+pub fn build_supernet(space: &Space, seed: u64) -> Result<(Supernet, VarMap, Params)> {
+    let vm = VarMap::new();
+    let net = Supernet::new(space, seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu))?;
+    let params = Params::from_varmap(&vm);
+    Ok((net, vm, params))
+}
+
+fn run(
+    recipe: &Recipe,
+    space: &Space,
+    train: &Dataset,
+    val: &Dataset,
+    restore: Option<(std::collections::HashMap<String, candle_core::Tensor>, TrainState)>,
+    opts: &RunOptions,
+) -> Result<Summary> {
+    let dev = Device::Cpu;
+    let dir = recipe.output_dir.as_path();
+    let metrics = dir.join(METRICS_FILE);
+    let norm = recipe.data.normalize.clone().expect("resolved recipe has normalisation");
+    let (net, _vm, params) = build_supernet(space, recipe.seed)?;
+    let bs = recipe.train.batch_size;
+    let spe = train.len() / bs;
+    if spe == 0 {
+        return Err(Error::Data {
+            source_name: train.source.clone(),
+            message: format!("{} training examples make no batch of {bs}", train.len()),
+        });
+    }
+    let total = recipe.train.epochs * spe;
+    let warmup = (recipe.optimizer.warmup_epochs * spe as f64).round() as usize;
+    let peak = recipe.peak_lr();
+    let mut opt = AdamW::new(&params.names, &params.sizes(), recipe.optimizer.clone());
+    let mut state = TrainState { step: 0, adam_t: 0, skipped_steps: 0, total_steps: total, recipe: recipe.name.clone() };
+    if let Some((tensors, st)) = restore {
+        let path = dir.join(CHECKPOINT_FILE);
+        checkpoint::load_into_vars(&path, &tensors, &params.names, &params.vars)?;
+        for (k, name) in params.names.iter().enumerate() {
+            for (which, buf) in [("m", &mut opt.m[k]), ("v", &mut opt.v[k])] {
+                let key = format!("optimizer.{which}.{name}");
+                let t = tensors.get(&key).ok_or_else(|| Error::Checkpoint { path: path.clone(), message: format!("tensor `{key}` is missing") })?;
+                let v = t.flatten_all()?.to_vec1::<f32>()?;
+                if v.len() != buf.len() {
+                    return Err(Error::Checkpoint { path: path.clone(), message: format!("tensor `{key}`: {} values, expected {}", v.len(), buf.len()) });
+                }
+                *buf = v;
+            }
+        }
+        opt.t = st.adam_t;
+        state = st;
+    }
+    let sampler = sampler::from_config(&recipe.sampler);
+    let distill = loss::from_config(&recipe.loss.distill);
+    let ckpt = Checkpointer { dir, recipe };
+    let end = recipe.train.max_steps.map_or(total, |m| m.min(total));
+    let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+                .expect("valid template"),
+        );
+        b.set_position(state.step as u64);
+        b
+    });
+    let started = Instant::now();
+    let mut images_done = 0usize;
+    let mut grads = params.zero_grads();
+    let mut order: Option<(usize, Vec<usize>)> = None;
+    let mut last_val = (None, None);
+    let mut interrupted = false;
+    while state.step < end {
+        let step = state.step;
+        let (epoch, pos) = (step / spe, step % spe);
+        if order.as_ref().map(|o| o.0) != Some(epoch) {
+            order = Some((epoch, epoch_order(train.len(), recipe.seed, epoch)));
+        }
+        let idx = &order.as_ref().unwrap().1[pos * bs..(pos + 1) * bs];
+        let mut rng = step_rng(recipe.seed, step);
+        let (x, y) = make_batch(train, idx, &norm, Some((&recipe.data.augment, &mut rng)), &dev)?;
+        let plan = sampler.plan(space, step, &mut rng);
+        grads.iter_mut().for_each(|g| g.fill(0.0));
+        let out = accumulate(&net, &params, &plan, &x, &y, recipe.loss.label_smoothing, distill.as_deref(), &mut grads)?;
+        let lr = lr_at(step, total, warmup, peak, &recipe.optimizer);
+        if let Some(k) = out.nonfinite {
+            let which = format!("subnet {k} of the step ({:?})", plan.archs[k].to_json());
+            match recipe.train.on_nonfinite_loss {
+                NonFinite::Stop => {
+                    metrics_line(&metrics, json!({"step": step + 1, "nonfinite_loss": out.losses[k], "stopped": true}))?;
+                    return Err(Error::NonFiniteLoss { step: step + 1, which, value: out.losses[k] });
+                }
+                NonFinite::Skip => {
+                    state.skipped_steps += 1;
+                    tracing::warn!("step {}: non-finite loss in {which}; step skipped", step + 1);
+                    metrics_line(&metrics, json!({"step": step + 1, "skipped": true, "nonfinite_loss": out.losses[k], "skipped_steps": state.skipped_steps}))?;
+                }
+            }
+        } else {
+            let grad_norm = opt.step(&params.vars, &grads, lr)?;
+            state.adam_t = opt.t;
+            let flops: Vec<u64> = plan.archs.iter().map(|a| flops(space, a)).collect();
+            metrics_line(&metrics, json!({"step": step + 1, "epoch": epoch, "lr": lr, "losses": out.losses, "flops": flops, "grad_norm": grad_norm}))?;
+        }
+        state.step += 1;
+        images_done += bs;
+        let rate = images_done as f64 / started.elapsed().as_secs_f64();
+        let loss0 = out.losses.first().copied().unwrap_or(f32::NAN);
+        if let Some(b) = &bar {
+            b.set_position(state.step as u64);
+            b.set_message(format!("epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} img/s", epoch + 1));
+        } else if opts.progress && (state.step % recipe.train.log_every == 0 || state.step == end) {
+            eprintln!("step {}/{total} epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} img/s", state.step, epoch + 1);
+        }
+        let epoch_end = state.step % spe == 0;
+        if epoch_end {
+            let ev = |arch: &crate::space::Arch| {
+                evaluate(val, &norm, recipe.data.eval_batch_size, &dev, |x| net.forward(x, arch, false))
+            };
+            let (lg, sm) = (ev(&space.largest())?, ev(&space.smallest())?);
+            metrics_line(&metrics, json!({"step": state.step, "epoch_end": epoch + 1, "val_largest": lg, "val_smallest": sm}))?;
+            let msg = format!(
+                "epoch {} val acc largest {:.4} smallest {:.4}",
+                epoch + 1,
+                lg.accuracy,
+                sm.accuracy
+            );
+            match &bar {
+                Some(b) => b.println(msg),
+                None if opts.progress => eprintln!("{msg}"),
+                None => {}
+            }
+            last_val = (Some(lg), Some(sm));
+        }
+        let stop = opts.stop.load(Ordering::SeqCst);
+        if epoch_end || state.step % recipe.train.checkpoint_every == 0 || stop || state.step == end {
+            ckpt.save(&params, &opt, &state)?;
+        }
+        if stop {
+            interrupted = true;
+            break;
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let mut summary = Summary {
+        run_dir: dir.to_path_buf(),
+        steps: state.step,
+        total_steps: total,
+        skipped_steps: state.skipped_steps,
+        wall_s: started.elapsed().as_secs_f64(),
+        interrupted,
+        val_largest: last_val.0,
+        val_smallest: last_val.1,
+        test_largest: None,
+        test_smallest: None,
+    };
+    if state.step == total && !interrupted {
+        if let Ok(test) = load_test(recipe, space) {
+            let ev = |arch: &crate::space::Arch| {
+                evaluate(&test, &norm, recipe.data.eval_batch_size, &dev, |x| net.forward(x, arch, false))
+            };
+            summary.test_largest = Some(ev(&space.largest())?);
+            summary.test_smallest = Some(ev(&space.smallest())?);
+            metrics_line(&metrics, json!({"step": state.step, "final_test_largest": summary.test_largest, "final_test_smallest": summary.test_smallest}))?;
+        }
+    }
+    Ok(summary)
+}

@@ -1,0 +1,228 @@
+//! Training recipes: TOML files under `recipes/` that deserialize straight
+//! into [`Recipe`]. Every run writes its fully resolved recipe next to its
+//! artifacts.
+
+use crate::data::batch::{Augment, Normalize};
+use crate::data::Format;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    /// Search-space file.
+    pub space: PathBuf,
+    /// Seeds initialisation, data order, augmentation, sampling.
+    pub seed: u64,
+    /// Run directory (created; `--resume` continues one).
+    pub output_dir: PathBuf,
+    pub data: DataConfig,
+    pub sampler: SamplerConfig,
+    pub loss: LossConfig,
+    pub optimizer: OptimizerConfig,
+    pub train: TrainConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub format: Format,
+    /// Data directory; when absent for IDX data, Fashion-MNIST is looked for
+    /// at /usr/share/datasets/fashion-mnist and ../shared/data/fashion-mnist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Examples held out of the training split for validation (seeded).
+    pub val_size: usize,
+    /// Use only the first N training examples (after the validation split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_limit: Option<usize>,
+    #[serde(default)]
+    pub augment: Augment,
+    /// Per-channel mean/std; computed from the training split when absent
+    /// (the resolved recipe records the values used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalize>,
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+}
+
+fn default_eval_batch() -> usize {
+    256
+}
+
+/// Which subnets one optimizer step trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SamplerConfig {
+    /// One uniformly sampled subnet per step (SPOS).
+    Uniform,
+    /// Largest + smallest + `num_random` uniform subnets (BigNAS / NASViT).
+    Sandwich { num_random: usize },
+    /// FairNAS strict fairness: per step, every choice of every gene is used
+    /// equally often across the step's subnets.
+    Fair,
+    /// AttentiveNAS-style: largest + smallest + `num_random` subnets, each the
+    /// best (or worst) of `num_candidates` uniform candidates by a cheap proxy.
+    Attentive { num_random: usize, num_candidates: usize, pick: AttentivePick },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttentivePick {
+    /// Largest FLOPs among the candidates.
+    Best,
+    /// Smallest FLOPs among the candidates.
+    Worst,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    /// Label smoothing of the cross-entropy on ground truth labels.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// In-place distillation of the non-largest subnets from the largest's
+    /// detached output (when the sampler trains the largest first).
+    pub distill: DistillConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DistillConfig {
+    /// Every subnet trains on the labels.
+    None,
+    /// KL(teacher ‖ student), batch mean.
+    Kl,
+    /// AlphaNet's adaptive alpha-divergence.
+    Alpha { alpha_min: f64, alpha_max: f64, iw_clip: f64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Peak learning rate (AdamW).
+    pub lr: f64,
+    /// If set, the peak is `lr × batch_size / lr_reference_batch` (AutoFormer: 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_reference_batch: Option<usize>,
+    pub min_lr: f64,
+    pub warmup_lr: f64,
+    /// Linear warmup length in epochs (fractions allowed), then cosine decay.
+    pub warmup_epochs: f64,
+    pub weight_decay: f64,
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Clip the global gradient norm of each step to this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
+}
+
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonFinite {
+    /// Stop the run, keeping the last good checkpoint.
+    Stop,
+    /// Skip the step (no update) and count it in the metrics.
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Write a checkpoint every N optimizer steps (and at every epoch end).
+    pub checkpoint_every: usize,
+    /// Stop after this many steps in total (for smoke runs and tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<usize>,
+    #[serde(default = "default_nonfinite")]
+    pub on_nonfinite_loss: NonFinite,
+    /// Plain progress line every N steps when not on a terminal.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+}
+
+fn default_nonfinite() -> NonFinite {
+    NonFinite::Stop
+}
+fn default_log_every() -> usize {
+    50
+}
+
+impl Recipe {
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
+        let r: Recipe = toml::from_str(text).map_err(|e| Error::Toml { path: origin.into(), message: e.to_string() })?;
+        r.validate(origin)?;
+        Ok(r)
+    }
+
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).expect("a Recipe always serializes")
+    }
+
+    fn validate(&self, origin: &Path) -> Result<()> {
+        let bad = |field: &str, message: &str| Error::InvalidRecipe {
+            file: origin.display().to_string(),
+            field: field.into(),
+            message: message.into(),
+        };
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err(bad("train.epochs", "must be positive"));
+        }
+        if t.batch_size == 0 {
+            return Err(bad("train.batch_size", "must be positive"));
+        }
+        if t.checkpoint_every == 0 {
+            return Err(bad("train.checkpoint_every", "must be positive"));
+        }
+        let o = &self.optimizer;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return Err(bad("optimizer.lr", "must be a positive number"));
+        }
+        if o.warmup_epochs < 0.0 {
+            return Err(bad("optimizer.warmup_epochs", "must not be negative"));
+        }
+        if !(0.0..1.0).contains(&self.loss.label_smoothing) {
+            return Err(bad("loss.label_smoothing", "must be in [0, 1)"));
+        }
+        if let SamplerConfig::Attentive { num_candidates: 0, .. } = self.sampler {
+            return Err(bad("sampler.num_candidates", "must be positive"));
+        }
+        if let DistillConfig::Alpha { alpha_min, alpha_max, iw_clip } = self.loss.distill {
+            if alpha_min > alpha_max {
+                return Err(bad("loss.distill.alpha_min", "must not exceed alpha_max"));
+            }
+            if iw_clip <= 0.0 {
+                return Err(bad("loss.distill.iw_clip", "must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The peak learning rate after batch scaling.
+    pub fn peak_lr(&self) -> f64 {
+        match self.optimizer.lr_reference_batch {
+            Some(r) => self.optimizer.lr * self.train.batch_size as f64 / r as f64,
+            None => self.optimizer.lr,
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! One optimizer step's forward/backward work: every subnet of a [`Plan`]
+//! in turn, gradients accumulated into flat per-parameter buffers.
+
+use super::loss::{cross_entropy, Distill};
+use super::sampler::Plan;
+use crate::error::Result;
+use crate::supernet::Supernet;
+use candle_core::{Tensor, Var};
+use candle_nn::VarMap;
+
+/// The supernet's trainable variables, sorted by name (a stable order for
+/// the optimizer state and checkpoints).
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub names: Vec<String>,
+    pub vars: Vec<Var>,
+}
+
+impl Params {
+    pub fn from_varmap(vm: &VarMap) -> Self {
+        let data = vm.data().lock().expect("varmap poisoned");
+        let mut named: Vec<(String, Var)> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let (names, vars) = named.into_iter().unzip();
+        Params { names, vars }
+    }
+
+    pub fn sizes(&self) -> Vec<usize> {
+        self.vars.iter().map(|v| v.elem_count()).collect()
+    }
+
+    pub fn zero_grads(&self) -> Vec<Vec<f32>> {
+        self.sizes().into_iter().map(|n| vec![0.0; n]).collect()
+    }
+
+    /// `(name, tensor)` pairs of the current values.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.names.iter().cloned().zip(self.vars.iter().map(|v| v.as_tensor().clone())).collect()
+    }
+}
+
+/// What the subnets of a step reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepLosses {
+    /// Reported loss of each subnet, in plan order.
+    pub losses: Vec<f32>,
+    /// The first subnet whose loss was NaN or infinite (its index); the
+    /// accumulated gradients must then be discarded.
+    pub nonfinite: Option<usize>,
+}
+
+/// Forward and backward of every subnet in `plan`, adding gradients into
+/// `grads` (same order as `params`).
+pub fn accumulate(
+    net: &Supernet,
+    params: &Params,
+    plan: &Plan,
+    images: &Tensor,
+    labels: &Tensor,
+    label_smoothing: f64,
+    distill: Option<&dyn Distill>,
+    grads: &mut [Vec<f32>],
+) -> Result<StepLosses> {
+    let mut teacher: Option<Tensor> = None;
+    let mut losses = Vec::with_capacity(plan.archs.len());
+    for (k, arch) in plan.archs.iter().enumerate() {
+        let logits = net.forward(images, arch, true)?;
+        let (loss, value) = match (&teacher, distill) {
+            (Some(t), Some(d)) => d.loss(&logits, t)?,
+            _ => {
+                let l = cross_entropy(&logits, labels, label_smoothing)?;
+                let v = l.to_scalar::<f32>()?;
+                (l, v)
+            }
+        };
+        losses.push(value);
+        if !value.is_finite() {
+            return Ok(StepLosses { losses, nonfinite: Some(k) });
+        }
+        if k == 0 && plan.teacher_first {
+            teacher = Some(logits.detach());
+        }
+        let g = loss.backward()?;
+        for (var, acc) in params.vars.iter().zip(grads.iter_mut()) {
+            if let Some(t) = g.get(var.as_tensor()) {
+                let v = t.flatten_all()?.to_vec1::<f32>()?;
+                for (a, b) in acc.iter_mut().zip(&v) {
+                    *a += b;
+                }
+            }
+        }
+    }
+    Ok(StepLosses { losses, nonfinite: None })
+}

@@ -1,0 +1,118 @@
+//! Every fused kernel against the unfused candle composite: forward within
+//! 1e-5 (max abs), gradients within 1e-4 (relative to the largest gradient),
+//! on random inputs with odd sizes; and a whole-supernet gradient comparison
+//! on one sandwich step.
+
+mod common;
+
+use candle_core::{Device, Tensor, Var};
+use common::{images, max_abs_diff, space, supernet};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use vitnas::ops::{self, composite};
+use vitnas::train::loss::Kl;
+use vitnas::train::sampler::{Sampler, Sandwich};
+use vitnas::train::step::{accumulate, Params};
+
+fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-12);
+    max_abs_diff(a, b) / scale
+}
+
+/// Compares `fused` and `reference` on inputs of `shape`: forward values and
+/// the gradient of `Σ w · f(x)` with respect to `x` (w random).
+fn compare(shape: &[usize], scale: f32, fused: impl Fn(&Tensor) -> Tensor, reference: impl Fn(&Tensor) -> Tensor) {
+    let x = Var::from_tensor(&randn(shape, 1, scale)).unwrap();
+    let w = randn(shape, 2, 1.0);
+    let (yf, yr) = (fused(x.as_tensor()), reference(x.as_tensor()));
+    let d = max_abs_diff(&yf, &yr);
+    assert!(d <= 1e-5, "{shape:?}: forward differs by {d}");
+    let gf = (yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gr = (yr * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let (gf, gr) = (gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap());
+    let r = rel_diff(gf, gr);
+    assert!(r <= 1e-4, "{shape:?}: gradient differs by {r} (relative)");
+}
+
+const SHAPES: &[&[usize]] = &[&[1, 1], &[3, 7], &[2, 5, 33], &[4, 50, 128], &[64, 50, 97]];
+
+#[test]
+fn fused_softmax_matches_composite() {
+    for s in SHAPES {
+        compare(s, 4.0, |x| ops::softmax_last(x).unwrap(), |x| composite::softmax_last(x).unwrap());
+    }
+}
+
+#[test]
+fn fused_gelu_matches_composite() {
+    for s in SHAPES {
+        compare(s, 5.0, |x| ops::gelu(x).unwrap(), |x| composite::gelu(x).unwrap());
+    }
+}
+
+#[test]
+fn fused_layer_norm_matches_composite_including_gamma_and_beta_gradients() {
+    for s in SHAPES {
+        let d = *s.last().unwrap();
+        let gamma = Var::from_tensor(&(randn(&[d], 3, 0.5) + 1.0).unwrap()).unwrap();
+        let beta = Var::from_tensor(&randn(&[d], 4, 0.5)).unwrap();
+        compare(
+            s,
+            3.0,
+            |x| ops::layer_norm(x, &gamma, &beta, 1e-5).unwrap(),
+            |x| composite::layer_norm(x, &gamma, &beta, 1e-5).unwrap(),
+        );
+        let x = randn(s, 5, 3.0);
+        let w = randn(s, 6, 1.0);
+        let g_of = |y: Tensor| (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = g_of(ops::layer_norm(&x, &gamma, &beta, 1e-5).unwrap());
+        let gr = g_of(composite::layer_norm(&x, &gamma, &beta, 1e-5).unwrap());
+        for v in [&gamma, &beta] {
+            let r = rel_diff(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+            assert!(r <= 1e-4, "{s:?}: gamma/beta gradient differs by {r}");
+        }
+    }
+}
+
+#[test]
+fn kernels_reject_non_f32_input() {
+    let x = Tensor::new(&[1.0f64, 2.0], &Device::Cpu).unwrap();
+    let msg = vitnas::kernels::gelu(&x).unwrap_err().to_string();
+    assert!(msg.contains("f32"), "{msg}");
+}
+
+#[test]
+fn fused_and_composite_supernets_agree_on_a_sandwich_step() {
+    let s = space("fmnist-tiny");
+    let (net, vm) = supernet(&s, 7);
+    let params = Params::from_varmap(&vm);
+    let x = images(&s, 8, 3);
+    let y = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 6, 7], &Device::Cpu).unwrap();
+    let plan = Sandwich { num_random: 2 }.plan(&s, 0, &mut StdRng::seed_from_u64(1));
+    let run = || {
+        let mut g = params.zero_grads();
+        let l = accumulate(&net, &params, &plan, &x, &y, 0.1, Some(&Kl), &mut g).unwrap();
+        (l, g)
+    };
+    let (lf, gf) = run();
+    let (lr, gr) = ops::with_composite(run);
+    for (a, b) in lf.losses.iter().zip(&lr.losses) {
+        assert!((a - b).abs() <= 1e-5, "losses {a} vs {b}");
+    }
+    for (k, name) in params.names.iter().enumerate() {
+        let scale = gr[k].iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-8);
+        let d = gf[k].iter().zip(&gr[k]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        // The key bias's true gradient is 0 (softmax shift invariance): both are rounding noise.
+        if name.ends_with("key.bias") {
+            assert!(d <= 1e-5, "{name}: {d}");
+            continue;
+        }
+        assert!(d / scale <= 1e-3, "{name}: gradients differ by {} relative", d / scale);
+    }
+}
