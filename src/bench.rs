@@ -20,15 +20,21 @@ pub const GEMM_PEAK_GFLOPS: f64 = 170.0;
 
 /// The benchmark space (same as ../shared/bench/torch_reference.py).
 pub fn space() -> Space {
-    Space::from_toml_str(include_str!("../search_spaces/fmnist-tiny.toml"), "search_spaces/fmnist-tiny.toml")
-        .expect("the bundled space is valid")
+    Space::from_toml_str(
+        include_str!("../search_spaces/fmnist-tiny.toml"),
+        "search_spaces/fmnist-tiny.toml",
+    )
+    .expect("the bundled space is valid")
 }
 
 fn random_batch(batch: usize, seed: u64) -> Result<(Tensor, Tensor)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let x: Vec<f32> = (0..batch * 28 * 28).map(|_| rng.random()).collect();
     let y: Vec<u32> = (0..batch).map(|_| rng.random_range(0..10)).collect();
-    Ok((Tensor::from_vec(x, (batch, 1, 28, 28), &Device::Cpu)?, Tensor::from_vec(y, batch, &Device::Cpu)?))
+    Ok((
+        Tensor::from_vec(x, (batch, 1, 28, 28), &Device::Cpu)?,
+        Tensor::from_vec(y, batch, &Device::Cpu)?,
+    ))
 }
 
 pub fn train(steps: usize, batch: usize, threads: usize) -> Result<Value> {
@@ -111,13 +117,21 @@ pub fn data(batch: usize, iters: usize) -> Result<Value> {
         num_classes: 10,
         source: "random".into(),
     };
-    let norm = Normalize { mean: vec![0.286], std: vec![0.353] };
-    let aug = Augment { crop_padding: 2, hflip: true };
+    let norm = Normalize {
+        mean: vec![0.286],
+        std: vec![0.353],
+    };
+    let aug = Augment {
+        crop_padding: 2,
+        hflip: true,
+    };
     let t0 = Instant::now();
     for k in 0..iters {
         let idx: Vec<usize> = (0..batch).map(|i| (k * batch + i) % n).collect();
         make_batch(&ds, &idx, &norm, Some((&aug, &mut rng)), &Device::Cpu)?;
     }
     let dt = t0.elapsed().as_secs_f64();
-    Ok(json!({"mode": "data", "batch": batch, "ms_per_batch": 1e3 * dt / iters as f64, "images_per_s": (batch * iters) as f64 / dt}))
+    Ok(
+        json!({"mode": "data", "batch": batch, "ms_per_batch": 1e3 * dt / iters as f64, "images_per_s": (batch * iters) as f64 / dt}),
+    )
 }

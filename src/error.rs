@@ -44,7 +44,11 @@ pub enum Error {
 
     /// A recipe that parsed but does not make sense.
     #[error("{file}: invalid recipe, field `{field}`: {message}")]
-    InvalidRecipe { file: String, field: String, message: String },
+    InvalidRecipe {
+        file: String,
+        field: String,
+        message: String,
+    },
 
     /// A checkpoint that cannot be read or does not match the model.
     #[error("checkpoint {path}: {message}")]
@@ -52,11 +56,18 @@ pub enum Error {
 
     /// Training stopped: a loss was NaN or infinite.
     #[error("non-finite loss at step {step} ({which}): {value}; the last good checkpoint is kept")]
-    NonFiniteLoss { step: usize, which: String, value: f32 },
+    NonFiniteLoss {
+        step: usize,
+        which: String,
+        value: f32,
+    },
 
     /// A dataset file or directory that cannot be used.
     #[error("{source_name}: {message}")]
-    Data { source_name: String, message: String },
+    Data {
+        source_name: String,
+        message: String,
+    },
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

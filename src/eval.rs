@@ -28,9 +28,18 @@ pub fn evaluate(
         let (x, y) = make_batch(ds, chunk, norm, None, device)?;
         let logits = forward(&x)?.detach();
         let pred = logits.argmax(D::Minus1)?;
-        correct += pred.eq(&y)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
-        loss_sum += cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        correct += pred
+            .eq(&y)?
+            .to_dtype(candle_core::DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as usize;
+        loss_sum +=
+            cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
     }
     let n = ds.len().max(1) as f64;
-    Ok(EvalResult { accuracy: correct as f64 / n, loss: loss_sum / n, examples: ds.len() })
+    Ok(EvalResult {
+        accuracy: correct as f64 / n,
+        loss: loss_sum / n,
+        examples: ds.len(),
+    })
 }

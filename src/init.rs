@@ -24,14 +24,25 @@ fn trunc_normal(rng: &mut StdRng, mean: f64, std: f64) -> f32 {
 }
 
 impl SeededVarMap {
-    fn init(&self, shape: &Shape, h: Init, dtype: DType, dev: &Device, name: &str) -> Result<Tensor> {
+    fn init(
+        &self,
+        shape: &Shape,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+        name: &str,
+    ) -> Result<Tensor> {
         let n = shape.elem_count();
         let mut rng = self.rng.lock().expect("init rng poisoned");
         let values: Vec<f32> = match h {
             Init::Const(c) => return Tensor::full(c as f32, shape, dev)?.to_dtype(dtype),
-            Init::Randn { mean, stdev } => (0..n).map(|_| trunc_normal(&mut rng, mean, stdev)).collect(),
+            Init::Randn { mean, stdev } => (0..n)
+                .map(|_| trunc_normal(&mut rng, mean, stdev))
+                .collect(),
             Init::Uniform { lo, up } => (0..n).map(|_| rng.random_range(lo..up) as f32).collect(),
-            Init::Kaiming { .. } => candle_core::bail!("{name}: Kaiming initialisation is not seeded by vitnas"),
+            Init::Kaiming { .. } => {
+                candle_core::bail!("{name}: Kaiming initialisation is not seeded by vitnas")
+            }
         };
         Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)
     }
@@ -42,7 +53,10 @@ impl SimpleBackend for SeededVarMap {
         let mut data = self.varmap.data().lock().expect("varmap poisoned");
         if let Some(v) = data.get(name) {
             if v.shape() != &s {
-                candle_core::bail!("{name}: shape mismatch, expected {s:?}, found {:?}", v.shape());
+                candle_core::bail!(
+                    "{name}: shape mismatch, expected {s:?}, found {:?}",
+                    v.shape()
+                );
             }
             return Ok(v.as_tensor().clone());
         }
@@ -61,14 +75,26 @@ impl SimpleBackend for SeededVarMap {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap.data().lock().expect("varmap poisoned").contains_key(name)
+        self.varmap
+            .data()
+            .lock()
+            .expect("varmap poisoned")
+            .contains_key(name)
     }
 }
 
 /// A VarBuilder that creates trainable variables in `varmap`, initialised
 /// from `seed` in construction order (the same model code and seed give the
 /// same values).
-pub fn seeded_var_builder(varmap: &VarMap, seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
-    let backend = SeededVarMap { varmap: varmap.clone(), rng: Mutex::new(StdRng::seed_from_u64(seed)) };
+pub fn seeded_var_builder(
+    varmap: &VarMap,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> VarBuilder<'static> {
+    let backend = SeededVarMap {
+        varmap: varmap.clone(),
+        rng: Mutex::new(StdRng::seed_from_u64(seed)),
+    };
     VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
 }

@@ -1,11 +1,14 @@
-//! Fused CPU kernels with backward, for f32 tensors: layer normalisation
-//! (without the affine part), softmax over the last dimension, exact GELU.
+//! Fused CPU kernels with backward, for f32 tensors: layer norm (with its
+//! affine part), bias add (column-sum backward), scaled softmax over the
+//! last dimension, exact GELU.
 //! Each forward is a candle `CustomOp1` whose `bwd` calls a second fused
 //! kernel, so autograd flows through them (unlike candle's fast
 //! `LayerNorm` / `softmax_last_dim`). Rows are split across threads only
 //! when the tensor is large enough to pay for the dispatch.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// Below this many elements a kernel runs on the calling thread.
@@ -42,12 +45,16 @@ fn last_dim(l: &Layout) -> usize {
 
 // ---------------------------------------------------------------- layer norm
 
-/// `(x − mean) / sqrt(var + eps)` over the last dimension.
-struct Normalize {
+/// `γ · (x − mean) / sqrt(var + eps) + β` over the last dimension.
+struct LayerNorm {
     eps: f32,
 }
-/// Its gradient: `rstd · (g − mean(g) − x̂ · mean(g · x̂))`, from `(x, g)`.
-struct NormalizeBwd {
+/// `dx = rstd · (gγ − mean(gγ) − x̂ · mean(gγ · x̂))` from `(x, g, γ)`.
+struct LayerNormBwdX {
+    eps: f32,
+}
+/// `[Σ g · x̂, Σ g]` over all rows, shape `[2, d]`, from `(x, g)`.
+struct LayerNormBwdParams {
     eps: f32,
 }
 
@@ -58,63 +65,247 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-impl CustomOp1 for Normalize {
+impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
-        "vitnas-normalize"
+        "vitnas-layer-norm"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, self.name())?;
-        let d = last_dim(l);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let (gamma, beta) = (slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let d = last_dim(l1);
+        if gamma.len() != d || beta.len() != d {
+            bail!(
+                "{}: gamma/beta have {}/{} entries for rows of {d}",
+                self.name(),
+                gamma.len(),
+                beta.len()
+            );
+        }
         let out = map_rows(x.len(), d, |r, o| {
             let xr = &x[r * d..(r + 1) * d];
             let (mean, rstd) = row_stats(xr, self.eps);
-            for (o, v) in o.iter_mut().zip(xr) {
-                *o = (v - mean) * rstd;
+            for (((o, v), g), b) in o.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                *o = (v - mean) * rstd * g + b;
             }
         });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
-        Ok(Some(arg.apply_op2_no_bwd(&g, &NormalizeBwd { eps: self.eps })?))
+        let dx = x.apply_op3_no_bwd(&g, gamma, &LayerNormBwdX { eps: self.eps })?;
+        let p = x.apply_op2_no_bwd(&g, &LayerNormBwdParams { eps: self.eps })?;
+        Ok((Some(dx), Some(p.get(0)?), Some(p.get(1)?)))
     }
 }
 
-impl CustomOp2 for NormalizeBwd {
+impl CustomOp3 for LayerNormBwdX {
     fn name(&self) -> &'static str {
-        "vitnas-normalize-bwd"
+        "vitnas-layer-norm-bwd-x"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, self.name())?;
         let g = slice(s2, l2, self.name())?;
+        let gamma = slice(s3, l3, self.name())?;
         let d = last_dim(l1);
         let out = map_rows(x.len(), d, |r, o| {
             let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
             let (mean, rstd) = row_stats(xr, self.eps);
             let (mut sg, mut sgx) = (0f32, 0f32);
-            for (v, gv) in xr.iter().zip(gr) {
-                sg += gv;
-                sgx += gv * (v - mean) * rstd;
+            for ((v, gv), ga) in xr.iter().zip(gr).zip(gamma) {
+                let gg = gv * ga;
+                sg += gg;
+                sgx += gg * (v - mean) * rstd;
             }
             let (mg, mgx) = (sg / d as f32, sgx / d as f32);
-            for ((o, v), gv) in o.iter_mut().zip(xr).zip(gr) {
-                *o = rstd * (gv - mg - (v - mean) * rstd * mgx);
+            for (((o, v), gv), ga) in o.iter_mut().zip(xr).zip(gr).zip(gamma) {
+                *o = rstd * (gv * ga - mg - (v - mean) * rstd * mgx);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-/// Layer normalisation over the last dimension, without affine parameters.
-pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Normalize { eps: eps as f32 })
+impl CustomOp2 for LayerNormBwdParams {
+    fn name(&self) -> &'static str {
+        "vitnas-layer-norm-bwd-params"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let g = slice(s2, l2, self.name())?;
+        let d = last_dim(l1);
+        let rows = x.len() / d.max(1);
+        let partial = |r0: usize, r1: usize| {
+            let mut acc = vec![0f32; 2 * d];
+            for r in r0..r1 {
+                let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+                let (mean, rstd) = row_stats(xr, self.eps);
+                let (dg, db) = acc.split_at_mut(d);
+                for (((a, b), v), gv) in dg.iter_mut().zip(db.iter_mut()).zip(xr).zip(gr) {
+                    *a += gv * (v - mean) * rstd;
+                    *b += gv;
+                }
+            }
+            acc
+        };
+        let out = sum_partials(rows, x.len(), 2 * d, partial);
+        Ok((CpuStorage::F32(out), Shape::from((2, d))))
+    }
+}
+
+/// Sums `partial(r0, r1)` (a vector of `width`) over row ranges, split in
+/// two halves on the thread pool when the input is large.
+fn sum_partials(
+    rows: usize,
+    elems: usize,
+    width: usize,
+    partial: impl Fn(usize, usize) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    if elems < PAR_MIN_ELEMS || rows < 2 {
+        return partial(0, rows);
+    }
+    let threads = rayon::current_num_threads().clamp(1, rows);
+    let chunk = rows.div_ceil(threads);
+    let parts: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| partial((t * chunk).min(rows), ((t + 1) * chunk).min(rows)))
+        .collect();
+    let mut out = vec![0f32; width];
+    for p in parts {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// Layer norm over the last dimension with `gamma` and `beta`, differentiable
+/// in all three.
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
+}
+
+// ----------------------------------------------------------------- bias add
+
+/// `x + b` with `b` broadcast over the leading dimensions of `x`
+/// (`b`'s shape is `x`'s trailing dimensions, flattened).
+struct BiasAdd;
+/// Column sums of `g` viewed as `[rows, n]`.
+struct ColumnSum {
+    n: usize,
+}
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "vitnas-bias-add"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let b = slice(s2, l2, self.name())?;
+        let n = b.len();
+        if n == 0 || x.len() % n != 0 {
+            bail!(
+                "{}: bias of {n} does not tile an input of {}",
+                self.name(),
+                x.len()
+            );
+        }
+        let out = map_rows(x.len(), n, |r, o| {
+            for ((o, v), bv) in o.iter_mut().zip(&x[r * n..(r + 1) * n]).zip(b) {
+                *o = v + bv;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = grad
+            .contiguous()?
+            .apply_op1_no_bwd(&ColumnSum { n: b.elem_count() })?;
+        Ok((Some(grad.clone()), Some(db.reshape(b.shape())?)))
+    }
+}
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "vitnas-column-sum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = slice(s, l, self.name())?;
+        let n = self.n;
+        let rows = g.len() / n.max(1);
+        let out = sum_partials(rows, g.len(), n, |r0, r1| {
+            let mut acc = vec![0f32; n];
+            for r in r0..r1 {
+                for (a, v) in acc.iter_mut().zip(&g[r * n..(r + 1) * n]) {
+                    *a += v;
+                }
+            }
+            acc
+        });
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// `x + b`, `b` broadcast over `x`'s leading dimensions; differentiable, with
+/// the bias gradient a direct column sum.
+pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)
 }
 
 // ------------------------------------------------------------------ softmax
 
-struct Softmax;
-/// `y · (g − Σ g·y)` from `(y, g)`.
-struct SoftmaxBwd;
+/// `softmax(scale · x)` over the last dimension.
+struct Softmax {
+    scale: f32,
+}
+/// `scale · y · (g − Σ g·y)` from `(y, g)`.
+struct SoftmaxBwd {
+    scale: f32,
+}
 
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
@@ -128,7 +319,7 @@ impl CustomOp1 for Softmax {
             let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for (o, v) in o.iter_mut().zip(xr) {
-                *o = (v - m).exp();
+                *o = ((v - m) * self.scale).exp();
                 sum += *o;
             }
             let inv = 1.0 / sum;
@@ -137,7 +328,10 @@ impl CustomOp1 for Softmax {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd)?))
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &SoftmaxBwd { scale: self.scale },
+        )?))
     }
 }
 
@@ -145,7 +339,13 @@ impl CustomOp2 for SoftmaxBwd {
     fn name(&self) -> &'static str {
         "vitnas-softmax-bwd"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let y = slice(s1, l1, self.name())?;
         let g = slice(s2, l2, self.name())?;
         let d = last_dim(l1);
@@ -153,16 +353,18 @@ impl CustomOp2 for SoftmaxBwd {
             let (yr, gr) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
             let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
             for ((o, yv), gv) in o.iter_mut().zip(yr).zip(gr) {
-                *o = yv * (gv - dot);
+                *o = self.scale * yv * (gv - dot);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-/// Softmax over the last dimension, differentiable.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
+/// `softmax(scale · x)` over the last dimension (`scale` > 0), differentiable.
+pub fn softmax_last_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax {
+        scale: scale as f32,
+    })
 }
 
 // --------------------------------------------------------------------- GELU
@@ -174,7 +376,8 @@ fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let y = 1.0
-        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_73) * t + 0.254_829_6)
+        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_73) * t
+            + 0.254_829_6)
             * t
             * (-a * a).exp();
     s * y
@@ -211,7 +414,13 @@ impl CustomOp2 for GeluBwd {
     fn name(&self) -> &'static str {
         "vitnas-gelu-bwd"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, self.name())?;
         let g = slice(s2, l2, self.name())?;
         let f = |v: f32, gv: f32| {
@@ -220,7 +429,10 @@ impl CustomOp2 for GeluBwd {
             gv * (cdf + v * pdf)
         };
         let out: Vec<f32> = if x.len() >= PAR_MIN_ELEMS {
-            x.par_iter().zip(g.par_iter()).map(|(&v, &gv)| f(v, gv)).collect()
+            x.par_iter()
+                .zip(g.par_iter())
+                .map(|(&v, &gv)| f(v, gv))
+                .collect()
         } else {
             x.iter().zip(g).map(|(&v, &gv)| f(v, gv)).collect()
         };

@@ -4,6 +4,7 @@
 //! [`supernet`] (elastic layers, weight entanglement) → [`models`] (static
 //! subnets). See the repository README for the commands.
 
+pub mod allocator;
 pub mod bench;
 pub mod data;
 pub mod error;

@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cli;
 
 fn main() -> std::process::ExitCode {
+    vitnas::allocator::tune_mimalloc();
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose);
     match cli::run(args) {

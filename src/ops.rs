@@ -14,12 +14,14 @@ use candle_core::{Result, Tensor};
 /// over the flattened leading dimensions (`x`: `[.., in]`, `w`: `[out, in]`).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
-    let k = *dims.last().expect("linear input has at least one dimension");
+    let k = *dims
+        .last()
+        .expect("linear input has at least one dimension");
     let rows = x.elem_count() / k.max(1);
     let x2 = x.reshape((rows, k))?;
     let y = x2.matmul(&w.t()?)?;
     let y = match b {
-        Some(b) => y.broadcast_add(b)?,
+        Some(b) => bias_add(&y, b)?,
         None => y,
     };
     let mut out_dims = dims.to_vec();
@@ -49,15 +51,24 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     if composite_on() {
         return composite::layer_norm(x, gamma, beta, eps);
     }
-    kernels::normalize(x, eps)?.broadcast_mul(gamma)?.broadcast_add(beta)
+    kernels::layer_norm(x, gamma, beta, eps)
 }
 
-/// Softmax over the last dimension.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+/// `softmax(scale · x)` over the last dimension.
+pub fn softmax_last_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
     if composite_on() {
-        return composite::softmax_last(x);
+        return composite::softmax_last(&(x * scale)?);
     }
-    kernels::softmax_last(x)
+    kernels::softmax_last_scaled(x, scale)
+}
+
+/// `x + b`, `b` broadcast over the leading dimensions of `x` (its shape is
+/// `x`'s trailing dimensions).
+pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if composite_on() {
+        return x.broadcast_add(b);
+    }
+    kernels::bias_add(x, b)
 }
 
 /// GELU, exact (erf) form, as Hugging Face's `hidden_act = "gelu"`.
@@ -79,7 +90,9 @@ pub mod composite {
         let xc = x.broadcast_sub(&mean)?;
         let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / n)?;
         let inv = (var + eps)?.sqrt()?.recip()?;
-        xc.broadcast_mul(&inv)?.broadcast_mul(gamma)?.broadcast_add(beta)
+        xc.broadcast_mul(&inv)?
+            .broadcast_mul(gamma)?
+            .broadcast_add(beta)
     }
 
     pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
@@ -108,15 +121,24 @@ pub fn patchify(images: &Tensor, p: usize) -> Result<Tensor> {
 /// Multi-head scaled dot-product attention without masking. `q`, `k`, `v`:
 /// `[B, T, heads·head_dim]`; returns the per-head weighted sums concatenated
 /// back to `[B, T, heads·head_dim]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    head_dim: usize,
+) -> Result<Tensor> {
     let (b, t, _) = q.dims3()?;
     let split = |x: &Tensor| -> Result<Tensor> {
-        x.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous()
+        x.reshape((b, t, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
     };
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let q = (split(q)? * scale)?;
-    let k = split(k)?;
-    let v = split(v)?;
-    let probs = softmax_last(&q.matmul(&k.t()?)?)?;
-    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, heads * head_dim))
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let probs = softmax_last_scaled(&q.matmul(&k.t()?)?, scale)?;
+    probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b, t, heads * head_dim))
 }

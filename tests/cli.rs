@@ -11,18 +11,35 @@ fn vitnas(args: &[&str]) -> (bool, String, String) {
         .current_dir(repo_path(""))
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
 fn arch_params_prints_the_autoformer_t_count_with_off_grid() {
-    let (ok, out, err) =
-        vitnas(&["arch", "params", "search_spaces/autoformer-tiny.toml", "search_spaces/autoformer-t.arch.json", "--off-grid"]);
+    let (ok, out, err) = vitnas(&[
+        "arch",
+        "params",
+        "search_spaces/autoformer-tiny.toml",
+        "search_spaces/autoformer-t.arch.json",
+        "--off-grid",
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("params 5768104"), "{out}");
-    let (ok, _, err) = vitnas(&["arch", "params", "search_spaces/autoformer-tiny.toml", "search_spaces/autoformer-t.arch.json"]);
+    let (ok, _, err) = vitnas(&[
+        "arch",
+        "params",
+        "search_spaces/autoformer-tiny.toml",
+        "search_spaces/autoformer-t.arch.json",
+    ]);
     assert!(!ok);
-    assert!(err.contains("mlp_ratio[2]") && err.contains("--off-grid"), "{err}");
+    assert!(
+        err.contains("mlp_ratio[2]") && err.contains("--off-grid"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -36,13 +53,30 @@ fn space_show_reports_size_params_and_flops() {
 
 #[test]
 fn arch_sample_is_seeded_and_valid_json() {
-    let (ok, a, err) = vitnas(&["arch", "sample", "search_spaces/fmnist-tiny.toml", "--seed", "5"]);
+    let (ok, a, err) = vitnas(&[
+        "arch",
+        "sample",
+        "search_spaces/fmnist-tiny.toml",
+        "--seed",
+        "5",
+    ]);
     assert!(ok, "{err}");
-    let (_, b, _) = vitnas(&["arch", "sample", "search_spaces/fmnist-tiny.toml", "--seed", "5"]);
+    let (_, b, _) = vitnas(&[
+        "arch",
+        "sample",
+        "search_spaces/fmnist-tiny.toml",
+        "--seed",
+        "5",
+    ]);
     assert_eq!(a, b);
     let arch: vitnas::Arch = serde_json::from_str(&a).unwrap();
     arch.validate(&common::space("fmnist-tiny")).unwrap();
-    let (_, l, _) = vitnas(&["arch", "sample", "search_spaces/fmnist-tiny.toml", "--largest"]);
+    let (_, l, _) = vitnas(&[
+        "arch",
+        "sample",
+        "search_spaces/fmnist-tiny.toml",
+        "--largest",
+    ]);
     let l: vitnas::Arch = serde_json::from_str(&l).unwrap();
     assert_eq!(l, common::space("fmnist-tiny").largest());
 }

@@ -13,10 +13,26 @@ use vitnas::models::vit::{Vit, VitConfig};
 fn static_vit_reproduces_transformers_logits_and_hidden_states() {
     let dir = repo_path("tests/fixtures/hf-tiny-vit");
     let cfg = VitConfig::from_hf_config_file(&dir.join("config.json")).unwrap();
-    assert_eq!((cfg.hidden_size, cfg.head_dim, cfg.num_heads.len(), cfg.num_labels), (48, 16, 3, 10));
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu).unwrap() };
+    assert_eq!(
+        (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads.len(),
+            cfg.num_labels
+        ),
+        (48, 16, 3, 10)
+    );
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
     let model = Vit::load(&cfg, vb).unwrap();
-    let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let r =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     let x = &r["pixel_values"];
     let logits = model.forward(x).unwrap();
     let d = max_abs_diff(&logits, &r["logits"]);

@@ -16,18 +16,34 @@ use vitnas::train::step::{accumulate, Params};
 fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
     let mut rng = StdRng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-12);
+    let scale = b
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1e-12);
     max_abs_diff(a, b) / scale
 }
 
 /// Compares `fused` and `reference` on inputs of `shape`: forward values and
 /// the gradient of `Σ w · f(x)` with respect to `x` (w random).
-fn compare(shape: &[usize], scale: f32, fused: impl Fn(&Tensor) -> Tensor, reference: impl Fn(&Tensor) -> Tensor) {
+fn compare(
+    shape: &[usize],
+    scale: f32,
+    fused: impl Fn(&Tensor) -> Tensor,
+    reference: impl Fn(&Tensor) -> Tensor,
+) {
     let x = Var::from_tensor(&randn(shape, 1, scale)).unwrap();
     let w = randn(shape, 2, 1.0);
     let (yf, yr) = (fused(x.as_tensor()), reference(x.as_tensor()));
@@ -35,7 +51,10 @@ fn compare(shape: &[usize], scale: f32, fused: impl Fn(&Tensor) -> Tensor, refer
     assert!(d <= 1e-5, "{shape:?}: forward differs by {d}");
     let gf = (yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
     let gr = (yr * &w).unwrap().sum_all().unwrap().backward().unwrap();
-    let (gf, gr) = (gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap());
+    let (gf, gr) = (
+        gf.get(x.as_tensor()).unwrap(),
+        gr.get(x.as_tensor()).unwrap(),
+    );
     let r = rel_diff(gf, gr);
     assert!(r <= 1e-4, "{shape:?}: gradient differs by {r} (relative)");
 }
@@ -45,14 +64,24 @@ const SHAPES: &[&[usize]] = &[&[1, 1], &[3, 7], &[2, 5, 33], &[4, 50, 128], &[64
 #[test]
 fn fused_softmax_matches_composite() {
     for s in SHAPES {
-        compare(s, 4.0, |x| ops::softmax_last(x).unwrap(), |x| composite::softmax_last(x).unwrap());
+        compare(
+            s,
+            4.0,
+            |x| ops::softmax_last_scaled(x, 0.7).unwrap(),
+            |x| composite::softmax_last(&(x * 0.7).unwrap()).unwrap(),
+        );
     }
 }
 
 #[test]
 fn fused_gelu_matches_composite() {
     for s in SHAPES {
-        compare(s, 5.0, |x| ops::gelu(x).unwrap(), |x| composite::gelu(x).unwrap());
+        compare(
+            s,
+            5.0,
+            |x| ops::gelu(x).unwrap(),
+            |x| composite::gelu(x).unwrap(),
+        );
     }
 }
 
@@ -74,10 +103,45 @@ fn fused_layer_norm_matches_composite_including_gamma_and_beta_gradients() {
         let gf = g_of(ops::layer_norm(&x, &gamma, &beta, 1e-5).unwrap());
         let gr = g_of(composite::layer_norm(&x, &gamma, &beta, 1e-5).unwrap());
         for v in [&gamma, &beta] {
-            let r = rel_diff(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+            let r = rel_diff(
+                gf.get(v.as_tensor()).unwrap(),
+                gr.get(v.as_tensor()).unwrap(),
+            );
             assert!(r <= 1e-4, "{s:?}: gamma/beta gradient differs by {r}");
         }
     }
+}
+
+#[test]
+fn fused_bias_add_matches_broadcast_add_including_bias_gradient() {
+    for s in SHAPES {
+        let d = *s.last().unwrap();
+        let b = Var::from_tensor(&randn(&[d], 3, 1.0)).unwrap();
+        compare(
+            s,
+            1.0,
+            |x| ops::bias_add(x, &b).unwrap(),
+            |x| x.broadcast_add(&b).unwrap(),
+        );
+        let x = randn(s, 5, 1.0);
+        let w = randn(s, 6, 1.0);
+        let g_of = |y: Tensor| (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = g_of(ops::bias_add(&x, &b).unwrap());
+        let gr = g_of(x.broadcast_add(&b).unwrap());
+        let r = rel_diff(
+            gf.get(b.as_tensor()).unwrap(),
+            gr.get(b.as_tensor()).unwrap(),
+        );
+        assert!(r <= 1e-4, "{s:?}: bias gradient differs by {r}");
+    }
+    // A bias over the two trailing dimensions (position embeddings).
+    let pos = Var::from_tensor(&randn(&[50, 97], 7, 1.0)).unwrap();
+    compare(
+        &[3, 50, 97],
+        1.0,
+        |x| ops::bias_add(x, &pos).unwrap(),
+        |x| x.broadcast_add(&pos).unwrap(),
+    );
 }
 
 #[test]
@@ -107,12 +171,19 @@ fn fused_and_composite_supernets_agree_on_a_sandwich_step() {
     }
     for (k, name) in params.names.iter().enumerate() {
         let scale = gr[k].iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-8);
-        let d = gf[k].iter().zip(&gr[k]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let d = gf[k]
+            .iter()
+            .zip(&gr[k])
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         // The key bias's true gradient is 0 (softmax shift invariance): both are rounding noise.
         if name.ends_with("key.bias") {
             assert!(d <= 1e-5, "{name}: {d}");
             continue;
         }
-        assert!(d / scale <= 1e-3, "{name}: gradients differ by {} relative", d / scale);
+        assert!(
+            d / scale <= 1e-3,
+            "{name}: gradients differ by {} relative",
+            d / scale
+        );
     }
 }

@@ -16,9 +16,20 @@ fn presets_carry_the_published_ranges() {
     assert_eq!(t.choices.depth, [12, 13, 14]);
     assert_eq!(t.choices.num_heads, [3, 4]);
     assert_eq!(t.choices.mlp_ratio, [3.5, 4.0]);
-    assert_eq!((t.supernet.embed_dim, t.supernet.num_heads, t.supernet.depth), (256, 4, 14));
+    assert_eq!(
+        (t.supernet.embed_dim, t.supernet.num_heads, t.supernet.depth),
+        (256, 4, 14)
+    );
     assert_eq!((t.supernet.mlp_ratio, t.supernet.head_dim), (4.0, 64));
-    assert_eq!((t.input.image_size, t.input.channels, t.input.patch_size, t.input.num_classes), (224, 3, 16, 1000));
+    assert_eq!(
+        (
+            t.input.image_size,
+            t.input.channels,
+            t.input.patch_size,
+            t.input.num_classes
+        ),
+        (224, 3, 16, 1000)
+    );
 
     let s = space("autoformer-small");
     assert_eq!(s.choices.embed_dim, [320, 384, 448]);
@@ -38,7 +49,15 @@ fn presets_carry_the_published_ranges() {
     assert_eq!(f.choices.num_heads, [2, 3, 4]);
     assert_eq!(f.choices.mlp_ratio, [2.0, 3.0, 4.0]);
     assert_eq!(f.supernet.head_dim, 32);
-    assert_eq!((f.input.image_size, f.input.channels, f.input.patch_size, f.input.num_classes), (28, 1, 4, 10));
+    assert_eq!(
+        (
+            f.input.image_size,
+            f.input.channels,
+            f.input.patch_size,
+            f.input.num_classes
+        ),
+        (28, 1, 4, 10)
+    );
 }
 
 #[test]
@@ -51,7 +70,10 @@ fn space_round_trips_through_toml() {
 #[test]
 fn fmnist_space_size_is_counted_by_depth() {
     // 3 embed choices × Σ_d (3 heads × 3 ratios)^d for d in {4, 5, 6}.
-    assert_eq!(space("fmnist-tiny").size(), 3 * (9u128.pow(4) + 9u128.pow(5) + 9u128.pow(6)));
+    assert_eq!(
+        space("fmnist-tiny").size(),
+        3 * (9u128.pow(4) + 9u128.pow(5) + 9u128.pow(6))
+    );
 }
 
 fn invalid(text: &str) -> String {
@@ -62,29 +84,44 @@ fn invalid(text: &str) -> String {
 #[test]
 fn unknown_key_is_refused_naming_file_and_key() {
     let msg = invalid(&FMNIST.replace("head_dim = 32", "head_dim = 32\nhead_dims = 4"));
-    assert!(msg.contains("bad-space.toml") && msg.contains("head_dims"), "{msg}");
+    assert!(
+        msg.contains("bad-space.toml") && msg.contains("head_dims"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_field_is_refused_naming_it() {
     let msg = invalid(&FMNIST.replace("num_classes = 10", ""));
-    assert!(msg.contains("bad-space.toml") && msg.contains("num_classes"), "{msg}");
+    assert!(
+        msg.contains("bad-space.toml") && msg.contains("num_classes"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn empty_choice_list_is_refused_naming_the_field() {
     let msg = invalid(&FMNIST.replace("depth = [4, 5, 6]", "depth = []"));
-    assert!(msg.contains("bad-space.toml") && msg.contains("choices.depth") && msg.contains("empty"), "{msg}");
+    assert!(
+        msg.contains("bad-space.toml") && msg.contains("choices.depth") && msg.contains("empty"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn choice_above_the_supernet_maximum_is_refused() {
     let msg = invalid(&FMNIST.replace("embed_dim = [64, 96, 128]", "embed_dim = [64, 96, 160]"));
-    assert!(msg.contains("choices.embed_dim[2]") && msg.contains("160"), "{msg}");
+    assert!(
+        msg.contains("choices.embed_dim[2]") && msg.contains("160"),
+        "{msg}"
+    );
     let msg = invalid(&FMNIST.replace("num_heads = [2, 3, 4]", "num_heads = [2, 3, 5]"));
     assert!(msg.contains("choices.num_heads[2]"), "{msg}");
     let msg = invalid(&FMNIST.replace("mlp_ratio = [2.0, 3.0, 4.0]", "mlp_ratio = [2.0, 4.5]"));
-    assert!(msg.contains("choices.mlp_ratio[1]") && msg.contains("MLP width"), "{msg}");
+    assert!(
+        msg.contains("choices.mlp_ratio[1]") && msg.contains("MLP width"),
+        "{msg}"
+    );
     let msg = invalid(&FMNIST.replace("depth = [4, 5, 6]", "depth = [4, 7]"));
     assert!(msg.contains("choices.depth[1]"), "{msg}");
 }
@@ -94,7 +131,10 @@ fn nonsensical_dims_are_refused() {
     let msg = invalid(&FMNIST.replace("embed_dim = [64, 96, 128]", "embed_dim = [0, 96]"));
     assert!(msg.contains("choices.embed_dim[0]"), "{msg}");
     let msg = invalid(&FMNIST.replace("patch_size = 4", "patch_size = 5"));
-    assert!(msg.contains("input.patch_size") && msg.contains("divide"), "{msg}");
+    assert!(
+        msg.contains("input.patch_size") && msg.contains("divide"),
+        "{msg}"
+    );
     let msg = invalid(&FMNIST.replace("mlp_ratio = 4.0", "mlp_ratio = -1.0"));
     assert!(msg.contains("supernet.mlp_ratio"), "{msg}");
 }
@@ -110,10 +150,15 @@ fn layer_overrides_apply_and_are_validated() {
         assert_eq!(s.sample(&mut rng).num_heads[0], 4);
     }
     assert_eq!(s.smallest().num_heads[0], 4);
-    let msg = invalid(&format!("{FMNIST}\n[[layer]]\nindex = 6\nnum_heads = [4]\n"));
+    let msg = invalid(&format!(
+        "{FMNIST}\n[[layer]]\nindex = 6\nnum_heads = [4]\n"
+    ));
     assert!(msg.contains("layer[0].index"), "{msg}");
     let msg = invalid(&format!("{FMNIST}\n[[layer]]\nindex = 1\nmlp_ratio = []\n"));
-    assert!(msg.contains("layer[0].mlp_ratio") && msg.contains("empty"), "{msg}");
+    assert!(
+        msg.contains("layer[0].mlp_ratio") && msg.contains("empty"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -149,7 +194,10 @@ fn sampling_is_reproducible_and_stays_in_the_space() {
     }
     // Every choice is reached by uniform sampling.
     for e in &s.choices.embed_dim {
-        assert!(a.iter().any(|x| x.embed_dim == *e), "embed {e} never sampled");
+        assert!(
+            a.iter().any(|x| x.embed_dim == *e),
+            "embed {e} never sampled"
+        );
     }
     for d in &s.choices.depth {
         assert!(a.iter().any(|x| x.depth == *d), "depth {d} never sampled");
@@ -160,8 +208,24 @@ fn sampling_is_reproducible_and_stays_in_the_space() {
 fn largest_and_smallest_bound_the_space() {
     let s = space("fmnist-tiny");
     let (hi, lo) = (s.largest(), s.smallest());
-    assert_eq!((hi.embed_dim, hi.depth, hi.num_heads.clone(), hi.mlp_ratio.clone()), (128, 6, vec![4; 6], vec![4.0; 6]));
-    assert_eq!((lo.embed_dim, lo.depth, lo.num_heads.clone(), lo.mlp_ratio.clone()), (64, 4, vec![2; 4], vec![2.0; 4]));
+    assert_eq!(
+        (
+            hi.embed_dim,
+            hi.depth,
+            hi.num_heads.clone(),
+            hi.mlp_ratio.clone()
+        ),
+        (128, 6, vec![4; 6], vec![4.0; 6])
+    );
+    assert_eq!(
+        (
+            lo.embed_dim,
+            lo.depth,
+            lo.num_heads.clone(),
+            lo.mlp_ratio.clone()
+        ),
+        (64, 4, vec![2; 4], vec![2.0; 4])
+    );
     let mut rng = StdRng::seed_from_u64(3);
     for _ in 0..50 {
         let a = s.sample(&mut rng);
@@ -193,16 +257,27 @@ fn out_of_space_arch_is_refused_naming_the_field() {
     a.num_heads[2] = 5;
     let msg = a.validate(&s).unwrap_err().to_string();
     assert!(msg.contains("num_heads[2]") && msg.contains('5'), "{msg}");
-    assert!(a.check_fits(&s).unwrap_err().to_string().contains("num_heads[2]"));
+    assert!(a
+        .check_fits(&s)
+        .unwrap_err()
+        .to_string()
+        .contains("num_heads[2]"));
 
     let mut a = s.largest();
     a.mlp_ratio.pop();
     let msg = a.validate(&s).unwrap_err().to_string();
-    assert!(msg.contains("mlp_ratio") && msg.contains("depth is 6"), "{msg}");
+    assert!(
+        msg.contains("mlp_ratio") && msg.contains("depth is 6"),
+        "{msg}"
+    );
 
     let mut a = s.largest();
     a.embed_dim = 80;
-    assert!(a.validate(&s).unwrap_err().to_string().contains("embed_dim"));
+    assert!(a
+        .validate(&s)
+        .unwrap_err()
+        .to_string()
+        .contains("embed_dim"));
     a.check_fits(&s).unwrap(); // 80 ≤ 128: fits the supernet, off the grid
 }
 
@@ -213,14 +288,18 @@ fn autoformer_t_subnet_counts_5_768_104_params() {
     assert_eq!(params(&s, &a), 5_768_104);
     // Its MLP ratio 3.0 is not among autoformer-tiny's choices...
     let msg = a.validate(&s).unwrap_err().to_string();
-    assert!(msg.contains("mlp_ratio[2]") && msg.contains("3.0") && msg.contains("[3.5, 4.0]"), "{msg}");
+    assert!(
+        msg.contains("mlp_ratio[2]") && msg.contains("3.0") && msg.contains("[3.5, 4.0]"),
+        "{msg}"
+    );
     // ...but it fits the supernet's weights,
     a.check_fits(&s).unwrap();
     // and a space with 3.0 added accepts it.
     let text = std::fs::read_to_string(repo_path("search_spaces/autoformer-tiny.toml"))
         .unwrap()
         .replace("mlp_ratio = [3.5, 4.0]", "mlp_ratio = [3.0, 3.5, 4.0]");
-    a.validate(&Space::from_toml_str(&text, "t3.toml").unwrap()).unwrap();
+    a.validate(&Space::from_toml_str(&text, "t3.toml").unwrap())
+        .unwrap();
 }
 
 #[test]

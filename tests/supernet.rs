@@ -13,7 +13,10 @@ use vitnas::space::{params, Arch, Space};
 
 fn archs(s: &Space) -> Vec<(String, Arch)> {
     let mut rng = StdRng::seed_from_u64(11);
-    let mut v = vec![("largest".to_string(), s.largest()), ("smallest".to_string(), s.smallest())];
+    let mut v = vec![
+        ("largest".to_string(), s.largest()),
+        ("smallest".to_string(), s.smallest()),
+    ];
     v.extend((0..3).map(|k| (format!("random{k}"), s.sample(&mut rng))));
     v
 }
@@ -38,7 +41,10 @@ fn parameter_count_equals_extracted_tensor_elements() {
     for sp in ["fmnist-tiny", "autoformer-tiny"] {
         let s = space(sp);
         let (net, _vm) = supernet(&s, 0);
-        for (name, arch) in archs(&s).into_iter().take(if sp == "fmnist-tiny" { 5 } else { 2 }) {
+        for (name, arch) in archs(&s)
+            .into_iter()
+            .take(if sp == "fmnist-tiny" { 5 } else { 2 })
+        {
             let sub = net.extract(&arch).unwrap();
             assert_eq!(sub.num_params() as u64, params(&s, &arch), "{sp} {name}");
         }
@@ -75,10 +81,14 @@ fn extracted_subnet_round_trips_through_safetensors_with_hf_names() {
     let file = dir.join("model.safetensors");
     let map: HashMap<String, Tensor> = sub.tensors().into_iter().collect();
     candle_core::safetensors::save(&map, &file).unwrap();
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &Device::Cpu).unwrap() };
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &Device::Cpu).unwrap() };
     let loaded = Vit::load(&sub.config, vb).unwrap();
     let x = images(&s, 3, 5);
-    assert_eq!(max_abs_diff(&sub.forward(&x).unwrap(), &loaded.forward(&x).unwrap()), 0.0);
+    assert_eq!(
+        max_abs_diff(&sub.forward(&x).unwrap(), &loaded.forward(&x).unwrap()),
+        0.0
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -87,15 +97,39 @@ fn supernet_tensor_names_mirror_hugging_face_vit() {
     let s = space("fmnist-tiny");
     let (_net, vm) = supernet(&s, 0);
     let data = vm.data().lock().unwrap();
-    let shape = |n: &str| data.get(n).unwrap_or_else(|| panic!("missing {n}")).shape().dims().to_vec();
-    assert_eq!(shape("vit.embeddings.patch_embeddings.projection.weight"), [128, 1, 4, 4]);
+    let shape = |n: &str| {
+        data.get(n)
+            .unwrap_or_else(|| panic!("missing {n}"))
+            .shape()
+            .dims()
+            .to_vec()
+    };
+    assert_eq!(
+        shape("vit.embeddings.patch_embeddings.projection.weight"),
+        [128, 1, 4, 4]
+    );
     assert_eq!(shape("vit.embeddings.cls_token"), [1, 1, 128]);
     assert_eq!(shape("vit.embeddings.position_embeddings"), [1, 50, 128]);
-    assert_eq!(shape("vit.encoder.layer.5.attention.attention.query.weight"), [128, 128]);
-    assert_eq!(shape("vit.encoder.layer.0.attention.attention.key.bias"), [128]);
-    assert_eq!(shape("vit.encoder.layer.0.attention.attention.value.weight"), [128, 128]);
-    assert_eq!(shape("vit.encoder.layer.0.attention.output.dense.weight"), [128, 128]);
-    assert_eq!(shape("vit.encoder.layer.0.intermediate.dense.weight"), [512, 128]);
+    assert_eq!(
+        shape("vit.encoder.layer.5.attention.attention.query.weight"),
+        [128, 128]
+    );
+    assert_eq!(
+        shape("vit.encoder.layer.0.attention.attention.key.bias"),
+        [128]
+    );
+    assert_eq!(
+        shape("vit.encoder.layer.0.attention.attention.value.weight"),
+        [128, 128]
+    );
+    assert_eq!(
+        shape("vit.encoder.layer.0.attention.output.dense.weight"),
+        [128, 128]
+    );
+    assert_eq!(
+        shape("vit.encoder.layer.0.intermediate.dense.weight"),
+        [512, 128]
+    );
     assert_eq!(shape("vit.encoder.layer.0.output.dense.weight"), [128, 512]);
     assert_eq!(shape("vit.encoder.layer.0.layernorm_before.weight"), [128]);
     assert_eq!(shape("vit.encoder.layer.0.layernorm_after.bias"), [128]);
@@ -109,7 +143,12 @@ fn supernet_tensor_names_mirror_hugging_face_vit() {
 fn same_seed_builds_the_same_supernet() {
     let s = space("fmnist-tiny");
     let x = images(&s, 2, 0);
-    let out = |seed| supernet(&s, seed).0.forward(&x, &s.largest(), false).unwrap();
+    let out = |seed| {
+        supernet(&s, seed)
+            .0
+            .forward(&x, &s.largest(), false)
+            .unwrap()
+    };
     assert_eq!(max_abs_diff(&out(3), &out(3)), 0.0);
     assert!(max_abs_diff(&out(3), &out(4)) > 1e-4);
 }
@@ -142,8 +181,13 @@ fn check_gradients(s: &Space, arch: &Arch) {
     let logits = net.forward(&x, arch, true).unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
     let grads = loss.backward().unwrap();
-    let used: HashMap<String, Vec<usize>> =
-        net.extract(arch).unwrap().tensors().into_iter().map(|(n, t)| (n, t.dims().to_vec())).collect();
+    let used: HashMap<String, Vec<usize>> = net
+        .extract(arch)
+        .unwrap()
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.dims().to_vec()))
+        .collect();
     let data = vm.data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
@@ -154,7 +198,8 @@ fn check_gradients(s: &Space, arch: &Arch) {
         let g = grads.get(var.as_tensor());
         match used.get(name) {
             Some(shape) => {
-                let g = g.unwrap_or_else(|| panic!("{name}: no gradient although the subnet uses it"));
+                let g =
+                    g.unwrap_or_else(|| panic!("{name}: no gradient although the subnet uses it"));
                 assert_eq!(g.dims(), &full[..], "{name}: gradient shape");
                 let v = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let (mut zero_inside, mut nonzero_outside) = (0, 0);
@@ -169,13 +214,27 @@ fn check_gradients(s: &Space, arch: &Arch) {
                 // The key bias adds the same q·b to every score of a query, which
                 // softmax cancels: its true gradient is 0 (rounding noise only).
                 if !name.ends_with("attention.attention.key.bias") {
-                    assert_eq!(zero_inside, 0, "{name}: {zero_inside} zero gradients inside the used slice {shape:?}");
+                    assert_eq!(
+                        zero_inside, 0,
+                        "{name}: {zero_inside} zero gradients inside the used slice {shape:?}"
+                    );
                 }
-                assert_eq!(nonzero_outside, 0, "{name}: {nonzero_outside} non-zero gradients outside the slice {shape:?}");
+                assert_eq!(
+                    nonzero_outside, 0,
+                    "{name}: {nonzero_outside} non-zero gradients outside the slice {shape:?}"
+                );
             }
             None => {
                 if let Some(g) = g {
-                    let m = g.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                    let m = g
+                        .abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
                     assert_eq!(m, 0.0, "{name}: unused layer has a non-zero gradient");
                 }
             }
@@ -204,12 +263,21 @@ fn forward_refuses_bad_input_and_out_of_space_arch() {
     let s = space("fmnist-tiny");
     let (net, _vm) = supernet(&s, 0);
     let wrong = Tensor::zeros((2, 3, 28, 28), DType::F32, &Device::Cpu).unwrap();
-    let msg = net.forward(&wrong, &s.largest(), false).unwrap_err().to_string();
-    assert!(msg.contains("input images") && msg.contains("[batch, 1, 28, 28]"), "{msg}");
+    let msg = net
+        .forward(&wrong, &s.largest(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("input images") && msg.contains("[batch, 1, 28, 28]"),
+        "{msg}"
+    );
     let mut a = s.largest();
     a.depth = 7;
     a.num_heads.push(4);
     a.mlp_ratio.push(4.0);
-    let msg = net.forward(&images(&s, 1, 0), &a, false).unwrap_err().to_string();
+    let msg = net
+        .forward(&images(&s, 1, 0), &a, false)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("depth"), "{msg}");
 }

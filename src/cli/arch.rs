@@ -41,7 +41,12 @@ pub enum ArchCmd {
 
 pub fn run(cmd: ArchCmd) -> anyhow::Result<()> {
     match cmd {
-        ArchCmd::Sample { space, seed, largest, smallest } => {
+        ArchCmd::Sample {
+            space,
+            seed,
+            largest,
+            smallest,
+        } => {
             let space = Space::from_file(&space)?;
             let arch = if largest {
                 space.largest()
@@ -53,10 +58,19 @@ pub fn run(cmd: ArchCmd) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&arch)?);
             Ok(())
         }
-        ArchCmd::Params { space, arch: arch_path, off_grid, json } => {
+        ArchCmd::Params {
+            space,
+            arch: arch_path,
+            off_grid,
+            json,
+        } => {
             let space = Space::from_file(&space)?;
             let arch = Arch::from_json_file(&arch_path)?;
-            let checked = if off_grid { arch.check_fits(&space) } else { arch.validate(&space) };
+            let checked = if off_grid {
+                arch.check_fits(&space)
+            } else {
+                arch.validate(&space)
+            };
             checked.with_context(|| {
                 format!(
                     "{} does not validate against {}{}",
@@ -67,10 +81,16 @@ pub fn run(cmd: ArchCmd) -> anyhow::Result<()> {
             })?;
             let (p, f) = (params(&space, &arch), flops(&space, &arch));
             if json {
-                println!("{}", serde_json::json!({"arch": arch, "params": p, "flops_macs": f}));
+                println!(
+                    "{}",
+                    serde_json::json!({"arch": arch, "params": p, "flops_macs": f})
+                );
             } else {
                 println!("params {p} ({:.2}M)", p as f64 / 1e6);
-                println!("FLOPs  {f} multiply-adds per image ({:.1}M)", f as f64 / 1e6);
+                println!(
+                    "FLOPs  {f} multiply-adds per image ({:.1}M)",
+                    f as f64 / 1e6
+                );
             }
             Ok(())
         }

@@ -40,11 +40,19 @@ fn set_threads(n: usize) {
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     let out = match cmd {
-        BenchCmd::Train { steps, batch, threads } => {
+        BenchCmd::Train {
+            steps,
+            batch,
+            threads,
+        } => {
             set_threads(threads);
             bench::train(steps, batch, threads)?
         }
-        BenchCmd::Infer { batch, iters, threads } => {
+        BenchCmd::Infer {
+            batch,
+            iters,
+            threads,
+        } => {
             set_threads(threads);
             bench::infer(batch, iters, threads)?
         }

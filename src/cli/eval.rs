@@ -37,7 +37,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let (dir, file) = if a.supernet.is_dir() {
         (a.supernet.clone(), a.supernet.join(train::SUPERNET_FILE))
     } else {
-        let dir = a.supernet.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let dir = a
+            .supernet
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
         (dir, a.supernet.clone())
     };
     let mut recipe = Recipe::from_file(dir.join(train::RECIPE_FILE))
@@ -64,7 +68,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         SplitArg::Val => ("val", val),
         SplitArg::Test => ("test", train::load_test(&recipe, &space)?),
     };
-    let r = evaluate(&ds, &norm, recipe.data.eval_batch_size, &Device::Cpu, |x| Ok(net.forward(x, &arch, false)?))?;
+    let r = evaluate(&ds, &norm, recipe.data.eval_batch_size, &Device::Cpu, |x| {
+        Ok(net.forward(x, &arch, false)?)
+    })?;
     println!(
         "{}",
         serde_json::json!({

@@ -68,8 +68,18 @@ pub fn run(cmd: SpaceCmd) -> anyhow::Result<()> {
                     space.mlp_choices(o.index)
                 );
             }
-            println!("size       {} architectures ({:.3e})", space.size(), space.size() as f64);
-            println!("params     {} .. {}  ({:.2}M .. {:.2}M)", p_lo, p_hi, p_lo as f64 / 1e6, p_hi as f64 / 1e6);
+            println!(
+                "size       {} architectures ({:.3e})",
+                space.size(),
+                space.size() as f64
+            );
+            println!(
+                "params     {} .. {}  ({:.2}M .. {:.2}M)",
+                p_lo,
+                p_hi,
+                p_lo as f64 / 1e6,
+                p_hi as f64 / 1e6
+            );
             println!(
                 "FLOPs      {} .. {} multiply-adds per image ({:.1}M .. {:.1}M)",
                 f_lo,

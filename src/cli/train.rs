@@ -24,7 +24,8 @@ pub struct TrainArgs {
     /// Override the recipe's seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Stop after this many steps in total (checkpointed; resumable).
+    /// Stop after this many steps in total (checkpointed; resumable), also
+    /// with --resume.
     #[arg(long)]
     max_steps: Option<usize>,
 }
@@ -37,7 +38,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         }
         eprintln!("interrupt: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)");
     })?;
-    let opts = RunOptions { resume: a.resume.is_some(), stop: &STOP, progress: true };
+    let opts = RunOptions {
+        resume: a.resume.is_some(),
+        stop: &STOP,
+        progress: true,
+        max_steps: a.max_steps,
+    };
     let summary = match &a.resume {
         Some(dir) => train::resume(dir, &opts)?,
         None => {
@@ -51,9 +57,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             }
             if let Some(s) = a.seed {
                 r.seed = s;
-            }
-            if let Some(m) = a.max_steps {
-                r.train.max_steps = Some(m);
             }
             train::train(&r, &opts)?
         }

@@ -32,7 +32,9 @@ pub struct Normalize {
 /// `(seed, epoch)`, so a resumed run sees the same batches.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64));
+    idx.shuffle(&mut StdRng::seed_from_u64(
+        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64,
+    ));
     idx
 }
 
@@ -48,7 +50,12 @@ pub fn make_batch(
     let (c, h, w) = (ds.channels, ds.height, ds.width);
     let mut out = vec![0f32; indices.len() * c * h * w];
     let scale: Vec<f32> = norm.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-    let shift: Vec<f32> = norm.mean.iter().zip(&norm.std).map(|(m, s)| -m / s).collect();
+    let shift: Vec<f32> = norm
+        .mean
+        .iter()
+        .zip(&norm.std)
+        .map(|(m, s)| -m / s)
+        .collect();
     let mut aug = aug;
     for (b, &i) in indices.iter().enumerate() {
         let img = ds.image(i);

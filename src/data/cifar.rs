@@ -15,7 +15,10 @@ pub fn parse(path: &Path, bytes: &[u8], cifar100: bool) -> Result<(Vec<u8>, Vec<
     if bytes.is_empty() || bytes.len() % rec != 0 {
         return Err(Error::Data {
             source_name: path.display().to_string(),
-            message: format!("{} bytes is not a whole number of {rec}-byte CIFAR records", bytes.len()),
+            message: format!(
+                "{} bytes is not a whole number of {rec}-byte CIFAR records",
+                bytes.len()
+            ),
         });
     }
     let n = bytes.len() / rec;

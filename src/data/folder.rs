@@ -21,8 +21,15 @@ pub fn load_split(root: &Path, split: Split, size: usize, channels: usize) -> Re
         Split::Train => "train",
         Split::Test => "test",
     };
-    let dir = if root.join(name).is_dir() { root.join(name) } else { root.to_path_buf() };
-    let classes: Vec<PathBuf> = sorted_entries(&dir)?.into_iter().filter(|p| p.is_dir()).collect();
+    let dir = if root.join(name).is_dir() {
+        root.join(name)
+    } else {
+        root.to_path_buf()
+    };
+    let classes: Vec<PathBuf> = sorted_entries(&dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
     if classes.is_empty() {
         return Err(Error::Data {
             source_name: dir.display().to_string(),
@@ -33,7 +40,10 @@ pub fn load_split(root: &Path, split: Split, size: usize, channels: usize) -> Re
     let mut labels = Vec::new();
     for (label, class_dir) in classes.iter().enumerate() {
         for file in sorted_entries(class_dir)? {
-            let ext = file.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+            let ext = file
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(|e| e.to_ascii_lowercase());
             if !matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
                 continue;
             }

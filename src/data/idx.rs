@@ -6,7 +6,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 fn bad(path: &Path, message: impl Into<String>) -> Error {
-    Error::Data { source_name: path.display().to_string(), message: message.into() }
+    Error::Data {
+        source_name: path.display().to_string(),
+        message: message.into(),
+    }
 }
 
 /// Reads a file, gunzipping it when it starts with the gzip magic.
@@ -29,18 +32,31 @@ pub fn parse_idx_u8(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> 
         return Err(bad(path, "not an IDX file (bad magic number)"));
     }
     if bytes[2] != 0x08 {
-        return Err(bad(path, format!("IDX element type 0x{:02x} is not unsigned byte (0x08)", bytes[2])));
+        return Err(bad(
+            path,
+            format!(
+                "IDX element type 0x{:02x} is not unsigned byte (0x08)",
+                bytes[2]
+            ),
+        ));
     }
     let nd = bytes[3] as usize;
     let header = 4 + 4 * nd;
     if bytes.len() < header {
         return Err(bad(path, "truncated IDX header"));
     }
-    let dims: Vec<usize> =
-        (0..nd).map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().unwrap()) as usize).collect();
+    let dims: Vec<usize> = (0..nd)
+        .map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().unwrap()) as usize)
+        .collect();
     let n: usize = dims.iter().product();
     if bytes.len() - header != n {
-        return Err(bad(path, format!("IDX dims {dims:?} need {n} bytes of data, found {}", bytes.len() - header)));
+        return Err(bad(
+            path,
+            format!(
+                "IDX dims {dims:?} need {n} bytes of data, found {}",
+                bytes.len() - header
+            ),
+        ));
     }
     Ok((dims, bytes[header..].to_vec()))
 }
@@ -66,10 +82,20 @@ pub fn load_split(dir: &Path, split: Split) -> Result<Dataset> {
     let (idims, images) = parse_idx_u8(&ip, &read_maybe_gz(&ip)?)?;
     let (ldims, labels) = parse_idx_u8(&lp, &read_maybe_gz(&lp)?)?;
     if idims.len() != 3 {
-        return Err(bad(&ip, format!("expected 3 dims [N, H, W], found {idims:?}")));
+        return Err(bad(
+            &ip,
+            format!("expected 3 dims [N, H, W], found {idims:?}"),
+        ));
     }
     if ldims.len() != 1 || ldims[0] != idims[0] {
-        return Err(bad(&lp, format!("{ldims:?} labels for {} images in {}", idims[0], ip.display())));
+        return Err(bad(
+            &lp,
+            format!(
+                "{ldims:?} labels for {} images in {}",
+                idims[0],
+                ip.display()
+            ),
+        ));
     }
     let labels: Vec<u32> = labels.into_iter().map(u32::from).collect();
     let num_classes = labels.iter().max().map_or(0, |&m| m as usize + 1);

@@ -49,7 +49,10 @@ pub enum Format {
 
 /// Where Debian's `dataset-fashion-mnist` package installs Fashion-MNIST, and
 /// the repository's shared copy: searched when a recipe names no path.
-pub const FASHION_MNIST_DIRS: &[&str] = &["/usr/share/datasets/fashion-mnist", "../shared/data/fashion-mnist"];
+pub const FASHION_MNIST_DIRS: &[&str] = &[
+    "/usr/share/datasets/fashion-mnist",
+    "../shared/data/fashion-mnist",
+];
 
 /// Resolves a data directory: the given path if any, else the first of
 /// `candidates` that exists. The error lists every place looked at.
@@ -58,7 +61,10 @@ pub fn resolve_dir(path: Option<&Path>, candidates: &[&str]) -> Result<PathBuf> 
         if p.is_dir() {
             return Ok(p.to_path_buf());
         }
-        return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "data directory not found")));
+        return Err(Error::io(
+            p,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "data directory not found"),
+        ));
     }
     for c in candidates {
         if Path::new(c).is_dir() {
@@ -72,7 +78,13 @@ pub fn resolve_dir(path: Option<&Path>, candidates: &[&str]) -> Result<PathBuf> 
 }
 
 /// Loads one split of a dataset in `format` from `dir`.
-pub fn load(format: Format, dir: &Path, split: Split, image_size: usize, channels: usize) -> Result<Dataset> {
+pub fn load(
+    format: Format,
+    dir: &Path,
+    split: Split,
+    image_size: usize,
+    channels: usize,
+) -> Result<Dataset> {
     match format {
         Format::Idx => idx::load_split(dir, split),
         Format::Cifar10 => cifar::load_split(dir, split, false),
@@ -124,7 +136,10 @@ impl Dataset {
         if val >= self.len() {
             return Err(Error::Data {
                 source_name: self.source.clone(),
-                message: format!("validation size {val} leaves no training data ({} examples)", self.len()),
+                message: format!(
+                    "validation size {val} leaves no training data ({} examples)",
+                    self.len()
+                ),
             });
         }
         let mut idx: Vec<usize> = (0..self.len()).collect();
@@ -139,12 +154,19 @@ impl Dataset {
     /// Checks that the images and labels fit a space's input.
     pub fn check_fits(&self, space: &Space) -> Result<()> {
         let i = &space.input;
-        if self.channels != i.channels || self.height != i.image_size || self.width != i.image_size {
+        if self.channels != i.channels || self.height != i.image_size || self.width != i.image_size
+        {
             return Err(Error::Data {
                 source_name: self.source.clone(),
                 message: format!(
                     "images are {}×{}×{} but space `{}` expects {}×{}×{}",
-                    self.height, self.width, self.channels, space.name, i.image_size, i.image_size, i.channels
+                    self.height,
+                    self.width,
+                    self.channels,
+                    space.name,
+                    i.image_size,
+                    i.image_size,
+                    i.channels
                 ),
             });
         }
@@ -174,7 +196,11 @@ impl Dataset {
         }
         let n = (self.len() * hw).max(1) as f64;
         let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-        let std = sq.iter().zip(&mean).map(|(s, m)| ((s / n - m * m).max(1e-12)).sqrt() as f32).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| ((s / n - m * m).max(1e-12)).sqrt() as f32)
+            .collect();
         (mean.into_iter().map(|m| m as f32).collect(), std)
     }
 }

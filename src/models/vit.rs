@@ -70,7 +70,9 @@ impl VitLayer {
         )?;
         let x = (x + self.attention_output.forward(&ctx)?)?;
         let h = self.layernorm_after.forward(&x)?;
-        let h = self.output.forward(&ops::gelu(&self.intermediate.forward(&h)?)?)?;
+        let h = self
+            .output
+            .forward(&ops::gelu(&self.intermediate.forward(&h)?)?)?;
         x + h
     }
 }
@@ -134,7 +136,10 @@ impl Vit {
         let x = ops::linear(&patches, &w, Some(&self.patch_bias))?;
         let b = x.dim(0)?;
         let cls = self.cls_token.broadcast_as((b, 1, e))?;
-        Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embeddings)
+        ops::bias_add(
+            &Tensor::cat(&[&cls, &x], 1)?,
+            &self.position_embeddings.squeeze(0)?,
+        )
     }
 
     /// Logits `[B, num_labels]` for images `[B, C, H, W]`.
@@ -150,21 +155,41 @@ impl Vit {
     /// Every tensor with its Hugging Face name, in a stable order.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![
-            ("vit.embeddings.cls_token".to_string(), self.cls_token.clone()),
-            ("vit.embeddings.position_embeddings".to_string(), self.position_embeddings.clone()),
-            ("vit.embeddings.patch_embeddings.projection.weight".to_string(), self.patch_weight.clone()),
-            ("vit.embeddings.patch_embeddings.projection.bias".to_string(), self.patch_bias.clone()),
+            (
+                "vit.embeddings.cls_token".to_string(),
+                self.cls_token.clone(),
+            ),
+            (
+                "vit.embeddings.position_embeddings".to_string(),
+                self.position_embeddings.clone(),
+            ),
+            (
+                "vit.embeddings.patch_embeddings.projection.weight".to_string(),
+                self.patch_weight.clone(),
+            ),
+            (
+                "vit.embeddings.patch_embeddings.projection.bias".to_string(),
+                self.patch_bias.clone(),
+            ),
         ];
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("vit.encoder.layer.{i}");
-            l.layernorm_before.push_tensors(&format!("{p}.layernorm_before"), &mut out);
-            l.query.push_tensors(&format!("{p}.attention.attention.query"), &mut out);
-            l.key.push_tensors(&format!("{p}.attention.attention.key"), &mut out);
-            l.value.push_tensors(&format!("{p}.attention.attention.value"), &mut out);
-            l.attention_output.push_tensors(&format!("{p}.attention.output.dense"), &mut out);
-            l.layernorm_after.push_tensors(&format!("{p}.layernorm_after"), &mut out);
-            l.intermediate.push_tensors(&format!("{p}.intermediate.dense"), &mut out);
-            l.output.push_tensors(&format!("{p}.output.dense"), &mut out);
+            l.layernorm_before
+                .push_tensors(&format!("{p}.layernorm_before"), &mut out);
+            l.query
+                .push_tensors(&format!("{p}.attention.attention.query"), &mut out);
+            l.key
+                .push_tensors(&format!("{p}.attention.attention.key"), &mut out);
+            l.value
+                .push_tensors(&format!("{p}.attention.attention.value"), &mut out);
+            l.attention_output
+                .push_tensors(&format!("{p}.attention.output.dense"), &mut out);
+            l.layernorm_after
+                .push_tensors(&format!("{p}.layernorm_after"), &mut out);
+            l.intermediate
+                .push_tensors(&format!("{p}.intermediate.dense"), &mut out);
+            l.output
+                .push_tensors(&format!("{p}.output.dense"), &mut out);
         }
         self.layernorm.push_tensors("vit.layernorm", &mut out);
         self.classifier.push_tensors("classifier", &mut out);
@@ -200,24 +225,34 @@ impl VitConfig {
     pub fn from_hf_config_file(path: &std::path::Path) -> crate::Result<Self> {
         use crate::Error;
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let c: HfVitConfig =
-            serde_json::from_str(&text).map_err(|source| Error::Json { path: path.into(), source })?;
+        let c: HfVitConfig = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.into(),
+            source,
+        })?;
         if let Some(act) = c.hidden_act.as_deref() {
             if act != "gelu" {
                 return Err(Error::Tensor {
                     name: format!("{}: hidden_act", path.display()),
-                    message: format!("`{act}` is not supported (vitnas ViTs use exact GELU, \"gelu\")"),
+                    message: format!(
+                        "`{act}` is not supported (vitnas ViTs use exact GELU, \"gelu\")"
+                    ),
                 });
             }
         }
-        let num_labels = c.num_labels.or(c.id2label.as_ref().map(|m| m.len())).ok_or_else(|| Error::Tensor {
-            name: format!("{}: num_labels", path.display()),
-            message: "neither num_labels nor id2label is present".into(),
-        })?;
+        let num_labels = c
+            .num_labels
+            .or(c.id2label.as_ref().map(|m| m.len()))
+            .ok_or_else(|| Error::Tensor {
+                name: format!("{}: num_labels", path.display()),
+                message: "neither num_labels nor id2label is present".into(),
+            })?;
         if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
             return Err(Error::Tensor {
                 name: format!("{}: num_attention_heads", path.display()),
-                message: format!("{} heads do not divide hidden_size {}", c.num_attention_heads, c.hidden_size),
+                message: format!(
+                    "{} heads do not divide hidden_size {}",
+                    c.num_attention_heads, c.hidden_size
+                ),
             });
         }
         Ok(Self {

@@ -49,13 +49,19 @@ impl Arch {
         if !space.choices.embed_dim.contains(&self.embed_dim) {
             return Err(bad(
                 "embed_dim".into(),
-                format!("{} is not among the choices {:?}", self.embed_dim, space.choices.embed_dim),
+                format!(
+                    "{} is not among the choices {:?}",
+                    self.embed_dim, space.choices.embed_dim
+                ),
             ));
         }
         if !space.choices.depth.contains(&self.depth) {
             return Err(bad(
                 "depth".into(),
-                format!("{} is not among the choices {:?}", self.depth, space.choices.depth),
+                format!(
+                    "{} is not among the choices {:?}",
+                    self.depth, space.choices.depth
+                ),
             ));
         }
         for l in 0..self.depth {
@@ -63,7 +69,10 @@ impl Arch {
             if !hs.contains(&self.num_heads[l]) {
                 return Err(bad(
                     format!("num_heads[{l}]"),
-                    format!("{} is not among layer {l}'s choices {hs:?}", self.num_heads[l]),
+                    format!(
+                        "{} is not among layer {l}'s choices {hs:?}",
+                        self.num_heads[l]
+                    ),
                 ));
             }
             let rs = space.mlp_choices(l);
@@ -94,13 +103,19 @@ impl Arch {
         if self.embed_dim == 0 || self.embed_dim > s.embed_dim {
             return Err(bad(
                 "embed_dim".into(),
-                format!("{} is outside 1..={} (the supernet's embed_dim)", self.embed_dim, s.embed_dim),
+                format!(
+                    "{} is outside 1..={} (the supernet's embed_dim)",
+                    self.embed_dim, s.embed_dim
+                ),
             ));
         }
         if self.depth == 0 || self.depth > s.depth {
             return Err(bad(
                 "depth".into(),
-                format!("{} is outside 1..={} (the supernet's depth)", self.depth, s.depth),
+                format!(
+                    "{} is outside 1..={} (the supernet's depth)",
+                    self.depth, s.depth
+                ),
             ));
         }
         for l in 0..self.depth {
@@ -108,11 +123,18 @@ impl Arch {
             if h == 0 || h > s.num_heads {
                 return Err(bad(
                     format!("num_heads[{l}]"),
-                    format!("{h} is outside 1..={} (the supernet's num_heads)", s.num_heads),
+                    format!(
+                        "{h} is outside 1..={} (the supernet's num_heads)",
+                        s.num_heads
+                    ),
                 ));
             }
             let r = self.mlp_ratio[l];
-            let m = if r.is_finite() && r > 0.0 { self.mlp_width(l) } else { 0 };
+            let m = if r.is_finite() && r > 0.0 {
+                self.mlp_width(l)
+            } else {
+                0
+            };
             if m == 0 || m > space.supernet_mlp_width() {
                 return Err(bad(
                     format!("mlp_ratio[{l}]"),
@@ -128,7 +150,10 @@ impl Arch {
     }
 
     fn check_lengths(&self, space: &Space) -> Result<()> {
-        for (field, len) in [("num_heads", self.num_heads.len()), ("mlp_ratio", self.mlp_ratio.len())] {
+        for (field, len) in [
+            ("num_heads", self.num_heads.len()),
+            ("mlp_ratio", self.mlp_ratio.len()),
+        ] {
             if len != self.depth {
                 return Err(Error::InvalidArch {
                     space: space.name.clone(),
@@ -172,7 +197,12 @@ impl Arch {
                 message: format!("expected {} genes, found {}", card.len(), genes.len()),
             });
         }
-        if let Some((k, (&g, &c))) = genes.iter().zip(&card).enumerate().find(|(_, (g, c))| g >= c) {
+        if let Some((k, (&g, &c))) = genes
+            .iter()
+            .zip(&card)
+            .enumerate()
+            .find(|(_, (g, c))| g >= c)
+        {
             return Err(Error::InvalidArch {
                 space: space.name.clone(),
                 field: format!("genes[{k}]"),
@@ -184,8 +214,12 @@ impl Arch {
         Ok(Arch {
             embed_dim: space.choices.embed_dim[genes[0]],
             depth,
-            num_heads: (0..depth).map(|l| space.heads_choices(l)[genes[2 + l]]).collect(),
-            mlp_ratio: (0..depth).map(|l| space.mlp_choices(l)[genes[2 + n + l]]).collect(),
+            num_heads: (0..depth)
+                .map(|l| space.heads_choices(l)[genes[2 + l]])
+                .collect(),
+            mlp_ratio: (0..depth)
+                .map(|l| space.mlp_choices(l)[genes[2 + n + l]])
+                .collect(),
         })
     }
 }
@@ -219,7 +253,9 @@ impl Space {
         Arch {
             embed_dim: max_usize(&self.choices.embed_dim),
             depth,
-            num_heads: (0..depth).map(|l| max_usize(self.heads_choices(l))).collect(),
+            num_heads: (0..depth)
+                .map(|l| max_usize(self.heads_choices(l)))
+                .collect(),
             mlp_ratio: (0..depth).map(|l| max_f64(self.mlp_choices(l))).collect(),
         }
     }
@@ -230,7 +266,9 @@ impl Space {
         Arch {
             embed_dim: min_usize(&self.choices.embed_dim),
             depth,
-            num_heads: (0..depth).map(|l| min_usize(self.heads_choices(l))).collect(),
+            num_heads: (0..depth)
+                .map(|l| min_usize(self.heads_choices(l)))
+                .collect(),
             mlp_ratio: (0..depth).map(|l| min_f64(self.mlp_choices(l))).collect(),
         }
     }

@@ -136,7 +136,10 @@ impl Space {
             ));
         }
         if !(s.mlp_ratio.is_finite() && s.mlp_ratio > 0.0) {
-            return Err(bad("supernet.mlp_ratio", format!("{} is not a positive number", s.mlp_ratio)));
+            return Err(bad(
+                "supernet.mlp_ratio",
+                format!("{} is not a positive number", s.mlp_ratio),
+            ));
         }
         if !(s.layer_norm_eps.is_finite() && s.layer_norm_eps > 0.0) {
             return Err(bad(
@@ -147,7 +150,10 @@ impl Space {
         let c = &self.choices;
         check_list(&bad, "choices.embed_dim", &c.embed_dim, |&e| {
             if e == 0 || e > s.embed_dim {
-                Some(format!("{e} is outside 1..={} (supernet.embed_dim)", s.embed_dim))
+                Some(format!(
+                    "{e} is outside 1..={} (supernet.embed_dim)",
+                    s.embed_dim
+                ))
             } else {
                 None
             }
@@ -164,7 +170,10 @@ impl Space {
         let heads_ok = |field: &str, hs: &[usize]| {
             check_list(&bad, field, hs, |&h| {
                 if h == 0 || h > s.num_heads {
-                    Some(format!("{h} is outside 1..={} (supernet.num_heads)", s.num_heads))
+                    Some(format!(
+                        "{h} is outside 1..={} (supernet.num_heads)",
+                        s.num_heads
+                    ))
                 } else {
                     None
                 }
@@ -192,7 +201,11 @@ impl Space {
             if o.index >= s.depth {
                 return Err(bad(
                     &format!("layer[{k}].index"),
-                    format!("{} is past the supernet's last layer {}", o.index, s.depth - 1),
+                    format!(
+                        "{} is past the supernet's last layer {}",
+                        o.index,
+                        s.depth - 1
+                    ),
                 ));
             }
             if !seen.insert(o.index) {
@@ -233,7 +246,12 @@ impl Space {
 
     /// Deepest architecture the choices allow (layers past it are never used).
     pub fn max_depth(&self) -> usize {
-        *self.choices.depth.iter().max().expect("validated: depth choices not empty")
+        *self
+            .choices
+            .depth
+            .iter()
+            .max()
+            .expect("validated: depth choices not empty")
     }
 
     pub fn heads_choices(&self, layer: usize) -> &[usize] {

@@ -21,10 +21,17 @@ pub fn elastic_embeddings(
     max_embed: usize,
     vb: VarBuilder,
 ) -> Result<ElasticEmbeddings> {
-    let init = Init::Randn { mean: 0.0, stdev: 0.02 };
+    let init = Init::Randn {
+        mean: 0.0,
+        stdev: 0.02,
+    };
     Ok(ElasticEmbeddings {
         cls_token: vb.get_with_hints((1, 1, max_embed), "cls_token", init)?,
-        position_embeddings: vb.get_with_hints((1, seq_len, max_embed), "position_embeddings", init)?,
+        position_embeddings: vb.get_with_hints(
+            (1, seq_len, max_embed),
+            "position_embeddings",
+            init,
+        )?,
         patch_embeddings: elastic_patch_embed(
             channels,
             patch_size,
@@ -36,7 +43,10 @@ pub fn elastic_embeddings(
 
 impl ElasticEmbeddings {
     fn slice(&self, embed: usize) -> Result<(Tensor, Tensor)> {
-        Ok((self.cls_token.narrow(2, 0, embed)?, self.position_embeddings.narrow(2, 0, embed)?))
+        Ok((
+            self.cls_token.narrow(2, 0, embed)?,
+            self.position_embeddings.narrow(2, 0, embed)?,
+        ))
     }
 
     /// Images `[B, C, H, W]` to tokens `[B, 1 + N, embed]`.
@@ -44,7 +54,7 @@ impl ElasticEmbeddings {
         let x = self.patch_embeddings.forward(images, embed)?;
         let (cls, pos) = self.slice(embed)?;
         let cls = cls.broadcast_as((x.dim(0)?, 1, embed))?;
-        Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&pos)
+        crate::ops::bias_add(&Tensor::cat(&[&cls, &x], 1)?, &pos.squeeze(0)?)
     }
 
     /// `(cls_token, position_embeddings)`, detached copies.

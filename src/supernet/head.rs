@@ -13,7 +13,10 @@ pub struct ElasticHead {
 
 /// `vb` is `classifier`.
 pub fn elastic_head(max_embed: usize, num_classes: usize, vb: VarBuilder) -> Result<ElasticHead> {
-    Ok(ElasticHead { linear: elastic_linear(max_embed, num_classes, vb)?, num_classes })
+    Ok(ElasticHead {
+        linear: elastic_linear(max_embed, num_classes, vb)?,
+        num_classes,
+    })
 }
 
 impl ElasticHead {

@@ -38,6 +38,10 @@ impl ElasticLayerNorm {
 
     pub fn extract(&self, dim: usize) -> Result<LayerNorm> {
         let (g, b) = self.slice(dim)?;
-        Ok(LayerNorm { weight: detached_copy(&g)?, bias: detached_copy(&b)?, eps: self.eps })
+        Ok(LayerNorm {
+            weight: detached_copy(&g)?,
+            bias: detached_copy(&b)?,
+            eps: self.eps,
+        })
     }
 }

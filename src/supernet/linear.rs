@@ -16,7 +16,14 @@ pub struct ElasticLinear {
 
 /// Truncated-normal-like initialisation of ViT linears (std 0.02), zero bias.
 pub fn elastic_linear(in_max: usize, out_max: usize, vb: VarBuilder) -> Result<ElasticLinear> {
-    let weight = vb.get_with_hints((out_max, in_max), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+    let weight = vb.get_with_hints(
+        (out_max, in_max),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
+    )?;
     let bias = vb.get_with_hints(out_max, "bias", Init::Const(0.0))?;
     Ok(ElasticLinear { weight, bias })
 }
@@ -30,7 +37,11 @@ impl ElasticLinear {
         } else {
             self.weight.narrow(0, 0, out)?.narrow(1, 0, inp)?
         };
-        let b = if out == out_max { self.bias.clone() } else { self.bias.narrow(0, 0, out)? };
+        let b = if out == out_max {
+            self.bias.clone()
+        } else {
+            self.bias.narrow(0, 0, out)?
+        };
         Ok((w, b))
     }
 
@@ -43,7 +54,10 @@ impl ElasticLinear {
     /// A standalone copy of the slice, detached from the supernet.
     pub fn extract(&self, out: usize, inp: usize) -> Result<Linear> {
         let (w, b) = self.slice(out, inp)?;
-        Ok(Linear { weight: detached_copy(&w)?, bias: detached_copy(&b)? })
+        Ok(Linear {
+            weight: detached_copy(&w)?,
+            bias: detached_copy(&b)?,
+        })
     }
 }
 

@@ -85,7 +85,11 @@ impl Supernet {
     }
 
     fn block_dims(arch: &Arch, l: usize) -> BlockDims {
-        BlockDims { embed: arch.embed_dim, heads: arch.num_heads[l], mlp_width: arch.mlp_width(l) }
+        BlockDims {
+            embed: arch.embed_dim,
+            heads: arch.num_heads[l],
+            mlp_width: arch.mlp_width(l),
+        }
     }
 
     /// Logits `[B, classes]` of the subnet `arch` for images `[B, C, H, W]`.

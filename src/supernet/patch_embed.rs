@@ -21,13 +21,20 @@ pub fn elastic_patch_embed(
     max_embed: usize,
     vb: VarBuilder,
 ) -> Result<ElasticPatchEmbed> {
+    // PyTorch's default convolution init (timm's ViT keeps it for the patch
+    // projection): U(±1/sqrt(fan_in)) for weight and bias.
+    let bound = 1.0 / ((channels * patch_size * patch_size) as f64).sqrt();
+    let init = Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
     Ok(ElasticPatchEmbed {
         weight: vb.get_with_hints(
             (max_embed, channels, patch_size, patch_size),
             "weight",
-            Init::Randn { mean: 0.0, stdev: 0.02 },
+            init,
         )?,
-        bias: vb.get_with_hints(max_embed, "bias", Init::Const(0.0))?,
+        bias: vb.get_with_hints(max_embed, "bias", init)?,
         patch_size,
     })
 }

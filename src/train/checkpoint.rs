@@ -42,7 +42,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+        if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
             let _ = d.sync_all();
         }
     }
@@ -50,7 +54,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Serializes named tensors (and optional string metadata) to safetensors bytes.
-pub fn to_safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+pub fn to_safetensors_bytes(
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let views: Vec<(String, Tensor)> = tensors.to_vec();
     safetensors::serialize(views, metadata).map_err(|e| Error::Checkpoint {
         path: "<memory>".into(),
@@ -60,13 +67,25 @@ pub fn to_safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashM
 
 /// Reads a safetensors file: its tensors and metadata. A truncated or
 /// corrupt file is an error naming it, never a panic.
-pub fn read_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+pub fn read_safetensors(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |message: String| Error::Checkpoint { path: path.into(), message };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a readable safetensors file (truncated or corrupt?): {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("not a readable safetensors file (truncated or corrupt?): {e}")))?;
+    let bad = |message: String| Error::Checkpoint {
+        path: path.into(),
+        message,
+    };
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        bad(format!(
+            "not a readable safetensors file (truncated or corrupt?): {e}"
+        ))
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        bad(format!(
+            "not a readable safetensors file (truncated or corrupt?): {e}"
+        ))
+    })?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let t = candle_core::safetensors::Load::load(&view, device)
@@ -77,7 +96,12 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String,
 }
 
 /// Copies `tensors[name]` into each variable, checking presence and shape.
-pub fn load_into_vars(path: &Path, tensors: &HashMap<String, Tensor>, names: &[String], vars: &[candle_core::Var]) -> Result<()> {
+pub fn load_into_vars(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    names: &[String],
+    vars: &[candle_core::Var],
+) -> Result<()> {
     for (name, var) in names.iter().zip(vars) {
         let t = tensors.get(name).ok_or_else(|| Error::Checkpoint {
             path: path.into(),
@@ -86,7 +110,11 @@ pub fn load_into_vars(path: &Path, tensors: &HashMap<String, Tensor>, names: &[S
         if t.dims() != var.dims() {
             return Err(Error::Checkpoint {
                 path: path.into(),
-                message: format!("tensor `{name}`: expected shape {:?}, found {:?}", var.dims(), t.dims()),
+                message: format!(
+                    "tensor `{name}`: expected shape {:?}, found {:?}",
+                    var.dims(),
+                    t.dims()
+                ),
             });
         }
         var.set(&t.to_dtype(var.dtype())?)?;

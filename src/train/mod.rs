@@ -45,7 +45,11 @@ pub fn step_rng(seed: u64, step: usize) -> StdRng {
 }
 
 fn data_dir(recipe: &Recipe) -> Result<PathBuf> {
-    let candidates: &[&str] = if recipe.data.format == Format::Idx { FASHION_MNIST_DIRS } else { &[] };
+    let candidates: &[&str] = if recipe.data.format == Format::Idx {
+        FASHION_MNIST_DIRS
+    } else {
+        &[]
+    };
     data::resolve_dir(recipe.data.path.as_deref(), candidates)
 }
 
@@ -54,7 +58,13 @@ fn data_dir(recipe: &Recipe) -> Result<PathBuf> {
 pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<(Dataset, Dataset, Normalize)> {
     let dir = data_dir(recipe)?;
     let i = &space.input;
-    let full = data::load(recipe.data.format, &dir, Split::Train, i.image_size, i.channels)?;
+    let full = data::load(
+        recipe.data.format,
+        &dir,
+        Split::Train,
+        i.image_size,
+        i.channels,
+    )?;
     full.check_fits(space)?;
     let (mut train, val) = full.split_validation(recipe.data.val_size, recipe.seed)?;
     if let Some(n) = recipe.data.train_limit {
@@ -74,7 +84,13 @@ pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<(Dataset, Datase
 pub fn load_test(recipe: &Recipe, space: &Space) -> Result<Dataset> {
     let dir = data_dir(recipe)?;
     let i = &space.input;
-    let test = data::load(recipe.data.format, &dir, Split::Test, i.image_size, i.channels)?;
+    let test = data::load(
+        recipe.data.format,
+        &dir,
+        Split::Test,
+        i.image_size,
+        i.channels,
+    )?;
     test.check_fits(space)?;
     Ok(test)
 }
@@ -102,6 +118,9 @@ pub struct RunOptions<'a> {
     pub stop: &'a AtomicBool,
     /// Show a progress bar (when stderr is a terminal) or plain log lines.
     pub progress: bool,
+    /// Stop after this many steps in total, overriding the recipe's
+    /// `train.max_steps` (also when resuming).
+    pub max_steps: Option<usize>,
 }
 
 /// Starts a run from a recipe: creates the run directory with the resolved
@@ -114,7 +133,9 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<Summary> {
     if dir.join(CHECKPOINT_FILE).exists() {
         return Err(Error::Checkpoint {
             path: dir.join(CHECKPOINT_FILE),
-            message: "a run already exists here: continue it with --resume, or choose another output_dir".into(),
+            message:
+                "a run already exists here: continue it with --resume, or choose another output_dir"
+                    .into(),
         });
     }
     let space = Space::from_file(&recipe.space)?;
@@ -124,7 +145,8 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<Summary> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     write_atomic(&dir.join(RECIPE_FILE), resolved.to_toml_string().as_bytes())?;
     write_atomic(&dir.join(SPACE_FILE), space.to_toml_string().as_bytes())?;
-    std::fs::write(dir.join(METRICS_FILE), b"").map_err(|e| Error::io(dir.join(METRICS_FILE), e))?;
+    std::fs::write(dir.join(METRICS_FILE), b"")
+        .map_err(|e| Error::io(dir.join(METRICS_FILE), e))?;
     run(&resolved, &space, &train, &val, None, opts)
 }
 
@@ -138,7 +160,10 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
     let state: TrainState = meta
         .get(STATE_KEY)
         .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| Error::Checkpoint { path: ckpt.clone(), message: format!("metadata `{STATE_KEY}` missing or invalid") })?;
+        .ok_or_else(|| Error::Checkpoint {
+            path: ckpt.clone(),
+            message: format!("metadata `{STATE_KEY}` missing or invalid"),
+        })?;
     truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
     run(&recipe, &space, &train, &val, Some((tensors, state)), opts)
 }
@@ -171,27 +196,50 @@ impl Checkpointer<'_> {
         let dev = Device::Cpu;
         for (k, name) in params.names.iter().enumerate() {
             let shape = params.vars[k].shape().clone();
-            all.push((format!("optimizer.m.{name}"), candle_core::Tensor::from_slice(&opt.m[k], shape.clone(), &dev)?));
-            all.push((format!("optimizer.v.{name}"), candle_core::Tensor::from_slice(&opt.v[k], shape, &dev)?));
+            all.push((
+                format!("optimizer.m.{name}"),
+                candle_core::Tensor::from_slice(&opt.m[k], shape.clone(), &dev)?,
+            ));
+            all.push((
+                format!("optimizer.v.{name}"),
+                candle_core::Tensor::from_slice(&opt.v[k], shape, &dev)?,
+            ));
         }
         let state_json = serde_json::to_string(state).expect("state serializes");
-        let meta = [(STATE_KEY.to_string(), state_json.clone())].into_iter().collect();
-        write_atomic(&self.dir.join(CHECKPOINT_FILE), &to_safetensors_bytes(&all, Some(meta))?)?;
-        let meta = [("vitnas.recipe".to_string(), self.recipe.name.clone())].into_iter().collect();
-        write_atomic(&self.dir.join(SUPERNET_FILE), &to_safetensors_bytes(&weights, Some(meta))?)?;
+        let meta = [(STATE_KEY.to_string(), state_json.clone())]
+            .into_iter()
+            .collect();
+        write_atomic(
+            &self.dir.join(CHECKPOINT_FILE),
+            &to_safetensors_bytes(&all, Some(meta))?,
+        )?;
+        let meta = [("vitnas.recipe".to_string(), self.recipe.name.clone())]
+            .into_iter()
+            .collect();
+        write_atomic(
+            &self.dir.join(SUPERNET_FILE),
+            &to_safetensors_bytes(&weights, Some(meta))?,
+        )?;
         write_atomic(&self.dir.join(STATE_FILE), state_json.as_bytes())
     }
 }
 
 fn metrics_line(path: &Path, v: serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
     writeln!(f, "{v}").map_err(|e| Error::io(path, e))
 }
 
 /// Builds the seeded supernet of a space and its sorted parameters.
 pub fn build_supernet(space: &Space, seed: u64) -> Result<(Supernet, VarMap, Params)> {
     let vm = VarMap::new();
-    let net = Supernet::new(space, seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu))?;
+    let net = Supernet::new(
+        space,
+        seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu),
+    )?;
     let params = Params::from_varmap(&vm);
     Ok((net, vm, params))
 }
@@ -201,13 +249,20 @@ fn run(
     space: &Space,
     train: &Dataset,
     val: &Dataset,
-    restore: Option<(std::collections::HashMap<String, candle_core::Tensor>, TrainState)>,
+    restore: Option<(
+        std::collections::HashMap<String, candle_core::Tensor>,
+        TrainState,
+    )>,
     opts: &RunOptions,
 ) -> Result<Summary> {
     let dev = Device::Cpu;
     let dir = recipe.output_dir.as_path();
     let metrics = dir.join(METRICS_FILE);
-    let norm = recipe.data.normalize.clone().expect("resolved recipe has normalisation");
+    let norm = recipe
+        .data
+        .normalize
+        .clone()
+        .expect("resolved recipe has normalisation");
     let (net, _vm, params) = build_supernet(space, recipe.seed)?;
     let bs = recipe.train.batch_size;
     let spe = train.len() / bs;
@@ -221,17 +276,33 @@ fn run(
     let warmup = (recipe.optimizer.warmup_epochs * spe as f64).round() as usize;
     let peak = recipe.peak_lr();
     let mut opt = AdamW::new(&params.names, &params.sizes(), recipe.optimizer.clone());
-    let mut state = TrainState { step: 0, adam_t: 0, skipped_steps: 0, total_steps: total, recipe: recipe.name.clone() };
+    let mut state = TrainState {
+        step: 0,
+        adam_t: 0,
+        skipped_steps: 0,
+        total_steps: total,
+        recipe: recipe.name.clone(),
+    };
     if let Some((tensors, st)) = restore {
         let path = dir.join(CHECKPOINT_FILE);
         checkpoint::load_into_vars(&path, &tensors, &params.names, &params.vars)?;
         for (k, name) in params.names.iter().enumerate() {
             for (which, buf) in [("m", &mut opt.m[k]), ("v", &mut opt.v[k])] {
                 let key = format!("optimizer.{which}.{name}");
-                let t = tensors.get(&key).ok_or_else(|| Error::Checkpoint { path: path.clone(), message: format!("tensor `{key}` is missing") })?;
+                let t = tensors.get(&key).ok_or_else(|| Error::Checkpoint {
+                    path: path.clone(),
+                    message: format!("tensor `{key}` is missing"),
+                })?;
                 let v = t.flatten_all()?.to_vec1::<f32>()?;
                 if v.len() != buf.len() {
-                    return Err(Error::Checkpoint { path: path.clone(), message: format!("tensor `{key}`: {} values, expected {}", v.len(), buf.len()) });
+                    return Err(Error::Checkpoint {
+                        path: path.clone(),
+                        message: format!(
+                            "tensor `{key}`: {} values, expected {}",
+                            v.len(),
+                            buf.len()
+                        ),
+                    });
                 }
                 *buf = v;
             }
@@ -242,7 +313,10 @@ fn run(
     let sampler = sampler::from_config(&recipe.sampler);
     let distill = loss::from_config(&recipe.loss.distill);
     let ckpt = Checkpointer { dir, recipe };
-    let end = recipe.train.max_steps.map_or(total, |m| m.min(total));
+    let end = opts
+        .max_steps
+        .or(recipe.train.max_steps)
+        .map_or(total, |m| m.min(total));
     let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(total as u64);
         b.set_style(
@@ -266,29 +340,60 @@ fn run(
         }
         let idx = &order.as_ref().unwrap().1[pos * bs..(pos + 1) * bs];
         let mut rng = step_rng(recipe.seed, step);
-        let (x, y) = make_batch(train, idx, &norm, Some((&recipe.data.augment, &mut rng)), &dev)?;
+        let (x, y) = make_batch(
+            train,
+            idx,
+            &norm,
+            Some((&recipe.data.augment, &mut rng)),
+            &dev,
+        )?;
         let plan = sampler.plan(space, step, &mut rng);
         grads.iter_mut().for_each(|g| g.fill(0.0));
-        let out = accumulate(&net, &params, &plan, &x, &y, recipe.loss.label_smoothing, distill.as_deref(), &mut grads)?;
+        let out = accumulate(
+            &net,
+            &params,
+            &plan,
+            &x,
+            &y,
+            recipe.loss.label_smoothing,
+            distill.as_deref(),
+            &mut grads,
+        )?;
         let lr = lr_at(step, total, warmup, peak, &recipe.optimizer);
         if let Some(k) = out.nonfinite {
             let which = format!("subnet {k} of the step ({:?})", plan.archs[k].to_json());
             match recipe.train.on_nonfinite_loss {
                 NonFinite::Stop => {
-                    metrics_line(&metrics, json!({"step": step + 1, "nonfinite_loss": out.losses[k], "stopped": true}))?;
-                    return Err(Error::NonFiniteLoss { step: step + 1, which, value: out.losses[k] });
+                    metrics_line(
+                        &metrics,
+                        json!({"step": step + 1, "nonfinite_loss": out.losses[k], "stopped": true}),
+                    )?;
+                    return Err(Error::NonFiniteLoss {
+                        step: step + 1,
+                        which,
+                        value: out.losses[k],
+                    });
                 }
                 NonFinite::Skip => {
                     state.skipped_steps += 1;
-                    tracing::warn!("step {}: non-finite loss in {which}; step skipped", step + 1);
-                    metrics_line(&metrics, json!({"step": step + 1, "skipped": true, "nonfinite_loss": out.losses[k], "skipped_steps": state.skipped_steps}))?;
+                    tracing::warn!(
+                        "step {}: non-finite loss in {which}; step skipped",
+                        step + 1
+                    );
+                    metrics_line(
+                        &metrics,
+                        json!({"step": step + 1, "skipped": true, "nonfinite_loss": out.losses[k], "skipped_steps": state.skipped_steps}),
+                    )?;
                 }
             }
         } else {
             let grad_norm = opt.step(&params.vars, &grads, lr)?;
             state.adam_t = opt.t;
             let flops: Vec<u64> = plan.archs.iter().map(|a| flops(space, a)).collect();
-            metrics_line(&metrics, json!({"step": step + 1, "epoch": epoch, "lr": lr, "losses": out.losses, "flops": flops, "grad_norm": grad_norm}))?;
+            metrics_line(
+                &metrics,
+                json!({"step": step + 1, "epoch": epoch, "lr": lr, "losses": out.losses, "flops": flops, "grad_norm": grad_norm}),
+            )?;
         }
         state.step += 1;
         images_done += bs;
@@ -296,17 +401,29 @@ fn run(
         let loss0 = out.losses.first().copied().unwrap_or(f32::NAN);
         if let Some(b) = &bar {
             b.set_position(state.step as u64);
-            b.set_message(format!("epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} img/s", epoch + 1));
+            b.set_message(format!(
+                "epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} img/s",
+                epoch + 1
+            ));
         } else if opts.progress && (state.step % recipe.train.log_every == 0 || state.step == end) {
-            eprintln!("step {}/{total} epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} img/s", state.step, epoch + 1);
+            eprintln!(
+                "step {}/{total} epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} img/s",
+                state.step,
+                epoch + 1
+            );
         }
         let epoch_end = state.step % spe == 0;
         if epoch_end {
             let ev = |arch: &crate::space::Arch| {
-                evaluate(val, &norm, recipe.data.eval_batch_size, &dev, |x| net.forward(x, arch, false))
+                evaluate(val, &norm, recipe.data.eval_batch_size, &dev, |x| {
+                    net.forward(x, arch, false)
+                })
             };
             let (lg, sm) = (ev(&space.largest())?, ev(&space.smallest())?);
-            metrics_line(&metrics, json!({"step": state.step, "epoch_end": epoch + 1, "val_largest": lg, "val_smallest": sm}))?;
+            metrics_line(
+                &metrics,
+                json!({"step": state.step, "epoch_end": epoch + 1, "val_largest": lg, "val_smallest": sm}),
+            )?;
             let msg = format!(
                 "epoch {} val acc largest {:.4} smallest {:.4}",
                 epoch + 1,
@@ -321,7 +438,8 @@ fn run(
             last_val = (Some(lg), Some(sm));
         }
         let stop = opts.stop.load(Ordering::SeqCst);
-        if epoch_end || state.step % recipe.train.checkpoint_every == 0 || stop || state.step == end {
+        if epoch_end || state.step % recipe.train.checkpoint_every == 0 || stop || state.step == end
+        {
             ckpt.save(&params, &opt, &state)?;
         }
         if stop {
@@ -347,11 +465,16 @@ fn run(
     if state.step == total && !interrupted {
         if let Ok(test) = load_test(recipe, space) {
             let ev = |arch: &crate::space::Arch| {
-                evaluate(&test, &norm, recipe.data.eval_batch_size, &dev, |x| net.forward(x, arch, false))
+                evaluate(&test, &norm, recipe.data.eval_batch_size, &dev, |x| {
+                    net.forward(x, arch, false)
+                })
             };
             summary.test_largest = Some(ev(&space.largest())?);
             summary.test_smallest = Some(ev(&space.smallest())?);
-            metrics_line(&metrics, json!({"step": state.step, "final_test_largest": summary.test_largest, "final_test_smallest": summary.test_smallest}))?;
+            metrics_line(
+                &metrics,
+                json!({"step": state.step, "final_test_largest": summary.test_largest, "final_test_smallest": summary.test_smallest}),
+            )?;
         }
     }
     Ok(summary)

@@ -39,7 +39,12 @@ impl AdamW {
     /// Applies one update from the accumulated gradients; returns the global
     /// gradient norm before clipping.
     pub fn step(&mut self, params: &[Var], grads: &[Vec<f32>], lr: f64) -> Result<f64> {
-        let norm = grads.iter().flat_map(|g| g.iter()).map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        let norm = grads
+            .iter()
+            .flat_map(|g| g.iter())
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
         let clip = match self.cfg.clip_grad_norm {
             Some(c) if norm > c => (c / (norm + 1e-6)) as f32,
             _ => 1.0,
@@ -53,7 +58,11 @@ impl AdamW {
         let bc2_sqrt = bc2.sqrt() as f32;
         for (k, var) in params.iter().enumerate() {
             let mut w = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            let wd = if self.decay[k] { (lr * self.cfg.weight_decay) as f32 } else { 0.0 };
+            let wd = if self.decay[k] {
+                (lr * self.cfg.weight_decay) as f32
+            } else {
+                0.0
+            };
             let (m, v, g) = (&mut self.m[k], &mut self.v[k], &grads[k]);
             for i in 0..w.len() {
                 let gi = g[i] * clip;

@@ -65,7 +65,11 @@ pub enum SamplerConfig {
     Fair,
     /// AttentiveNAS-style: largest + smallest + `num_random` subnets, each the
     /// best (or worst) of `num_candidates` uniform candidates by a cheap proxy.
-    Attentive { num_random: usize, num_candidates: usize, pick: AttentivePick },
+    Attentive {
+        num_random: usize,
+        num_candidates: usize,
+        pick: AttentivePick,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +100,11 @@ pub enum DistillConfig {
     /// KL(teacher ‖ student), batch mean.
     Kl,
     /// AlphaNet's adaptive alpha-divergence.
-    Alpha { alpha_min: f64, alpha_max: f64, iw_clip: f64 },
+    Alpha {
+        alpha_min: f64,
+        alpha_max: f64,
+        iw_clip: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,7 +177,10 @@ impl Recipe {
     }
 
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
-        let r: Recipe = toml::from_str(text).map_err(|e| Error::Toml { path: origin.into(), message: e.to_string() })?;
+        let r: Recipe = toml::from_str(text).map_err(|e| Error::Toml {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
         r.validate(origin)?;
         Ok(r)
     }
@@ -204,10 +215,18 @@ impl Recipe {
         if !(0.0..1.0).contains(&self.loss.label_smoothing) {
             return Err(bad("loss.label_smoothing", "must be in [0, 1)"));
         }
-        if let SamplerConfig::Attentive { num_candidates: 0, .. } = self.sampler {
+        if let SamplerConfig::Attentive {
+            num_candidates: 0, ..
+        } = self.sampler
+        {
             return Err(bad("sampler.num_candidates", "must be positive"));
         }
-        if let DistillConfig::Alpha { alpha_min, alpha_max, iw_clip } = self.loss.distill {
+        if let DistillConfig::Alpha {
+            alpha_min,
+            alpha_max,
+            iw_clip,
+        } = self.loss.distill
+        {
             if alpha_min > alpha_max {
                 return Err(bad("loss.distill.alpha_min", "must not exceed alpha_max"));
             }

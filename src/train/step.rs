@@ -19,7 +19,8 @@ pub struct Params {
 impl Params {
     pub fn from_varmap(vm: &VarMap) -> Self {
         let data = vm.data().lock().expect("varmap poisoned");
-        let mut named: Vec<(String, Var)> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        let mut named: Vec<(String, Var)> =
+            data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let (names, vars) = named.into_iter().unzip();
         Params { names, vars }
@@ -35,7 +36,11 @@ impl Params {
 
     /// `(name, tensor)` pairs of the current values.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        self.names.iter().cloned().zip(self.vars.iter().map(|v| v.as_tensor().clone())).collect()
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.vars.iter().map(|v| v.as_tensor().clone()))
+            .collect()
     }
 }
 
@@ -75,7 +80,10 @@ pub fn accumulate(
         };
         losses.push(value);
         if !value.is_finite() {
-            return Ok(StepLosses { losses, nonfinite: Some(k) });
+            return Ok(StepLosses {
+                losses,
+                nonfinite: Some(k),
+            });
         }
         if k == 0 && plan.teacher_first {
             teacher = Some(logits.detach());
@@ -90,5 +98,8 @@ pub fn accumulate(
             }
         }
     }
-    Ok(StepLosses { losses, nonfinite: None })
+    Ok(StepLosses {
+        losses,
+        nonfinite: None,
+    })
 }

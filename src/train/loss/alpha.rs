@@ -15,7 +15,13 @@ pub struct AlphaDivergence {
 }
 
 /// Per-example `(divergence value, surrogate loss)` for one alpha.
-fn f_divergence(logq: &Tensor, q: &Tensor, p: &Tensor, alpha: f64, iw_clip: f64) -> Result<(Tensor, Tensor)> {
+fn f_divergence(
+    logq: &Tensor,
+    q: &Tensor,
+    p: &Tensor,
+    alpha: f64,
+    iw_clip: f64,
+) -> Result<(Tensor, Tensor)> {
     let ratio = (p / q)?;
     let (f, f_base, rho) = if alpha.abs() < 1e-3 {
         let iw = ratio.clamp(0f32, iw_clip as f32)?;

@@ -37,8 +37,14 @@ pub fn from_config(c: &DistillConfig) -> Option<Box<dyn Distill>> {
     match *c {
         DistillConfig::None => None,
         DistillConfig::Kl => Some(Box::new(Kl)),
-        DistillConfig::Alpha { alpha_min, alpha_max, iw_clip } => {
-            Some(Box::new(AlphaDivergence { alpha_min, alpha_max, iw_clip }))
-        }
+        DistillConfig::Alpha {
+            alpha_min,
+            alpha_max,
+            iw_clip,
+        } => Some(Box::new(AlphaDivergence {
+            alpha_min,
+            alpha_max,
+            iw_clip,
+        })),
     }
 }

@@ -18,13 +18,18 @@ impl Sampler for Attentive {
     fn plan(&self, space: &Space, _step: usize, rng: &mut StdRng) -> Plan {
         let mut archs = vec![space.largest(), space.smallest()];
         for _ in 0..self.num_random {
-            let cands: Vec<_> = (0..self.num_candidates.max(1)).map(|_| space.sample(rng)).collect();
+            let cands: Vec<_> = (0..self.num_candidates.max(1))
+                .map(|_| space.sample(rng))
+                .collect();
             let chosen = match self.pick {
                 AttentivePick::Best => cands.into_iter().max_by_key(|a| flops(space, a)),
                 AttentivePick::Worst => cands.into_iter().min_by_key(|a| flops(space, a)),
             };
             archs.push(chosen.expect("at least one candidate"));
         }
-        Plan { archs, teacher_first: true }
+        Plan {
+            archs,
+            teacher_first: true,
+        }
     }
 }

@@ -22,7 +22,9 @@ fn gcd(a: usize, b: usize) -> usize {
 
 /// The number of subnets per fair round.
 pub fn round_len(space: &Space) -> usize {
-    gene_cardinalities(space).into_iter().fold(1, |m, c| m / gcd(m, c) * c)
+    gene_cardinalities(space)
+        .into_iter()
+        .fold(1, |m, c| m / gcd(m, c) * c)
 }
 
 impl Sampler for Fair {
@@ -43,6 +45,9 @@ impl Sampler for Fair {
                 Arch::from_genes(space, &genes).expect("genes within cardinalities")
             })
             .collect();
-        Plan { archs, teacher_first: false }
+        Plan {
+            archs,
+            teacher_first: false,
+        }
     }
 }

@@ -35,8 +35,14 @@ pub fn from_config(c: &SamplerConfig) -> Box<dyn Sampler> {
         SamplerConfig::Uniform => Box::new(Uniform),
         SamplerConfig::Sandwich { num_random } => Box::new(Sandwich { num_random }),
         SamplerConfig::Fair => Box::new(Fair),
-        SamplerConfig::Attentive { num_random, num_candidates, pick } => {
-            Box::new(Attentive { num_random, num_candidates, pick })
-        }
+        SamplerConfig::Attentive {
+            num_random,
+            num_candidates,
+            pick,
+        } => Box::new(Attentive {
+            num_random,
+            num_candidates,
+            pick,
+        }),
     }
 }

@@ -13,6 +13,9 @@ impl Sampler for Sandwich {
     fn plan(&self, space: &Space, _step: usize, rng: &mut StdRng) -> Plan {
         let mut archs = vec![space.largest(), space.smallest()];
         archs.extend((0..self.num_random).map(|_| space.sample(rng)));
-        Plan { archs, teacher_first: true }
+        Plan {
+            archs,
+            teacher_first: true,
+        }
     }
 }

@@ -8,6 +8,9 @@ pub struct Uniform;
 
 impl Sampler for Uniform {
     fn plan(&self, space: &Space, _step: usize, rng: &mut StdRng) -> Plan {
-        Plan { archs: vec![space.sample(rng)], teacher_first: false }
+        Plan {
+            archs: vec![space.sample(rng)],
+            teacher_first: false,
+        }
     }
 }
