@@ -1,10 +1,14 @@
 //! Fused CPU kernels with backward, for f32 tensors: layer norm (with its
 //! affine part), bias add (column-sum backward), scaled softmax over the
-//! last dimension, exact GELU.
+//! last dimension, exact GELU, and multi-head attention (`attention.rs`).
 //! Each forward is a candle `CustomOp1` whose `bwd` calls a second fused
 //! kernel, so autograd flows through them (unlike candle's fast
 //! `LayerNorm` / `softmax_last_dim`). Rows are split across threads only
 //! when the tensor is large enough to pay for the dispatch.
+
+mod attention;
+
+pub use attention::attention;
 
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,

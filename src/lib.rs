@@ -13,6 +13,7 @@ pub mod init;
 pub mod kernels;
 pub mod models;
 pub mod ops;
+pub mod search;
 pub mod space;
 pub mod supernet;
 pub mod train;

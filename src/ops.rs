@@ -12,18 +12,21 @@ use candle_core::{Result, Tensor};
 
 /// `x · wᵀ + b` over the last dimension of `x`, computed as one 2-D matmul
 /// over the flattened leading dimensions (`x`: `[.., in]`, `w`: `[out, in]`).
+/// Token activations are kept 2-D (`[batch · tokens, dim]`) by the models, so
+/// the usual call does no reshape at all.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if x.rank() == 2 {
+        let y = x.matmul(&w.t()?)?;
+        return match b {
+            Some(b) => bias_add(&y, b),
+            None => Ok(y),
+        };
+    }
     let dims = x.dims();
     let k = *dims
         .last()
         .expect("linear input has at least one dimension");
-    let rows = x.elem_count() / k.max(1);
-    let x2 = x.reshape((rows, k))?;
-    let y = x2.matmul(&w.t()?)?;
-    let y = match b {
-        Some(b) => bias_add(&y, b)?,
-        None => y,
-    };
+    let y = linear(&x.reshape((x.elem_count() / k.max(1), k))?, w, b)?;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().unwrap() = w.dim(0)?;
     y.reshape(out_dims)
@@ -118,19 +121,23 @@ pub fn patchify(images: &Tensor, p: usize) -> Result<Tensor> {
         .reshape((b, gh * gw, c * p * p))
 }
 
-/// Multi-head scaled dot-product attention without masking. `q`, `k`, `v`:
-/// `[B, T, heads·head_dim]`; returns the per-head weighted sums concatenated
-/// back to `[B, T, heads·head_dim]`.
+/// Multi-head scaled dot-product attention without masking over `batch`
+/// sequences. `q`, `k`, `v`: `[batch · T, heads · head_dim]`; returns the
+/// per-head weighted sums concatenated back to `[batch · T, heads · head_dim]`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    batch: usize,
     heads: usize,
     head_dim: usize,
 ) -> Result<Tensor> {
-    let (b, t, _) = q.dims3()?;
+    if !composite_on() {
+        return kernels::attention(q, k, v, batch, heads, head_dim);
+    }
+    let t = q.dim(0)? / batch;
     let split = |x: &Tensor| -> Result<Tensor> {
-        x.reshape((b, t, heads, head_dim))?
+        x.reshape((batch, t, heads, head_dim))?
             .transpose(1, 2)?
             .contiguous()
     };
@@ -140,5 +147,5 @@ pub fn attention(
     probs
         .matmul(&v)?
         .transpose(1, 2)?
-        .reshape((b, t, heads * head_dim))
+        .reshape((batch * t, heads * head_dim))
 }

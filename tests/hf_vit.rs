@@ -39,8 +39,13 @@ fn static_vit_reproduces_transformers_logits_and_hidden_states() {
     assert!(d <= 1e-4, "logits differ by {d}");
     let mut h = model.embed(x).unwrap();
     assert!(max_abs_diff(&h, &r["hidden_states.0"]) <= 1e-4);
+    let (b, t, e) = h.dims3().unwrap();
     for (i, layer) in model.layers.iter().enumerate() {
-        h = layer.forward(&h).unwrap();
+        h = layer
+            .forward(&h.reshape((b * t, e)).unwrap(), b)
+            .unwrap()
+            .reshape((b, t, e))
+            .unwrap();
         let d = max_abs_diff(&h, &r[&format!("hidden_states.{}", i + 1)]);
         assert!(d <= 1e-4, "hidden state {} differs by {d}", i + 1);
     }

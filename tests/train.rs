@@ -37,6 +37,7 @@ fn small_recipe(out: &Path) -> Recipe {
     r.data.augment.crop_padding = 2;
     r.data.augment.hflip = true;
     r.train.batch_size = 32;
+    r.sampler = vitnas::train::recipe::SamplerConfig::Sandwich { num_random: 1 };
     r.train.epochs = 2;
     r.train.checkpoint_every = 3;
     r.output_dir = out.to_path_buf();
@@ -365,7 +366,7 @@ fn every_shipped_recipe_parses_and_invalid_ones_name_the_field() {
         Space::from_file(repo_path(r.space.to_str().unwrap())).unwrap();
     }
     let text = std::fs::read_to_string(repo_path("recipes/quickstart.toml")).unwrap();
-    let bad = text.replace("epochs = 3", "epochs = 0");
+    let bad = text.replace("epochs = 6", "epochs = 0");
     let msg = Recipe::from_toml_str(&bad, Path::new("bad.toml"))
         .unwrap_err()
         .to_string();
@@ -373,7 +374,7 @@ fn every_shipped_recipe_parses_and_invalid_ones_name_the_field() {
         msg.contains("bad.toml") && msg.contains("train.epochs"),
         "{msg}"
     );
-    let bad = text.replace("num_random = 1", "num_random = 1\nnum_rand = 2");
+    let bad = text.replace("num_random = 0", "num_random = 0\nnum_rand = 2");
     let msg = Recipe::from_toml_str(&bad, Path::new("bad.toml"))
         .unwrap_err()
         .to_string();

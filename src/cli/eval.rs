@@ -20,8 +20,12 @@ enum SplitArg {
 pub struct EvalArgs {
     /// A training run directory (holding recipe.toml, space.toml and
     /// supernet.safetensors), or a supernet .safetensors file inside one.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    supernet: Option<PathBuf>,
+    /// An exported model directory (`vitnas export`); needs --data (IDX
+    /// directory) and uses its test split.
     #[arg(long)]
-    supernet: PathBuf,
+    model: Option<PathBuf>,
     /// `largest`, `smallest`, or an architecture JSON file.
     #[arg(long, default_value = "largest")]
     arch: String,
@@ -34,15 +38,21 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let (dir, file) = if a.supernet.is_dir() {
-        (a.supernet.clone(), a.supernet.join(train::SUPERNET_FILE))
+    if let Some(m) = &a.model {
+        return eval_model(m, a.data.as_deref(), a.split);
+    }
+    let supernet = a
+        .supernet
+        .clone()
+        .expect("clap requires --supernet or --model");
+    let (dir, file) = if supernet.is_dir() {
+        (supernet.clone(), supernet.join(train::SUPERNET_FILE))
     } else {
-        let dir = a
-            .supernet
+        let dir = supernet
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
-        (dir, a.supernet.clone())
+        (dir, supernet.clone())
     };
     let mut recipe = Recipe::from_file(dir.join(train::RECIPE_FILE))
         .with_context(|| format!("{} is not a vitnas run directory", dir.display()))?;
@@ -77,6 +87,42 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "split": split, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
             "arch": arch, "params": params(&space, &arch), "flops_macs": flops(&space, &arch),
         })
+    );
+    Ok(())
+}
+
+fn eval_model(
+    dir: &std::path::Path,
+    data: Option<&std::path::Path>,
+    split: SplitArg,
+) -> anyhow::Result<()> {
+    let (model, norm) = vitnas::models::export::load_dir(dir)?;
+    let data = data.context("--model needs --data <IDX directory>")?;
+    let c = &model.config;
+    let split_name = match split {
+        SplitArg::Val => {
+            anyhow::bail!("an exported model has no validation split: use --split test")
+        }
+        SplitArg::Test => "test",
+    };
+    let ds = vitnas::data::load(
+        vitnas::data::Format::Idx,
+        data,
+        vitnas::data::Split::Test,
+        c.image_size,
+        c.num_channels,
+    )?;
+    let norm = match norm {
+        Some(n) => n,
+        None => {
+            let (mean, std) = ds.channel_stats();
+            vitnas::data::batch::Normalize { mean, std }
+        }
+    };
+    let r = evaluate(&ds, &norm, 500, &Device::Cpu, |x| Ok(model.forward(x)?))?;
+    println!(
+        "{}",
+        serde_json::json!({"model": dir, "split": split_name, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss, "params": model.num_params()})
     );
     Ok(())
 }

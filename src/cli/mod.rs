@@ -3,6 +3,8 @@
 mod arch;
 mod bench;
 mod eval;
+mod export;
+mod search;
 mod space;
 mod train;
 
@@ -33,6 +35,10 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Accuracy and loss of an inherited subnet of a trained supernet.
     Eval(eval::EvalArgs),
+    /// Export a subnet as a standalone model directory (safetensors + config).
+    Export(export::ExportArgs),
+    /// Search a trained supernet for the best architectures under constraints.
+    Search(search::SearchArgs),
     /// Time the benchmark workload (compare with ../shared/bench/torch_reference.py).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -60,5 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(c) => bench::run(c),
+        Command::Search(a) => search::run(a),
+        Command::Export(a) => export::run(a),
     }
 }

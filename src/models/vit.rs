@@ -59,12 +59,14 @@ pub struct VitLayer {
 }
 
 impl VitLayer {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x: [batch · T, hidden]` to the same shape.
+    pub fn forward(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
         let h = self.layernorm_before.forward(x)?;
         let ctx = ops::attention(
             &self.query.forward(&h)?,
             &self.key.forward(&h)?,
             &self.value.forward(&h)?,
+            batch,
             self.num_heads,
             self.head_dim,
         )?;
@@ -144,11 +146,16 @@ impl Vit {
 
     /// Logits `[B, num_labels]` for images `[B, C, H, W]`.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
-        let mut x = self.embed(images)?;
+        let (b, t, e) = (
+            images.dim(0)?,
+            self.config.seq_len(),
+            self.config.hidden_size,
+        );
+        let mut x = self.embed(images)?.reshape((b * t, e))?;
         for layer in &self.layers {
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, b)?;
         }
-        let cls = self.layernorm.forward(&x.i((.., 0))?)?;
+        let cls = self.layernorm.forward(&x.reshape((b, t, e))?.i((.., 0))?)?;
         self.classifier.forward(&cls)
     }
 

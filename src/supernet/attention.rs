@@ -38,13 +38,14 @@ pub fn elastic_attention(
 }
 
 impl ElasticAttention {
-    /// `x: [B, T, embed]` to `[B, T, embed]` with `heads` heads.
-    pub fn forward(&self, x: &Tensor, embed: usize, heads: usize) -> Result<Tensor> {
+    /// `x: [batch · T, embed]` to `[batch · T, embed]` with `heads` heads.
+    pub fn forward(&self, x: &Tensor, batch: usize, embed: usize, heads: usize) -> Result<Tensor> {
         let qd = heads * self.head_dim;
         let ctx = ops::attention(
             &self.query.forward(x, qd, embed)?,
             &self.key.forward(x, qd, embed)?,
             &self.value.forward(x, qd, embed)?,
+            batch,
             heads,
             self.head_dim,
         )?;

@@ -19,6 +19,8 @@ pub struct ElasticBlock {
 /// Shapes of one layer of a sampled architecture.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockDims {
+    /// Sequences in the batch (token activations are `[batch · T, embed]`).
+    pub batch: usize,
     pub embed: usize,
     pub heads: usize,
     pub mlp_width: usize,
@@ -43,7 +45,7 @@ pub fn elastic_block(
 impl ElasticBlock {
     pub fn forward(&self, x: &Tensor, d: BlockDims) -> Result<Tensor> {
         let h = self.layernorm_before.forward(x, d.embed)?;
-        let x = (x + self.attention.forward(&h, d.embed, d.heads)?)?;
+        let x = (x + self.attention.forward(&h, d.batch, d.embed, d.heads)?)?;
         let h = self.layernorm_after.forward(&x, d.embed)?;
         x + self.mlp.forward(&h, d.embed, d.mlp_width)?
     }

@@ -84,8 +84,9 @@ impl Supernet {
         Ok(())
     }
 
-    fn block_dims(arch: &Arch, l: usize) -> BlockDims {
+    fn block_dims(arch: &Arch, l: usize, batch: usize) -> BlockDims {
         BlockDims {
+            batch,
             embed: arch.embed_dim,
             heads: arch.num_heads[l],
             mlp_width: arch.mlp_width(l),
@@ -99,11 +100,14 @@ impl Supernet {
         arch.check_fits(&self.space)?;
         self.check_input(images)?;
         let e = arch.embed_dim;
-        let mut x = self.embeddings.forward(images, e)?;
+        let (b, t) = (images.dim(0)?, self.space.seq_len());
+        let mut x = self.embeddings.forward(images, e)?.reshape((b * t, e))?;
         for l in 0..arch.depth {
-            x = self.layers[l].forward(&x, Self::block_dims(arch, l))?;
+            x = self.layers[l].forward(&x, Self::block_dims(arch, l, b))?;
         }
-        let cls = self.layernorm.forward(&x.i((.., 0))?, e)?;
+        let cls = self
+            .layernorm
+            .forward(&x.reshape((b, t, e))?.i((.., 0))?, e)?;
         Ok(self.classifier.forward(&cls, e)?)
     }
 
@@ -115,7 +119,7 @@ impl Supernet {
         let (patch_weight, patch_bias) = self.embeddings.patch_embeddings.extract(e)?;
         let (cls_token, position_embeddings) = self.embeddings.extract(e)?;
         let layers = (0..arch.depth)
-            .map(|l| self.layers[l].extract(Self::block_dims(arch, l)))
+            .map(|l| self.layers[l].extract(Self::block_dims(arch, l, 0)))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Vit {
             config: VitConfig::from_arch(&self.space, arch),

@@ -23,6 +23,9 @@ pub struct Recipe {
     pub loss: LossConfig,
     pub optimizer: OptimizerConfig,
     pub train: TrainConfig,
+    /// Architecture search over the trained supernet (`vitnas search`).
+    #[serde(default)]
+    pub search: crate::search::config::SearchConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

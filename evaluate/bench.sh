@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the benchmark workload of ../shared/README.md on vitnas and on the
+# PyTorch peer (../shared/bench/torch_reference.py), one right after the
+# other on this machine, and prints the ratios.
+#
+#   evaluate/bench.sh [path/to/python-with-torch]
+#
+# The PyTorch side needs a venv with torch (outside the repo):
+#   python3 -m venv ../torchenv && ../torchenv/bin/pip install torch
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-../torchenv/bin/python}
+PEER=../shared/bench/torch_reference.py
+cargo build --release --quiet
+V=target/release/vitnas
+run() { echo "$1" >&2; eval "$1"; }
+vt=$(run "$V bench train --steps 30 --batch 64 --threads 2")
+pt=$(run "$PY $PEER train --steps 30 --batch 64 --threads 2")
+v1=$(run "$V bench infer --batch 1 --iters 200 --threads 2")
+p1=$(run "$PY $PEER infer --batch 1 --iters 200 --threads 2")
+v256=$(run "$V bench infer --batch 256 --iters 10 --threads 2")
+p256=$(run "$PY $PEER infer --batch 256 --iters 10 --threads 2")
+python3 - "$vt" "$pt" "$v1" "$p1" "$v256" "$p256" <<'PYEOF'
+import json, sys
+vt, pt, v1, p1, v256, p256 = (json.loads(a) for a in sys.argv[1:])
+print(f"{'workload':34} {'vitnas':>12} {'pytorch':>12} {'ratio':>8}")
+print(f"{'train sandwich steps/s (batch 64)':34} {vt['steps_per_s']:12.3f} {pt['steps_per_s']:12.3f} {vt['steps_per_s']/pt['steps_per_s']:8.2f}x")
+print(f"{'infer batch 1 ms (lower is better)':34} {v1['ms_per_batch']:12.2f} {p1['ms_per_batch']:12.2f} {v1['ms_per_batch']/p1['ms_per_batch']:8.2f}x")
+print(f"{'infer batch 256 images/s':34} {v256['images_per_s']:12.1f} {p256['images_per_s']:12.1f} {v256['images_per_s']/p256['images_per_s']:8.2f}x")
+print(f"vitnas training GFLOP/s {vt['gflops']:.1f} = {100*vt['gemm_peak_fraction']:.0f}% of the 170 GFLOP/s gemm peak")
+PYEOF

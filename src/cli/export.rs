@@ -1,0 +1,87 @@
+//! `vitnas export --supernet <run> --arch <arch.json> --out <dir> [--hf-pad]`.
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use clap::Args;
+use std::path::PathBuf;
+use vitnas::models::export;
+use vitnas::space::{flops, Arch, Space};
+use vitnas::train::{self, checkpoint::read_safetensors, recipe::Recipe};
+use vitnas::Supernet;
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A training run directory (recipe.toml, space.toml, supernet.safetensors).
+    #[arg(long)]
+    supernet: PathBuf,
+    /// `largest`, `smallest`, or an architecture JSON file (e.g. from `vitnas search`).
+    #[arg(long)]
+    arch: String,
+    /// Output directory: model.safetensors, config.json, arch.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Zero-pad heads and MLP units to the per-model maximum so that the
+    /// subnet is a Hugging Face ViT (identical outputs, more FLOPs).
+    #[arg(long)]
+    hf_pad: bool,
+}
+
+pub fn run(a: ExportArgs) -> anyhow::Result<()> {
+    let recipe = Recipe::from_file(a.supernet.join(train::RECIPE_FILE))
+        .with_context(|| format!("{} is not a vitnas run directory", a.supernet.display()))?;
+    let space = Space::from_file(a.supernet.join(train::SPACE_FILE))?;
+    let arch = match a.arch.as_str() {
+        "largest" => space.largest(),
+        "smallest" => space.smallest(),
+        p => Arch::from_json_file(p)?,
+    };
+    arch.check_fits(&space)?;
+    let file = a.supernet.join(train::SUPERNET_FILE);
+    let (tensors, _) = read_safetensors(&file, &Device::Cpu)?;
+    let net = Supernet::new(
+        &space,
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+    .with_context(|| format!("loading {}", file.display()))?;
+    let mut model = net.extract(&arch)?;
+    if a.hf_pad {
+        let before = flops(&space, &arch);
+        model = export::pad_uniform(&model)?;
+        let c = &model.config;
+        let padded = Arch {
+            embed_dim: c.hidden_size,
+            depth: c.num_heads.len(),
+            num_heads: c.num_heads.clone(),
+            mlp_ratio: c
+                .intermediate_sizes
+                .iter()
+                .map(|&m| m as f64 / c.hidden_size as f64)
+                .collect(),
+        };
+        let after = flops(&space, &padded);
+        eprintln!(
+            "--hf-pad: padded to {} heads and MLP width {} in every layer: {} → {} multiply-adds per image (+{:.1}%)",
+            c.num_heads[0],
+            c.intermediate_sizes[0],
+            before,
+            after,
+            100.0 * (after as f64 / before as f64 - 1.0)
+        );
+    }
+    let note = export::export(
+        &model,
+        &space,
+        &arch,
+        recipe.data.normalize.as_ref(),
+        &a.out,
+    )?;
+    match note {
+        None => println!("exported {} (Hugging Face ViTForImageClassification layout)", a.out.display()),
+        Some(o) => println!(
+            "exported {} (vitnas layout; not representable as a Hugging Face ViT: {o}; --hf-pad makes it one when heads × head_dim can equal the hidden size)",
+            a.out.display()
+        ),
+    }
+    Ok(())
+}

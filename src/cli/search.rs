@@ -1,0 +1,129 @@
+//! `vitnas search <run dir>`: evolutionary or random search over a trained
+//! supernet, under params / FLOPs / latency constraints.
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use vitnas::search::config::Algorithm;
+use vitnas::search::{self, Evaluator};
+use vitnas::space::Space;
+use vitnas::train::{self, checkpoint::read_safetensors, recipe::Recipe};
+use vitnas::Supernet;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AlgorithmArg {
+    Evolution,
+    Random,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// A training run directory (recipe.toml, space.toml, supernet.safetensors).
+    run: PathBuf,
+    /// Output directory (default: <run>/search-<algorithm>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the search saved in the output directory.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum)]
+    algorithm: Option<AlgorithmArg>,
+    #[arg(long)]
+    params_min: Option<u64>,
+    #[arg(long)]
+    params_max: Option<u64>,
+    /// Bounds on multiply-adds per image.
+    #[arg(long)]
+    flops_min: Option<u64>,
+    #[arg(long)]
+    flops_max: Option<u64>,
+    /// Bound on the measured latency of the extracted subnet (ms) on this machine.
+    #[arg(long)]
+    latency_ms_max: Option<f64>,
+    #[arg(long)]
+    latency_batch: Option<usize>,
+    #[arg(long)]
+    population: Option<usize>,
+    #[arg(long)]
+    generations: Option<usize>,
+    /// Validation images used for the fitness.
+    #[arg(long)]
+    val_subset: Option<usize>,
+    /// Early rejection: screen new candidates on this many images first.
+    #[arg(long)]
+    early_reject: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the best N architectures as arch-<rank>.json for `vitnas export`.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+}
+
+pub fn run(a: SearchArgs) -> anyhow::Result<()> {
+    let recipe = Recipe::from_file(a.run.join(train::RECIPE_FILE))
+        .with_context(|| format!("{} is not a vitnas run directory", a.run.display()))?;
+    let space = Space::from_file(a.run.join(train::SPACE_FILE))?;
+    let mut cfg = recipe.search.clone();
+    if let Some(alg) = a.algorithm {
+        cfg.algorithm = match alg {
+            AlgorithmArg::Evolution => Algorithm::Evolution,
+            AlgorithmArg::Random => Algorithm::Random,
+        };
+    }
+    let c = &mut cfg.constraints;
+    c.params_min = a.params_min.or(c.params_min);
+    c.params_max = a.params_max.or(c.params_max);
+    c.flops_min = a.flops_min.or(c.flops_min);
+    c.flops_max = a.flops_max.or(c.flops_max);
+    c.latency_ms_max = a.latency_ms_max.or(c.latency_ms_max);
+    c.latency_batch = a.latency_batch.or(c.latency_batch);
+    cfg.population = a.population.unwrap_or(cfg.population);
+    cfg.generations = a.generations.unwrap_or(cfg.generations);
+    cfg.val_subset = a.val_subset.unwrap_or(cfg.val_subset);
+    cfg.early_reject_images = a.early_reject.unwrap_or(cfg.early_reject_images);
+    cfg.seed = a.seed.unwrap_or(cfg.seed);
+    let out = a.out.unwrap_or_else(|| {
+        a.run.join(match cfg.algorithm {
+            Algorithm::Evolution => "search-evolution",
+            Algorithm::Random => "search-random",
+        })
+    });
+    let file = a.run.join(train::SUPERNET_FILE);
+    let (tensors, _) = read_safetensors(&file, &Device::Cpu)?;
+    let net = Supernet::new(
+        &space,
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+    .with_context(|| format!("loading {}", file.display()))?;
+    let (_, val, norm) = train::load_train_val(&recipe, &space)?;
+    let norm = recipe.data.normalize.clone().unwrap_or(norm);
+    let ev = Evaluator {
+        net: &net,
+        val: &val,
+        norm: &norm,
+        device: Device::Cpu,
+    };
+    let started = std::time::Instant::now();
+    let state = search::run(&space, cfg, &ev, &out, a.resume, true)?;
+    let s = search::Search::from_state(&space, state);
+    let top = s.ranking(a.top_k);
+    for (k, r) in top.iter().enumerate() {
+        let p = out.join(format!("arch-{}.json", k + 1));
+        std::fs::write(&p, serde_json::to_string_pretty(&r.arch)?)
+            .with_context(|| p.display().to_string())?;
+    }
+    let best = top.first().context("no architecture was evaluated")?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "out": out, "generations": s.state.generation, "evaluated": s.state.records.len(),
+            "images_evaluated": s.state.images_evaluated, "eval_seconds": s.state.eval_seconds,
+            "wall_seconds": started.elapsed().as_secs_f64(),
+            "evals_per_second": s.state.records.len() as f64 / s.state.eval_seconds.max(1e-9),
+            "best": best,
+        }))?
+    );
+    Ok(())
+}

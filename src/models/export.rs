@@ -1,0 +1,200 @@
+//! Exporting a subnet as a standalone model directory:
+//! `model.safetensors` (contiguous extracted tensors), `config.json`
+//! (Hugging Face `ViTForImageClassification` fields when representable, plus
+//! a `vitnas` block with the per-layer shapes and the input normalisation)
+//! and `arch.json` (the architecture, its space, params and FLOPs).
+
+use super::vit::{Vit, VitConfig};
+use crate::data::batch::Normalize;
+use crate::error::{Error, Result};
+use crate::space::{flops, params, Arch, Space};
+use crate::train::checkpoint::{to_safetensors_bytes, write_atomic};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::Path;
+
+/// The `vitnas` block of an exported config.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VitnasBlock {
+    pub config: VitConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalize>,
+    pub hf_representable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_note: Option<String>,
+}
+
+/// Why a config is not a Hugging Face ViT (None: it is one).
+pub fn hf_obstacle(c: &VitConfig) -> Option<String> {
+    let h0 = c.num_heads.first().copied().unwrap_or(0);
+    let m0 = c.intermediate_sizes.first().copied().unwrap_or(0);
+    if c.num_heads.iter().any(|&h| h != h0) {
+        return Some(format!("heads differ across layers {:?}", c.num_heads));
+    }
+    if c.intermediate_sizes.iter().any(|&m| m != m0) {
+        return Some(format!(
+            "MLP widths differ across layers {:?}",
+            c.intermediate_sizes
+        ));
+    }
+    if h0 * c.head_dim != c.hidden_size {
+        return Some(format!(
+            "heads × head_dim = {h0} × {} = {} differs from hidden_size {} (HF derives head_dim = hidden / heads)",
+            c.head_dim,
+            h0 * c.head_dim,
+            c.hidden_size
+        ));
+    }
+    None
+}
+
+/// Zero-pads every layer's heads and MLP units to the model's maximum: the
+/// extra heads have zero query/key/value weights and zero output columns,
+/// the extra MLP units zero weights and biases (GELU(0) = 0), so outputs are
+/// unchanged. Costs the padded units' FLOPs.
+pub fn pad_uniform(m: &Vit) -> Result<Vit> {
+    let c = &m.config;
+    let hmax = *c.num_heads.iter().max().unwrap_or(&0);
+    let mmax = *c.intermediate_sizes.iter().max().unwrap_or(&0);
+    let qmax = hmax * c.head_dim;
+    let pad_rows = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+        let extra = n - t.dim(0)?;
+        if extra == 0 {
+            return Ok(t.clone());
+        }
+        let mut dims = t.dims().to_vec();
+        dims[0] = extra;
+        Tensor::cat(&[t, &Tensor::zeros(dims, t.dtype(), t.device())?], 0)
+    };
+    let pad_cols = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+        let extra = n - t.dim(1)?;
+        if extra == 0 {
+            return Ok(t.clone());
+        }
+        Tensor::cat(
+            &[
+                t,
+                &Tensor::zeros((t.dim(0)?, extra), t.dtype(), t.device())?,
+            ],
+            1,
+        )
+    };
+    let mut out = m.clone();
+    for l in out.layers.iter_mut() {
+        for lin in [&mut l.query, &mut l.key, &mut l.value] {
+            lin.weight = pad_rows(&lin.weight, qmax)?;
+            lin.bias = pad_rows(&lin.bias, qmax)?;
+        }
+        l.attention_output.weight = pad_cols(&l.attention_output.weight, qmax)?;
+        l.intermediate.weight = pad_rows(&l.intermediate.weight, mmax)?;
+        l.intermediate.bias = pad_rows(&l.intermediate.bias, mmax)?;
+        l.output.weight = pad_cols(&l.output.weight, mmax)?;
+        l.num_heads = hmax;
+    }
+    out.config.num_heads = vec![hmax; c.num_heads.len()];
+    out.config.intermediate_sizes = vec![mmax; c.intermediate_sizes.len()];
+    Ok(out)
+}
+
+/// Writes the exported directory. Returns the note on HF representability.
+pub fn export(
+    model: &Vit,
+    space: &Space,
+    arch: &Arch,
+    normalize: Option<&Normalize>,
+    dir: &Path,
+) -> Result<Option<String>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let c = &model.config;
+    let obstacle = hf_obstacle(c);
+    let block = VitnasBlock {
+        config: c.clone(),
+        normalize: normalize.cloned(),
+        hf_representable: obstacle.is_none(),
+        hf_note: obstacle
+            .clone()
+            .map(|o| format!("not representable as a Hugging Face ViT: {o}; export with --hf-pad")),
+    };
+    let labels: serde_json::Map<String, serde_json::Value> = (0..c.num_labels)
+        .map(|i| (i.to_string(), json!(format!("LABEL_{i}"))))
+        .collect();
+    let label2id: serde_json::Map<String, serde_json::Value> = (0..c.num_labels)
+        .map(|i| (format!("LABEL_{i}"), json!(i)))
+        .collect();
+    let heads = c.num_heads.first().copied().unwrap_or(0);
+    let config = json!({
+        "architectures": ["ViTForImageClassification"],
+        "model_type": "vit",
+        "hidden_size": c.hidden_size,
+        "num_hidden_layers": c.num_heads.len(),
+        "num_attention_heads": heads,
+        "intermediate_size": c.intermediate_sizes.first().copied().unwrap_or(0),
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": c.layer_norm_eps,
+        "image_size": c.image_size,
+        "patch_size": c.patch_size,
+        "num_channels": c.num_channels,
+        "qkv_bias": true,
+        "encoder_stride": c.patch_size,
+        "id2label": labels,
+        "label2id": label2id,
+        "vitnas": block,
+    });
+    let tensors = model.tensors();
+    write_atomic(
+        &dir.join("model.safetensors"),
+        &to_safetensors_bytes(&tensors, None)?,
+    )?;
+    write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    let arch_json = json!({
+        "arch": arch, "space": space, "params": params(space, arch), "flops_macs": flops(space, arch),
+        "exported_params": model.num_params(),
+    });
+    write_atomic(
+        &dir.join("arch.json"),
+        serde_json::to_string_pretty(&arch_json)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    Ok(obstacle)
+}
+
+/// Loads an exported directory (or any HF ViT directory) as a static model,
+/// with its normalisation when recorded.
+pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let (config, normalize) = match v.get("vitnas") {
+        Some(b) => {
+            let b: VitnasBlock =
+                serde_json::from_value(b.clone()).map_err(|source| Error::Json {
+                    path: cfg_path.clone(),
+                    source,
+                })?;
+            (b.config, b.normalize)
+        }
+        None => (VitConfig::from_hf_config_file(&cfg_path)?, None),
+    };
+    let weights = dir.join("model.safetensors");
+    let (tensors, _) = crate::train::checkpoint::read_safetensors(&weights, &Device::Cpu)?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let model = Vit::load(&config, vb).map_err(|e| Error::Checkpoint {
+        path: weights,
+        message: e.to_string(),
+    })?;
+    Ok((model, normalize))
+}

@@ -1,0 +1,76 @@
+//! The `[search]` section of a recipe (all fields have AutoFormer/HAT
+//! defaults) and the constraints a candidate must satisfy.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// AutoFormer / HAT evolutionary search.
+    Evolution,
+    /// Uniform random search with the same evaluation budget.
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    pub algorithm: Algorithm,
+    pub population: usize,
+    pub generations: usize,
+    /// Parents kept from each generation (the top-k by fitness).
+    pub parents: usize,
+    pub mutations: usize,
+    pub crossovers: usize,
+    /// Probability that a per-layer gene (heads, MLP ratio) mutates.
+    pub layer_mutation_prob: f64,
+    /// Probability that the depth or embedding-dim gene mutates.
+    pub global_mutation_prob: f64,
+    /// Validation images used for the fitness (the first N of the split).
+    pub val_subset: usize,
+    pub eval_batch_size: usize,
+    /// Attempts to draw a child that satisfies the constraints before
+    /// giving up on it (HAT resamples violating children).
+    pub max_resample: usize,
+    pub seed: u64,
+    pub constraints: Constraints,
+    /// Early rejection: score each new candidate on this many images first;
+    /// evaluate it on the full subset only if, by a 3-sigma binomial bound,
+    /// it could still beat the current k-th best (0 disables).
+    pub early_reject_images: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::Evolution,
+            population: 50,
+            generations: 20,
+            parents: 10,
+            mutations: 25,
+            crossovers: 25,
+            layer_mutation_prob: 0.2,
+            global_mutation_prob: 0.4,
+            val_subset: 2000,
+            eval_batch_size: 500,
+            max_resample: 200,
+            seed: 0,
+            constraints: Constraints::default(),
+            early_reject_images: 0,
+        }
+    }
+}
+
+/// Bounds a candidate must satisfy; any combination.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Constraints {
+    pub params_min: Option<u64>,
+    pub params_max: Option<u64>,
+    /// Multiply-adds per image.
+    pub flops_min: Option<u64>,
+    pub flops_max: Option<u64>,
+    /// Measured latency of the extracted subnet on this machine, in ms.
+    pub latency_ms_max: Option<f64>,
+    pub latency_batch: Option<usize>,
+}

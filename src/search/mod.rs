@@ -1,0 +1,544 @@
+//! Architecture search over a trained supernet: evolutionary (AutoFormer /
+//! HAT) and random search under parameter, FLOPs and measured-latency
+//! constraints; Pareto fronts; reproducible and resumable.
+//!
+//! Every random draw of generation `g` comes from an RNG seeded by
+//! `(seed, g)`, and the state (every evaluated architecture and the current
+//! population) is written atomically after each generation, so a resumed
+//! search replays exactly what an uninterrupted one does.
+
+pub mod config;
+pub mod pareto;
+
+use crate::data::batch::Normalize;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::eval::evaluate;
+use crate::space::arch::gene_cardinalities;
+use crate::space::{flops, params, Arch, Space};
+use crate::supernet::Supernet;
+use crate::train::checkpoint::write_atomic;
+use candle_core::{Device, Tensor};
+use config::{Algorithm, Constraints, SearchConfig};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+pub const STATE_FILE: &str = "search-state.json";
+
+/// One evaluated architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub genes: Vec<usize>,
+    pub arch: Arch,
+    pub params: u64,
+    pub flops: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Inherited-weight accuracy on the validation subset (or on the early
+    /// subset when rejected early).
+    pub accuracy: f64,
+    pub loss: f64,
+    /// Images the accuracy was measured on.
+    pub images: usize,
+    /// Rejected after the early subset.
+    pub rejected_early: bool,
+    /// Generation that first evaluated it.
+    pub generation: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchState {
+    pub config: SearchConfig,
+    /// Generations completed.
+    pub generation: usize,
+    pub population: Vec<Vec<usize>>,
+    pub records: Vec<Record>,
+    /// Best fitness after each generation.
+    pub best_per_generation: Vec<f64>,
+    pub images_evaluated: usize,
+    pub eval_seconds: f64,
+}
+
+/// What the search evaluates with.
+pub struct Evaluator<'a> {
+    pub net: &'a Supernet,
+    pub val: &'a Dataset,
+    pub norm: &'a Normalize,
+    pub device: Device,
+}
+
+fn gen_rng(seed: u64, generation: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (generation as u64 + 1).wrapping_mul(0xd134_2543_de82_ef95))
+}
+
+/// Measured latency (ms, median of 7 runs after 2 warm-ups) of the extracted
+/// subnet at `batch`.
+pub fn measure_latency(net: &Supernet, arch: &Arch, batch: usize) -> Result<f64> {
+    let model = net.extract(arch)?;
+    let i = &net.space.input;
+    let x = Tensor::zeros(
+        (batch, i.channels, i.image_size, i.image_size),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )?;
+    for _ in 0..2 {
+        model.forward(&x)?;
+    }
+    let mut t: Vec<f64> = (0..7)
+        .map(|_| {
+            let s = Instant::now();
+            model.forward(&x).map(|_| s.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<candle_core::Result<_>>()?;
+    t.sort_by(|a, b| a.total_cmp(b));
+    Ok(t[3])
+}
+
+impl Constraints {
+    /// Checks the analytical bounds (cheap; latency is checked separately).
+    pub fn static_ok(&self, p: u64, f: u64) -> bool {
+        self.params_min.is_none_or(|m| p >= m)
+            && self.params_max.is_none_or(|m| p <= m)
+            && self.flops_min.is_none_or(|m| f >= m)
+            && self.flops_max.is_none_or(|m| f <= m)
+    }
+
+    /// An error naming the violated bound and the space's range for it when
+    /// a bound cannot be met by any architecture.
+    pub fn check_satisfiable(&self, space: &Space) -> Result<()> {
+        let (lo, hi) = (space.smallest(), space.largest());
+        let (p_lo, p_hi, f_lo, f_hi) = (
+            params(space, &lo),
+            params(space, &hi),
+            flops(space, &lo),
+            flops(space, &hi),
+        );
+        let bad = |field: &str, v: u64, what: &str, lo: u64, hi: u64| Error::InvalidArch {
+            space: space.name.clone(),
+            field: format!("constraints.{field}"),
+            message: format!("{v} cannot be met: the space's {what} range from {lo} to {hi}"),
+        };
+        if let Some(m) = self.params_max.filter(|&m| m < p_lo) {
+            return Err(bad("params_max", m, "parameter counts", p_lo, p_hi));
+        }
+        if let Some(m) = self.params_min.filter(|&m| m > p_hi) {
+            return Err(bad("params_min", m, "parameter counts", p_lo, p_hi));
+        }
+        if let Some(m) = self.flops_max.filter(|&m| m < f_lo) {
+            return Err(bad("flops_max", m, "FLOPs (multiply-adds)", f_lo, f_hi));
+        }
+        if let Some(m) = self.flops_min.filter(|&m| m > f_hi) {
+            return Err(bad("flops_min", m, "FLOPs (multiply-adds)", f_lo, f_hi));
+        }
+        Ok(())
+    }
+}
+
+/// The search: state plus the caches that make repeated architectures free.
+pub struct Search<'a> {
+    pub space: &'a Space,
+    pub state: SearchState,
+    index: HashMap<Vec<usize>, usize>,
+    latency: HashMap<Vec<usize>, f64>,
+}
+
+impl<'a> Search<'a> {
+    pub fn new(space: &'a Space, config: SearchConfig) -> Result<Self> {
+        config.constraints.check_satisfiable(space)?;
+        if config.parents == 0 || config.population == 0 {
+            return Err(Error::InvalidArch {
+                space: space.name.clone(),
+                field: "search.parents".into(),
+                message: "population and parents must be positive".into(),
+            });
+        }
+        let state = SearchState {
+            config,
+            generation: 0,
+            population: vec![],
+            records: vec![],
+            best_per_generation: vec![],
+            images_evaluated: 0,
+            eval_seconds: 0.0,
+        };
+        Ok(Self {
+            space,
+            state,
+            index: HashMap::new(),
+            latency: HashMap::new(),
+        })
+    }
+
+    /// Continues from a saved state (its config is used).
+    pub fn from_state(space: &'a Space, state: SearchState) -> Self {
+        let index = state
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.genes.clone(), i))
+            .collect();
+        let latency = state
+            .records
+            .iter()
+            .filter_map(|r| r.latency_ms.map(|l| (r.genes.clone(), l)))
+            .collect();
+        Self {
+            space,
+            state,
+            index,
+            latency,
+        }
+    }
+
+    pub fn load_state(path: &Path) -> Result<SearchState> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.into(),
+            source,
+        })
+    }
+
+    pub fn save_state(&self, path: &Path) -> Result<()> {
+        write_atomic(
+            path,
+            serde_json::to_string(&self.state)
+                .expect("state serializes")
+                .as_bytes(),
+        )
+    }
+
+    /// Whether `genes` satisfies every constraint (measuring latency once if needed).
+    fn satisfies(&mut self, ev: &Evaluator, genes: &[usize]) -> Result<bool> {
+        let arch = Arch::from_genes(self.space, genes)?;
+        let c = &self.state.config.constraints;
+        if !c.static_ok(params(self.space, &arch), flops(self.space, &arch)) {
+            return Ok(false);
+        }
+        if let Some(max) = c.latency_ms_max {
+            let lat = match self.latency.get(genes) {
+                Some(&l) => l,
+                None => {
+                    let l = measure_latency(ev.net, &arch, c.latency_batch.unwrap_or(1))?;
+                    self.latency.insert(genes.to_vec(), l);
+                    l
+                }
+            };
+            return Ok(lat <= max);
+        }
+        Ok(true)
+    }
+
+    /// Canonical genes: inactive layers zeroed, so equal architectures share a key.
+    fn canonical(&self, genes: &[usize]) -> Result<Vec<usize>> {
+        Arch::from_genes(self.space, genes)?.to_genes(self.space)
+    }
+
+    /// A uniformly random architecture that satisfies the constraints.
+    fn random_valid(&mut self, ev: &Evaluator, rng: &mut StdRng) -> Result<Vec<usize>> {
+        let card = gene_cardinalities(self.space);
+        for _ in 0..self.state.config.max_resample {
+            let g: Vec<usize> = card.iter().map(|&c| rng.random_range(0..c)).collect();
+            let g = self.canonical(&g)?;
+            if self.satisfies(ev, &g)? {
+                return Ok(g);
+            }
+        }
+        Err(Error::InvalidArch {
+            space: self.space.name.clone(),
+            field: "constraints".into(),
+            message: format!(
+                "no architecture satisfying {:?} found in {} uniform draws",
+                self.state.config.constraints, self.state.config.max_resample
+            ),
+        })
+    }
+
+    fn kth_best(&self) -> Option<f64> {
+        let mut acc: Vec<f64> = self
+            .state
+            .records
+            .iter()
+            .filter(|r| !r.rejected_early)
+            .map(|r| r.accuracy)
+            .collect();
+        acc.sort_by(|a, b| b.total_cmp(a));
+        acc.get(self.state.config.parents.saturating_sub(1))
+            .copied()
+    }
+
+    /// Evaluates `genes` (cached) and returns its record index.
+    fn evaluate(&mut self, ev: &Evaluator, genes: &[usize]) -> Result<usize> {
+        if let Some(&i) = self.index.get(genes) {
+            return Ok(i);
+        }
+        let cfg = &self.state.config;
+        let arch = Arch::from_genes(self.space, genes)?;
+        let n = cfg.val_subset.min(ev.val.len());
+        let started = Instant::now();
+        let run = |ds: &Dataset| {
+            evaluate(ds, ev.norm, cfg.eval_batch_size, &ev.device, |x| {
+                Ok(ev.net.forward(x, &arch, false)?)
+            })
+        };
+        let early = cfg.early_reject_images.min(n);
+        let mut images = 0;
+        let mut rejected = false;
+        let (r, measured) = match self.kth_best().filter(|_| early > 0 && early < n) {
+            // Successive halving in two rungs: screen on the first `early`
+            // images; only candidates that could still reach the current k-th
+            // best (3-sigma binomial upper bound) see the rest of the subset.
+            Some(kth) => {
+                let r1 = run(&ev.val.head(early))?;
+                images += early;
+                let sd = (r1.accuracy * (1.0 - r1.accuracy) / early as f64)
+                    .sqrt()
+                    .max(0.5 / early as f64);
+                if r1.accuracy + 3.0 * sd < kth {
+                    rejected = true;
+                    (r1, early)
+                } else {
+                    let rest: Vec<usize> = (early..n).collect();
+                    let r2 = run(&ev.val.subset(&rest))?;
+                    images += n - early;
+                    let w = |a: f64, b: f64| (a * early as f64 + b * (n - early) as f64) / n as f64;
+                    let r = crate::eval::EvalResult {
+                        accuracy: w(r1.accuracy, r2.accuracy),
+                        loss: w(r1.loss, r2.loss),
+                        examples: n,
+                    };
+                    (r, n)
+                }
+            }
+            None => {
+                images += n;
+                (run(&ev.val.head(n))?, n)
+            }
+        };
+        self.state.images_evaluated += images;
+        self.state.eval_seconds += started.elapsed().as_secs_f64();
+        let rec = Record {
+            genes: genes.to_vec(),
+            params: params(self.space, &arch),
+            flops: flops(self.space, &arch),
+            latency_ms: self.latency.get(genes).copied(),
+            arch,
+            accuracy: r.accuracy,
+            loss: r.loss,
+            images: measured,
+            rejected_early: rejected,
+            generation: self.state.generation,
+        };
+        self.state.records.push(rec);
+        let i = self.state.records.len() - 1;
+        self.index.insert(genes.to_vec(), i);
+        Ok(i)
+    }
+
+    fn mutate(
+        &mut self,
+        ev: &Evaluator,
+        parent: &[usize],
+        rng: &mut StdRng,
+    ) -> Result<Option<Vec<usize>>> {
+        let card = gene_cardinalities(self.space);
+        let (pl, pg) = (
+            self.state.config.layer_mutation_prob,
+            self.state.config.global_mutation_prob,
+        );
+        for _ in 0..self.state.config.max_resample {
+            let mut g = parent.to_vec();
+            for (k, (v, &c)) in g.iter_mut().zip(&card).enumerate() {
+                let p = if k < 2 { pg } else { pl };
+                if rng.random_bool(p) {
+                    *v = rng.random_range(0..c);
+                }
+            }
+            let g = self.canonical(&g)?;
+            if self.satisfies(ev, &g)? {
+                return Ok(Some(g));
+            }
+        }
+        Ok(None)
+    }
+
+    fn crossover(
+        &mut self,
+        ev: &Evaluator,
+        a: &[usize],
+        b: &[usize],
+        rng: &mut StdRng,
+    ) -> Result<Option<Vec<usize>>> {
+        for _ in 0..self.state.config.max_resample {
+            let g: Vec<usize> = a
+                .iter()
+                .zip(b)
+                .map(|(&x, &y)| if rng.random_bool(0.5) { x } else { y })
+                .collect();
+            let g = self.canonical(&g)?;
+            if self.satisfies(ev, &g)? {
+                return Ok(Some(g));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Indices of the best `k` full-subset records of the current population.
+    fn top_k(&self, pop: &[Vec<usize>], k: usize) -> Vec<Vec<usize>> {
+        let mut scored: Vec<(f64, &Vec<usize>)> = pop
+            .iter()
+            .filter_map(|g| self.index.get(g).map(|&i| &self.state.records[i]))
+            .filter(|r| !r.rejected_early)
+            .map(|r| (r.accuracy, &r.genes))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        scored.dedup_by(|a, b| a.1 == b.1);
+        scored.into_iter().take(k).map(|(_, g)| g.clone()).collect()
+    }
+
+    /// Runs one generation; returns the best accuracy so far.
+    pub fn step(&mut self, ev: &Evaluator) -> Result<f64> {
+        let gen = self.state.generation;
+        let mut rng = gen_rng(self.state.config.seed, gen);
+        let cfg = self.state.config.clone();
+        let pop: Vec<Vec<usize>> = match (cfg.algorithm, gen) {
+            (Algorithm::Random, _) | (Algorithm::Evolution, 0) => {
+                let n = if cfg.algorithm == Algorithm::Random && gen > 0 {
+                    cfg.mutations + cfg.crossovers
+                } else {
+                    cfg.population
+                };
+                (0..n)
+                    .map(|_| self.random_valid(ev, &mut rng))
+                    .collect::<Result<_>>()?
+            }
+            (Algorithm::Evolution, _) => {
+                let parents = self.top_k(&self.state.population.clone(), cfg.parents);
+                let mut next = parents.clone();
+                for _ in 0..cfg.mutations {
+                    let p = parents[rng.random_range(0..parents.len())].clone();
+                    if let Some(c) = self.mutate(ev, &p, &mut rng)? {
+                        next.push(c);
+                    }
+                }
+                for _ in 0..cfg.crossovers {
+                    let a = parents[rng.random_range(0..parents.len())].clone();
+                    let b = parents[rng.random_range(0..parents.len())].clone();
+                    if let Some(c) = self.crossover(ev, &a, &b, &mut rng)? {
+                        next.push(c);
+                    }
+                }
+                next
+            }
+        };
+        // Evaluate the best-known first so early rejection has a bar to beat.
+        for g in &pop {
+            self.evaluate(ev, g)?;
+        }
+        self.state.population = pop;
+        self.state.generation += 1;
+        let best = self.best().map_or(0.0, |r| r.accuracy);
+        self.state.best_per_generation.push(best);
+        Ok(best)
+    }
+
+    /// The best full-subset record so far.
+    pub fn best(&self) -> Option<&Record> {
+        self.state
+            .records
+            .iter()
+            .filter(|r| !r.rejected_early)
+            .max_by(|a, b| {
+                a.accuracy
+                    .total_cmp(&b.accuracy)
+                    .then_with(|| b.genes.cmp(&a.genes))
+            })
+    }
+
+    /// The best `k` records, best first.
+    pub fn ranking(&self, k: usize) -> Vec<&Record> {
+        let mut v: Vec<&Record> = self
+            .state
+            .records
+            .iter()
+            .filter(|r| !r.rejected_early)
+            .collect();
+        v.sort_by(|a, b| {
+            b.accuracy
+                .total_cmp(&a.accuracy)
+                .then_with(|| a.genes.cmp(&b.genes))
+        });
+        v.truncate(k);
+        v
+    }
+}
+
+/// Runs (or, with `resume`, continues) a search in `out`, saving the state
+/// after every generation and writing the result files at the end.
+pub fn run(
+    space: &Space,
+    config: SearchConfig,
+    ev: &Evaluator,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<SearchState> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let state_path = out.join(STATE_FILE);
+    let mut search = if resume {
+        Search::from_state(space, Search::load_state(&state_path)?)
+    } else {
+        if state_path.exists() {
+            return Err(Error::Checkpoint {
+                path: state_path,
+                message: "a search already exists here: continue it with --resume, or choose another output directory".into(),
+            });
+        }
+        Search::new(space, config)?
+    };
+    let total = search.state.config.generations;
+    let bar = (progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} generations  {msg}  ETA {eta}",
+            )
+            .expect("template"),
+        );
+        b.set_position(search.state.generation as u64);
+        b
+    });
+    while search.state.generation < total {
+        let best = search.step(ev)?;
+        search.save_state(&state_path)?;
+        let msg = format!(
+            "best {:.4}, {} evaluated, {:.1} evals/s",
+            best,
+            search.state.records.len(),
+            search.state.records.len() as f64 / search.state.eval_seconds.max(1e-9)
+        );
+        match &bar {
+            Some(b) => {
+                b.set_position(search.state.generation as u64);
+                b.set_message(msg);
+            }
+            None if progress => eprintln!("generation {}/{total}: {msg}", search.state.generation),
+            None => {}
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let title = format!(
+        "{} search on {}",
+        match search.state.config.algorithm {
+            Algorithm::Evolution => "evolutionary",
+            Algorithm::Random => "random",
+        },
+        space.name
+    );
+    pareto::write_outputs(out, &search.state.records, &title)?;
+    Ok(search.state)
+}

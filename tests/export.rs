@@ -1,0 +1,163 @@
+//! Export of subnets as standalone model directories and loading them back.
+
+mod common;
+
+use common::{images, max_abs_diff, space, supernet};
+use rand::{rngs::StdRng, SeedableRng};
+use vitnas::models::export::{export, hf_obstacle, load_dir, pad_uniform};
+use vitnas::models::vit::VitConfig;
+use vitnas::space::Arch;
+
+fn tmp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vitnas-export-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn exported_subnet_reloads_and_matches_the_supernet() {
+    let s = space("fmnist-tiny");
+    let (net, _vm) = supernet(&s, 3);
+    let x = images(&s, 4, 8);
+    let mut rng = StdRng::seed_from_u64(4);
+    for k in 0..3 {
+        let arch = s.sample(&mut rng);
+        let d = tmp(&format!("rt{k}"));
+        export(&net.extract(&arch).unwrap(), &s, &arch, None, &d).unwrap();
+        let (m, _) = load_dir(&d).unwrap();
+        let diff = max_abs_diff(
+            &m.forward(&x).unwrap(),
+            &net.forward(&x, &arch, false).unwrap(),
+        );
+        assert!(diff <= 1e-5, "{diff}");
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("arch.json")).unwrap()).unwrap();
+        assert_eq!(
+            meta["params"].as_u64().unwrap(),
+            meta["exported_params"].as_u64().unwrap()
+        );
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn uniform_subnet_is_written_as_a_hugging_face_vit() {
+    let s = space("fmnist-tiny");
+    let (net, _vm) = supernet(&s, 3);
+    // embed 96 = 3 heads × 32, the same MLP in every layer.
+    let arch = Arch {
+        embed_dim: 96,
+        depth: 4,
+        num_heads: vec![3; 4],
+        mlp_ratio: vec![3.0; 4],
+    };
+    let d = tmp("hf");
+    let note = export(&net.extract(&arch).unwrap(), &s, &arch, None, &d).unwrap();
+    assert!(note.is_none(), "{note:?}");
+    // Read as Hugging Face reads it: the standard fields only.
+    let cfg = VitConfig::from_hf_config_file(&d.join("config.json")).unwrap();
+    assert_eq!(
+        (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads.clone(),
+            cfg.intermediate_sizes.clone()
+        ),
+        (96, 32, vec![3; 4], vec![288; 4])
+    );
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[d.join("model.safetensors")],
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let hf = vitnas::models::vit::Vit::load(&cfg, vb).unwrap();
+    let x = images(&s, 2, 1);
+    assert!(
+        max_abs_diff(
+            &hf.forward(&x).unwrap(),
+            &net.forward(&x, &arch, false).unwrap()
+        ) <= 1e-5
+    );
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn hf_padding_keeps_outputs_and_makes_the_subnet_representable() {
+    let s = space("fmnist-tiny");
+    let (net, _vm) = supernet(&s, 3);
+    let arch = Arch {
+        embed_dim: 128,
+        depth: 4,
+        num_heads: vec![2, 4, 3, 4],
+        mlp_ratio: vec![2.0, 4.0, 3.0, 2.0],
+    };
+    let m = net.extract(&arch).unwrap();
+    assert!(hf_obstacle(&m.config).unwrap().contains("heads differ"));
+    let p = pad_uniform(&m).unwrap();
+    assert!(hf_obstacle(&p.config).is_none());
+    let x = images(&s, 3, 2);
+    assert!(max_abs_diff(&p.forward(&x).unwrap(), &m.forward(&x).unwrap()) <= 1e-5);
+    // 64-wide subnets cannot have heads × 32 = 64 with 4 heads: still not HF.
+    let small = Arch {
+        embed_dim: 64,
+        depth: 4,
+        num_heads: vec![2, 4, 2, 2],
+        mlp_ratio: vec![2.0; 4],
+    };
+    let p = pad_uniform(&net.extract(&small).unwrap()).unwrap();
+    assert!(hf_obstacle(&p.config)
+        .unwrap()
+        .contains("differs from hidden_size"));
+}
+
+#[test]
+fn corrupt_weights_and_incomplete_configs_are_clear_errors() {
+    let s = space("fmnist-tiny");
+    let (net, _vm) = supernet(&s, 3);
+    let arch = s.smallest();
+    let d = tmp("corrupt");
+    export(&net.extract(&arch).unwrap(), &s, &arch, None, &d).unwrap();
+    let w = d.join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() - 1000]).unwrap();
+    let msg = load_dir(&d).unwrap_err().to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated or corrupt"),
+        "{msg}"
+    );
+
+    let hf = common::repo_path("tests/fixtures/hf-tiny-vit/config.json");
+    let text = std::fs::read_to_string(hf)
+        .unwrap()
+        .replace("\"hidden_size\": 48,", "");
+    std::fs::write(d.join("config.json"), text).unwrap();
+    let msg = load_dir(&d).unwrap_err().to_string();
+    assert!(
+        msg.contains("config.json") && msg.contains("hidden_size"),
+        "{msg}"
+    );
+
+    // A tensor of the wrong shape names the tensor and both shapes.
+    let d2 = tmp("shape");
+    let fixture = common::repo_path("tests/fixtures/hf-tiny-vit");
+    std::fs::create_dir_all(&d2).unwrap();
+    let cfg = std::fs::read_to_string(fixture.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 96", "\"intermediate_size\": 80");
+    std::fs::write(d2.join("config.json"), cfg).unwrap();
+    std::fs::copy(
+        fixture.join("model.safetensors"),
+        d2.join("model.safetensors"),
+    )
+    .unwrap();
+    let msg = load_dir(&d2).unwrap_err().to_string();
+    assert!(
+        msg.contains("intermediate.dense.weight") && msg.contains("96") && msg.contains("80"),
+        "{msg}"
+    );
+    std::fs::remove_dir_all(d).ok();
+    std::fs::remove_dir_all(d2).ok();
+}

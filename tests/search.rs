@@ -1,0 +1,191 @@
+//! Evolutionary and random search: reproducible, resumable, constrained,
+//! with correct Pareto fronts.
+
+mod common;
+
+use candle_core::Device;
+use common::{repo_path, space, supernet};
+use vitnas::data::batch::Normalize;
+use vitnas::data::{idx, Split};
+use vitnas::search::config::{Algorithm, SearchConfig};
+use vitnas::search::pareto::{front, Measure};
+use vitnas::search::{self, Evaluator, Record, STATE_FILE};
+use vitnas::space::{params, Space};
+
+fn config() -> SearchConfig {
+    SearchConfig {
+        population: 8,
+        generations: 4,
+        parents: 3,
+        mutations: 3,
+        crossovers: 3,
+        val_subset: 48,
+        eval_batch_size: 48,
+        seed: 11,
+        ..SearchConfig::default()
+    }
+}
+
+fn with_evaluator<T>(f: impl FnOnce(&Space, &Evaluator) -> T) -> T {
+    let s = space("fmnist-tiny");
+    let (net, _vm) = supernet(&s, 5);
+    let val = idx::load_split(&repo_path("data/fashion-mnist-sample"), Split::Test)
+        .unwrap()
+        .head(48);
+    let norm = Normalize {
+        mean: vec![0.286],
+        std: vec![0.353],
+    };
+    let ev = Evaluator {
+        net: &net,
+        val: &val,
+        norm: &norm,
+        device: Device::Cpu,
+    };
+    f(&s, &ev)
+}
+
+fn tmp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vitnas-search-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn same_seed_gives_the_same_search_and_resume_matches_uninterrupted() {
+    with_evaluator(|s, ev| {
+        let (a, b, c) = (tmp("a"), tmp("b"), tmp("c"));
+        let full = search::run(s, config(), ev, &a, false, false).unwrap();
+        let again = search::run(s, config(), ev, &b, false, false).unwrap();
+        assert_eq!(full.records, again.records);
+        assert_eq!(full.best_per_generation, again.best_per_generation);
+        assert_eq!(full.generation, 4);
+        // Best fitness never decreases (elitism).
+        assert!(full.best_per_generation.windows(2).all(|w| w[1] >= w[0]));
+
+        // Stop after 2 generations, resume to 4.
+        let mut short = config();
+        short.generations = 2;
+        search::run(s, short, ev, &c, false, false).unwrap();
+        let mut st = search::Search::load_state(&c.join(STATE_FILE)).unwrap();
+        st.config.generations = 4;
+        std::fs::write(c.join(STATE_FILE), serde_json::to_string(&st).unwrap()).unwrap();
+        let resumed = search::run(s, config(), ev, &c, true, false).unwrap();
+        assert_eq!(resumed.records, full.records);
+        for f in [
+            "results.json",
+            "results.csv",
+            "pareto-params.svg",
+            "pareto-flops.svg",
+        ] {
+            assert!(a.join(f).is_file(), "{f} missing");
+        }
+        let svg = std::fs::read_to_string(a.join("pareto-params.svg")).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("Pareto front"));
+        assert!(search::run(s, config(), ev, &a, false, false)
+            .unwrap_err()
+            .to_string()
+            .contains("--resume"));
+        for d in [a, b, c] {
+            std::fs::remove_dir_all(d).ok();
+        }
+    });
+}
+
+#[test]
+fn every_candidate_satisfies_the_constraints_and_repeats_cost_nothing() {
+    with_evaluator(|s, ev| {
+        let budget = (params(s, &s.smallest()) + params(s, &s.largest())) / 2;
+        for alg in [Algorithm::Evolution, Algorithm::Random] {
+            let mut cfg = config();
+            cfg.algorithm = alg;
+            cfg.constraints.params_max = Some(budget);
+            let d = tmp("constrained");
+            let st = search::run(s, cfg, ev, &d, false, false).unwrap();
+            assert!(st.records.iter().all(|r| r.params <= budget));
+            // Records are unique architectures: each evaluated once.
+            let mut g: Vec<_> = st.records.iter().map(|r| r.genes.clone()).collect();
+            g.sort();
+            g.dedup();
+            assert_eq!(g.len(), st.records.len());
+            assert_eq!(st.images_evaluated, 48 * st.records.len());
+            std::fs::remove_dir_all(d).ok();
+        }
+    });
+}
+
+#[test]
+fn unsatisfiable_constraint_names_the_bound_and_the_space_range() {
+    let s = space("fmnist-tiny");
+    let mut cfg = config();
+    cfg.constraints.params_max = Some(1000);
+    let msg = search::Search::new(&s, cfg).err().unwrap().to_string();
+    assert!(
+        msg.contains("params_max") && msg.contains("139018") && msg.contains("1199882"),
+        "{msg}"
+    );
+    let mut cfg = config();
+    cfg.constraints.flops_min = Some(u64::MAX);
+    let msg = search::Search::new(&s, cfg).err().unwrap().to_string();
+    assert!(
+        msg.contains("flops_min") && msg.contains("62924032"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn early_rejection_evaluates_fewer_images() {
+    with_evaluator(|s, ev| {
+        let mut cfg = config();
+        cfg.early_reject_images = 16;
+        let d = tmp("early");
+        let st = search::run(s, cfg, ev, &d, false, false).unwrap();
+        let rejected = st.records.iter().filter(|r| r.rejected_early).count();
+        // Screened-in candidates cost the full 48 images, rejected ones 16.
+        assert_eq!(
+            st.images_evaluated,
+            48 * (st.records.len() - rejected) + 16 * rejected
+        );
+        // Rejected candidates were measured on the early subset only.
+        assert!(st
+            .records
+            .iter()
+            .filter(|r| r.rejected_early)
+            .all(|r| r.images == 16));
+        std::fs::remove_dir_all(d).ok();
+    });
+}
+
+fn rec(acc: f64, p: u64, rejected: bool) -> Record {
+    let s = space("fmnist-tiny");
+    let arch = s.smallest();
+    Record {
+        genes: vec![],
+        arch,
+        params: p,
+        flops: p,
+        latency_ms: None,
+        accuracy: acc,
+        loss: 0.0,
+        images: 1,
+        rejected_early: rejected,
+        generation: 0,
+    }
+}
+
+#[test]
+fn pareto_front_keeps_exactly_the_non_dominated_records() {
+    let rs = vec![
+        rec(0.80, 100, false), // front
+        rec(0.85, 200, false), // front
+        rec(0.84, 250, false), // dominated by (0.85, 200)
+        rec(0.90, 400, false), // front
+        rec(0.80, 150, false), // dominated by (0.80, 100)
+        rec(0.95, 50, true),   // rejected early: never on the front
+    ];
+    assert_eq!(
+        front(&rs, Measure::Params),
+        vec![true, true, false, true, false, false]
+    );
+    assert_eq!(front(&rs, Measure::Latency), vec![false; 6]);
+}
