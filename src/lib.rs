@@ -9,6 +9,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod hub;
 pub mod init;
 pub mod kernels;
 pub mod models;

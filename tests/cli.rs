@@ -96,3 +96,111 @@ fn help_lists_every_subcommand() {
         assert!(out.contains(sub), "{out}");
     }
 }
+
+/// A long-running recipe on the bundled sample, written to a temp dir.
+fn long_recipe(tag: &str, checkpoint_every: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("vitnas-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut r =
+        vitnas::train::recipe::Recipe::from_file(repo_path("recipes/quickstart.toml")).unwrap();
+    r.space = repo_path("search_spaces/fmnist-tiny.toml");
+    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
+    r.data.val_size = 64;
+    r.data.train_limit = Some(512);
+    r.train.batch_size = 16;
+    r.train.epochs = 100;
+    r.train.checkpoint_every = checkpoint_every;
+    r.output_dir = dir.join("run");
+    let path = dir.join("recipe.toml");
+    std::fs::write(&path, r.to_toml_string()).unwrap();
+    (path, dir.join("run"))
+}
+
+fn steps_logged(run: &std::path::Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .matches("\"losses\"")
+        .count()
+}
+
+fn wait_for_steps(run: &std::path::Path, n: usize) {
+    let t0 = std::time::Instant::now();
+    while steps_logged(run) < n {
+        assert!(t0.elapsed().as_secs() < 120, "training made no progress");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn state_step(run: &std::path::Path) -> u64 {
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    s["step"].as_u64().unwrap()
+}
+
+#[test]
+fn sigint_finishes_the_step_writes_a_checkpoint_and_resume_continues() {
+    let (recipe, run) = long_recipe("sigint", 1000);
+    let child = Command::new(env!("CARGO_BIN_EXE_vitnas"))
+        .args(["train", recipe.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_steps(&run, 3);
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"interrupted\": true"), "{stdout}");
+    let step = state_step(&run);
+    assert!(
+        step >= 3 && step as usize == steps_logged(&run),
+        "checkpoint at {step}"
+    );
+    let (ok, out, err) = vitnas(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--max-steps",
+        &(step + 2).to_string(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("\"steps\": {}", step + 2)), "{out}");
+    std::fs::remove_dir_all(run.parent().unwrap()).ok();
+}
+
+#[test]
+fn kill_9_loses_at_most_the_steps_since_the_last_checkpoint() {
+    let (recipe, run) = long_recipe("kill9", 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitnas"))
+        .args(["train", recipe.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_steps(&run, 4);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // The checkpoint on disk is whole (never half-written) and resumes.
+    let step = state_step(&run);
+    assert!(step >= 3, "{step}");
+    let (ok, out, err) = vitnas(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--max-steps",
+        &(step + 1).to_string(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("\"steps\": {}", step + 1)), "{out}");
+    std::fs::remove_dir_all(run.parent().unwrap()).ok();
+}

@@ -21,6 +21,9 @@ pub struct TrainArgs {
     /// Override the recipe's data directory.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Start from a pretrained Hugging Face ViT (local dir or cached hub id).
+    #[arg(long)]
+    init_from: Option<String>,
     /// Override the recipe's seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -54,6 +57,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             }
             if let Some(d) = a.data {
                 r.data.path = Some(d);
+            }
+            if let Some(i) = a.init_from {
+                r.init_from = Some(i);
             }
             if let Some(s) = a.seed {
                 r.seed = s;

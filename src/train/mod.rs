@@ -309,6 +309,17 @@ fn run(
         }
         opt.t = st.adam_t;
         state = st;
+    } else if let Some(spec) = &recipe.init_from {
+        let dir = crate::hub::resolve(spec)?;
+        let report = crate::hub::load_vit_into(&params, &dir, space.supernet.head_dim)?;
+        std::fs::write(
+            recipe.output_dir.join("init-report.txt"),
+            report.to_string(),
+        )
+        .map_err(|e| Error::io(recipe.output_dir.join("init-report.txt"), e))?;
+        if opts.progress {
+            eprint!("init from {}: {report}", dir.display());
+        }
     }
     let sampler = sampler::from_config(&recipe.sampler);
     let distill = loss::from_config(&recipe.loss.distill);

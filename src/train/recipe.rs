@@ -18,6 +18,11 @@ pub struct Recipe {
     pub seed: u64,
     /// Run directory (created; `--resume` continues one).
     pub output_dir: PathBuf,
+    /// Pretrained Hugging Face ViT to start from: a local directory or a hub
+    /// id found in the local hub cache. Its tensors fill the supernet's
+    /// leading slices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
     pub data: DataConfig,
     pub sampler: SamplerConfig,
     pub loss: LossConfig,
