@@ -1,14 +1,12 @@
 //! `vitnas eval --supernet <run dir> --arch <largest|smallest|arch.json>`.
 
 use anyhow::Context;
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::Device;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::eval::evaluate;
-use vitnas::space::{flops, params, Arch, Space};
-use vitnas::train::{self, checkpoint::read_safetensors, recipe::Recipe};
-use vitnas::Supernet;
+use vitnas::space::{flops, params};
+use vitnas::train::{self, TrainedRun};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum SplitArg {
@@ -45,47 +43,29 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         .supernet
         .clone()
         .expect("clap requires --supernet or --model");
-    let (dir, file) = if supernet.is_dir() {
-        (supernet.clone(), supernet.join(train::SUPERNET_FILE))
-    } else {
-        let dir = supernet
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
-        (dir, supernet.clone())
-    };
-    let mut recipe = Recipe::from_file(dir.join(train::RECIPE_FILE))
-        .with_context(|| format!("{} is not a vitnas run directory", dir.display()))?;
+    let mut run = TrainedRun::load(&supernet)?;
     if let Some(d) = a.data {
-        recipe.data.path = Some(d);
+        run.recipe.data.path = Some(d);
     }
-    let space = Space::from_file(dir.join(train::SPACE_FILE))?;
-    let arch = match a.arch.as_str() {
-        "largest" => space.largest(),
-        "smallest" => space.smallest(),
-        path => {
-            let arch = Arch::from_json_file(path)?;
-            arch.check_fits(&space)?;
-            arch
-        }
-    };
-    let (tensors, _) = read_safetensors(&file, &Device::Cpu)?;
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-    let net = Supernet::new(&space, vb).with_context(|| format!("loading {}", file.display()))?;
-    let (_, val, norm) = train::load_train_val(&recipe, &space)?;
-    let norm = recipe.data.normalize.clone().unwrap_or(norm);
+    let arch = run.arch(&a.arch)?;
+    let (val, norm) = run.validation()?;
     let (split, ds) = match a.split {
         SplitArg::Val => ("val", val),
-        SplitArg::Test => ("test", train::load_test(&recipe, &space)?),
+        SplitArg::Test => ("test", train::load_test(&run.recipe, &run.space)?),
     };
-    let r = evaluate(&ds, &norm, recipe.data.eval_batch_size, &Device::Cpu, |x| {
-        Ok(net.forward(x, &arch, false)?)
-    })?;
+    let (net, space) = (&run.net, &run.space);
+    let r = evaluate(
+        &ds,
+        &norm,
+        run.recipe.data.eval_batch_size,
+        &Device::Cpu,
+        |x| Ok(net.forward(x, &arch, false)?),
+    )?;
     println!(
         "{}",
         serde_json::json!({
             "split": split, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
-            "arch": arch, "params": params(&space, &arch), "flops_macs": flops(&space, &arch),
+            "arch": arch, "params": params(space, &arch), "flops_macs": flops(space, &arch),
         })
     );
     Ok(())

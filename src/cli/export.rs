@@ -1,14 +1,10 @@
 //! `vitnas export --supernet <run> --arch <arch.json> --out <dir> [--hf-pad]`.
 
-use anyhow::Context;
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use clap::Args;
 use std::path::PathBuf;
 use vitnas::models::export;
-use vitnas::space::{flops, Arch, Space};
-use vitnas::train::{self, checkpoint::read_safetensors, recipe::Recipe};
-use vitnas::Supernet;
+use vitnas::space::{flops, Arch};
+use vitnas::train::TrainedRun;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -28,25 +24,12 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
-    let recipe = Recipe::from_file(a.supernet.join(train::RECIPE_FILE))
-        .with_context(|| format!("{} is not a vitnas run directory", a.supernet.display()))?;
-    let space = Space::from_file(a.supernet.join(train::SPACE_FILE))?;
-    let arch = match a.arch.as_str() {
-        "largest" => space.largest(),
-        "smallest" => space.smallest(),
-        p => Arch::from_json_file(p)?,
-    };
-    arch.check_fits(&space)?;
-    let file = a.supernet.join(train::SUPERNET_FILE);
-    let (tensors, _) = read_safetensors(&file, &Device::Cpu)?;
-    let net = Supernet::new(
-        &space,
-        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
-    )
-    .with_context(|| format!("loading {}", file.display()))?;
+    let run = TrainedRun::load(&a.supernet)?;
+    let (space, net) = (&run.space, &run.net);
+    let arch = run.arch(&a.arch)?;
     let mut model = net.extract(&arch)?;
     if a.hf_pad {
-        let before = flops(&space, &arch);
+        let before = flops(space, &arch);
         model = export::pad_uniform(&model)?;
         let c = &model.config;
         let padded = Arch {
@@ -59,7 +42,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 .map(|&m| m as f64 / c.hidden_size as f64)
                 .collect(),
         };
-        let after = flops(&space, &padded);
+        let after = flops(space, &padded);
         eprintln!(
             "--hf-pad: padded to {} heads and MLP width {} in every layer: {} → {} multiply-adds per image (+{:.1}%)",
             c.num_heads[0],
@@ -73,7 +56,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         &model,
         &space,
         &arch,
-        recipe.data.normalize.as_ref(),
+        run.recipe.data.normalize.as_ref(),
         &a.out,
     )?;
     match note {

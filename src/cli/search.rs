@@ -2,15 +2,12 @@
 //! supernet, under params / FLOPs / latency constraints.
 
 use anyhow::Context;
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::Device;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::search::config::Algorithm;
 use vitnas::search::{self, Evaluator};
-use vitnas::space::Space;
-use vitnas::train::{self, checkpoint::read_safetensors, recipe::Recipe};
-use vitnas::Supernet;
+use vitnas::train::TrainedRun;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum AlgorithmArg {
@@ -62,10 +59,8 @@ pub struct SearchArgs {
 }
 
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
-    let recipe = Recipe::from_file(a.run.join(train::RECIPE_FILE))
-        .with_context(|| format!("{} is not a vitnas run directory", a.run.display()))?;
-    let space = Space::from_file(a.run.join(train::SPACE_FILE))?;
-    let mut cfg = recipe.search.clone();
+    let run = TrainedRun::load(&a.run)?;
+    let mut cfg = run.recipe.search.clone();
     if let Some(alg) = a.algorithm {
         cfg.algorithm = match alg {
             AlgorithmArg::Evolution => Algorithm::Evolution,
@@ -90,24 +85,17 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
             Algorithm::Random => "search-random",
         })
     });
-    let file = a.run.join(train::SUPERNET_FILE);
-    let (tensors, _) = read_safetensors(&file, &Device::Cpu)?;
-    let net = Supernet::new(
-        &space,
-        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
-    )
-    .with_context(|| format!("loading {}", file.display()))?;
-    let (_, val, norm) = train::load_train_val(&recipe, &space)?;
-    let norm = recipe.data.normalize.clone().unwrap_or(norm);
+    let (val, norm) = run.validation()?;
+    let space = &run.space;
     let ev = Evaluator {
-        net: &net,
+        net: &run.net,
         val: &val,
         norm: &norm,
         device: Device::Cpu,
     };
     let started = std::time::Instant::now();
-    let state = search::run(&space, cfg, &ev, &out, a.resume, true)?;
-    let s = search::Search::from_state(&space, state);
+    let state = search::run(space, cfg, &ev, &out, a.resume, true)?;
+    let s = search::Search::from_state(space, state);
     let top = s.ranking(a.top_k);
     for (k, r) in top.iter().enumerate() {
         let p = out.join(format!("arch-{}.json", k + 1));

@@ -490,3 +490,58 @@ fn run(
     }
     Ok(summary)
 }
+
+/// A finished (or checkpointed) training run, loaded for evaluation,
+/// search or export: its resolved recipe, its space and its supernet.
+pub struct TrainedRun {
+    pub dir: PathBuf,
+    pub recipe: Recipe,
+    pub space: Space,
+    pub net: Supernet,
+}
+
+impl TrainedRun {
+    /// Loads a run directory, or a supernet `.safetensors` file inside one.
+    pub fn load(path: &Path) -> Result<Self> {
+        let (dir, file) = if path.is_dir() {
+            (path.to_path_buf(), path.join(SUPERNET_FILE))
+        } else {
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (dir, path.to_path_buf())
+        };
+        let recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
+        let space = Space::from_file(dir.join(SPACE_FILE))?;
+        let (tensors, _) = read_safetensors(&file, &Device::Cpu)?;
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let net = Supernet::new(&space, vb).map_err(|e| Error::Checkpoint {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            dir,
+            recipe,
+            space,
+            net,
+        })
+    }
+
+    /// `largest`, `smallest`, or an architecture JSON file that fits the supernet.
+    pub fn arch(&self, spec: &str) -> Result<crate::space::Arch> {
+        let arch = match spec {
+            "largest" => self.space.largest(),
+            "smallest" => self.space.smallest(),
+            path => crate::space::Arch::from_json_file(path)?,
+        };
+        arch.check_fits(&self.space)?;
+        Ok(arch)
+    }
+
+    /// The validation split of the run and the normalisation it trained with.
+    pub fn validation(&self) -> Result<(Dataset, Normalize)> {
+        let (_, val, norm) = load_train_val(&self.recipe, &self.space)?;
+        Ok((val, self.recipe.data.normalize.clone().unwrap_or(norm)))
+    }
+}

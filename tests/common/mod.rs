@@ -30,11 +30,9 @@ pub fn images(space: &Space, b: usize, seed: u64) -> Tensor {
     Tensor::from_vec(v, (b, i.channels, i.image_size, i.image_size), &Device::Cpu).unwrap()
 }
 
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
+/// The largest absolute value of a tensor.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -42,4 +40,9 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    max_abs(&(a - b).unwrap())
 }
