@@ -23,16 +23,7 @@ fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
 }
 
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let scale = b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1e-12);
+    let scale = common::max_abs(b).max(1e-12);
     max_abs_diff(a, b) / scale
 }
 

@@ -226,15 +226,7 @@ fn check_gradients(s: &Space, arch: &Arch) {
             }
             None => {
                 if let Some(g) = g {
-                    let m = g
-                        .abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let m = common::max_abs(g);
                     assert_eq!(m, 0.0, "{name}: unused layer has a non-zero gradient");
                 }
             }

@@ -69,16 +69,7 @@ fn assert_same(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) {
     assert_eq!(a.len(), b.len());
     for (name, t) in a {
         let u = &b[name];
-        let d = (t - u)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = common::max_abs(&(t - u).unwrap());
         assert_eq!(d, 0.0, "{name} differs by {d}");
     }
 }
