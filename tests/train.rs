@@ -357,7 +357,7 @@ fn every_shipped_recipe_parses_and_invalid_ones_name_the_field() {
         Space::from_file(repo_path(r.space.to_str().unwrap())).unwrap();
     }
     let text = std::fs::read_to_string(repo_path("recipes/quickstart.toml")).unwrap();
-    let bad = text.replace("epochs = 6", "epochs = 0");
+    let bad = text.replace("epochs = 7", "epochs = 0");
     let msg = Recipe::from_toml_str(&bad, Path::new("bad.toml"))
         .unwrap_err()
         .to_string();
