@@ -169,6 +169,7 @@ fn rec(acc: f64, p: u64, rejected: bool) -> Record {
         loss: 0.0,
         images: 1,
         rejected_early: rejected,
+        screen_accuracy: None,
         generation: 0,
     }
 }

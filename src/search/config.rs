@@ -34,9 +34,9 @@ pub struct SearchConfig {
     pub max_resample: usize,
     pub seed: u64,
     pub constraints: Constraints,
-    /// Early rejection: score each new candidate on this many images first;
-    /// evaluate it on the full subset only if, by a 3-sigma binomial bound,
-    /// it could still beat the current k-th best (0 disables).
+    /// Early rejection: score each new candidate on the first N images;
+    /// evaluate it on the rest of the subset only if it reaches the current
+    /// k-th best's score on those same images (0 disables).
     pub early_reject_images: usize,
 }
 

@@ -45,6 +45,9 @@ pub struct Record {
     pub images: usize,
     /// Rejected after the early subset.
     pub rejected_early: bool,
+    /// Accuracy on the early (screening) images, when early rejection is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen_accuracy: Option<f64>,
     /// Generation that first evaluated it.
     pub generation: usize,
 }
@@ -256,17 +259,22 @@ impl<'a> Search<'a> {
         })
     }
 
-    fn kth_best(&self) -> Option<f64> {
-        let mut acc: Vec<f64> = self
+    /// The screening accuracy of the current k-th best record: the bar a new
+    /// candidate must reach on the same screening images.
+    fn kth_screen_bar(&self) -> Option<f64> {
+        let mut full: Vec<&Record> = self
             .state
             .records
             .iter()
             .filter(|r| !r.rejected_early)
-            .map(|r| r.accuracy)
             .collect();
-        acc.sort_by(|a, b| b.total_cmp(a));
-        acc.get(self.state.config.parents.saturating_sub(1))
-            .copied()
+        full.sort_by(|a, b| {
+            b.accuracy
+                .total_cmp(&a.accuracy)
+                .then_with(|| a.genes.cmp(&b.genes))
+        });
+        full.get(self.state.config.parents.saturating_sub(1))
+            .and_then(|r| r.screen_accuracy)
     }
 
     /// Evaluates `genes` (cached) and returns its record index.
@@ -286,36 +294,34 @@ impl<'a> Search<'a> {
         let early = cfg.early_reject_images.min(n);
         let mut images = 0;
         let mut rejected = false;
-        let (r, measured) = match self.kth_best().filter(|_| early > 0 && early < n) {
-            // Successive halving in two rungs: screen on the first `early`
-            // images; only candidates that could still reach the current k-th
-            // best (3-sigma binomial upper bound) see the rest of the subset.
-            Some(kth) => {
-                let r1 = run(&ev.val.head(early))?;
-                images += early;
-                let sd = (r1.accuracy * (1.0 - r1.accuracy) / early as f64)
-                    .sqrt()
-                    .max(0.5 / early as f64);
-                if r1.accuracy + 3.0 * sd < kth {
-                    rejected = true;
-                    (r1, early)
-                } else {
-                    let rest: Vec<usize> = (early..n).collect();
-                    let r2 = run(&ev.val.subset(&rest))?;
-                    images += n - early;
-                    let w = |a: f64, b: f64| (a * early as f64 + b * (n - early) as f64) / n as f64;
-                    let r = crate::eval::EvalResult {
-                        accuracy: w(r1.accuracy, r2.accuracy),
-                        loss: w(r1.loss, r2.loss),
-                        examples: n,
-                    };
-                    (r, n)
-                }
+        let mut screen = None;
+        let (r, measured) = if early > 0 && early < n {
+            // Successive halving in two rungs: every candidate is scored on
+            // the same first `early` images; it sees the rest of the subset
+            // only if it reaches the k-th best's score on those same images
+            // (a paired comparison, far less noisy than two independent
+            // estimates).
+            let r1 = run(&ev.val.head(early))?;
+            images += early;
+            screen = Some(r1.accuracy);
+            if self.kth_screen_bar().is_some_and(|bar| r1.accuracy < bar) {
+                rejected = true;
+                (r1, early)
+            } else {
+                let rest: Vec<usize> = (early..n).collect();
+                let r2 = run(&ev.val.subset(&rest))?;
+                images += n - early;
+                let w = |a: f64, b: f64| (a * early as f64 + b * (n - early) as f64) / n as f64;
+                let r = crate::eval::EvalResult {
+                    accuracy: w(r1.accuracy, r2.accuracy),
+                    loss: w(r1.loss, r2.loss),
+                    examples: n,
+                };
+                (r, n)
             }
-            None => {
-                images += n;
-                (run(&ev.val.head(n))?, n)
-            }
+        } else {
+            images += n;
+            (run(&ev.val.head(n))?, n)
         };
         self.state.images_evaluated += images;
         self.state.eval_seconds += started.elapsed().as_secs_f64();
@@ -329,6 +335,7 @@ impl<'a> Search<'a> {
             loss: r.loss,
             images: measured,
             rejected_early: rejected,
+            screen_accuracy: screen,
             generation: self.state.generation,
         };
         self.state.records.push(rec);
