@@ -5,6 +5,7 @@
 //! task on the thread pool. The backward recomputes the attention
 //! probabilities instead of storing them (as flash attention does).
 
+use super::slice;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -98,14 +99,6 @@ unsafe fn probs(d: &Dims, q: *const f32, k: *const f32, p: &mut [f32]) {
     }
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        (CpuStorage::F32(_), None) => bail!("fused attention: {what} must be contiguous"),
-        _ => bail!("fused attention: only f32 is supported"),
-    }
-}
-
 struct Attention(Dims);
 
 struct AttentionBwd {
@@ -151,9 +144,9 @@ impl CustomOp3 for Attention {
             d.check(l)?;
         }
         let (q, k, v) = (
-            contiguous(s1, l1, "q")?,
-            contiguous(s2, l2, "k")?,
-            contiguous(s3, l3, "v")?,
+            slice(s1, l1, "attention q")?,
+            slice(s2, l2, "attention k")?,
+            slice(s3, l3, "attention v")?,
         );
         let mut out = vec![0f32; q.len()];
         let o = SharedMut(out.as_mut_ptr());
@@ -224,13 +217,13 @@ impl CustomOp3 for AttentionBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let d = self.d;
         let (q, k, v) = (
-            contiguous(s1, l1, "q")?,
-            contiguous(s2, l2, "k")?,
-            contiguous(s3, l3, "v")?,
+            slice(s1, l1, "attention q")?,
+            slice(s2, l2, "attention k")?,
+            slice(s3, l3, "attention v")?,
         );
         let (gs, gl) = self.grad.storage_and_layout();
         let go = match &*gs {
-            candle_core::Storage::Cpu(s) => contiguous(s, gl, "the output gradient")?,
+            candle_core::Storage::Cpu(s) => slice(s, gl, "attention output gradient")?,
             _ => bail!("fused attention: CPU only"),
         };
         let n = q.len();
