@@ -36,6 +36,11 @@ fn exported_subnet_reloads_and_matches_the_supernet() {
             meta["params"].as_u64().unwrap(),
             meta["exported_params"].as_u64().unwrap()
         );
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+        let representable = cfg["vitnas"]["hf_representable"].as_bool().unwrap();
+        // Only HF-representable exports claim transformers' ViT class.
+        assert_eq!(cfg["model_type"] == "vit", representable);
         std::fs::remove_dir_all(d).ok();
     }
 }
@@ -54,6 +59,12 @@ fn uniform_subnet_is_written_as_a_hugging_face_vit() {
     let d = tmp("hf");
     let note = export(&net.extract(&arch).unwrap(), &s, &arch, None, &d).unwrap();
     assert!(note.is_none(), "{note:?}");
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (raw["model_type"].as_str(), raw["architectures"][0].as_str()),
+        (Some("vit"), Some("ViTForImageClassification"))
+    );
     // Read as Hugging Face reads it: the standard fields only.
     let cfg = VitConfig::from_hf_config_file(&d.join("config.json")).unwrap();
     assert_eq!(

@@ -124,9 +124,15 @@ pub fn export(
         .map(|i| (format!("LABEL_{i}"), json!(i)))
         .collect();
     let heads = c.num_heads.first().copied().unwrap_or(0);
+    // Only a representable subnet claims the Hugging Face class, so that
+    // transformers refuses the others instead of failing on tensor shapes.
+    let (architecture, model_type) = match obstacle {
+        None => ("ViTForImageClassification", "vit"),
+        Some(_) => ("VitnasViT", "vitnas-vit"),
+    };
     let config = json!({
-        "architectures": ["ViTForImageClassification"],
-        "model_type": "vit",
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": c.hidden_size,
         "num_hidden_layers": c.num_heads.len(),
         "num_attention_heads": heads,
