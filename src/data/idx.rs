@@ -109,18 +109,3 @@ pub fn load_split(dir: &Path, split: Split) -> Result<Dataset> {
         source: ip.display().to_string(),
     })
 }
-
-/// Writes images `[N, H, W]` and labels as gzip IDX files (for samples).
-pub fn write_idx_gz(path: &Path, dims: &[usize], data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut bytes = vec![0u8, 0, 0x08, dims.len() as u8];
-    for &d in dims {
-        bytes.extend_from_slice(&(d as u32).to_be_bytes());
-    }
-    bytes.extend_from_slice(data);
-    let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::best());
-    gz.write_all(&bytes).map_err(|e| Error::io(path, e))?;
-    gz.finish().map_err(|e| Error::io(path, e))?;
-    Ok(())
-}

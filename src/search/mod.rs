@@ -392,7 +392,7 @@ impl<'a> Search<'a> {
         Ok(None)
     }
 
-    /// Indices of the best `k` full-subset records of the current population.
+    /// Genes of the best `k` full-subset records of the current population.
     fn top_k(&self, pop: &[Vec<usize>], k: usize) -> Vec<Vec<usize>> {
         let mut scored: Vec<(f64, &Vec<usize>)> = pop
             .iter()
@@ -440,7 +440,6 @@ impl<'a> Search<'a> {
                 next
             }
         };
-        // Evaluate the best-known first so early rejection has a bar to beat.
         for g in &pop {
             self.evaluate(ev, g)?;
         }
