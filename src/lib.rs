@@ -14,6 +14,7 @@ pub mod init;
 pub mod kernels;
 pub mod models;
 pub mod ops;
+pub mod rank;
 pub mod search;
 pub mod space;
 pub mod supernet;

@@ -59,6 +59,12 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         run.recipe.data.normalize.as_ref(),
         &a.out,
     )?;
+    // The run's resolved recipe: `vitnas finetune` defaults to its data and
+    // normalisation.
+    vitnas::train::checkpoint::write_atomic(
+        &a.out.join(vitnas::train::RECIPE_FILE),
+        run.recipe.to_toml_string().as_bytes(),
+    )?;
     match note {
         None => println!("exported {} (Hugging Face ViTForImageClassification layout)", a.out.display()),
         Some(o) => println!(

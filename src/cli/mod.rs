@@ -3,12 +3,16 @@
 mod arch;
 mod bench;
 mod eval;
+mod evaluate;
 mod export;
+mod finetune;
+mod retrain;
 mod search;
 mod space;
 mod train;
 
 use clap::{Parser, Subcommand};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// vitnas: train once, sample many. Transformer architecture search with
 /// weight-sharing supernets.
@@ -33,8 +37,15 @@ pub enum Command {
     Arch(arch::ArchCmd),
     /// Train a supernet from a recipe (recipes/*.toml), or resume a run.
     Train(train::TrainArgs),
+    /// Train one architecture from scratch as a plain static model.
+    Retrain(retrain::RetrainArgs),
+    /// Continue training an exported subnet from its inherited weights.
+    Finetune(finetune::FinetuneArgs),
     /// Accuracy and loss of an inherited subnet of a trained supernet.
     Eval(eval::EvalArgs),
+    /// Measure the method: rank correlation of inherited vs standalone accuracy.
+    #[command(subcommand)]
+    Evaluate(evaluate::EvaluateCmd),
     /// Export a subnet as a standalone model directory (safetensors + config).
     Export(export::ExportArgs),
     /// Search a trained supernet for the best architectures under constraints.
@@ -42,6 +53,21 @@ pub enum Command {
     /// Time the benchmark workload (compare with ../shared/bench/torch_reference.py).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// The flag Ctrl-C sets: training finishes its step, checkpoints and returns.
+/// A second Ctrl-C exits at once.
+pub fn stop_flag() -> anyhow::Result<&'static AtomicBool> {
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint of the current step");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)");
+    })?;
+    Ok(&STOP)
 }
 
 pub fn init_logging(verbose: u8) {
@@ -64,9 +90,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Space(c) => space::run(c),
         Command::Arch(c) => arch::run(c),
         Command::Train(a) => train::run(a),
+        Command::Retrain(a) => retrain::run(a),
+        Command::Finetune(a) => finetune::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(c) => bench::run(c),
         Command::Search(a) => search::run(a),
         Command::Export(a) => export::run(a),
+        Command::Evaluate(c) => evaluate::run(c),
     }
 }

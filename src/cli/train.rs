@@ -2,10 +2,7 @@
 
 use clap::Args;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use vitnas::train::{self, recipe::Recipe, RunOptions};
-
-static STOP: AtomicBool = AtomicBool::new(false);
+use vitnas::train::{self, recipe::Recipe, RunOptions, Summary};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -34,16 +31,9 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
-            eprintln!("second interrupt: exiting without a checkpoint of the current step");
-            std::process::exit(130);
-        }
-        eprintln!("interrupt: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)");
-    })?;
     let opts = RunOptions {
         resume: a.resume.is_some(),
-        stop: &STOP,
+        stop: super::stop_flag()?,
         progress: true,
         max_steps: a.max_steps,
     };
@@ -67,10 +57,15 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             train::train(&r, &opts)?
         }
     };
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    report(&summary, "train")
+}
+
+/// Prints a run's summary, and how to continue it when interrupted.
+pub fn report(summary: &Summary, command: &str) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(summary)?);
     if summary.interrupted {
         eprintln!(
-            "interrupted at step {}/{}: continue with `vitnas train --resume {}`",
+            "interrupted at step {}/{}: continue with `vitnas {command} --resume {}`",
             summary.steps,
             summary.total_steps,
             summary.run_dir.display()

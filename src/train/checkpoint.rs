@@ -27,6 +27,10 @@ pub struct TrainState {
     pub skipped_steps: usize,
     pub total_steps: usize,
     pub recipe: String,
+    /// The one architecture of a standalone run (retrain, finetune); absent
+    /// for a supernet run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<crate::space::Arch>,
 }
 
 /// Writes `bytes` to `path` atomically.

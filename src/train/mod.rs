@@ -10,6 +10,7 @@ pub mod loss;
 pub mod optim;
 pub mod recipe;
 pub mod sampler;
+pub mod standalone;
 pub mod step;
 
 use crate::data::batch::{epoch_order, make_batch, Normalize};
@@ -17,9 +18,10 @@ use crate::data::{self, Dataset, Format, Split, FASHION_MNIST_DIRS};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult};
 use crate::init::seeded_var_builder;
-use crate::space::{flops, Space};
+use crate::models::vit::Vit;
+use crate::space::{flops, Arch, Space};
 use crate::supernet::Supernet;
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use checkpoint::{read_safetensors, to_safetensors_bytes, write_atomic, TrainState, STATE_KEY};
 use optim::{lr_at, AdamW};
@@ -30,7 +32,8 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use step::{accumulate, Params};
+use sampler::{Plan, Sampler};
+use step::{accumulate, Forward, Params};
 
 pub const RECIPE_FILE: &str = "recipe.toml";
 pub const SPACE_FILE: &str = "space.toml";
@@ -104,10 +107,95 @@ pub struct Summary {
     pub wall_s: f64,
     /// Stopped by a signal before the end (a checkpoint was written).
     pub interrupted: bool,
+    /// Supernet runs: the largest and smallest subnets.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub val_largest: Option<EvalResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub val_smallest: Option<EvalResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub test_largest: Option<EvalResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub test_smallest: Option<EvalResult>,
+    /// Standalone runs: the one model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_model: Option<EvalResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_model: Option<EvalResult>,
+}
+
+impl Summary {
+    fn set(&mut self, split: &str, which: &str, r: EvalResult) {
+        let slot = match (split, which) {
+            ("val", "largest") => &mut self.val_largest,
+            ("val", "smallest") => &mut self.val_smallest,
+            ("val", _) => &mut self.val_model,
+            (_, "largest") => &mut self.test_largest,
+            (_, "smallest") => &mut self.test_smallest,
+            _ => &mut self.test_model,
+        };
+        *slot = Some(r);
+    }
+}
+
+/// What a run trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunKind {
+    /// The supernet of the recipe's space, subnets drawn by its sampler.
+    Supernet,
+    /// One architecture as a plain static model (retrain, finetune).
+    Standalone {
+        arch: Arch,
+        init: standalone::Init,
+    },
+}
+
+/// The model being trained, built from a [`RunKind`].
+enum Trainee {
+    Supernet {
+        net: Supernet,
+        sampler: Box<dyn Sampler>,
+    },
+    Standalone {
+        model: Vit,
+        arch: Arch,
+    },
+}
+
+impl Trainee {
+    fn net(&self) -> &dyn Forward {
+        match self {
+            Trainee::Supernet { net, .. } => net,
+            Trainee::Standalone { model, .. } => model,
+        }
+    }
+
+    fn plan(&self, space: &Space, step: usize, rng: &mut StdRng) -> Plan {
+        match self {
+            Trainee::Supernet { sampler, .. } => sampler.plan(space, step, rng),
+            Trainee::Standalone { arch, .. } => Plan {
+                archs: vec![arch.clone()],
+                teacher_first: false,
+            },
+        }
+    }
+
+    /// The architectures reported at every epoch's end and at the end.
+    fn reported(&self, space: &Space) -> Vec<(&'static str, Arch)> {
+        match self {
+            Trainee::Supernet { .. } => vec![
+                ("largest", space.largest()),
+                ("smallest", space.smallest()),
+            ],
+            Trainee::Standalone { arch, .. } => vec![("model", arch.clone())],
+        }
+    }
+
+    fn logits(&self, images: &Tensor, arch: &Arch) -> Result<Tensor> {
+        match self {
+            Trainee::Supernet { net, .. } => net.forward(images, arch, false),
+            Trainee::Standalone { model, .. } => Ok(model.forward(images)?),
+        }
+    }
 }
 
 /// Where and how to run.
@@ -123,9 +211,23 @@ pub struct RunOptions<'a> {
     pub max_steps: Option<usize>,
 }
 
-/// Starts a run from a recipe: creates the run directory with the resolved
-/// recipe and the space, then trains.
+/// Starts a supernet run from a recipe: creates the run directory with the
+/// resolved recipe and the space, then trains.
 pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<Summary> {
+    if opts.resume {
+        return resume(&recipe.output_dir, opts);
+    }
+    let space = Space::from_file(&recipe.space)?;
+    start(recipe, &space, RunKind::Supernet, opts)
+}
+
+/// Starts a run of `kind` in `recipe.output_dir`.
+pub(crate) fn start(
+    recipe: &Recipe,
+    space: &Space,
+    kind: RunKind,
+    opts: &RunOptions,
+) -> Result<Summary> {
     let dir = &recipe.output_dir;
     if opts.resume {
         return resume(dir, opts);
@@ -138,8 +240,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<Summary> {
                     .into(),
         });
     }
-    let space = Space::from_file(&recipe.space)?;
-    let (train, val, norm) = load_train_val(recipe, &space)?;
+    let (train, val, norm) = load_train_val(recipe, space)?;
     let mut resolved = recipe.clone();
     resolved.data.normalize = Some(norm);
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -147,7 +248,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<Summary> {
     write_atomic(&dir.join(SPACE_FILE), space.to_toml_string().as_bytes())?;
     std::fs::write(dir.join(METRICS_FILE), b"")
         .map_err(|e| Error::io(dir.join(METRICS_FILE), e))?;
-    run(&resolved, &space, &train, &val, None, opts)
+    run(&resolved, space, kind, &train, &val, None, opts)
 }
 
 /// Continues the run in `dir` from its last checkpoint.
@@ -165,7 +266,14 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
             message: format!("metadata `{STATE_KEY}` missing or invalid"),
         })?;
     truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
-    run(&recipe, &space, &train, &val, Some((tensors, state)), opts)
+    let kind = match &state.arch {
+        None => RunKind::Supernet,
+        Some(arch) => RunKind::Standalone {
+            arch: arch.clone(),
+            init: standalone::Init::Scratch,
+        },
+    };
+    run(&recipe, &space, kind, &train, &val, Some((tensors, state)), opts)
 }
 
 /// Drops metric lines written after the checkpoint a run resumes from.
@@ -187,10 +295,18 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
 struct Checkpointer<'a> {
     dir: &'a Path,
     recipe: &'a Recipe,
+    space: &'a Space,
+    norm: &'a Normalize,
 }
 
 impl Checkpointer<'_> {
-    fn save(&self, params: &Params, opt: &AdamW, state: &TrainState) -> Result<()> {
+    fn save(
+        &self,
+        trainee: &Trainee,
+        params: &Params,
+        opt: &AdamW,
+        state: &TrainState,
+    ) -> Result<()> {
         let weights = params.tensors();
         let mut all = weights.clone();
         let dev = Device::Cpu;
@@ -213,13 +329,20 @@ impl Checkpointer<'_> {
             &self.dir.join(CHECKPOINT_FILE),
             &to_safetensors_bytes(&all, Some(meta))?,
         )?;
-        let meta = [("vitnas.recipe".to_string(), self.recipe.name.clone())]
-            .into_iter()
-            .collect();
-        write_atomic(
-            &self.dir.join(SUPERNET_FILE),
-            &to_safetensors_bytes(&weights, Some(meta))?,
-        )?;
+        match trainee {
+            Trainee::Supernet { .. } => {
+                let meta = [("vitnas.recipe".to_string(), self.recipe.name.clone())]
+                    .into_iter()
+                    .collect();
+                write_atomic(
+                    &self.dir.join(SUPERNET_FILE),
+                    &to_safetensors_bytes(&weights, Some(meta))?,
+                )?;
+            }
+            Trainee::Standalone { model, arch } => {
+                crate::models::export::export(model, self.space, arch, Some(self.norm), self.dir)?;
+            }
+        }
         write_atomic(&self.dir.join(STATE_FILE), state_json.as_bytes())
     }
 }
@@ -247,6 +370,7 @@ pub fn build_supernet(space: &Space, seed: u64) -> Result<(Supernet, VarMap, Par
 fn run(
     recipe: &Recipe,
     space: &Space,
+    kind: RunKind,
     train: &Dataset,
     val: &Dataset,
     restore: Option<(
@@ -263,7 +387,23 @@ fn run(
         .normalize
         .clone()
         .expect("resolved recipe has normalisation");
-    let (net, _vm, params) = build_supernet(space, recipe.seed)?;
+    let (trainee, params) = match &kind {
+        RunKind::Supernet => {
+            let (net, _vm, params) = build_supernet(space, recipe.seed)?;
+            let sampler = sampler::from_config(&recipe.sampler);
+            (Trainee::Supernet { net, sampler }, params)
+        }
+        RunKind::Standalone { arch, init } => {
+            // A resumed run's weights come from its checkpoint.
+            let init = match restore {
+                Some(_) => standalone::Init::Scratch,
+                None => init.clone(),
+            };
+            let (model, _vm, params) = standalone::build(space, arch, recipe.seed, &init)?;
+            let arch = arch.clone();
+            (Trainee::Standalone { model, arch }, params)
+        }
+    };
     let bs = recipe.train.batch_size;
     let spe = train.len() / bs;
     if spe == 0 {
@@ -282,6 +422,10 @@ fn run(
         skipped_steps: 0,
         total_steps: total,
         recipe: recipe.name.clone(),
+        arch: match &kind {
+            RunKind::Supernet => None,
+            RunKind::Standalone { arch, .. } => Some(arch.clone()),
+        },
     };
     if let Some((tensors, st)) = restore {
         let path = dir.join(CHECKPOINT_FILE);
@@ -309,7 +453,7 @@ fn run(
         }
         opt.t = st.adam_t;
         state = st;
-    } else if let Some(spec) = &recipe.init_from {
+    } else if let (Some(spec), RunKind::Supernet) = (&recipe.init_from, &kind) {
         let dir = crate::hub::resolve(spec)?;
         let report = crate::hub::load_vit_into(&params, &dir, space.supernet.head_dim)?;
         std::fs::write(
@@ -321,9 +465,13 @@ fn run(
             eprint!("init from {}: {report}", dir.display());
         }
     }
-    let sampler = sampler::from_config(&recipe.sampler);
     let distill = loss::from_config(&recipe.loss.distill);
-    let ckpt = Checkpointer { dir, recipe };
+    let ckpt = Checkpointer {
+        dir,
+        recipe,
+        space,
+        norm: &norm,
+    };
     let end = opts
         .max_steps
         .or(recipe.train.max_steps)
@@ -341,7 +489,7 @@ fn run(
     let mut images_done = 0usize;
     let mut grads = params.zero_grads();
     let mut order: Option<(usize, Vec<usize>)> = None;
-    let mut last_val = (None, None);
+    let mut last_val: Vec<(&'static str, EvalResult)> = Vec::new();
     let mut interrupted = false;
     while state.step < end {
         let step = state.step;
@@ -358,10 +506,10 @@ fn run(
             Some((&recipe.data.augment, &mut rng)),
             &dev,
         )?;
-        let plan = sampler.plan(space, step, &mut rng);
+        let plan = trainee.plan(space, step, &mut rng);
         grads.iter_mut().for_each(|g| g.fill(0.0));
         let out = accumulate(
-            &net,
+            trainee.net(),
             &params,
             &plan,
             &x,
@@ -425,33 +573,28 @@ fn run(
         }
         let epoch_end = state.step % spe == 0;
         if epoch_end {
-            let ev = |arch: &crate::space::Arch| {
-                evaluate(val, &norm, recipe.data.eval_batch_size, &dev, |x| {
-                    net.forward(x, arch, false)
-                })
-            };
-            let (lg, sm) = (ev(&space.largest())?, ev(&space.smallest())?);
-            metrics_line(
-                &metrics,
-                json!({"step": state.step, "epoch_end": epoch + 1, "val_largest": lg, "val_smallest": sm}),
-            )?;
-            let msg = format!(
-                "epoch {} val acc largest {:.4} smallest {:.4}",
-                epoch + 1,
-                lg.accuracy,
-                sm.accuracy
-            );
+            last_val = Vec::new();
+            let mut line = json!({"step": state.step, "epoch_end": epoch + 1});
+            let mut msg = format!("epoch {} val acc", epoch + 1);
+            for (which, arch) in trainee.reported(space) {
+                let r = evaluate(val, &norm, recipe.data.eval_batch_size, &dev, |x| {
+                    trainee.logits(x, &arch)
+                })?;
+                line[format!("val_{which}")] = json!(r);
+                msg += &format!(" {which} {:.4}", r.accuracy);
+                last_val.push((which, r));
+            }
+            metrics_line(&metrics, line)?;
             match &bar {
                 Some(b) => b.println(msg),
                 None if opts.progress => eprintln!("{msg}"),
                 None => {}
             }
-            last_val = (Some(lg), Some(sm));
         }
         let stop = opts.stop.load(Ordering::SeqCst);
         if epoch_end || state.step % recipe.train.checkpoint_every == 0 || stop || state.step == end
         {
-            ckpt.save(&params, &opt, &state)?;
+            ckpt.save(&trainee, &params, &opt, &state)?;
         }
         if stop {
             interrupted = true;
@@ -468,24 +611,27 @@ fn run(
         skipped_steps: state.skipped_steps,
         wall_s: started.elapsed().as_secs_f64(),
         interrupted,
-        val_largest: last_val.0,
-        val_smallest: last_val.1,
+        val_largest: None,
+        val_smallest: None,
         test_largest: None,
         test_smallest: None,
+        val_model: None,
+        test_model: None,
     };
+    for (which, r) in last_val {
+        summary.set("val", which, r);
+    }
     if state.step == total && !interrupted {
         if let Ok(test) = load_test(recipe, space) {
-            let ev = |arch: &crate::space::Arch| {
-                evaluate(&test, &norm, recipe.data.eval_batch_size, &dev, |x| {
-                    net.forward(x, arch, false)
-                })
-            };
-            summary.test_largest = Some(ev(&space.largest())?);
-            summary.test_smallest = Some(ev(&space.smallest())?);
-            metrics_line(
-                &metrics,
-                json!({"step": state.step, "final_test_largest": summary.test_largest, "final_test_smallest": summary.test_smallest}),
-            )?;
+            let mut line = json!({"step": state.step});
+            for (which, arch) in trainee.reported(space) {
+                let r = evaluate(&test, &norm, recipe.data.eval_batch_size, &dev, |x| {
+                    trainee.logits(x, &arch)
+                })?;
+                line[format!("final_test_{which}")] = json!(r);
+                summary.set("test", which, r);
+            }
+            metrics_line(&metrics, line)?;
         }
     }
     Ok(summary)

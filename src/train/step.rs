@@ -4,6 +4,8 @@
 use super::loss::{cross_entropy, Distill};
 use super::sampler::Plan;
 use crate::error::Result;
+use crate::models::vit::Vit;
+use crate::space::Arch;
 use crate::supernet::Supernet;
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
@@ -44,6 +46,24 @@ impl Params {
     }
 }
 
+/// What a step trains: logits of architecture `arch` in training mode.
+pub trait Forward {
+    fn forward_train(&self, images: &Tensor, arch: &Arch) -> Result<Tensor>;
+}
+
+impl Forward for Supernet {
+    fn forward_train(&self, images: &Tensor, arch: &Arch) -> Result<Tensor> {
+        self.forward(images, arch, true)
+    }
+}
+
+/// A static model has one architecture: `arch` only labels it.
+impl Forward for Vit {
+    fn forward_train(&self, images: &Tensor, _arch: &Arch) -> Result<Tensor> {
+        Ok(Vit::forward(self, images)?)
+    }
+}
+
 /// What the subnets of a step reported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepLosses {
@@ -57,7 +77,7 @@ pub struct StepLosses {
 /// Forward and backward of every subnet in `plan`, adding gradients into
 /// `grads` (same order as `params`).
 pub fn accumulate(
-    net: &Supernet,
+    net: &dyn Forward,
     params: &Params,
     plan: &Plan,
     images: &Tensor,
@@ -69,7 +89,7 @@ pub fn accumulate(
     let mut teacher: Option<Tensor> = None;
     let mut losses = Vec::with_capacity(plan.archs.len());
     for (k, arch) in plan.archs.iter().enumerate() {
-        let logits = net.forward(images, arch, true)?;
+        let logits = net.forward_train(images, arch)?;
         let (loss, value) = match (&teacher, distill) {
             (Some(t), Some(d)) => d.loss(&logits, t)?,
             _ => {

@@ -1,0 +1,98 @@
+//! `vitnas evaluate rank <experiment.toml | supernet recipe>`.
+
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use vitnas::rank::{self, Budget, RankConfig};
+use vitnas::train::recipe::Recipe;
+
+#[derive(Debug, Subcommand)]
+pub enum EvaluateCmd {
+    /// Rank correlation between inherited and standalone accuracy over K
+    /// architectures stratified by FLOPs (resumable: reruns skip what is done).
+    Rank(RankArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RankArgs {
+    /// An experiment file (evaluate/rank-*.toml), or a supernet recipe
+    /// (then: K = 16, 1 standalone epoch, output runs/rank-<recipe name>).
+    config: PathBuf,
+    /// Number of architectures.
+    #[arg(long)]
+    k: Option<usize>,
+    /// Standalone training epochs per architecture.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Seed of the architecture sample.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+}
+
+fn load(path: &PathBuf) -> anyhow::Result<RankConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let is_recipe = text
+        .parse::<toml::Table>()
+        .is_ok_and(|t| t.contains_key("sampler"));
+    if !is_recipe {
+        return Ok(RankConfig::from_file(path)?);
+    }
+    let r = Recipe::from_file(path)?;
+    Ok(RankConfig {
+        output_dir: PathBuf::from(format!("runs/rank-{}", r.name)),
+        name: r.name,
+        supernet: path.clone(),
+        k: 16,
+        seed: 0,
+        top_k: 5,
+        standalone: Budget {
+            epochs: 1,
+            lr: None,
+            warmup_epochs: None,
+            batch_size: None,
+        },
+    })
+}
+
+pub fn run(c: EvaluateCmd) -> anyhow::Result<()> {
+    let EvaluateCmd::Rank(a) = c;
+    let mut cfg = load(&a.config)?;
+    if let Some(k) = a.k {
+        cfg.k = k;
+    }
+    if let Some(e) = a.epochs {
+        cfg.standalone.epochs = e;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if let Some(d) = a.output_dir {
+        cfg.output_dir = d;
+    }
+    let stop = super::stop_flag()?;
+    let report = rank::run(
+        &cfg,
+        &rank::Options {
+            stop,
+            progress: true,
+        },
+    )?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "output_dir": cfg.output_dir,
+            "complete": report.complete,
+            "test": report.test,
+            "val": report.val,
+        }))?
+    );
+    if !report.complete {
+        eprintln!(
+            "incomplete: run the same command again to continue ({} written so far)",
+            cfg.output_dir.join(rank::REPORT_FILE).display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! The rank-correlation harness (`vitnas evaluate rank`): how well does a
+//! supernet's inherited accuracy rank architectures the way training them
+//! alone would?
+//!
+//! K architectures are sampled with a seed, stratified across the space's
+//! FLOPs range; each is evaluated with inherited weights (validation and
+//! test) and trained standalone from scratch on the same data with a fixed
+//! budget (`vitnas retrain`'s trainer), then evaluated. Kendall τ-b,
+//! Spearman ρ, Pearson r and top-k overlap compare the two. Everything is
+//! written to the output directory as it completes (`rank.json`), so an
+//! interrupted harness continues where it stopped and skips what is done.
+
+pub mod plot;
+pub mod stats;
+
+use crate::data::batch::Normalize;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::eval::evaluate;
+use crate::models::export::load_dir;
+use crate::space::{flops, params, Arch, Space};
+use crate::train::checkpoint::{write_atomic, TrainState};
+use crate::train::recipe::Recipe;
+use crate::train::{self, standalone, RunOptions, TrainedRun, CHECKPOINT_FILE, STATE_FILE};
+use candle_core::Device;
+use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub const REPORT_FILE: &str = "rank.json";
+
+/// An experiment file under `evaluate/` (e.g. `evaluate/rank-fmnist-sandwich.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankConfig {
+    pub name: String,
+    /// The supernet's training recipe; its `output_dir` is the supernet run
+    /// (trained, or resumed to completion, first when needed).
+    pub supernet: PathBuf,
+    pub output_dir: PathBuf,
+    /// Number of architectures.
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Seeds the architecture sample (standalone runs use the recipe's seed).
+    #[serde(default)]
+    pub seed: u64,
+    /// k of the top-k overlap.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    pub standalone: Budget,
+}
+
+fn default_k() -> usize {
+    16
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+/// The standalone training budget: the supernet recipe's data and
+/// optimizer with these overrides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub epochs: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_epochs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+}
+
+impl RankConfig {
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let c: Self = toml::from_str(&text).map_err(|e| Error::Toml {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        if c.k < 2 {
+            return Err(Error::InvalidRecipe {
+                file: path.display().to_string(),
+                field: "k".into(),
+                message: format!("{} architectures make no ranking (at least 2)", c.k),
+            });
+        }
+        if c.standalone.epochs == 0 {
+            return Err(Error::InvalidRecipe {
+                file: path.display().to_string(),
+                field: "standalone.epochs".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(c)
+    }
+
+    /// The recipe of every standalone run.
+    pub fn standalone_recipe(&self, supernet: &Recipe) -> Recipe {
+        let mut r = supernet.clone();
+        r.train.epochs = self.standalone.epochs;
+        r.train.max_steps = None;
+        if let Some(lr) = self.standalone.lr {
+            r.optimizer.lr = lr;
+        }
+        if let Some(w) = self.standalone.warmup_epochs {
+            r.optimizer.warmup_epochs = w;
+        }
+        if let Some(b) = self.standalone.batch_size {
+            r.train.batch_size = b;
+        }
+        r
+    }
+}
+
+/// One architecture's row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: usize,
+    pub arch: Arch,
+    pub params: u64,
+    pub flops: u64,
+    pub inherited_val: Option<f64>,
+    pub inherited_test: Option<f64>,
+    pub standalone_val: Option<f64>,
+    pub standalone_test: Option<f64>,
+    pub standalone_dir: PathBuf,
+    pub standalone_wall_s: Option<f64>,
+}
+
+/// Correlation of inherited with standalone accuracy on one split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairStats {
+    pub n: usize,
+    pub kendall_tau: Option<f64>,
+    pub spearman_rho: Option<f64>,
+    pub pearson_r: Option<f64>,
+    pub top_k: usize,
+    pub top_k_overlap: f64,
+}
+
+impl PairStats {
+    pub fn of(x: &[f64], y: &[f64], top_k: usize) -> Self {
+        Self {
+            n: x.len(),
+            kendall_tau: stats::kendall_tau_b(x, y),
+            spearman_rho: stats::spearman(x, y),
+            pearson_r: stats::pearson(x, y),
+            top_k: top_k.min(x.len()),
+            top_k_overlap: stats::top_k_overlap(x, y, top_k),
+        }
+    }
+}
+
+/// Everything the harness knows; `rank.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub config: RankConfig,
+    pub supernet_run: PathBuf,
+    pub entries: Vec<Entry>,
+    /// Over the entries with both accuracies (all of them once complete).
+    pub test: Option<PairStats>,
+    pub val: Option<PairStats>,
+    pub complete: bool,
+}
+
+impl Report {
+    fn update_stats(&mut self) {
+        let k = self.config.top_k;
+        let pairs = |f: fn(&Entry) -> (Option<f64>, Option<f64>)| {
+            let (x, y): (Vec<f64>, Vec<f64>) = self
+                .entries
+                .iter()
+                .filter_map(|e| match f(e) {
+                    (Some(a), Some(b)) => Some((a, b)),
+                    _ => None,
+                })
+                .unzip();
+            (x.len() >= 2).then(|| PairStats::of(&x, &y, k))
+        };
+        self.test = pairs(|e| (e.inherited_test, e.standalone_test));
+        self.val = pairs(|e| (e.inherited_val, e.standalone_val));
+        self.complete = self
+            .entries
+            .iter()
+            .all(|e| e.standalone_test.is_some() && e.inherited_test.is_some());
+    }
+
+    fn save(&mut self, dir: &Path) -> Result<()> {
+        self.update_stats();
+        write_atomic(
+            &dir.join(REPORT_FILE),
+            serde_json::to_string_pretty(self)
+                .expect("report serializes")
+                .as_bytes(),
+        )?;
+        write_atomic(&dir.join("rank.csv"), self.csv().as_bytes())?;
+        plot::scatter(&dir.join("rank.svg"), self)
+    }
+
+    pub fn csv(&self) -> String {
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        let mut s = String::from(
+            "index,params,flops,inherited_val,inherited_test,standalone_val,standalone_test,standalone_wall_s,arch\n",
+        );
+        for e in &self.entries {
+            s += &format!(
+                "{},{},{},{},{},{},{},{},\"{}\"\n",
+                e.index,
+                e.params,
+                e.flops,
+                opt(e.inherited_val),
+                opt(e.inherited_test),
+                opt(e.standalone_val),
+                opt(e.standalone_test),
+                opt(e.standalone_wall_s),
+                e.arch.to_json().replace('"', "\"\"")
+            );
+        }
+        s
+    }
+}
+
+/// `k` distinct architectures, one per equal-width bin of the space's FLOPs
+/// range (smallest to largest subnet), drawn uniformly within the bin by
+/// rejection; a bin no draw hits gets the draw closest to its centre.
+pub fn stratified(space: &Space, k: usize, seed: u64) -> Vec<Arch> {
+    const TRIES: usize = 20_000;
+    let lo = flops(space, &space.smallest()) as f64;
+    let hi = flops(space, &space.largest()) as f64;
+    let width = (hi - lo) / k as f64;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out: Vec<Arch> = Vec::with_capacity(k);
+    for i in 0..k {
+        let (a, b) = (lo + width * i as f64, lo + width * (i + 1) as f64);
+        let centre = (a + b) / 2.0;
+        let mut closest: Option<(f64, Arch)> = None;
+        let mut chosen = None;
+        for _ in 0..TRIES {
+            let c = space.sample(&mut rng);
+            if out.contains(&c) {
+                continue;
+            }
+            let f = flops(space, &c) as f64;
+            if f >= a && (f < b || (i + 1 == k && f <= b)) {
+                chosen = Some(c);
+                break;
+            }
+            let d = (f - centre).abs();
+            if closest.as_ref().is_none_or(|(best, _)| d < *best) {
+                closest = Some((d, c));
+            }
+        }
+        if let Some(c) = chosen.or(closest.map(|(_, c)| c)) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How the harness runs.
+pub struct Options<'a> {
+    pub stop: &'a AtomicBool,
+    pub progress: bool,
+}
+
+fn say(opts: &Options, msg: String) {
+    if opts.progress {
+        eprintln!("{msg}");
+    }
+}
+
+/// Trains (or resumes to completion) the supernet run of `recipe`; false
+/// when interrupted.
+fn ensure_supernet(recipe: &Recipe, opts: &Options) -> Result<bool> {
+    let dir = &recipe.output_dir;
+    let run_opts = |resume| RunOptions {
+        resume,
+        stop: opts.stop,
+        progress: opts.progress,
+        max_steps: None,
+    };
+    if !dir.join(CHECKPOINT_FILE).exists() {
+        say(opts, format!("training the supernet {}", dir.display()));
+        return Ok(!train::train(recipe, &run_opts(false))?.interrupted);
+    }
+    if run_state(dir)?.is_some_and(|s| s.step < s.total_steps) {
+        say(opts, format!("resuming the supernet {}", dir.display()));
+        return Ok(!train::resume(dir, &run_opts(true))?.interrupted);
+    }
+    Ok(true)
+}
+
+/// The `state.json` of a run directory, if it has one.
+fn run_state(dir: &Path) -> Result<Option<TrainState>> {
+    let path = dir.join(STATE_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| Error::Json { path, source })
+}
+
+fn accuracy(
+    ds: &Dataset,
+    norm: &Normalize,
+    batch: usize,
+    f: impl FnMut(&candle_core::Tensor) -> Result<candle_core::Tensor>,
+) -> Result<f64> {
+    Ok(evaluate(ds, norm, batch, &Device::Cpu, f)?.accuracy)
+}
+
+/// Runs (or continues) the harness. Returns the report so far; it is
+/// complete unless interrupted.
+pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
+    let recipe = Recipe::from_file(&cfg.supernet)?;
+    let out = &cfg.output_dir;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut report = Report {
+        config: cfg.clone(),
+        supernet_run: recipe.output_dir.clone(),
+        entries: Vec::new(),
+        test: None,
+        val: None,
+        complete: false,
+    };
+    if !ensure_supernet(&recipe, opts)? {
+        report.save(out)?;
+        return Ok(report);
+    }
+    let run = TrainedRun::load(&recipe.output_dir)?;
+    let space = &run.space;
+    let archs = stratified(space, cfg.k, cfg.seed);
+    report.entries = archs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Entry {
+            index: i,
+            arch: a.clone(),
+            params: params(space, a),
+            flops: flops(space, a),
+            inherited_val: None,
+            inherited_test: None,
+            standalone_val: None,
+            standalone_test: None,
+            standalone_dir: out.join("standalone").join(format!("arch-{i:02}")),
+            standalone_wall_s: None,
+        })
+        .collect();
+    // What an earlier run of the same experiment already measured.
+    if let Ok(text) = std::fs::read_to_string(out.join(REPORT_FILE)) {
+        if let Ok(old) = serde_json::from_str::<Report>(&text) {
+            for (e, o) in report.entries.iter_mut().zip(&old.entries) {
+                if o.arch == e.arch && o.standalone_dir == e.standalone_dir {
+                    *e = o.clone();
+                }
+            }
+        }
+    }
+    for e in &report.entries {
+        let path = out.join("archs").join(format!("arch-{:02}.json", e.index));
+        std::fs::create_dir_all(path.parent().expect("has a parent"))
+            .map_err(|err| Error::io(out, err))?;
+        write_atomic(&path, e.arch.to_json().as_bytes())?;
+    }
+    let (val, norm) = run.validation()?;
+    let test = train::load_test(&run.recipe, space)?;
+    let bs = run.recipe.data.eval_batch_size;
+    for i in 0..report.entries.len() {
+        if report.entries[i].inherited_test.is_some() {
+            continue;
+        }
+        let arch = report.entries[i].arch.clone();
+        let fwd = |x: &candle_core::Tensor| run.net.forward(x, &arch, false);
+        let v = accuracy(&val, &norm, bs, fwd)?;
+        let t = accuracy(&test, &norm, bs, fwd)?;
+        say(
+            opts,
+            format!(
+                "arch {i:02}: {:.2} M MACs, inherited val {:.4} test {:.4}",
+                report.entries[i].flops as f64 / 1e6,
+                v,
+                t
+            ),
+        );
+        report.entries[i].inherited_val = Some(v);
+        report.entries[i].inherited_test = Some(t);
+        report.save(out)?;
+    }
+    // The supernet's resolved recipe: same data, split and normalisation.
+    let sa_recipe = cfg.standalone_recipe(&run.recipe);
+    for i in 0..report.entries.len() {
+        if report.entries[i].standalone_test.is_some() {
+            continue;
+        }
+        if opts.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let e = report.entries[i].clone();
+        let dir = e.standalone_dir.clone();
+        let run_opts = |resume| RunOptions {
+            resume,
+            stop: opts.stop,
+            progress: opts.progress,
+            max_steps: None,
+        };
+        let state = run_state(&dir)?;
+        let started = std::time::Instant::now();
+        let finished = match &state {
+            Some(s) if s.step >= s.total_steps => true,
+            Some(_) if dir.join(CHECKPOINT_FILE).exists() => {
+                say(opts, format!("arch {i:02}: resuming {}", dir.display()));
+                !train::resume(&dir, &run_opts(true))?.interrupted
+            }
+            _ => {
+                say(
+                    opts,
+                    format!(
+                        "arch {i:02}: training standalone ({} epochs) in {}",
+                        cfg.standalone.epochs,
+                        dir.display()
+                    ),
+                );
+                if dir.exists() && !dir.join(CHECKPOINT_FILE).exists() {
+                    // A start that died before its first checkpoint.
+                    std::fs::remove_dir_all(&dir).map_err(|err| Error::io(&dir, err))?;
+                }
+                !standalone::retrain(space, &e.arch, &sa_recipe, dir.clone(), &run_opts(false))?
+                    .interrupted
+            }
+        };
+        if !finished {
+            break;
+        }
+        let (model, _) = load_dir(&dir)?;
+        let fwd = |x: &candle_core::Tensor| Ok(model.forward(x)?);
+        let v = accuracy(&val, &norm, bs, fwd)?;
+        let t = accuracy(&test, &norm, bs, fwd)?;
+        say(
+            opts,
+            format!("arch {i:02}: standalone val {v:.4} test {t:.4}"),
+        );
+        let entry = &mut report.entries[i];
+        entry.standalone_val = Some(v);
+        entry.standalone_test = Some(t);
+        if state.is_none() {
+            // Trained in one go by this invocation.
+            entry.standalone_wall_s = Some(started.elapsed().as_secs_f64());
+        }
+        report.save(out)?;
+    }
+    report.save(out)?;
+    Ok(report)
+}
