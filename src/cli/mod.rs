@@ -2,6 +2,7 @@
 
 mod arch;
 mod bench;
+mod embed;
 mod eval;
 mod evaluate;
 mod export;
@@ -46,6 +47,8 @@ pub enum Command {
     /// Measure the method: rank correlation of inherited vs standalone accuracy.
     #[command(subcommand)]
     Evaluate(evaluate::EvaluateCmd),
+    /// Sentence embeddings and cosine similarities of a Hugging Face BERT.
+    Embed(embed::EmbedArgs),
     /// Export a subnet as a standalone model directory (safetensors + config).
     Export(export::ExportArgs),
     /// Search a trained supernet for the best architectures under constraints.
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(c) => bench::run(c),
         Command::Search(a) => search::run(a),
         Command::Export(a) => export::run(a),
+        Command::Embed(a) => embed::run(a),
         Command::Evaluate(c) => evaluate::run(c),
     }
 }

@@ -2,6 +2,24 @@
 //! subnet directories or built by supernet extraction. No supernet code runs
 //! in their forward.
 
+pub mod bert;
 pub mod export;
 pub mod layers;
+pub mod text;
 pub mod vit;
+
+use crate::error::Result;
+use candle_core::Tensor;
+
+/// Sentence embeddings of a BERT encoder: mean-pooled over the tokens,
+/// L2-normalised (`[N, hidden]`), as sentence-transformers computes them.
+pub fn sentence_embeddings(
+    model: &bert::Bert,
+    tokenizer: &text::TextTokenizer,
+    sentences: &[&str],
+) -> Result<Tensor> {
+    let (ids, mask) = tokenizer.encode(sentences)?;
+    let out = model.forward(&ids, &mask)?;
+    let last = out.hidden_states.last().expect("embeddings are a hidden state");
+    bert::l2_normalize(&bert::mean_pool(last, &mask)?)
+}

@@ -1,0 +1,367 @@
+//! A static BERT encoder (post-layer-norm, absolute positions) with the
+//! Hugging Face tensor layout: `bert.`-prefixed (`BertForSequenceClassification`,
+//! `BertModel` saved by transformers) or bare names (sentence-transformers'
+//! all-MiniLM-L6-v2). Computed with the same [`crate::ops`] kernels as the
+//! ViT; the attention takes the padding mask.
+
+use super::layers::{LayerNorm, Linear};
+use crate::error::{Error, Result};
+use crate::ops;
+use crate::train::checkpoint::read_safetensors;
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+use std::path::Path;
+
+/// Shapes of a static BERT. Per-layer lists, like [`super::vit::VitConfig`],
+/// leave room for elastic subnets.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub head_dim: usize,
+    pub num_heads: Vec<usize>,
+    pub intermediate_sizes: Vec<usize>,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    /// Classification labels (`BertForSequenceClassification`), if any.
+    pub num_labels: Option<usize>,
+}
+
+/// The fields vitnas reads from a Hugging Face BERT `config.json`.
+#[derive(Debug, Clone, Deserialize)]
+struct HfBertConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "two")]
+    type_vocab_size: usize,
+    #[serde(default = "bert_eps")]
+    layer_norm_eps: f64,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    position_embedding_type: Option<String>,
+    #[serde(default)]
+    num_labels: Option<usize>,
+    #[serde(default)]
+    id2label: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    architectures: Option<Vec<String>>,
+}
+
+fn two() -> usize {
+    2
+}
+
+fn bert_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    /// Reads a Hugging Face BERT config.json; unsupported variants (another
+    /// activation, relative positions) are refused by field.
+    pub fn from_hf_config_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let c: HfBertConfig = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.into(),
+            source,
+        })?;
+        let bad = |field: &str, message: String| Error::Tensor {
+            name: format!("{}: {field}", path.display()),
+            message,
+        };
+        if let Some(act) = c.hidden_act.as_deref() {
+            if act != "gelu" {
+                return Err(bad(
+                    "hidden_act",
+                    format!("`{act}` is not supported (exact GELU, \"gelu\", is)"),
+                ));
+            }
+        }
+        if let Some(p) = c.position_embedding_type.as_deref() {
+            if p != "absolute" {
+                return Err(bad(
+                    "position_embedding_type",
+                    format!("`{p}` is not supported (\"absolute\" is)"),
+                ));
+            }
+        }
+        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+            return Err(bad(
+                "num_attention_heads",
+                format!(
+                    "{} heads do not divide hidden_size {}",
+                    c.num_attention_heads, c.hidden_size
+                ),
+            ));
+        }
+        let classifier = c
+            .architectures
+            .iter()
+            .flatten()
+            .any(|a| a.ends_with("ForSequenceClassification"));
+        let num_labels = match classifier {
+            true => Some(
+                c.num_labels
+                    .or(c.id2label.as_ref().map(|m| m.len()))
+                    .unwrap_or(2),
+            ),
+            false => None,
+        };
+        let n = c.num_hidden_layers;
+        Ok(Self {
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            head_dim: c.hidden_size / c.num_attention_heads,
+            num_heads: vec![c.num_attention_heads; n],
+            intermediate_sizes: vec![c.intermediate_size; n],
+            max_position_embeddings: c.max_position_embeddings,
+            type_vocab_size: c.type_vocab_size,
+            layer_norm_eps: c.layer_norm_eps,
+            num_labels,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BertLayer {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub attention_output: Linear,
+    pub attention_layer_norm: LayerNorm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub output_layer_norm: LayerNorm,
+    pub num_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Multi-head attention over `[B·T, H·D]` projections with an additive key
+/// mask `[B, 1, 1, T]` (0 for tokens, a large negative for padding), as
+/// transformers' BERT computes it.
+fn masked_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    (b, t): (usize, usize),
+    heads: usize,
+    d: usize,
+) -> candle_core::Result<Tensor> {
+    let split = |x: &Tensor| x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let p = ops::softmax_last_scaled(&scores.broadcast_add(mask)?, 1.0)?;
+    p.matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b * t, heads * d))
+}
+
+impl BertLayer {
+    /// `x: [B·T, hidden]` to the same shape.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        bt: (usize, usize),
+    ) -> candle_core::Result<Tensor> {
+        let ctx = masked_attention(
+            &self.query.forward(x)?,
+            &self.key.forward(x)?,
+            &self.value.forward(x)?,
+            mask,
+            bt,
+            self.num_heads,
+            self.head_dim,
+        )?;
+        let x = self
+            .attention_layer_norm
+            .forward(&(self.attention_output.forward(&ctx)? + x)?)?;
+        let h = self
+            .output
+            .forward(&ops::gelu(&self.intermediate.forward(&x)?)?)?;
+        self.output_layer_norm.forward(&(h + x)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Bert {
+    pub config: BertConfig,
+    pub word_embeddings: Tensor,
+    pub position_embeddings: Tensor,
+    pub token_type_embeddings: Tensor,
+    pub embeddings_layer_norm: LayerNorm,
+    pub layers: Vec<BertLayer>,
+    /// `BertForSequenceClassification`: pooler (dense + tanh) and classifier.
+    pub pooler: Option<Linear>,
+    pub classifier: Option<Linear>,
+}
+
+/// What [`Bert::forward`] returns.
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    /// Embeddings output, then every layer's output: `[B, T, hidden]` each.
+    pub hidden_states: Vec<Tensor>,
+    /// `[B, num_labels]` when the model has a classifier.
+    pub logits: Option<Tensor>,
+}
+
+impl Bert {
+    /// Loads from tensors named with or without the `bert.` prefix
+    /// (`prefix` is "bert" or "").
+    pub fn load(config: &BertConfig, vb: VarBuilder, prefix: &str) -> candle_core::Result<Self> {
+        let c = config;
+        let e = c.hidden_size;
+        let base = if prefix.is_empty() {
+            vb.clone()
+        } else {
+            vb.pp(prefix)
+        };
+        let emb = base.pp("embeddings");
+        let enc = base.pp("encoder").pp("layer");
+        let mut layers = Vec::with_capacity(c.num_heads.len());
+        for (i, (&h, &m)) in c.num_heads.iter().zip(&c.intermediate_sizes).enumerate() {
+            let lb = enc.pp(i);
+            let q = h * c.head_dim;
+            let att = lb.pp("attention");
+            layers.push(BertLayer {
+                query: Linear::load(e, q, att.pp("self").pp("query"))?,
+                key: Linear::load(e, q, att.pp("self").pp("key"))?,
+                value: Linear::load(e, q, att.pp("self").pp("value"))?,
+                attention_output: Linear::load(q, e, att.pp("output").pp("dense"))?,
+                attention_layer_norm: LayerNorm::load(
+                    e,
+                    c.layer_norm_eps,
+                    att.pp("output").pp("LayerNorm"),
+                )?,
+                intermediate: Linear::load(e, m, lb.pp("intermediate").pp("dense"))?,
+                output: Linear::load(m, e, lb.pp("output").pp("dense"))?,
+                output_layer_norm: LayerNorm::load(
+                    e,
+                    c.layer_norm_eps,
+                    lb.pp("output").pp("LayerNorm"),
+                )?,
+                num_heads: h,
+                head_dim: c.head_dim,
+            });
+        }
+        let (pooler, classifier) = match c.num_labels {
+            Some(n) => (
+                Some(Linear::load(e, e, base.pp("pooler").pp("dense"))?),
+                Some(Linear::load(e, n, vb.pp("classifier"))?),
+            ),
+            None => (None, None),
+        };
+        Ok(Self {
+            config: c.clone(),
+            word_embeddings: emb.get((c.vocab_size, e), "word_embeddings.weight")?,
+            position_embeddings: emb
+                .get((c.max_position_embeddings, e), "position_embeddings.weight")?,
+            token_type_embeddings: emb
+                .get((c.type_vocab_size, e), "token_type_embeddings.weight")?,
+            embeddings_layer_norm: LayerNorm::load(e, c.layer_norm_eps, emb.pp("LayerNorm"))?,
+            layers,
+            pooler,
+            classifier,
+        })
+    }
+
+    /// Loads a Hugging Face BERT directory (config.json + model.safetensors),
+    /// `bert.`-prefixed or bare names; errors name the file and the tensor.
+    pub fn load_dir(dir: &Path) -> Result<Self> {
+        let config = BertConfig::from_hf_config_file(&dir.join("config.json"))?;
+        let weights = dir.join("model.safetensors");
+        let (tensors, _) = read_safetensors(&weights, &Device::Cpu)?;
+        let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+            "bert"
+        } else if tensors.contains_key("embeddings.word_embeddings.weight") {
+            ""
+        } else {
+            return Err(Error::Checkpoint {
+                path: weights,
+                message: "no BERT embeddings: neither `bert.embeddings.word_embeddings.weight` nor `embeddings.word_embeddings.weight` is present".into(),
+            });
+        };
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        Self::load(&config, vb, prefix).map_err(|e| Error::Checkpoint {
+            path: weights,
+            message: e.to_string(),
+        })
+    }
+
+    /// Token ids and attention mask `[B, T]` (u32; mask 1 = token, 0 = padding).
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<BertOutput> {
+        let (b, t) = input_ids.dims2()?;
+        let c = &self.config;
+        if t > c.max_position_embeddings {
+            return Err(Error::Tensor {
+                name: "input_ids".into(),
+                message: format!(
+                    "{t} tokens exceed max_position_embeddings {}",
+                    c.max_position_embeddings
+                ),
+            });
+        }
+        if attention_mask.dims2()? != (b, t) {
+            return Err(Error::Tensor {
+                name: "attention_mask".into(),
+                message: format!(
+                    "shape {:?} differs from input_ids {:?}",
+                    attention_mask.dims(),
+                    input_ids.dims()
+                ),
+            });
+        }
+        let e = c.hidden_size;
+        let words = self.word_embeddings.index_select(&input_ids.flatten_all()?, 0)?;
+        let pos = self.position_embeddings.narrow(0, 0, t)?;
+        let tt = self.token_type_embeddings.i(0)?;
+        let x = words
+            .reshape((b, t, e))?
+            .broadcast_add(&pos)?
+            .broadcast_add(&tt)?
+            .reshape((b * t, e))?;
+        let mut x = self.embeddings_layer_norm.forward(&x)?;
+        // transformers: (1 - mask) * finfo(float32).min, added to the scores.
+        let mask = ((1.0 - attention_mask.to_dtype(DType::F32)?)? * f32::MIN as f64)?
+            .reshape((b, 1, 1, t))?;
+        let mut hidden_states = vec![x.reshape((b, t, e))?];
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask, (b, t))?;
+            hidden_states.push(x.reshape((b, t, e))?);
+        }
+        let logits = match (&self.pooler, &self.classifier) {
+            (Some(p), Some(cl)) => {
+                let cls = x.reshape((b, t, e))?.i((.., 0))?.contiguous()?;
+                Some(cl.forward(&p.forward(&cls)?.tanh()?)?)
+            }
+            _ => None,
+        };
+        Ok(BertOutput {
+            hidden_states,
+            logits,
+        })
+    }
+}
+
+/// Mean of the token states over the unmasked positions (sentence-transformers'
+/// mean pooling): `[B, T, H]`, mask `[B, T]` → `[B, H]`.
+pub fn mean_pool(states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    let m = attention_mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+    let sum = states.broadcast_mul(&m)?.sum(1)?;
+    let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+    Ok(sum.broadcast_div(&count)?)
+}
+
+/// Rows scaled to unit L2 norm.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    Ok(x.broadcast_div(&n)?)
+}
