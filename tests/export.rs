@@ -172,3 +172,59 @@ fn corrupt_weights_and_incomplete_configs_are_clear_errors() {
     std::fs::remove_dir_all(d).ok();
     std::fs::remove_dir_all(d2).ok();
 }
+
+/// Loads an exported directory with candle-transformers' ViT (a different
+/// implementation: candle's own layer norm, GELU and attention).
+fn candle_transformers_logits(d: &std::path::Path, x: &candle_core::Tensor) -> candle_core::Tensor {
+    use candle_transformers::models::vit;
+    let text = std::fs::read_to_string(d.join("config.json")).unwrap();
+    let cfg: vit::Config = serde_json::from_str(&text).unwrap();
+    let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let labels = raw["id2label"].as_object().unwrap().len();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[d.join("model.safetensors")],
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    vit::Model::new(&cfg, labels, vb).unwrap().forward(x).unwrap()
+}
+
+#[test]
+fn representable_exports_load_in_candle_transformers_vit() {
+    let s = space("fmnist-tiny");
+    let (net, _vm) = supernet(&s, 5);
+    let x = images(&s, 3, 2);
+    // Uniform: written as a Hugging Face ViT directly.
+    let arch = Arch {
+        embed_dim: 128,
+        depth: 5,
+        num_heads: vec![4; 5],
+        mlp_ratio: vec![2.0; 5],
+    };
+    let d = tmp("ct-uniform");
+    assert!(export(&net.extract(&arch).unwrap(), &s, &arch, None, &d)
+        .unwrap()
+        .is_none());
+    let want = net.forward(&x, &arch, false).unwrap();
+    let diff = max_abs_diff(&candle_transformers_logits(&d, &x), &want);
+    assert!(diff <= 1e-4, "uniform export: {diff}");
+    // Non-uniform, made representable by --hf-pad (4 heads × 32 = 128).
+    let arch = Arch {
+        embed_dim: 128,
+        depth: 4,
+        num_heads: vec![2, 4, 3, 4],
+        mlp_ratio: vec![2.0, 3.0, 4.0, 2.0],
+    };
+    let d2 = tmp("ct-padded");
+    let padded = pad_uniform(&net.extract(&arch).unwrap()).unwrap();
+    assert!(hf_obstacle(&padded.config).is_none());
+    export(&padded, &s, &arch, None, &d2).unwrap();
+    let want = net.forward(&x, &arch, false).unwrap();
+    let diff = max_abs_diff(&candle_transformers_logits(&d2, &x), &want);
+    assert!(diff <= 1e-4, "padded export: {diff}");
+    std::fs::remove_dir_all(d).ok();
+    std::fs::remove_dir_all(d2).ok();
+}

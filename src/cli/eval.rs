@@ -1,7 +1,7 @@
 //! `vitnas eval --supernet <run dir> --arch <largest|smallest|arch.json>`.
 
 use anyhow::Context;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::eval::evaluate;
@@ -27,9 +27,18 @@ pub struct EvalArgs {
     /// `largest`, `smallest`, or an architecture JSON file.
     #[arg(long, default_value = "largest")]
     arch: String,
-    /// Validation split (carved from train) or the test split.
-    #[arg(long, value_enum, default_value = "val")]
-    split: SplitArg,
+    /// Validation split (carved from train) or the test split [default:
+    /// val for --supernet, test for --model].
+    #[arg(long, value_enum)]
+    split: Option<SplitArg>,
+    /// With --model: evaluate only the first N examples.
+    #[arg(long, requires = "model")]
+    limit: Option<usize>,
+    /// With --model: also write the normalised inputs (`pixel_values`) and
+    /// the logits (`logits`) to this safetensors file, for comparing with
+    /// another implementation (e.g. transformers; see evaluate/hf_check.py).
+    #[arg(long, requires = "model")]
+    dump: Option<PathBuf>,
     /// Override the data directory of the run's recipe.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -37,7 +46,13 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(m) = &a.model {
-        return eval_model(m, a.data.as_deref(), a.split);
+        return eval_model(
+            m,
+            a.data.as_deref(),
+            a.split.unwrap_or(SplitArg::Test),
+            a.limit,
+            a.dump.as_deref(),
+        );
     }
     let supernet = a
         .supernet
@@ -49,7 +64,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
     let arch = run.arch(&a.arch)?;
     let (val, norm) = run.validation()?;
-    let (split, ds) = match a.split {
+    let (split, ds) = match a.split.unwrap_or(SplitArg::Val) {
         SplitArg::Val => ("val", val),
         SplitArg::Test => ("test", train::load_test(&run.recipe, &run.space)?),
     };
@@ -75,6 +90,8 @@ fn eval_model(
     dir: &std::path::Path,
     data: Option<&std::path::Path>,
     split: SplitArg,
+    limit: Option<usize>,
+    dump: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let (model, norm) = vitnas::models::export::load_dir(dir)?;
     let data = data.context("--model needs --data <IDX directory>")?;
@@ -85,13 +102,16 @@ fn eval_model(
         }
         SplitArg::Test => "test",
     };
-    let ds = vitnas::data::load(
+    let mut ds = vitnas::data::load(
         vitnas::data::Format::Idx,
         data,
         vitnas::data::Split::Test,
         c.image_size,
         c.num_channels,
     )?;
+    if let Some(n) = limit {
+        ds = ds.head(n);
+    }
     let norm = match norm {
         Some(n) => n,
         None => {
@@ -99,7 +119,25 @@ fn eval_model(
             vitnas::data::batch::Normalize { mean, std }
         }
     };
-    let r = evaluate(&ds, &norm, 500, &Device::Cpu, |x| Ok(model.forward(x)?))?;
+    let mut dumped: Vec<(Tensor, Tensor)> = Vec::new();
+    let r = evaluate(&ds, &norm, 500, &Device::Cpu, |x| {
+        let logits = model.forward(x)?;
+        if dump.is_some() {
+            dumped.push((x.clone(), logits.clone()));
+        }
+        Ok(logits)
+    })?;
+    if let Some(path) = dump {
+        let (xs, ls): (Vec<Tensor>, Vec<Tensor>) = dumped.into_iter().unzip();
+        let tensors = vec![
+            ("pixel_values".to_string(), Tensor::cat(&xs, 0)?),
+            ("logits".to_string(), Tensor::cat(&ls, 0)?),
+        ];
+        vitnas::train::checkpoint::write_atomic(
+            path,
+            &vitnas::train::checkpoint::to_safetensors_bytes(&tensors, None)?,
+        )?;
+    }
     println!(
         "{}",
         serde_json::json!({"model": dir, "split": split_name, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss, "params": model.num_params()})
