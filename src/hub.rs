@@ -26,17 +26,33 @@ pub fn cache_dirs() -> Vec<PathBuf> {
     v
 }
 
+/// Files fetched for a hub model when they are not cached: the first two
+/// are required, the rest taken when the repository has them.
+const HUB_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+/// True when `HF_HUB_OFFLINE` (or transformers' `TRANSFORMERS_OFFLINE`) is
+/// set to 1/true: never touch the network, as huggingface_hub does.
+pub fn offline() -> bool {
+    ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"].iter().any(|k| {
+        std::env::var(k).is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    })
+}
+
 /// Resolves `spec` (a local directory, or a hub id like `org/name`) to a
-/// directory holding config.json and model.safetensors. Looks in the local
-/// path first, then in the hub caches (the snapshot `refs/main` points to);
-/// never touches the network. The error lists every place it looked.
+/// directory holding config.json and model.safetensors. Order: the local
+/// path; the hub caches (the snapshot `refs/main` points to), with no
+/// network; then a download through hf-hub into the first cache directory
+/// (`HF_ENDPOINT` honoured), unless offline ([`offline`]). The error lists
+/// every place it looked and why the download failed.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     let local = Path::new(spec);
     let mut looked = vec![local.display().to_string()];
     if local.join("config.json").is_file() {
         return Ok(local.to_path_buf());
     }
-    if spec.contains('/') && !spec.starts_with('.') && !spec.starts_with('/') {
+    let is_hub_id = spec.contains('/') && !spec.starts_with('.') && !spec.starts_with('/');
+    let mut download_note = String::new();
+    if is_hub_id {
         let folder = format!("models--{}", spec.replace('/', "--"));
         for cache in cache_dirs() {
             let repo = cache.join(&folder);
@@ -45,18 +61,47 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
                 continue;
             };
             let snap = repo.join("snapshots").join(rev.trim());
-            if snap.join("config.json").is_file() {
+            if snap.join("config.json").is_file() && snap.join("model.safetensors").is_file() {
                 return Ok(snap);
             }
+        }
+        match (offline(), cache_dirs().into_iter().next()) {
+            (true, _) => download_note = " (offline: HF_HUB_OFFLINE is set, no download attempted)".into(),
+            (false, None) => download_note = " (no cache directory to download into: set HF_HOME)".into(),
+            (false, Some(cache)) => match download(spec, &cache) {
+                Ok(dir) => return Ok(dir),
+                Err(e) => download_note = format!("; downloading through hf-hub failed: {e}"),
+            },
         }
     }
     Err(Error::Data {
         source_name: spec.to_string(),
         message: format!(
-            "pretrained model not found (offline: no download attempted); looked in: {}",
+            "pretrained model not found; looked in: {}{download_note}",
             looked.join(", ")
         ),
     })
+}
+
+/// Downloads a hub model's files into `cache` (hub layout) and returns its
+/// snapshot directory.
+fn download(id: &str, cache: &Path) -> std::result::Result<PathBuf, String> {
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.into()))
+        .with_progress(false);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let api = builder.build().map_err(|e| e.to_string())?;
+    let repo = api.model(id.to_string());
+    let mut dir = None;
+    for (i, file) in HUB_FILES.iter().enumerate() {
+        match repo.get(file) {
+            Ok(path) => dir = dir.or(path.parent().map(Path::to_path_buf)),
+            Err(e) if i < 2 => return Err(format!("{file}: {e}")),
+            Err(_) => {}
+        }
+    }
+    dir.ok_or_else(|| "no files".to_string())
 }
 
 /// What loading pretrained weights did.

@@ -132,6 +132,7 @@ fn hub_ids_resolve_through_the_offline_cache_layout() {
             &r["logits"]
         ) <= 1e-4
     );
+    std::env::set_var("HF_HUB_OFFLINE", "1");
     let msg = resolve("nobody/missing-model").unwrap_err().to_string();
     assert!(
         msg.contains("models--nobody--missing-model") && msg.contains("offline"),
