@@ -18,6 +18,7 @@ pub mod rank;
 pub mod search;
 pub mod space;
 pub mod supernet;
+pub mod threads;
 pub mod train;
 
 pub use error::{Error, Result};
