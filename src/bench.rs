@@ -105,6 +105,34 @@ pub fn infer(batch: usize, iters: usize, threads: usize) -> Result<Value> {
     }))
 }
 
+/// Search evaluations: `archs` uniformly sampled subnets, each scored with
+/// inherited weights on `images` random images in batches of 500 (what
+/// `vitnas search` does per candidate with `--val-subset images`).
+pub fn search(archs: usize, images: usize, threads: usize) -> Result<Value> {
+    let space = space();
+    let (net, _vm, _) = build_supernet(&space, 0)?;
+    let (x, _) = random_batch(images.min(500), 1)?;
+    let batches = images.div_ceil(500);
+    let mut rng = StdRng::seed_from_u64(0);
+    let candidates: Vec<_> = (0..archs).map(|_| space.sample(&mut rng)).collect();
+    net.forward(&x, &space.largest(), false)?;
+    let mut macs = 0u64;
+    let t0 = Instant::now();
+    for arch in &candidates {
+        for _ in 0..batches {
+            net.forward(&x, arch, false)?.argmax(1)?;
+        }
+        macs += flops(&space, arch) * (batches * x.dim(0)?) as u64;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    let gflops = 2.0 * macs as f64 / dt / 1e9;
+    Ok(json!({
+        "mode": "search", "archs": archs, "images_per_arch": batches * x.dim(0)?, "threads": threads,
+        "evals_per_s": archs as f64 / dt, "images_per_s": (archs * batches * x.dim(0)?) as f64 / dt,
+        "gflops": gflops, "gemm_peak_fraction": gflops / GEMM_PEAK_GFLOPS,
+    }))
+}
+
 pub fn data(batch: usize, iters: usize) -> Result<Value> {
     let n = 4096;
     let mut rng = StdRng::seed_from_u64(0);

@@ -1,4 +1,4 @@
-//! `vitnas bench train|infer|data`: the benchmark workload of
+//! `vitnas bench train|infer|search|data`: the benchmark workload of
 //! ../shared/README.md, printed as one JSON line like the PyTorch peer's.
 
 use clap::Subcommand;
@@ -21,6 +21,16 @@ pub enum BenchCmd {
         batch: usize,
         #[arg(long, default_value_t = 200)]
         iters: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Search evaluations: random subnets scored with inherited weights.
+    Search {
+        #[arg(long, default_value_t = 20)]
+        archs: usize,
+        /// Images per architecture (as `vitnas search --val-subset`).
+        #[arg(long, default_value_t = 2000)]
+        images: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
@@ -55,6 +65,14 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         } => {
             set_threads(threads);
             bench::infer(batch, iters, threads)?
+        }
+        BenchCmd::Search {
+            archs,
+            images,
+            threads,
+        } => {
+            set_threads(threads);
+            bench::search(archs, images, threads)?
         }
         BenchCmd::Data { batch, iters } => bench::data(batch, iters)?,
     };
