@@ -24,7 +24,7 @@ pub struct FinetuneArgs {
     /// Epochs [default: 1 with the export's recipe, else the recipe's].
     #[arg(long)]
     epochs: Option<usize>,
-    /// Peak learning rate [default: a tenth of the recipe's].
+    /// Peak learning rate [default with the export's recipe: a tenth of its lr].
     #[arg(long)]
     lr: Option<f64>,
     /// Override the recipe's data directory.
