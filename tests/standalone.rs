@@ -246,6 +246,17 @@ fn rank_harness_runs_end_to_end_and_skips_finished_work() {
     let again = rank::run(&cfg, &o).unwrap();
     assert_eq!(again.entries, rep.entries);
     assert_eq!(std::fs::metadata(&ck).unwrap().modified().unwrap(), before);
+    // Another sample in the same output_dir is refused, not mixed in.
+    let mut other = cfg.clone();
+    other.seed = 1;
+    let msg = rank::run(&other, &o).unwrap_err().to_string();
+    assert!(msg.contains("another architecture") && msg.contains("arch-0"), "{msg}");
+    // ... and the first experiment's report is left as it was.
+    let kept: rank::Report = serde_json::from_str(
+        &std::fs::read_to_string(cfg.output_dir.join(rank::REPORT_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept.entries, rep.entries);
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -362,6 +362,20 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
             }
         }
     }
+    // Before anything is written: the output directory must not hold
+    // standalone runs of another sample (another seed or k).
+    for e in &report.entries {
+        let other = run_state(&e.standalone_dir)?.and_then(|s| s.arch);
+        if let Some(other) = other.filter(|a| *a != e.arch) {
+            return Err(Error::Data {
+                source_name: e.standalone_dir.display().to_string(),
+                message: format!(
+                    "holds a standalone run of another architecture ({}); this output_dir belongs to another experiment (other seed or k): choose another output_dir",
+                    other.to_json()
+                ),
+            });
+        }
+    }
     for e in &report.entries {
         let path = out.join("archs").join(format!("arch-{:02}.json", e.index));
         std::fs::create_dir_all(path.parent().expect("has a parent"))
