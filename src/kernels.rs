@@ -7,8 +7,10 @@
 //! when the tensor is large enough to pay for the dispatch.
 
 mod attention;
+mod linear;
 
 pub use attention::attention;
+pub use linear::linear;
 
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,

@@ -8,7 +8,7 @@
 //! `softmax_last_dim`, which have no backward (see ../shared/CONVENTIONS.md).
 
 use crate::kernels;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// `x · wᵀ + b` over the last dimension of `x`, computed as one 2-D matmul
 /// over the flattened leading dimensions (`x`: `[.., in]`, `w`: `[out, in]`).
@@ -16,6 +16,9 @@ use candle_core::{Result, Tensor};
 /// the usual call does no reshape at all.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if x.rank() == 2 {
+        if let (Some(b), false, DType::F32) = (b, composite_on(), x.dtype()) {
+            return kernels::linear(x, w, b);
+        }
         let y = x.matmul(&w.t()?)?;
         return match b {
             Some(b) => bias_add(&y, b),

@@ -223,3 +223,41 @@ fn fused_attention_matches_composite_in_values_and_all_three_gradients() {
         }
     }
 }
+
+#[test]
+fn fused_linear_matches_composite_with_strided_weight_slices() {
+    for &(m, k, n, kmax, nmax) in &[
+        (1usize, 1usize, 1usize, 1usize, 1usize),
+        (7, 5, 3, 9, 4),
+        (50, 128, 96, 128, 128),
+        (3200, 96, 384, 128, 512),
+    ] {
+        let x = Var::from_tensor(&randn(&[m, k], 1, 2.0)).unwrap();
+        let w_full = Var::from_tensor(&randn(&[nmax, kmax], 2, 0.5)).unwrap();
+        let b_full = Var::from_tensor(&randn(&[nmax], 3, 0.5)).unwrap();
+        // Leading slices, as the supernet's elastic linears take them.
+        let w = w_full.narrow(0, 0, n).unwrap().narrow(1, 0, k).unwrap();
+        let b = b_full.narrow(0, 0, n).unwrap();
+        let g = randn(&[m, n], 4, 1.0);
+        let fused = ops::linear(x.as_tensor(), &w, Some(&b)).unwrap();
+        let reference = x
+            .as_tensor()
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        // Relative to the largest output: a different summation order
+        // over k = 128 moves single values by ~1e-6 of their size.
+        let d = rel_diff(&fused, &reference);
+        assert!(d <= 1e-5, "({m},{k},{n}): forward differs by {d} (relative)");
+        let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (reference * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in [("x", &x), ("w", &w_full), ("b", &b_full)] {
+            let r = rel_diff(
+                gf.get(var.as_tensor()).unwrap(),
+                gr.get(var.as_tensor()).unwrap(),
+            );
+            assert!(r <= 1e-4, "({m},{k},{n}): d{name} differs by {r} (relative)");
+        }
+    }
+}
