@@ -1,6 +1,7 @@
 //! Fused CPU kernels with backward, for f32 tensors: layer norm (with its
 //! affine part), bias add (column-sum backward), scaled softmax over the
-//! last dimension, exact GELU, and multi-head attention (`attention.rs`).
+//! last dimension, exact GELU, multi-head attention (`attention.rs`) and
+//! the linear layer (`linear.rs`).
 //! Each forward is a candle `CustomOp1` whose `bwd` calls a second fused
 //! kernel, so autograd flows through them (unlike candle's fast
 //! `LayerNorm` / `softmax_last_dim`). Rows are split across threads only

@@ -11,7 +11,9 @@ use crate::kernels;
 use candle_core::{DType, Result, Tensor};
 
 /// `x · wᵀ + b` over the last dimension of `x`, computed as one 2-D matmul
-/// over the flattened leading dimensions (`x`: `[.., in]`, `w`: `[out, in]`).
+/// over the flattened leading dimensions (`x`: `[.., in]`, `w`: `[out, in]`):
+/// the fused [`kernels::linear`] for f32 with a bias, candle's matmul (+ the
+/// fused bias add) otherwise and in composite mode.
 /// Token activations are kept 2-D (`[batch · tokens, dim]`) by the models, so
 /// the usual call does no reshape at all.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
