@@ -34,7 +34,8 @@ const HUB_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.jso
 /// set to 1/true: never touch the network, as huggingface_hub does.
 pub fn offline() -> bool {
     ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"].iter().any(|k| {
-        std::env::var(k).is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        std::env::var(k)
+            .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
     })
 }
 
@@ -66,8 +67,12 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
             }
         }
         match (offline(), cache_dirs().into_iter().next()) {
-            (true, _) => download_note = " (offline: HF_HUB_OFFLINE is set, no download attempted)".into(),
-            (false, None) => download_note = " (no cache directory to download into: set HF_HOME)".into(),
+            (true, _) => {
+                download_note = " (offline: HF_HUB_OFFLINE is set, no download attempted)".into()
+            }
+            (false, None) => {
+                download_note = " (no cache directory to download into: set HF_HOME)".into()
+            }
             (false, Some(cache)) => match download(spec, &cache) {
                 Ok(dir) => return Ok(dir),
                 Err(e) => download_note = format!("; downloading through hf-hub failed: {e}"),

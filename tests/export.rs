@@ -8,6 +8,18 @@ use vitnas::models::export::{export, hf_obstacle, load_dir, pad_uniform};
 use vitnas::models::vit::VitConfig;
 use vitnas::space::Arch;
 
+/// The model.safetensors of an exported directory, as HF-style loaders read it.
+fn weights(d: &std::path::Path) -> candle_nn::VarBuilder<'static> {
+    unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[d.join("model.safetensors")],
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    }
+}
+
 fn tmp(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("vitnas-export-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -76,14 +88,7 @@ fn uniform_subnet_is_written_as_a_hugging_face_vit() {
         ),
         (96, 32, vec![3; 4], vec![288; 4])
     );
-    let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(
-            &[d.join("model.safetensors")],
-            candle_core::DType::F32,
-            &candle_core::Device::Cpu,
-        )
-        .unwrap()
-    };
+    let vb = weights(&d);
     let hf = vitnas::models::vit::Vit::load(&cfg, vb).unwrap();
     let x = images(&s, 2, 1);
     assert!(
@@ -181,15 +186,11 @@ fn candle_transformers_logits(d: &std::path::Path, x: &candle_core::Tensor) -> c
     let cfg: vit::Config = serde_json::from_str(&text).unwrap();
     let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
     let labels = raw["id2label"].as_object().unwrap().len();
-    let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(
-            &[d.join("model.safetensors")],
-            candle_core::DType::F32,
-            &candle_core::Device::Cpu,
-        )
+    let vb = weights(d);
+    vit::Model::new(&cfg, labels, vb)
         .unwrap()
-    };
-    vit::Model::new(&cfg, labels, vb).unwrap().forward(x).unwrap()
+        .forward(x)
+        .unwrap()
 }
 
 #[test]

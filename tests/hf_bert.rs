@@ -82,7 +82,10 @@ fn all_minilm_l6_v2_gives_transformers_cosine_similarity() {
     let dir = minilm();
     let (tensors, _) = read_safetensors(&dir.join("model.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(tensors.len(), 104);
-    assert!(tensors.keys().all(|k| !k.starts_with("bert.")), "bare names");
+    assert!(
+        tensors.keys().all(|k| !k.starts_with("bert.")),
+        "bare names"
+    );
     let model = Bert::load_dir(&dir).unwrap();
     assert_eq!(model.config.num_labels, None);
     assert_eq!(model.layers.len(), 6);
@@ -128,7 +131,10 @@ fn broken_bert_directories_are_clear_errors() {
     let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
     std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let m = load_err(&d);
-    assert!(m.contains("model.safetensors") && m.contains("truncated or corrupt"), "{m}");
+    assert!(
+        m.contains("model.safetensors") && m.contains("truncated or corrupt"),
+        "{m}"
+    );
     // A config.json without a required field.
     let d = copy_fixture("cfg");
     let text = std::fs::read_to_string(d.join("config.json")).unwrap();
@@ -136,7 +142,10 @@ fn broken_bert_directories_are_clear_errors() {
     v.as_object_mut().unwrap().remove("hidden_size");
     std::fs::write(d.join("config.json"), v.to_string()).unwrap();
     let m = load_err(&d);
-    assert!(m.contains("config.json") && m.contains("hidden_size"), "{m}");
+    assert!(
+        m.contains("config.json") && m.contains("hidden_size"),
+        "{m}"
+    );
     // A config that does not match the weights: the tensor and both shapes.
     let d = copy_fixture("shape");
     v = serde_json::from_str(&text).unwrap();

@@ -38,8 +38,12 @@ fn serve(listener: TcpListener, repo: &'static str) {
             }
         }
         let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
-        let file = path.strip_prefix(&format!("/{repo}/resolve/main/")).map(str::to_string);
-        let bytes = file.as_ref().and_then(|f| std::fs::read(fixture.join(f)).ok());
+        let file = path
+            .strip_prefix(&format!("/{repo}/resolve/main/"))
+            .map(str::to_string);
+        let bytes = file
+            .as_ref()
+            .and_then(|f| std::fs::read(fixture.join(f)).ok());
         let reply = match (file, bytes) {
             (Some(name), Some(bytes)) => {
                 let size = bytes.len();
@@ -53,7 +57,9 @@ fn serve(listener: TcpListener, repo: &'static str) {
                 head.extend_from_slice(part);
                 head
             }
-            _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+            _ => {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+            }
         };
         stream.write_all(&reply).ok();
     }
@@ -61,7 +67,14 @@ fn serve(listener: TcpListener, repo: &'static str) {
 
 #[test]
 fn an_uncached_hub_id_is_downloaded_into_the_cache_layout() {
-    for k in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+    for k in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
         std::env::remove_var(k);
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -73,7 +86,12 @@ fn an_uncached_hub_id_is_downloaded_into_the_cache_layout() {
     std::env::set_var("HF_ENDPOINT", format!("http://{addr}"));
     std::env::remove_var("HF_HUB_OFFLINE");
     let dir = resolve("vitnas/tiny-vit").unwrap();
-    assert_eq!(dir, cache.join("models--vitnas--tiny-vit/snapshots").join(COMMIT));
+    assert_eq!(
+        dir,
+        cache
+            .join("models--vitnas--tiny-vit/snapshots")
+            .join(COMMIT)
+    );
     // The downloaded files are the fixture's, byte for byte, and load.
     for f in ["config.json", "model.safetensors"] {
         assert_eq!(
@@ -92,7 +110,9 @@ fn an_uncached_hub_id_is_downloaded_into_the_cache_layout() {
     std::env::remove_var("HF_HUB_OFFLINE");
     let msg = resolve("vitnas/absent").unwrap_err().to_string();
     assert!(
-        msg.contains("models--vitnas--absent") && msg.contains("config.json") && msg.contains("failed"),
+        msg.contains("models--vitnas--absent")
+            && msg.contains("config.json")
+            && msg.contains("failed"),
         "{msg}"
     );
     std::fs::remove_dir_all(cache).ok();

@@ -249,15 +249,26 @@ fn fused_linear_matches_composite_with_strided_weight_slices() {
         // Relative to the largest output: a different summation order
         // over k = 128 moves single values by ~1e-6 of their size.
         let d = rel_diff(&fused, &reference);
-        assert!(d <= 1e-5, "({m},{k},{n}): forward differs by {d} (relative)");
+        assert!(
+            d <= 1e-5,
+            "({m},{k},{n}): forward differs by {d} (relative)"
+        );
         let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (reference * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for (name, var) in [("x", &x), ("w", &w_full), ("b", &b_full)] {
             let r = rel_diff(
                 gf.get(var.as_tensor()).unwrap(),
                 gr.get(var.as_tensor()).unwrap(),
             );
-            assert!(r <= 1e-4, "({m},{k},{n}): d{name} differs by {r} (relative)");
+            assert!(
+                r <= 1e-4,
+                "({m},{k},{n}): d{name} differs by {r} (relative)"
+            );
         }
     }
 }

@@ -108,16 +108,26 @@ fn retrain_writes_an_export_and_resumes_exactly() {
     let arch = some_arch(11);
     let flag = AtomicBool::new(false);
     let (a, b) = (tmp_dir("retrain-a"), tmp_dir("retrain-b"));
-    let whole: Summary =
-        standalone::retrain(&s, &arch, &tiny_recipe(&a), a.clone(), &opts(&flag, false, None))
-            .unwrap();
+    let whole: Summary = standalone::retrain(
+        &s,
+        &arch,
+        &tiny_recipe(&a),
+        a.clone(),
+        &opts(&flag, false, None),
+    )
+    .unwrap();
     assert_eq!((whole.steps, whole.total_steps), (4, 4));
     assert!(whole.val_model.is_some() && whole.test_model.is_some());
     assert!(whole.val_largest.is_none());
     // Half, then resumed through the generic `train --resume` path.
-    let half =
-        standalone::retrain(&s, &arch, &tiny_recipe(&b), b.clone(), &opts(&flag, false, Some(2)))
-            .unwrap();
+    let half = standalone::retrain(
+        &s,
+        &arch,
+        &tiny_recipe(&b),
+        b.clone(),
+        &opts(&flag, false, Some(2)),
+    )
+    .unwrap();
     assert_eq!(half.steps, 2);
     let rest = train::resume(&b, &opts(&flag, true, None)).unwrap();
     assert_eq!(rest.steps, 4);
@@ -166,9 +176,14 @@ fn finetune_starts_from_the_exported_weights() {
     assert!(max_diff(&exported, &model_tensors(&moved)) > 0.0);
     // A model directory without arch.json is refused by name.
     std::fs::remove_file(src.join("arch.json")).unwrap();
-    let err = standalone::finetune(&src, &tiny_recipe(&moved), tmp_dir("ft-x"), &opts(&flag, false, None))
-        .unwrap_err()
-        .to_string();
+    let err = standalone::finetune(
+        &src,
+        &tiny_recipe(&moved),
+        tmp_dir("ft-x"),
+        &opts(&flag, false, None),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("arch.json"), "{err}");
     for d in [src, frozen, moved] {
         let _ = std::fs::remove_dir_all(d);
@@ -192,7 +207,10 @@ fn stratified_sample_covers_the_flops_range_deterministically() {
     let w = (hi - lo) / 16.0;
     for (i, v) in f.iter().enumerate() {
         let centre = lo + w * (i as f64 + 0.5);
-        assert!((v - centre).abs() <= w, "arch {i}: {v} far from bin centre {centre}");
+        assert!(
+            (v - centre).abs() <= w,
+            "arch {i}: {v} far from bin centre {centre}"
+        );
     }
 }
 
@@ -250,7 +268,10 @@ fn rank_harness_runs_end_to_end_and_skips_finished_work() {
     let mut other = cfg.clone();
     other.seed = 1;
     let msg = rank::run(&other, &o).unwrap_err().to_string();
-    assert!(msg.contains("another architecture") && msg.contains("arch-0"), "{msg}");
+    assert!(
+        msg.contains("another architecture") && msg.contains("arch-0"),
+        "{msg}"
+    );
     // ... and the first experiment's report is left as it was.
     let kept: rank::Report = serde_json::from_str(
         &std::fs::read_to_string(cfg.output_dir.join(rank::REPORT_FILE)).unwrap(),
@@ -272,8 +293,11 @@ fn rank_config_errors_name_the_field() {
     .unwrap();
     let e = RankConfig::from_file(&p).unwrap_err().to_string();
     assert!(e.contains("k") && e.contains("bad.toml"), "{e}");
-    std::fs::write(&p, "name='x'\nsupernet='r.toml'\noutput_dir='o'\n[standalone]\nepochs=1\nepoch=2\n")
-        .unwrap();
+    std::fs::write(
+        &p,
+        "name='x'\nsupernet='r.toml'\noutput_dir='o'\n[standalone]\nepochs=1\nepoch=2\n",
+    )
+    .unwrap();
     let e = RankConfig::from_file(&p).unwrap_err().to_string();
     assert!(e.contains("epoch"), "{e}");
     let shipped = RankConfig::from_file(repo_path("evaluate/rank-fmnist-sandwich.toml")).unwrap();

@@ -31,8 +31,8 @@ pub struct RankArgs {
 }
 
 fn load(path: &PathBuf) -> anyhow::Result<RankConfig> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let is_recipe = text
         .parse::<toml::Table>()
         .is_ok_and(|t| t.contains_key("sampler"));

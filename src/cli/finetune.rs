@@ -1,10 +1,10 @@
 //! `vitnas finetune --model <exported dir>` and `vitnas finetune --resume <dir>`.
 
-use super::train::report;
+use super::train::{report, RunArgs};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
-use vitnas::train::{self, recipe::Recipe, standalone, RunOptions, RECIPE_FILE};
+use vitnas::train::{self, recipe::Recipe, standalone, RECIPE_FILE};
 
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
@@ -27,24 +27,12 @@ pub struct FinetuneArgs {
     /// Peak learning rate [default with the export's recipe: a tenth of its lr].
     #[arg(long)]
     lr: Option<f64>,
-    /// Override the recipe's data directory.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Override the recipe's seed (data order, augmentation).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Stop after this many steps in total (checkpointed; resumable).
-    #[arg(long)]
-    max_steps: Option<usize>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
-    let opts = RunOptions {
-        resume: a.resume.is_some(),
-        stop: super::stop_flag()?,
-        progress: true,
-        max_steps: a.max_steps,
-    };
+    let opts = a.run.options(a.resume.is_some())?;
     if let Some(dir) = &a.resume {
         return report(&train::resume(dir, &opts)?, "finetune");
     }
@@ -72,12 +60,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
     if let Some(lr) = a.lr {
         recipe.optimizer.lr = lr;
     }
-    if let Some(d) = a.data {
-        recipe.data.path = Some(d);
-    }
-    if let Some(s) = a.seed {
-        recipe.seed = s;
-    }
+    a.run.apply(&mut recipe);
     let out = a.output_dir.unwrap_or_else(|| {
         let mut s = model.as_os_str().to_owned();
         s.push("-finetune");

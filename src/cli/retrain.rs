@@ -1,11 +1,11 @@
 //! `vitnas retrain --space <file> --arch <arch.json> --recipe <recipe>` and
 //! `vitnas retrain --resume <dir>`.
 
-use super::train::report;
+use super::train::{report, RunArgs};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use vitnas::space::{Arch, Space};
-use vitnas::train::{self, recipe::Recipe, standalone, RunOptions};
+use vitnas::space::Space;
+use vitnas::train::{self, recipe::Recipe, standalone};
 
 #[derive(Debug, Args)]
 pub struct RetrainArgs {
@@ -29,51 +29,23 @@ pub struct RetrainArgs {
     /// Override the recipe's epochs.
     #[arg(long)]
     epochs: Option<usize>,
-    /// Override the recipe's data directory.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Override the recipe's seed (initialisation, data order, augmentation).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Stop after this many steps in total (checkpointed; resumable).
-    #[arg(long)]
-    max_steps: Option<usize>,
-}
-
-/// `largest`, `smallest` or an architecture file, checked against the space.
-pub fn arch_of(space: &Space, spec: &str) -> anyhow::Result<Arch> {
-    let arch = match spec {
-        "largest" => space.largest(),
-        "smallest" => space.smallest(),
-        path => Arch::from_json_file(path)?,
-    };
-    arch.check_fits(space)?;
-    Ok(arch)
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 pub fn run(a: RetrainArgs) -> anyhow::Result<()> {
-    let opts = RunOptions {
-        resume: a.resume.is_some(),
-        stop: super::stop_flag()?,
-        progress: true,
-        max_steps: a.max_steps,
-    };
+    let opts = a.run.options(a.resume.is_some())?;
     if let Some(dir) = &a.resume {
         return report(&train::resume(dir, &opts)?, "retrain");
     }
     let space = Space::from_file(a.space.as_ref().expect("clap requires --space"))?;
     let spec = a.arch.as_deref().expect("clap requires --arch");
-    let arch = arch_of(&space, spec)?;
+    let arch = space.arch_from_spec(spec)?;
     let mut recipe = Recipe::from_file(a.recipe.as_ref().expect("clap requires --recipe"))?;
     if let Some(e) = a.epochs {
         recipe.train.epochs = e;
     }
-    if let Some(d) = a.data {
-        recipe.data.path = Some(d);
-    }
-    if let Some(s) = a.seed {
-        recipe.seed = s;
-    }
+    a.run.apply(&mut recipe);
     let stem = Path::new(spec)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

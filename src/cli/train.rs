@@ -15,12 +15,19 @@ pub struct TrainArgs {
     /// Override the recipe's output_dir.
     #[arg(long)]
     output_dir: Option<PathBuf>,
-    /// Override the recipe's data directory.
-    #[arg(long)]
-    data: Option<PathBuf>,
     /// Start from a pretrained Hugging Face ViT (local dir or cached hub id).
     #[arg(long)]
     init_from: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// The options of every training command (train, retrain, finetune).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Override the recipe's data directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Override the recipe's seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -30,13 +37,30 @@ pub struct TrainArgs {
     max_steps: Option<usize>,
 }
 
+impl RunArgs {
+    /// Applies --data and --seed to a recipe.
+    pub fn apply(&self, r: &mut Recipe) {
+        if let Some(d) = &self.data {
+            r.data.path = Some(d.clone());
+        }
+        if let Some(s) = self.seed {
+            r.seed = s;
+        }
+    }
+
+    /// Run options with Ctrl-C handling and --max-steps.
+    pub fn options(&self, resume: bool) -> anyhow::Result<RunOptions<'static>> {
+        Ok(RunOptions {
+            resume,
+            stop: super::stop_flag()?,
+            progress: true,
+            max_steps: self.max_steps,
+        })
+    }
+}
+
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let opts = RunOptions {
-        resume: a.resume.is_some(),
-        stop: super::stop_flag()?,
-        progress: true,
-        max_steps: a.max_steps,
-    };
+    let opts = a.run.options(a.resume.is_some())?;
     let summary = match &a.resume {
         Some(dir) => train::resume(dir, &opts)?,
         None => {
@@ -45,15 +69,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             if let Some(d) = a.output_dir {
                 r.output_dir = d;
             }
-            if let Some(d) = a.data {
-                r.data.path = Some(d);
-            }
             if let Some(i) = a.init_from {
                 r.init_from = Some(i);
             }
-            if let Some(s) = a.seed {
-                r.seed = s;
-            }
+            a.run.apply(&mut r);
             train::train(&r, &opts)?
         }
     };

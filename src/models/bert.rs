@@ -320,7 +320,9 @@ impl Bert {
             });
         }
         let e = c.hidden_size;
-        let words = self.word_embeddings.index_select(&input_ids.flatten_all()?, 0)?;
+        let words = self
+            .word_embeddings
+            .index_select(&input_ids.flatten_all()?, 0)?;
         let pos = self.position_embeddings.narrow(0, 0, t)?;
         let tt = self.token_type_embeddings.i(0)?;
         let x = words
@@ -362,6 +364,10 @@ pub fn mean_pool(states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
 
 /// Rows scaled to unit L2 norm.
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let n = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     Ok(x.broadcast_div(&n)?)
 }

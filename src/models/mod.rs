@@ -20,6 +20,9 @@ pub fn sentence_embeddings(
 ) -> Result<Tensor> {
     let (ids, mask) = tokenizer.encode(sentences)?;
     let out = model.forward(&ids, &mask)?;
-    let last = out.hidden_states.last().expect("embeddings are a hidden state");
+    let last = out
+        .hidden_states
+        .last()
+        .expect("embeddings are a hidden state");
     bert::l2_normalize(&bert::mean_pool(last, &mask)?)
 }

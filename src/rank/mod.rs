@@ -267,6 +267,18 @@ pub struct Options<'a> {
     pub progress: bool,
 }
 
+impl<'a> Options<'a> {
+    /// Options of a training run the harness starts or resumes.
+    fn run_options(&self, resume: bool) -> RunOptions<'a> {
+        RunOptions {
+            resume,
+            stop: self.stop,
+            progress: self.progress,
+            max_steps: None,
+        }
+    }
+}
+
 fn say(opts: &Options, msg: String) {
     if opts.progress {
         eprintln!("{msg}");
@@ -277,19 +289,13 @@ fn say(opts: &Options, msg: String) {
 /// when interrupted.
 fn ensure_supernet(recipe: &Recipe, opts: &Options) -> Result<bool> {
     let dir = &recipe.output_dir;
-    let run_opts = |resume| RunOptions {
-        resume,
-        stop: opts.stop,
-        progress: opts.progress,
-        max_steps: None,
-    };
     if !dir.join(CHECKPOINT_FILE).exists() {
         say(opts, format!("training the supernet {}", dir.display()));
-        return Ok(!train::train(recipe, &run_opts(false))?.interrupted);
+        return Ok(!train::train(recipe, &opts.run_options(false))?.interrupted);
     }
     if run_state(dir)?.is_some_and(|s| s.step < s.total_steps) {
         say(opts, format!("resuming the supernet {}", dir.display()));
-        return Ok(!train::resume(dir, &run_opts(true))?.interrupted);
+        return Ok(!train::resume(dir, &opts.run_options(true))?.interrupted);
     }
     Ok(true)
 }
@@ -417,19 +423,13 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         }
         let e = report.entries[i].clone();
         let dir = e.standalone_dir.clone();
-        let run_opts = |resume| RunOptions {
-            resume,
-            stop: opts.stop,
-            progress: opts.progress,
-            max_steps: None,
-        };
         let state = run_state(&dir)?;
         let started = std::time::Instant::now();
         let finished = match &state {
             Some(s) if s.step >= s.total_steps => true,
             Some(_) if dir.join(CHECKPOINT_FILE).exists() => {
                 say(opts, format!("arch {i:02}: resuming {}", dir.display()));
-                !train::resume(&dir, &run_opts(true))?.interrupted
+                !train::resume(&dir, &opts.run_options(true))?.interrupted
             }
             _ => {
                 say(
@@ -444,8 +444,14 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
                     // A start that died before its first checkpoint.
                     std::fs::remove_dir_all(&dir).map_err(|err| Error::io(&dir, err))?;
                 }
-                !standalone::retrain(space, &e.arch, &sa_recipe, dir.clone(), &run_opts(false))?
-                    .interrupted
+                !standalone::retrain(
+                    space,
+                    &e.arch,
+                    &sa_recipe,
+                    dir.clone(),
+                    &opts.run_options(false),
+                )?
+                .interrupted
             }
         };
         if !finished {

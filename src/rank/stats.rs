@@ -52,8 +52,12 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Option<f64> {
     let (mut conc, mut disc, mut tx, mut ty) = (0i64, 0i64, 0i64, 0i64);
     for i in 0..n {
         for j in i + 1..n {
-            let dx = (x[i] - x[j]).partial_cmp(&0.0).unwrap_or(std::cmp::Ordering::Equal);
-            let dy = (y[i] - y[j]).partial_cmp(&0.0).unwrap_or(std::cmp::Ordering::Equal);
+            let dx = (x[i] - x[j])
+                .partial_cmp(&0.0)
+                .unwrap_or(std::cmp::Ordering::Equal);
+            let dy = (y[i] - y[j])
+                .partial_cmp(&0.0)
+                .unwrap_or(std::cmp::Ordering::Equal);
             use std::cmp::Ordering::Equal;
             match (dx, dy) {
                 (Equal, Equal) => {}

@@ -273,6 +273,18 @@ impl Space {
         }
     }
 
+    /// `largest`, `smallest`, or the path of an architecture JSON file; the
+    /// architecture must fit this space's supernet.
+    pub fn arch_from_spec(&self, spec: &str) -> Result<Arch> {
+        let arch = match spec {
+            "largest" => self.largest(),
+            "smallest" => self.smallest(),
+            path => Arch::from_json_file(path)?,
+        };
+        arch.check_fits(self)?;
+        Ok(arch)
+    }
+
     /// A uniformly sampled architecture (each choice independently uniform).
     pub fn sample(&self, rng: &mut impl Rng) -> Arch {
         let card = gene_cardinalities(self);

@@ -27,12 +27,12 @@ use checkpoint::{read_safetensors, to_safetensors_bytes, write_atomic, TrainStat
 use optim::{lr_at, AdamW};
 use rand::{rngs::StdRng, SeedableRng};
 use recipe::{NonFinite, Recipe};
+use sampler::{Plan, Sampler};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use sampler::{Plan, Sampler};
 use step::{accumulate, Forward, Params};
 
 pub const RECIPE_FILE: &str = "recipe.toml";
@@ -143,10 +143,7 @@ pub enum RunKind {
     /// The supernet of the recipe's space, subnets drawn by its sampler.
     Supernet,
     /// One architecture as a plain static model (retrain, finetune).
-    Standalone {
-        arch: Arch,
-        init: standalone::Init,
-    },
+    Standalone { arch: Arch, init: standalone::Init },
 }
 
 /// The model being trained, built from a [`RunKind`].
@@ -182,10 +179,9 @@ impl Trainee {
     /// The architectures reported at every epoch's end and at the end.
     fn reported(&self, space: &Space) -> Vec<(&'static str, Arch)> {
         match self {
-            Trainee::Supernet { .. } => vec![
-                ("largest", space.largest()),
-                ("smallest", space.smallest()),
-            ],
+            Trainee::Supernet { .. } => {
+                vec![("largest", space.largest()), ("smallest", space.smallest())]
+            }
             Trainee::Standalone { arch, .. } => vec![("model", arch.clone())],
         }
     }
@@ -273,7 +269,15 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
             init: standalone::Init::Scratch,
         },
     };
-    run(&recipe, &space, kind, &train, &val, Some((tensors, state)), opts)
+    run(
+        &recipe,
+        &space,
+        kind,
+        &train,
+        &val,
+        Some((tensors, state)),
+        opts,
+    )
 }
 
 /// Drops metric lines written after the checkpoint a run resumes from.
@@ -676,13 +680,7 @@ impl TrainedRun {
 
     /// `largest`, `smallest`, or an architecture JSON file that fits the supernet.
     pub fn arch(&self, spec: &str) -> Result<crate::space::Arch> {
-        let arch = match spec {
-            "largest" => self.space.largest(),
-            "smallest" => self.space.smallest(),
-            path => crate::space::Arch::from_json_file(path)?,
-        };
-        arch.check_fits(&self.space)?;
-        Ok(arch)
+        self.space.arch_from_spec(spec)
     }
 
     /// The validation split of the run and the normalisation it trained with.
