@@ -9,6 +9,7 @@
 
 mod attention;
 mod linear;
+pub mod vecmath;
 
 pub use attention::attention;
 pub use linear::linear;
@@ -322,15 +323,8 @@ impl CustomOp1 for Softmax {
         let x = slice(s, l, self.name())?;
         let d = last_dim(l);
         let out = map_rows(x.len(), d, |r, o| {
-            let xr = &x[r * d..(r + 1) * d];
-            let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (o, v) in o.iter_mut().zip(xr) {
-                *o = ((v - m) * self.scale).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|o| *o *= inv);
+            o.copy_from_slice(&x[r * d..(r + 1) * d]);
+            vecmath::softmax_row(o, self.scale);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -376,27 +370,12 @@ pub fn softmax_last_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
 
 // --------------------------------------------------------------------- GELU
 
-/// erf with |error| < 1.5e-7 (Abramowitz & Stegun 7.1.26).
-#[inline]
-fn erf(x: f32) -> f32 {
-    let s = x.signum();
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let y = 1.0
-        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_73) * t
-            + 0.254_829_6)
-            * t
-            * (-a * a).exp();
-    s * y
-}
-
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
-/// 1 / sqrt(2π)
-const INV_SQRT_2PI: f32 = 0.398_942_3;
-
 struct Gelu;
 /// `g · (Φ(x) + x φ(x))` from `(x, g)`.
 struct GeluBwd;
+
+/// Chunk of an element-wise kernel given to one task.
+const CHUNK: usize = 1 << 13;
 
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
@@ -404,12 +383,14 @@ impl CustomOp1 for Gelu {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
-        let f = |v: f32| 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
-        let out: Vec<f32> = if x.len() >= PAR_MIN_ELEMS {
-            x.par_iter().map(|&v| f(v)).collect()
+        let mut out = vec![0f32; x.len()];
+        if x.len() >= PAR_MIN_ELEMS {
+            out.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(o, x)| vecmath::gelu(x, o));
         } else {
-            x.iter().map(|&v| f(v)).collect()
-        };
+            vecmath::gelu(x, &mut out);
+        }
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -429,20 +410,14 @@ impl CustomOp2 for GeluBwd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, self.name())?;
-        let g = slice(s2, l2, self.name())?;
-        let f = |v: f32, gv: f32| {
-            let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
-            let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
-            gv * (cdf + v * pdf)
-        };
-        let out: Vec<f32> = if x.len() >= PAR_MIN_ELEMS {
-            x.par_iter()
-                .zip(g.par_iter())
-                .map(|(&v, &gv)| f(v, gv))
-                .collect()
+        let mut out = slice(s2, l2, self.name())?.to_vec();
+        if x.len() >= PAR_MIN_ELEMS {
+            out.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(g, x)| vecmath::gelu_backward(x, g));
         } else {
-            x.iter().zip(g).map(|(&v, &gv)| f(v, gv)).collect()
-        };
+            vecmath::gelu_backward(x, &mut out);
+        }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -7,6 +7,7 @@
 pub mod allocator;
 pub mod bench;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod hub;

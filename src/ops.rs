@@ -50,7 +50,7 @@ pub fn with_composite<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn composite_on() -> bool {
+pub(crate) fn composite_on() -> bool {
     COMPOSITE.with(|c| c.get())
 }
 

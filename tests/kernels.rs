@@ -155,7 +155,7 @@ fn fused_and_composite_supernets_agree_on_a_sandwich_step() {
         let l = accumulate(&net, &params, &plan, &x, &y, 0.1, Some(&Kl), &mut g).unwrap();
         (l, g)
     };
-    let (lf, gf) = run();
+    let (lf, gf) = vitnas::engine::with_candle_autograd(run);
     let (lr, gr) = ops::with_composite(run);
     for (a, b) in lf.losses.iter().zip(&lr.losses) {
         assert!((a - b).abs() <= 1e-5, "losses {a} vs {b}");

@@ -88,14 +88,7 @@ unsafe fn probs(d: &Dims, q: *const f32, k: *const f32, p: &mut [f32]) {
         d.scale,
     );
     for row in p.chunks_mut(t) {
-        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in row.iter_mut() {
-            *x = (*x - m).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|x| *x *= inv);
+        super::vecmath::softmax_row(row, 1.0);
     }
 }
 

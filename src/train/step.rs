@@ -3,11 +3,12 @@
 
 use super::loss::{cross_entropy, Distill};
 use super::sampler::Plan;
+use crate::engine::{self, Weights};
 use crate::error::Result;
 use crate::models::vit::Vit;
 use crate::space::Arch;
 use crate::supernet::Supernet;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 
 /// The supernet's trainable variables, sorted by name (a stable order for
@@ -49,11 +50,17 @@ impl Params {
 /// What a step trains: logits of architecture `arch` in training mode.
 pub trait Forward {
     fn forward_train(&self, images: &Tensor, arch: &Arch) -> Result<Tensor>;
+    /// The shapes the [`engine`] needs to run this model's forward and
+    /// backward itself; `None` leaves the step to candle's autograd.
+    fn engine_config(&self) -> Option<engine::Config>;
 }
 
 impl Forward for Supernet {
     fn forward_train(&self, images: &Tensor, arch: &Arch) -> Result<Tensor> {
         self.forward(images, arch, true)
+    }
+    fn engine_config(&self) -> Option<engine::Config> {
+        Some(engine::Config::from_space(&self.space))
     }
 }
 
@@ -61,6 +68,9 @@ impl Forward for Supernet {
 impl Forward for Vit {
     fn forward_train(&self, images: &Tensor, _arch: &Arch) -> Result<Tensor> {
         Ok(Vit::forward(self, images)?)
+    }
+    fn engine_config(&self) -> Option<engine::Config> {
+        Some(engine::Config::from_vit(&self.config))
     }
 }
 
@@ -75,8 +85,98 @@ pub struct StepLosses {
 }
 
 /// Forward and backward of every subnet in `plan`, adding gradients into
-/// `grads` (same order as `params`).
+/// `grads` (same order as `params`): by the [`engine`] for f32 models it
+/// runs (unless [`engine::enabled`] says otherwise on this thread), by
+/// candle's autograd otherwise. Both compute the same gradients (tested).
+#[allow(clippy::too_many_arguments)]
 pub fn accumulate(
+    net: &dyn Forward,
+    params: &Params,
+    plan: &Plan,
+    images: &Tensor,
+    labels: &Tensor,
+    label_smoothing: f64,
+    distill: Option<&dyn Distill>,
+    grads: &mut [Vec<f32>],
+) -> Result<StepLosses> {
+    let f32_params = params.vars.iter().all(|v| v.dtype() == DType::F32);
+    match net.engine_config() {
+        Some(cfg) if engine::enabled() && f32_params && images.dtype() == DType::F32 => {
+            accumulate_engine(&cfg, params, plan, images, labels, label_smoothing, distill, grads)
+        }
+        _ => accumulate_autograd(net, params, plan, images, labels, label_smoothing, distill, grads),
+    }
+}
+
+/// [`accumulate`] by the engine: candle computes only the losses and their
+/// gradients with respect to the logits.
+#[allow(clippy::too_many_arguments)]
+fn accumulate_engine(
+    cfg: &engine::Config,
+    params: &Params,
+    plan: &Plan,
+    images: &Tensor,
+    labels: &Tensor,
+    label_smoothing: f64,
+    distill: Option<&dyn Distill>,
+    grads: &mut [Vec<f32>],
+) -> Result<StepLosses> {
+    let w = Weights::from_tensors(&params.tensors())?;
+    let batch = images.dim(0)?;
+    let x = images.flatten_all()?.to_vec1::<f32>()?;
+    let mut teacher: Option<Tensor> = None;
+    let mut losses = Vec::with_capacity(plan.archs.len());
+    for (k, arch) in plan.archs.iter().enumerate() {
+        w.check(cfg, arch)?;
+        if images.dims() != [batch, cfg.channels, cfg.image_size, cfg.image_size] {
+            return Err(crate::Error::Tensor {
+                name: "input images".into(),
+                message: format!(
+                    "expected shape [batch, {}, {}, {}], found {:?}",
+                    cfg.channels,
+                    cfg.image_size,
+                    cfg.image_size,
+                    images.dims()
+                ),
+            });
+        }
+        let (logits, tape) = engine::forward(&w, cfg, arch, &x, batch);
+        let logits = Var::from_vec(logits, (batch, cfg.classes), images.device())?;
+        let lt = logits.as_tensor();
+        let (loss, value) = match (&teacher, distill) {
+            (Some(t), Some(d)) => d.loss(lt, t)?,
+            _ => {
+                let l = cross_entropy(lt, labels, label_smoothing)?;
+                let v = l.to_scalar::<f32>()?;
+                (l, v)
+            }
+        };
+        losses.push(value);
+        if !value.is_finite() {
+            return Ok(StepLosses {
+                losses,
+                nonfinite: Some(k),
+            });
+        }
+        if k == 0 && plan.teacher_first {
+            teacher = Some(lt.detach());
+        }
+        let g = loss.backward()?;
+        let dlogits = match g.get(lt) {
+            Some(d) => d.flatten_all()?.to_vec1::<f32>()?,
+            None => continue,
+        };
+        engine::backward(&w, cfg, arch, &tape, &dlogits, grads);
+    }
+    Ok(StepLosses {
+        losses,
+        nonfinite: None,
+    })
+}
+
+/// [`accumulate`] by candle's autograd through the model's own forward.
+#[allow(clippy::too_many_arguments)]
+fn accumulate_autograd(
     net: &dyn Forward,
     params: &Params,
     plan: &Plan,

@@ -1,0 +1,180 @@
+//! The three products of a linear layer `y = x · wᵀ + b` on row-major
+//! buffers, with the weight read as the leading `[out, in]` block of a
+//! larger `[out_max, ld]` matrix (a supernet slice, no copy), and weight
+//! gradients added into the same block of a full-size gradient buffer.
+//! One `gemm` call each; threaded only when the product is large enough to
+//! pay for the dispatch.
+
+use gemm::{gemm, Parallelism};
+
+/// Products of at least this many multiply-adds use the thread pool.
+const PAR_MIN_MACS: usize = 1 << 21;
+
+/// A weight block: rows `[0, out)`, columns `[0, inp)` of a row-major
+/// matrix with row stride `ld`.
+#[derive(Clone, Copy)]
+pub struct W<'a> {
+    pub data: &'a [f32],
+    pub out: usize,
+    pub inp: usize,
+    pub ld: usize,
+}
+
+fn par(macs: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if macs >= PAR_MIN_MACS && threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst (m×n, row stride dst_rs) (+)= lhs (m×k) · rhs (k×n)`, all strides in
+/// elements (`*_rs` between rows, `*_cs` between columns).
+///
+/// # Safety
+/// Every pointer must address the elements its shape and strides reach.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+    threaded: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n).fill(0.0);
+            }
+        }
+        return;
+    }
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        if threaded {
+            par(m * n * k)
+        } else {
+            Parallelism::None
+        },
+    )
+}
+
+/// `y = x · wᵀ + b`: `x` is `[rows, w.inp]`, the result `[rows, w.out]`.
+pub fn forward(x: &[f32], w: W, b: &[f32]) -> Vec<f32> {
+    let rows = x.len() / w.inp.max(1);
+    let mut y = Vec::with_capacity(rows * w.out);
+    for _ in 0..rows {
+        y.extend_from_slice(&b[..w.out]);
+    }
+    assert!(w.data.len() >= (w.out.max(1) - 1) * w.ld + w.inp);
+    // SAFETY: x is rows × inp, y rows × out, w covers out rows of stride ld.
+    unsafe {
+        mm(
+            rows,
+            w.out,
+            w.inp,
+            y.as_mut_ptr(),
+            w.out,
+            true,
+            x.as_ptr(),
+            w.inp,
+            1,
+            w.data.as_ptr(),
+            1,
+            w.ld,
+            true,
+        )
+    };
+    y
+}
+
+/// `dx (+)= g · w`: `g` is `[rows, w.out]`, `dx` `[rows, w.inp]`.
+pub fn backward_input(g: &[f32], w: W, dx: &mut [f32], accumulate: bool) {
+    let rows = g.len() / w.out.max(1);
+    assert!(dx.len() >= rows * w.inp);
+    // SAFETY: shapes as documented; w covers out rows of stride ld.
+    unsafe {
+        mm(
+            rows,
+            w.inp,
+            w.out,
+            dx.as_mut_ptr(),
+            w.inp,
+            accumulate,
+            g.as_ptr(),
+            w.out,
+            1,
+            w.data.as_ptr(),
+            w.ld,
+            1,
+            true,
+        )
+    };
+}
+
+/// `dw[:out, :inp] += gᵀ · x` into a full-size gradient buffer of row
+/// stride `ld`, and `db[:out] += Σ_rows g`.
+pub fn backward_params(g: &[f32], x: &[f32], shape: W, dw: &mut [f32], db: &mut [f32]) {
+    let rows = g.len() / shape.out.max(1);
+    assert!(x.len() >= rows * shape.inp && dw.len() >= (shape.out.max(1) - 1) * shape.ld + shape.inp);
+    // SAFETY: gᵀ is out × rows (row stride 1, column stride out), x rows × inp.
+    unsafe {
+        mm(
+            shape.out,
+            shape.inp,
+            rows,
+            dw.as_mut_ptr(),
+            shape.ld,
+            true,
+            g.as_ptr(),
+            1,
+            shape.out,
+            x.as_ptr(),
+            shape.inp,
+            1,
+            true,
+        )
+    };
+    column_sum_into(g, shape.out, db);
+}
+
+/// `acc[..width] += Σ_rows m` for a row-major matrix of `width` columns.
+pub fn column_sum_into(m: &[f32], width: usize, acc: &mut [f32]) {
+    if width == 0 {
+        return;
+    }
+    for row in m.chunks_exact(width) {
+        for (a, v) in acc.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! The CPU engine: forward and hand-written backward of a (sub)net of the
+//! ViT supernet on plain f32 buffers, outside candle's autograd.
+//!
+//! Why: on the benchmark workload candle's autograd spent as much time
+//! zeroing, adding and allocating gradient buffers per graph node as the
+//! matrix products themselves. Here every weight is read as the leading
+//! slice of its supernet tensor (strided, no copy) and every weight
+//! gradient is added by its `gemm` straight into the same slice of a
+//! full-size gradient buffer; activations are kept once for the backward.
+//! The last block computes only the class token's rows (see
+//! [`block`]), which the logits depend on.
+//!
+//! The engine computes exactly what [`crate::supernet::Supernet::forward`]
+//! and candle's backward compute (tested against both to 1e-4); the
+//! architecture is an argument of every call, as everywhere. Weights are
+//! found by their Hugging Face names, so a supernet and a static
+//! [`crate::models::vit::Vit`] (whose tensors are their own full slices) run
+//! through the same code.
+
+pub mod attention;
+pub mod blas;
+pub mod block;
+pub mod norm;
+
+use crate::error::{Error, Result};
+use crate::kernels::vecmath;
+use crate::models::vit::VitConfig;
+use crate::space::{Arch, Space};
+use blas::W;
+use candle_core::Tensor;
+use norm::Normed;
+use rayon::prelude::*;
+
+thread_local! {
+    static DISABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether training steps on this thread use the engine (the default) or
+/// candle's autograd (inside [`with_candle_autograd`], or with the unfused
+/// composites of [`crate::ops::with_composite`]).
+pub fn enabled() -> bool {
+    !DISABLED.with(|c| c.get()) && !crate::ops::composite_on()
+}
+
+/// Runs `f` with training steps on this thread computed by candle's
+/// autograd instead of the engine (tests, before/after measurements).
+pub fn with_candle_autograd<T>(f: impl FnOnce() -> T) -> T {
+    let prev = DISABLED.with(|c| c.replace(true));
+    let out = f();
+    DISABLED.with(|c| c.set(prev));
+    out
+}
+
+/// Element-wise work below this many elements stays on the calling thread.
+pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
+const CHUNK: usize = 1 << 13;
+
+fn gelu(u: &[f32], a: &mut [f32]) {
+    if u.len() >= PAR_MIN_ELEMS {
+        a.par_chunks_mut(CHUNK)
+            .zip(u.par_chunks(CHUNK))
+            .for_each(|(a, u)| vecmath::gelu(u, a));
+    } else {
+        vecmath::gelu(u, a);
+    }
+}
+
+fn gelu_backward(u: &[f32], g: &mut [f32]) {
+    if u.len() >= PAR_MIN_ELEMS {
+        g.par_chunks_mut(CHUNK)
+            .zip(u.par_chunks(CHUNK))
+            .for_each(|(g, u)| vecmath::gelu_backward(u, g));
+    } else {
+        vecmath::gelu_backward(u, g);
+    }
+}
+
+/// Fixed shapes of the model family (input, head size, classes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    pub channels: usize,
+    pub image_size: usize,
+    pub patch: usize,
+    pub head_dim: usize,
+    pub classes: usize,
+    pub eps: f32,
+}
+
+impl Config {
+    pub fn from_space(space: &Space) -> Self {
+        Self {
+            channels: space.input.channels,
+            image_size: space.input.image_size,
+            patch: space.input.patch_size,
+            head_dim: space.supernet.head_dim,
+            classes: space.input.num_classes,
+            eps: space.supernet.layer_norm_eps as f32,
+        }
+    }
+
+    pub fn from_vit(c: &VitConfig) -> Self {
+        Self {
+            channels: c.num_channels,
+            image_size: c.image_size,
+            patch: c.patch_size,
+            head_dim: c.head_dim,
+            classes: c.num_labels,
+            eps: c.layer_norm_eps as f32,
+        }
+    }
+
+    fn grid(&self) -> usize {
+        self.image_size / self.patch
+    }
+    /// Patches per image.
+    fn patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+    /// Tokens per image (patches + class token).
+    pub fn seq_len(&self) -> usize {
+        self.patches() + 1
+    }
+    fn patch_len(&self) -> usize {
+        self.channels * self.patch * self.patch
+    }
+}
+
+/// `(weight, bias)` or `(gamma, beta)` positions in [`Weights`].
+pub type Pair = (usize, usize);
+
+/// Positions of one block's tensors in [`Weights`].
+#[derive(Debug, Clone)]
+pub struct LayerIdx {
+    pub ln1: Pair,
+    pub query: Pair,
+    pub key: Pair,
+    pub value: Pair,
+    pub output: Pair,
+    pub ln2: Pair,
+    pub fc1: Pair,
+    pub fc2: Pair,
+}
+
+#[derive(Debug, Clone)]
+struct Index {
+    cls: usize,
+    pos: usize,
+    patch: Pair,
+    layers: Vec<LayerIdx>,
+    norm: Pair,
+    head: Pair,
+}
+
+/// Copies of a model's tensors as flat f32 buffers, in the caller's order
+/// (gradients are returned in the same order), found by Hugging Face name.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    pub names: Vec<String>,
+    pub data: Vec<Vec<f32>>,
+    pub dims: Vec<Vec<usize>>,
+    idx: Index,
+}
+
+impl Weights {
+    pub fn from_tensors(named: &[(String, Tensor)]) -> Result<Self> {
+        let mut names = Vec::with_capacity(named.len());
+        let mut data = Vec::with_capacity(named.len());
+        let mut dims = Vec::with_capacity(named.len());
+        for (n, t) in named {
+            names.push(n.clone());
+            dims.push(t.dims().to_vec());
+            data.push(
+                t.flatten_all()
+                    .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| Error::Tensor {
+                        name: n.clone(),
+                        message: e.to_string(),
+                    })?,
+            );
+        }
+        let find = |name: &str| -> Result<usize> {
+            names.iter().position(|n| n == name).ok_or_else(|| Error::Tensor {
+                name: name.into(),
+                message: "missing from the model's tensors".into(),
+            })
+        };
+        let pair = |p: &str, a: &str, b: &str| -> Result<Pair> {
+            Ok((find(&format!("{p}.{a}"))?, find(&format!("{p}.{b}"))?))
+        };
+        let lin = |p: &str| pair(p, "weight", "bias");
+        let mut layers = Vec::new();
+        while names
+            .iter()
+            .any(|n| n.starts_with(&format!("vit.encoder.layer.{}.", layers.len())))
+        {
+            let p = format!("vit.encoder.layer.{}", layers.len());
+            layers.push(LayerIdx {
+                ln1: lin(&format!("{p}.layernorm_before"))?,
+                query: lin(&format!("{p}.attention.attention.query"))?,
+                key: lin(&format!("{p}.attention.attention.key"))?,
+                value: lin(&format!("{p}.attention.attention.value"))?,
+                output: lin(&format!("{p}.attention.output.dense"))?,
+                ln2: lin(&format!("{p}.layernorm_after"))?,
+                fc1: lin(&format!("{p}.intermediate.dense"))?,
+                fc2: lin(&format!("{p}.output.dense"))?,
+            });
+        }
+        let idx = Index {
+            cls: find("vit.embeddings.cls_token")?,
+            pos: find("vit.embeddings.position_embeddings")?,
+            patch: lin("vit.embeddings.patch_embeddings.projection")?,
+            layers,
+            norm: lin("vit.layernorm")?,
+            head: lin("classifier")?,
+        };
+        Ok(Self {
+            names,
+            data,
+            dims,
+            idx,
+        })
+    }
+
+    /// Elements per row of tensor `i` read as a matrix (its last dims).
+    fn row_len(&self, i: usize) -> usize {
+        self.dims[i].iter().skip(1).product()
+    }
+
+    /// Rows of tensor `i` (its first dim), or its last dim for vectors and
+    /// `[1, …, d]` embeddings.
+    fn width(&self, i: usize) -> usize {
+        *self.dims[i].last().unwrap_or(&0)
+    }
+
+    /// Checks that `arch` fits these tensors; the error names the tensor.
+    pub fn check(&self, cfg: &Config, arch: &Arch) -> Result<()> {
+        let too_small = |i: usize, need: String| Error::Tensor {
+            name: self.names[i].clone(),
+            message: format!("shape {:?} is too small for {need}", self.dims[i]),
+        };
+        let e = arch.embed_dim;
+        if arch.depth > self.idx.layers.len() {
+            return Err(Error::Tensor {
+                name: format!("vit.encoder.layer.{}", self.idx.layers.len()),
+                message: format!("missing: the architecture has depth {}", arch.depth),
+            });
+        }
+        let x = &self.idx;
+        for i in [x.cls, x.pos, x.norm.0, x.norm.1] {
+            if self.width(i) < e {
+                return Err(too_small(i, format!("embed dim {e}")));
+            }
+        }
+        if self.data[x.pos].len() < cfg.seq_len() * self.width(x.pos) {
+            return Err(too_small(x.pos, format!("{} tokens", cfg.seq_len())));
+        }
+        let mat = |p: Pair, out: usize, inp: usize| -> Result<()> {
+            if self.dims[p.0].first().copied().unwrap_or(0) < out
+                || self.row_len(p.0) < inp
+                || self.data[p.1].len() < out
+            {
+                return Err(too_small(p.0, format!("a {out} x {inp} slice")));
+            }
+            Ok(())
+        };
+        mat(x.patch, e, cfg.patch_len())?;
+        if self.row_len(x.patch.0) != cfg.patch_len() {
+            return Err(too_small(x.patch.0, format!("patches of {}", cfg.patch_len())));
+        }
+        mat(x.head, cfg.classes, e)?;
+        for l in 0..arch.depth {
+            let (li, qd, m) = (&x.layers[l], arch.num_heads[l] * cfg.head_dim, arch.mlp_width(l));
+            for p in [li.ln1, li.ln2] {
+                mat((p.0, p.1), e, 0)?;
+                if self.width(p.0) < e {
+                    return Err(too_small(p.0, format!("embed dim {e}")));
+                }
+            }
+            mat(li.query, qd, e)?;
+            mat(li.key, qd, e)?;
+            mat(li.value, qd, e)?;
+            mat(li.output, e, qd)?;
+            mat(li.fc1, m, e)?;
+            mat(li.fc2, e, m)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroed gradient buffers, one per tensor.
+    pub fn zero_grads(&self) -> Vec<Vec<f32>> {
+        self.data.iter().map(|d| vec![0.0; d.len()]).collect()
+    }
+}
+
+/// What the backward needs of a forward.
+pub struct Tape {
+    batch: usize,
+    patches: Vec<f32>,
+    layers: Vec<block::Tape>,
+    /// Whether the last block produced class-token rows only.
+    cls_only: bool,
+    norm: Normed,
+}
+
+/// Cuts `[B, C, H, W]` images into `[B · patches, C · p · p]` rows in
+/// `(C, p, p)` order, the order of the convolution weight.
+fn patchify(cfg: &Config, images: &[f32], batch: usize) -> Vec<f32> {
+    let (c, p, g, hw) = (cfg.channels, cfg.patch, cfg.grid(), cfg.image_size);
+    let mut out = Vec::with_capacity(batch * cfg.patches() * cfg.patch_len());
+    for b in 0..batch {
+        for gy in 0..g {
+            for gx in 0..g {
+                for ch in 0..c {
+                    for py in 0..p {
+                        let row = ((b * c + ch) * hw + gy * p + py) * hw + gx * p;
+                        out.extend_from_slice(&images[row..row + p]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn block_dims(cfg: &Config, arch: &Arch, l: usize, batch: usize, cls_only: bool) -> block::Dims {
+    block::Dims {
+        batch,
+        t: cfg.seq_len(),
+        embed: arch.embed_dim,
+        heads: arch.num_heads[l],
+        head_dim: cfg.head_dim,
+        mlp: arch.mlp_width(l),
+        eps: cfg.eps,
+        cls_only: cls_only && l + 1 == arch.depth,
+    }
+}
+
+/// Logits `[batch, classes]` of `arch` for `images` (`[batch, C, H, W]`,
+/// flat), and the tape for [`backward`]. `arch` must pass
+/// [`Weights::check`].
+pub fn forward(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    images: &[f32],
+    batch: usize,
+) -> (Vec<f32>, Tape) {
+    forward_with(w, cfg, arch, images, batch, true)
+}
+
+/// [`forward`], choosing whether the last block computes the class token
+/// only (`true`, the default) or every token (for tests).
+pub fn forward_with(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    images: &[f32],
+    batch: usize,
+    cls_only: bool,
+) -> (Vec<f32>, Tape) {
+    let (e, t, x) = (arch.embed_dim, cfg.seq_len(), &w.idx);
+    assert_eq!(images.len(), batch * cfg.channels * cfg.image_size * cfg.image_size);
+    let patches = patchify(cfg, images, batch);
+    let wp = W {
+        data: &w.data[x.patch.0],
+        out: e,
+        inp: cfg.patch_len(),
+        ld: cfg.patch_len(),
+    };
+    let yp = blas::forward(&patches, wp, &w.data[x.patch.1]);
+    let (cls, pos, pw) = (&w.data[x.cls], &w.data[x.pos], w.width(x.pos));
+    let mut h = Vec::with_capacity(batch * t * e);
+    for b in 0..batch {
+        h.extend(cls[..e].iter().zip(&pos[..e]).map(|(c, p)| c + p));
+        for j in 0..t - 1 {
+            let y = &yp[(b * (t - 1) + j) * e..][..e];
+            h.extend(y.iter().zip(&pos[(j + 1) * pw..][..e]).map(|(y, p)| y + p));
+        }
+    }
+    drop(yp);
+    let cls_only = cls_only && arch.depth > 0;
+    let mut layers = Vec::with_capacity(arch.depth);
+    for l in 0..arch.depth {
+        let (out, tape) = block::forward(&h, w, &x.layers[l], &block_dims(cfg, arch, l, batch, cls_only));
+        h = out;
+        layers.push(tape);
+    }
+    if !cls_only {
+        h = block::gather_cls(&h, e, t);
+    }
+    let norm = norm::forward(&h, e, &w.data[x.norm.0], &w.data[x.norm.1], cfg.eps);
+    let head = W {
+        data: &w.data[x.head.0],
+        out: cfg.classes,
+        inp: e,
+        ld: w.row_len(x.head.0),
+    };
+    let logits = blas::forward(&norm.y, head, &w.data[x.head.1]);
+    let tape = Tape {
+        batch,
+        patches,
+        layers,
+        cls_only,
+        norm,
+    };
+    (logits, tape)
+}
+
+/// Adds the gradients of every tensor used by `arch` into `grads` (same
+/// order as `w`), given `dlogits = ∂L/∂logits` (`[batch, classes]`).
+pub fn backward(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    tape: &Tape,
+    dlogits: &[f32],
+    grads: &mut [Vec<f32>],
+) {
+    let (e, t, x, batch) = (arch.embed_dim, cfg.seq_len(), &w.idx, tape.batch);
+    assert_eq!(grads.len(), w.data.len());
+    let head = W {
+        data: &w.data[x.head.0],
+        out: cfg.classes,
+        inp: e,
+        ld: w.row_len(x.head.0),
+    };
+    let (dw, db) = block::pair(grads, x.head);
+    blas::backward_params(dlogits, &tape.norm.y, head, dw, db);
+    let mut dn = vec![0f32; batch * e];
+    blas::backward_input(dlogits, head, &mut dn, false);
+    let mut dh = vec![0f32; batch * e];
+    let (dg, db) = block::pair(grads, x.norm);
+    norm::backward(&dn, &tape.norm, e, &w.data[x.norm.0], &mut dh, dg, db);
+    if !tape.cls_only {
+        let mut full = vec![0f32; batch * t * e];
+        block::scatter_cls_add(&dh, e, t, &mut full);
+        dh = full;
+    }
+    for l in (0..arch.depth).rev() {
+        let d = block_dims(cfg, arch, l, batch, tape.cls_only);
+        dh = block::backward(&dh, w, &x.layers[l], &d, &tape.layers[l], grads);
+    }
+    // embeddings: dh is [batch · t, e]
+    let pw = w.width(x.pos);
+    let mut dyp = Vec::with_capacity(batch * (t - 1) * e);
+    for rows in dh.chunks(t * e) {
+        for (j, r) in rows.chunks(e).enumerate() {
+            for (a, v) in grads[x.pos][j * pw..][..e].iter_mut().zip(r) {
+                *a += v;
+            }
+            if j == 0 {
+                for (a, v) in grads[x.cls][..e].iter_mut().zip(r) {
+                    *a += v;
+                }
+            } else {
+                dyp.extend_from_slice(r);
+            }
+        }
+    }
+    let wp = W {
+        data: &w.data[x.patch.0],
+        out: e,
+        inp: cfg.patch_len(),
+        ld: cfg.patch_len(),
+    };
+    let (dw, db) = block::pair(grads, x.patch);
+    blas::backward_params(&dyp, &tape.patches, wp, dw, db);
+}
+
+/// Logits only (inference), as a `[batch, classes]` tensor.
+pub fn logits(w: &Weights, cfg: &Config, arch: &Arch, images: &Tensor) -> Result<Tensor> {
+    let batch = images.dims().first().copied().unwrap_or(0);
+    if images.dims() != [batch, cfg.channels, cfg.image_size, cfg.image_size] {
+        return Err(Error::Tensor {
+            name: "input images".into(),
+            message: format!(
+                "expected shape [batch, {}, {}, {}], found {:?}",
+                cfg.channels,
+                cfg.image_size,
+                cfg.image_size,
+                images.dims()
+            ),
+        });
+    }
+    w.check(cfg, arch)?;
+    let x = images.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+    let (l, _) = forward(w, cfg, arch, &x, batch);
+    Ok(Tensor::from_vec(l, (batch, cfg.classes), images.device())?)
+}

@@ -1,0 +1,99 @@
+//! Layer norm over rows, keeping what its backward needs.
+
+use super::PAR_MIN_ELEMS;
+use rayon::prelude::*;
+
+/// Output `y = x̂ · γ + β` with the normalised rows `x̂` and `1/σ` per row.
+pub struct Normed {
+    pub y: Vec<f32>,
+    pub xhat: Vec<f32>,
+    pub rstd: Vec<f32>,
+}
+
+fn row(x: &[f32], g: &[f32], b: &[f32], eps: f32, y: &mut [f32], xhat: &mut [f32]) -> f32 {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for i in 0..x.len() {
+        let h = (x[i] - mean) * rstd;
+        xhat[i] = h;
+        y[i] = h * g[i] + b[i];
+    }
+    rstd
+}
+
+/// Layer norm of the `d`-wide rows of `x` with `γ = g[..d]`, `β = b[..d]`.
+pub fn forward(x: &[f32], d: usize, g: &[f32], b: &[f32], eps: f32) -> Normed {
+    let rows = x.len() / d;
+    let (g, b) = (&g[..d], &b[..d]);
+    let mut out = Normed {
+        y: vec![0.0; x.len()],
+        xhat: vec![0.0; x.len()],
+        rstd: vec![0.0; rows],
+    };
+    let body = |(((y, xh), r), x): (((&mut [f32], &mut [f32]), &mut f32), &[f32])| {
+        *r = row(x, g, b, eps, y, xh)
+    };
+    if rows * d >= PAR_MIN_ELEMS {
+        (out.y.par_chunks_mut(d))
+            .zip(out.xhat.par_chunks_mut(d))
+            .zip(out.rstd.par_iter_mut())
+            .zip(x.par_chunks(d))
+            .for_each(body);
+    } else {
+        (out.y.chunks_mut(d))
+            .zip(out.xhat.chunks_mut(d))
+            .zip(out.rstd.iter_mut())
+            .zip(x.chunks(d))
+            .for_each(body);
+    }
+    out
+}
+
+/// Adds `∂L/∂x` to `dx` and `∂L/∂γ`, `∂L/∂β` to `dg[..d]`, `db[..d]`, given
+/// `dy = ∂L/∂y`.
+pub fn backward(
+    dy: &[f32],
+    n: &Normed,
+    d: usize,
+    g: &[f32],
+    dx: &mut [f32],
+    dg: &mut [f32],
+    db: &mut [f32],
+) {
+    let g = &g[..d];
+    let rows = dy.len() / d;
+    let body = |(((dx, dy), xh), &r): (((&mut [f32], &[f32]), &[f32]), &f32)| {
+        let (mut c1, mut c2) = (0f32, 0f32);
+        for i in 0..d {
+            let t = dy[i] * g[i];
+            c1 += t;
+            c2 += t * xh[i];
+        }
+        let (c1, c2) = (c1 / d as f32, c2 / d as f32);
+        for i in 0..d {
+            dx[i] += r * (dy[i] * g[i] - c1 - xh[i] * c2);
+        }
+    };
+    if rows * d >= PAR_MIN_ELEMS {
+        (dx[..rows * d].par_chunks_mut(d))
+            .zip(dy.par_chunks(d))
+            .zip(n.xhat.par_chunks(d))
+            .zip(n.rstd.par_iter())
+            .for_each(body);
+    } else {
+        (dx[..rows * d].chunks_mut(d))
+            .zip(dy.chunks(d))
+            .zip(n.xhat.chunks(d))
+            .zip(n.rstd.iter())
+            .for_each(body);
+    }
+    let (dg, db) = (&mut dg[..d], &mut db[..d]);
+    for (dy, xh) in dy.chunks_exact(d).zip(n.xhat.chunks_exact(d)) {
+        for i in 0..d {
+            dg[i] += dy[i] * xh[i];
+            db[i] += dy[i];
+        }
+    }
+}

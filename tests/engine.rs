@@ -1,0 +1,179 @@
+//! The CPU engine (hand-written forward and backward) against the candle
+//! supernet and candle's autograd: logits within 1e-4, every gradient within
+//! 1e-4 relative to its tensor's largest gradient, on odd batch sizes,
+//! non-uniform subnets, with and without the class-token-only last block.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{images, max_abs, max_abs_diff, space, supernet};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use vitnas::engine::{self, Config, Weights};
+use vitnas::train::loss::{AlphaDivergence, Distill, Kl};
+use vitnas::train::sampler::{Sampler, Sandwich};
+use vitnas::train::step::{accumulate, Params};
+use vitnas::{Arch, Space};
+
+fn noise(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// A supernet whose biases and norm parameters are not at their initial
+/// constants (so their gradients are tested on generic values).
+fn perturbed(space: &Space) -> (vitnas::Supernet, Params) {
+    let (net, vm) = supernet(space, 3);
+    let params = Params::from_varmap(&vm);
+    for (i, v) in params.vars.iter().enumerate() {
+        let t = (v.as_tensor() + noise(v.dims(), 100 + i as u64, 0.05)).unwrap();
+        v.set(&t).unwrap();
+    }
+    (net, params)
+}
+
+fn archs(space: &Space) -> Vec<Arch> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut v = vec![space.largest(), space.smallest()];
+    v.extend((0..3).map(|_| space.sample(&mut rng)));
+    v
+}
+
+#[test]
+fn engine_logits_match_the_supernet() {
+    let space = space("fmnist-tiny");
+    let (net, params) = perturbed(&space);
+    let w = Weights::from_tensors(&params.tensors()).unwrap();
+    let cfg = Config::from_space(&space);
+    let x = images(&space, 3, 1);
+    let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for arch in archs(&space) {
+        w.check(&cfg, &arch).unwrap();
+        let want = net.forward(&x, &arch, false).unwrap();
+        for cls_only in [true, false] {
+            let (l, _) = engine::forward_with(&w, &cfg, &arch, &flat, 3, cls_only);
+            let got = Tensor::from_vec(l, (3, 10), &Device::Cpu).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(d <= 1e-4 * max_abs(&want).max(1.0), "{arch:?} cls_only {cls_only}: logits differ by {d}");
+        }
+        let got = engine::logits(&w, &cfg, &arch, &x).unwrap();
+        assert!(max_abs_diff(&got, &want) <= 1e-4 * max_abs(&want).max(1.0));
+    }
+}
+
+#[test]
+fn engine_gradients_match_candle_autograd() {
+    let space = space("fmnist-tiny");
+    let (net, params) = perturbed(&space);
+    let w = Weights::from_tensors(&params.tensors()).unwrap();
+    let cfg = Config::from_space(&space);
+    let b = 5;
+    let x = images(&space, b, 2);
+    let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let r = noise(&[b, 10], 9, 1.0);
+    let dl = r.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for arch in archs(&space) {
+        let logits = net.forward(&x, &arch, true).unwrap();
+        let g = (logits * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for cls_only in [true, false] {
+            let (_, tape) = engine::forward_with(&w, &cfg, &arch, &flat, b, cls_only);
+            let mut grads = w.zero_grads();
+            engine::backward(&w, &cfg, &arch, &tape, &dl, &mut grads);
+            for ((name, var), got) in params.names.iter().zip(&params.vars).zip(&grads) {
+                match g.get(var.as_tensor()) {
+                    Some(want) => {
+                        let got = Tensor::from_slice(got, want.dims(), &Device::Cpu).unwrap();
+                        // The key bias shifts every score of a row equally: its true
+                        // gradient is 0 and both sides hold rounding noise, so it
+                        // is compared absolutely (1e-4 of a 1e-2 floor).
+                        let floor = if name.ends_with("key.bias") { 1e-2 } else { 1e-12 };
+                        let scale = max_abs(want).max(floor);
+                        let d = max_abs_diff(&got, want) / scale;
+                        assert!(d <= 1e-4, "{name} ({arch:?}, cls_only {cls_only}): gradient differs by {d} (relative)");
+                    }
+                    None => assert!(
+                        got.iter().all(|v| *v == 0.0),
+                        "{name} is unused by {arch:?} but got a gradient"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_parameter_of_the_largest_subnet_gets_a_gradient() {
+    let space = space("fmnist-tiny");
+    let (_, params) = perturbed(&space);
+    let w = Weights::from_tensors(&params.tensors()).unwrap();
+    let cfg = Config::from_space(&space);
+    let x = images(&space, 2, 4).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let arch = space.largest();
+    let (_, tape) = engine::forward(&w, &cfg, &arch, &x, 2);
+    let mut grads = w.zero_grads();
+    engine::backward(&w, &cfg, &arch, &tape, &[1.0; 20], &mut grads);
+    for (name, g) in w.names.iter().zip(&grads) {
+        let nonzero = g.iter().filter(|v| **v != 0.0).count();
+        assert!(nonzero * 2 > g.len(), "{name}: only {nonzero} of {} gradient entries are non-zero", g.len());
+    }
+}
+
+#[test]
+fn engine_runs_a_static_model_and_rejects_an_arch_that_does_not_fit() {
+    let space = space("fmnist-tiny");
+    let (net, _) = perturbed(&space);
+    let mut rng = StdRng::seed_from_u64(11);
+    let arch = space.sample(&mut rng);
+    let vit = net.extract(&arch).unwrap();
+    let w = Weights::from_tensors(&vit.tensors()).unwrap();
+    let cfg = Config::from_vit(&vit.config);
+    let x = images(&space, 4, 5);
+    let want = vit.forward(&x).unwrap();
+    let got = engine::logits(&w, &cfg, &arch, &x).unwrap();
+    assert!(max_abs_diff(&got, &want) <= 1e-4 * max_abs(&want).max(1.0));
+    let err = engine::logits(&w, &cfg, &space.largest(), &x).unwrap_err().to_string();
+    assert!(err.contains("vit."), "error should name a tensor: {err}");
+    let bad = images(&space, 1, 5).reshape((1, 1, 784)).unwrap();
+    let err = engine::logits(&w, &cfg, &arch, &bad).unwrap_err().to_string();
+    assert!(err.contains("input images"), "{err}");
+}
+
+/// A whole sandwich step (largest with label-smoothed CE, then smallest and
+/// two random subnets distilled from it) by the engine and by candle's
+/// autograd: same losses, same accumulated gradients.
+#[test]
+fn engine_and_autograd_sandwich_steps_agree() {
+    let s = space("fmnist-tiny");
+    let (net, params) = perturbed(&s);
+    let x = images(&s, 7, 3);
+    let y = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 9], &Device::Cpu).unwrap();
+    let plan = Sandwich { num_random: 2 }.plan(&s, 0, &mut StdRng::seed_from_u64(1));
+    let alpha = AlphaDivergence {
+        alpha_min: -1.0,
+        alpha_max: 1.0,
+        iw_clip: 5.0,
+    };
+    let distills: [&dyn Distill; 2] = [&Kl, &alpha];
+    for distill in distills {
+        let run = || {
+            let mut g = params.zero_grads();
+            let l = accumulate(&net, &params, &plan, &x, &y, 0.1, Some(distill), &mut g).unwrap();
+            (l, g)
+        };
+        let (le, ge) = run();
+        let (la, ga) = engine::with_candle_autograd(run);
+        assert_eq!(le.nonfinite, None);
+        for (a, b) in le.losses.iter().zip(&la.losses) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "losses {a} vs {b}");
+        }
+        for (k, name) in params.names.iter().enumerate() {
+            let floor = if name.ends_with("key.bias") { 1e-2 } else { 1e-12 };
+            let scale = ga[k].iter().fold(0f32, |m, v| m.max(v.abs())).max(floor);
+            let d = ge[k].iter().zip(&ga[k]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(d / scale <= 1e-4, "{name}: gradients differ by {} relative", d / scale);
+        }
+    }
+}
