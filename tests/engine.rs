@@ -143,13 +143,16 @@ fn engine_runs_a_static_model_and_rejects_an_arch_that_does_not_fit() {
 
 /// A whole sandwich step (largest with label-smoothed CE, then smallest and
 /// two random subnets distilled from it) by the engine and by candle's
-/// autograd: same losses, same accumulated gradients.
+/// autograd: same losses, same accumulated gradients. (Run with at least two
+/// threads, as `cargo test` does on any multi-core machine, the batch is
+/// split into data-parallel chunks.)
 #[test]
 fn engine_and_autograd_sandwich_steps_agree() {
     let s = space("fmnist-tiny");
     let (net, params) = perturbed(&s);
-    let x = images(&s, 7, 3);
-    let y = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 9], &Device::Cpu).unwrap();
+    // 17 images: split into data-parallel chunks when the pool has threads.
+    let x = images(&s, 17, 3);
+    let y = Tensor::from_vec((0..17u32).map(|i| i % 10).collect(), 17, &Device::Cpu).unwrap();
     let plan = Sandwich { num_random: 2 }.plan(&s, 0, &mut StdRng::seed_from_u64(1));
     let alpha = AlphaDivergence {
         alpha_min: -1.0,

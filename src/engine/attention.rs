@@ -35,7 +35,7 @@ impl Dims {
         b * rows * self.width() + h * self.head_dim
     }
     fn parallel(&self) -> bool {
-        self.tasks() > 1 && self.tasks() * self.tq * self.t * self.head_dim >= 1 << 18
+        self.tasks() > 1 && super::par_ok(self.tasks() * self.tq * self.t * self.head_dim, 1 << 18)
     }
 }
 

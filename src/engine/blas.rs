@@ -21,9 +21,8 @@ pub struct W<'a> {
 }
 
 fn par(macs: usize) -> Parallelism {
-    let threads = rayon::current_num_threads();
-    if macs >= PAR_MIN_MACS && threads > 1 {
-        Parallelism::Rayon(threads)
+    if super::par_ok(macs, PAR_MIN_MACS) {
+        Parallelism::Rayon(rayon::current_num_threads())
     } else {
         Parallelism::None
     }

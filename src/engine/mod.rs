@@ -54,9 +54,30 @@ pub fn with_candle_autograd<T>(f: impl FnOnce() -> T) -> T {
 /// Element-wise work below this many elements stays on the calling thread.
 pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
 const CHUNK: usize = 1 << 13;
+/// Fewest images per data-parallel chunk.
+const MIN_CHUNK: usize = 8;
+
+thread_local! {
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every engine op on this thread single-threaded (inside a
+/// data-parallel chunk, where the other threads have chunks of their own).
+fn serial<T>(f: impl FnOnce() -> T) -> T {
+    let prev = SERIAL.with(|c| c.replace(true));
+    let out = f();
+    SERIAL.with(|c| c.set(prev));
+    out
+}
+
+/// Whether an op of `work` units (at least `min` to pay for the dispatch)
+/// should use the thread pool.
+pub(crate) fn par_ok(work: usize, min: usize) -> bool {
+    work >= min && !SERIAL.with(|c| c.get()) && rayon::current_num_threads() > 1
+}
 
 fn gelu(u: &[f32], a: &mut [f32]) {
-    if u.len() >= PAR_MIN_ELEMS {
+    if par_ok(u.len(), PAR_MIN_ELEMS) {
         a.par_chunks_mut(CHUNK)
             .zip(u.par_chunks(CHUNK))
             .for_each(|(a, u)| vecmath::gelu(u, a));
@@ -66,7 +87,7 @@ fn gelu(u: &[f32], a: &mut [f32]) {
 }
 
 fn gelu_backward(u: &[f32], g: &mut [f32]) {
-    if u.len() >= PAR_MIN_ELEMS {
+    if par_ok(u.len(), PAR_MIN_ELEMS) {
         g.par_chunks_mut(CHUNK)
             .zip(u.par_chunks(CHUNK))
             .for_each(|(g, u)| vecmath::gelu_backward(u, g));
@@ -468,6 +489,75 @@ pub fn backward(
     blas::backward_params(&dyp, &tape.patches, wp, dw, db);
 }
 
+/// Contiguous ranges of a batch, one per thread of the pool (at least
+/// [`MIN_CHUNK`] images each), for data-parallel forward and backward: each
+/// thread runs whole subnets on its images with single-threaded ops, which
+/// beats splitting every small op across threads. Results are bit-identical
+/// for the same seed and the same number of threads.
+pub fn split(batch: usize) -> Vec<std::ops::Range<usize>> {
+    let n = rayon::current_num_threads().min(batch / MIN_CHUNK).max(1);
+    (0..n).map(|i| batch * i / n..batch * (i + 1) / n).collect()
+}
+
+/// [`forward`] of each chunk of [`split`] on its own thread; the logits of
+/// the whole batch and one tape per chunk.
+pub fn forward_chunks(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    images: &[f32],
+    chunks: &[std::ops::Range<usize>],
+) -> (Vec<f32>, Vec<Tape>) {
+    let per = cfg.channels * cfg.image_size * cfg.image_size;
+    if let [r] = chunks {
+        let (l, t) = forward(w, cfg, arch, &images[r.start * per..r.end * per], r.len());
+        return (l, vec![t]);
+    }
+    let outs: Vec<(Vec<f32>, Tape)> = chunks
+        .par_iter()
+        .map(|r| serial(|| forward(w, cfg, arch, &images[r.start * per..r.end * per], r.len())))
+        .collect();
+    let mut logits = Vec::with_capacity(images.len() / per * cfg.classes);
+    let mut tapes = Vec::with_capacity(outs.len());
+    for (l, t) in outs {
+        logits.extend(l);
+        tapes.push(t);
+    }
+    (logits, tapes)
+}
+
+/// [`backward`] of each chunk on its own thread: chunk 0 adds into
+/// `grads`, chunk `i` into `extra[i - 1]` (buffers of the same shapes, to be
+/// summed into `grads` by the caller once per step).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_chunks(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    tapes: &[Tape],
+    dlogits: &[f32],
+    chunks: &[std::ops::Range<usize>],
+    grads: &mut [Vec<f32>],
+    extra: &mut [Vec<Vec<f32>>],
+) {
+    assert!(tapes.len() == chunks.len() && extra.len() + 1 >= chunks.len());
+    let c = cfg.classes;
+    if let ([t], [r]) = (tapes, chunks) {
+        return backward(w, cfg, arch, t, &dlogits[r.start * c..r.end * c], grads);
+    }
+    let mut targets: Vec<&mut [Vec<f32>]> = std::iter::once(grads)
+        .chain(extra.iter_mut().map(|e| e.as_mut_slice()))
+        .take(chunks.len())
+        .collect();
+    targets
+        .par_iter_mut()
+        .zip(tapes.par_iter())
+        .zip(chunks.par_iter())
+        .for_each(|((g, t), r)| {
+            serial(|| backward(w, cfg, arch, t, &dlogits[r.start * c..r.end * c], g))
+        });
+}
+
 /// Logits only (inference), as a `[batch, classes]` tensor.
 pub fn logits(w: &Weights, cfg: &Config, arch: &Arch, images: &Tensor) -> Result<Tensor> {
     let batch = images.dims().first().copied().unwrap_or(0);
@@ -485,6 +575,6 @@ pub fn logits(w: &Weights, cfg: &Config, arch: &Arch, images: &Tensor) -> Result
     }
     w.check(cfg, arch)?;
     let x = images.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-    let (l, _) = forward(w, cfg, arch, &x, batch);
+    let (l, _) = forward_chunks(w, cfg, arch, &x, &split(batch));
     Ok(Tensor::from_vec(l, (batch, cfg.classes), images.device())?)
 }

@@ -1,6 +1,6 @@
 //! Layer norm over rows, keeping what its backward needs.
 
-use super::PAR_MIN_ELEMS;
+use super::{par_ok, PAR_MIN_ELEMS};
 use rayon::prelude::*;
 
 /// Output `y = x̂ · γ + β` with the normalised rows `x̂` and `1/σ` per row.
@@ -35,7 +35,7 @@ pub fn forward(x: &[f32], d: usize, g: &[f32], b: &[f32], eps: f32) -> Normed {
     let body = |(((y, xh), r), x): (((&mut [f32], &mut [f32]), &mut f32), &[f32])| {
         *r = row(x, g, b, eps, y, xh)
     };
-    if rows * d >= PAR_MIN_ELEMS {
+    if par_ok(rows * d, PAR_MIN_ELEMS) {
         (out.y.par_chunks_mut(d))
             .zip(out.xhat.par_chunks_mut(d))
             .zip(out.rstd.par_iter_mut())
@@ -76,7 +76,7 @@ pub fn backward(
             dx[i] += r * (dy[i] * g[i] - c1 - xh[i] * c2);
         }
     };
-    if rows * d >= PAR_MIN_ELEMS {
+    if par_ok(rows * d, PAR_MIN_ELEMS) {
         (dx[..rows * d].par_chunks_mut(d))
             .zip(dy.par_chunks(d))
             .zip(n.xhat.par_chunks(d))

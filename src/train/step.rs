@@ -124,6 +124,9 @@ fn accumulate_engine(
     let w = Weights::from_tensors(&params.tensors())?;
     let batch = images.dim(0)?;
     let x = images.flatten_all()?.to_vec1::<f32>()?;
+    let chunks = engine::split(batch);
+    // Gradients of chunks 1.. (chunk 0 adds into `grads`), summed at the end.
+    let mut extra: Vec<Vec<Vec<f32>>> = (1..chunks.len()).map(|_| w.zero_grads()).collect();
     let mut teacher: Option<Tensor> = None;
     let mut losses = Vec::with_capacity(plan.archs.len());
     for (k, arch) in plan.archs.iter().enumerate() {
@@ -140,7 +143,7 @@ fn accumulate_engine(
                 ),
             });
         }
-        let (logits, tape) = engine::forward(&w, cfg, arch, &x, batch);
+        let (logits, tapes) = engine::forward_chunks(&w, cfg, arch, &x, &chunks);
         let logits = Var::from_vec(logits, (batch, cfg.classes), images.device())?;
         let lt = logits.as_tensor();
         let (loss, value) = match (&teacher, distill) {
@@ -166,7 +169,12 @@ fn accumulate_engine(
             Some(d) => d.flatten_all()?.to_vec1::<f32>()?,
             None => continue,
         };
-        engine::backward(&w, cfg, arch, &tape, &dlogits, grads);
+        engine::backward_chunks(&w, cfg, arch, &tapes, &dlogits, &chunks, grads, &mut extra);
+    }
+    for e in &extra {
+        for (g, e) in grads.iter_mut().zip(e) {
+            g.iter_mut().zip(e).for_each(|(g, e)| *g += e);
+        }
     }
     Ok(StepLosses {
         losses,
