@@ -87,14 +87,14 @@ pub fn infer(batch: usize, iters: usize, threads: usize) -> Result<Value> {
     let space = space();
     let (net, _vm, _) = build_supernet(&space, 0)?;
     let arch = space.largest();
-    let model = net.extract(&arch)?;
+    let model = crate::engine::Model::from_vit(&net.extract(&arch)?)?;
     let (x, _) = random_batch(batch, 0)?;
     for _ in 0..10 {
-        model.forward(&x)?;
+        model.logits(&x)?;
     }
     let t0 = Instant::now();
     for _ in 0..iters {
-        model.forward(&x)?;
+        model.logits(&x)?;
     }
     let dt = t0.elapsed().as_secs_f64();
     let gflops = 2.0 * flops(&space, &arch) as f64 * (batch * iters) as f64 / dt / 1e9;
@@ -115,12 +115,12 @@ pub fn search(archs: usize, images: usize, threads: usize) -> Result<Value> {
     let batches = images.div_ceil(500);
     let mut rng = StdRng::seed_from_u64(0);
     let candidates: Vec<_> = (0..archs).map(|_| space.sample(&mut rng)).collect();
-    net.forward(&x, &space.largest(), false)?;
+    net.infer(&x, &space.largest())?;
     let mut macs = 0u64;
     let t0 = Instant::now();
     for arch in &candidates {
         for _ in 0..batches {
-            net.forward(&x, arch, false)?.argmax(1)?;
+            net.infer(&x, arch)?.argmax(1)?;
         }
         macs += flops(&space, arch) * (batches * x.dim(0)?) as u64;
     }

@@ -69,12 +69,13 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         SplitArg::Test => ("test", train::load_test(&run.recipe, &run.space)?),
     };
     let (net, space) = (&run.net, &run.space);
+    let model = vitnas::engine::Model::from_vit(&net.extract(&arch)?)?;
     let r = evaluate(
         &ds,
         &norm,
         run.recipe.data.eval_batch_size,
         &Device::Cpu,
-        |x| Ok(net.forward(x, &arch, false)?),
+        |x| model.logits(x),
     )?;
     println!(
         "{}",
@@ -120,8 +121,9 @@ fn eval_model(
         }
     };
     let mut dumped: Vec<(Tensor, Tensor)> = Vec::new();
+    let fast = vitnas::engine::Model::from_vit(&model)?;
     let r = evaluate(&ds, &norm, 500, &Device::Cpu, |x| {
-        let logits = model.forward(x)?;
+        let logits = fast.logits(x)?;
         if dump.is_some() {
             dumped.push((x.clone(), logits.clone()));
         }

@@ -24,7 +24,7 @@ pub mod norm;
 
 use crate::error::{Error, Result};
 use crate::kernels::vecmath;
-use crate::models::vit::VitConfig;
+use crate::models::vit::{Vit, VitConfig};
 use crate::space::{Arch, Space};
 use blas::W;
 use candle_core::Tensor;
@@ -55,7 +55,11 @@ pub fn with_candle_autograd<T>(f: impl FnOnce() -> T) -> T {
 pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
 const CHUNK: usize = 1 << 13;
 /// Fewest images per data-parallel chunk.
-const MIN_CHUNK: usize = 8;
+const MIN_CHUNK: usize = 1;
+/// A whole forward smaller than this (`rows · embed² · depth`, about a
+/// twelfth of its multiply-adds) runs on one thread: waking the pool for
+/// each of its small ops costs more than it saves (batch-1 inference).
+const SERIAL_MAX_WORK: usize = 1 << 25;
 
 thread_local! {
     static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -510,7 +514,13 @@ pub fn forward_chunks(
 ) -> (Vec<f32>, Vec<Tape>) {
     let per = cfg.channels * cfg.image_size * cfg.image_size;
     if let [r] = chunks {
-        let (l, t) = forward(w, cfg, arch, &images[r.start * per..r.end * per], r.len());
+        let run = || forward(w, cfg, arch, &images[r.start * per..r.end * per], r.len());
+        let work = r.len() * cfg.seq_len() * arch.embed_dim * arch.embed_dim * arch.depth;
+        let (l, t) = if work < SERIAL_MAX_WORK {
+            serial(run)
+        } else {
+            run()
+        };
         return (l, vec![t]);
     }
     let outs: Vec<(Vec<f32>, Tape)> = chunks
@@ -577,4 +587,41 @@ pub fn logits(w: &Weights, cfg: &Config, arch: &Arch, images: &Tensor) -> Result
     let x = images.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
     let (l, _) = forward_chunks(w, cfg, arch, &x, &split(batch));
     Ok(Tensor::from_vec(l, (batch, cfg.classes), images.device())?)
+}
+
+/// A static model ready for repeated inference by the engine: its weights
+/// copied once into engine buffers.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub weights: Weights,
+    pub cfg: Config,
+    pub arch: Arch,
+}
+
+impl Model {
+    pub fn from_vit(vit: &Vit) -> Result<Self> {
+        let c = &vit.config;
+        let arch = Arch {
+            embed_dim: c.hidden_size,
+            depth: c.num_heads.len(),
+            num_heads: c.num_heads.clone(),
+            mlp_ratio: c
+                .intermediate_sizes
+                .iter()
+                .map(|&m| m as f64 / c.hidden_size.max(1) as f64)
+                .collect(),
+        };
+        let model = Self {
+            weights: Weights::from_tensors(&vit.tensors())?,
+            cfg: Config::from_vit(c),
+            arch,
+        };
+        model.weights.check(&model.cfg, &model.arch)?;
+        Ok(model)
+    }
+
+    /// Logits `[batch, classes]` for images `[batch, C, H, W]`.
+    pub fn logits(&self, images: &Tensor) -> Result<Tensor> {
+        logits(&self.weights, &self.cfg, &self.arch, images)
+    }
 }

@@ -159,6 +159,13 @@ impl Vit {
         self.classifier.forward(&cls)
     }
 
+    /// Logits like [`Vit::forward`], computed by the [`crate::engine`] (no
+    /// autograd graph; copies the weights first, so for many calls on small
+    /// batches build an [`crate::engine::Model`] once instead).
+    pub fn infer(&self, images: &Tensor) -> crate::Result<Tensor> {
+        crate::engine::Model::from_vit(self)?.logits(images)
+    }
+
     /// Every tensor with its Hugging Face name, in a stable order.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![

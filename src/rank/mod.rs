@@ -396,7 +396,8 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
             continue;
         }
         let arch = report.entries[i].arch.clone();
-        let fwd = |x: &candle_core::Tensor| run.net.forward(x, &arch, false);
+        let model = crate::engine::Model::from_vit(&run.net.extract(&arch)?)?;
+        let fwd = |x: &candle_core::Tensor| model.logits(x);
         let v = accuracy(&val, &norm, bs, fwd)?;
         let t = accuracy(&test, &norm, bs, fwd)?;
         say(
@@ -458,7 +459,8 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
             break;
         }
         let (model, _) = load_dir(&dir)?;
-        let fwd = |x: &candle_core::Tensor| Ok(model.forward(x)?);
+        let model = crate::engine::Model::from_vit(&model)?;
+        let fwd = |x: &candle_core::Tensor| model.logits(x);
         let v = accuracy(&val, &norm, bs, fwd)?;
         let t = accuracy(&test, &norm, bs, fwd)?;
         say(

@@ -80,7 +80,7 @@ fn gen_rng(seed: u64, generation: usize) -> StdRng {
 /// Measured latency (ms, median of 7 runs after 2 warm-ups) of the extracted
 /// subnet at `batch`.
 pub fn measure_latency(net: &Supernet, arch: &Arch, batch: usize) -> Result<f64> {
-    let model = net.extract(arch)?;
+    let model = crate::engine::Model::from_vit(&net.extract(arch)?)?;
     let i = &net.space.input;
     let x = Tensor::zeros(
         (batch, i.channels, i.image_size, i.image_size),
@@ -88,14 +88,14 @@ pub fn measure_latency(net: &Supernet, arch: &Arch, batch: usize) -> Result<f64>
         &Device::Cpu,
     )?;
     for _ in 0..2 {
-        model.forward(&x)?;
+        model.logits(&x)?;
     }
     let mut t: Vec<f64> = (0..7)
         .map(|_| {
             let s = Instant::now();
-            model.forward(&x).map(|_| s.elapsed().as_secs_f64() * 1e3)
+            model.logits(&x).map(|_| s.elapsed().as_secs_f64() * 1e3)
         })
-        .collect::<candle_core::Result<_>>()?;
+        .collect::<Result<_>>()?;
     t.sort_by(|a, b| a.total_cmp(b));
     Ok(t[3])
 }
@@ -288,7 +288,7 @@ impl<'a> Search<'a> {
         let started = Instant::now();
         let run = |ds: &Dataset| {
             evaluate(ds, ev.norm, cfg.eval_batch_size, &ev.device, |x| {
-                Ok(ev.net.forward(x, &arch, false)?)
+                ev.net.infer(x, &arch)
             })
         };
         let early = cfg.early_reject_images.min(n);

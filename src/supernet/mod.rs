@@ -111,6 +111,13 @@ impl Supernet {
         Ok(self.classifier.forward(&cls, e)?)
     }
 
+    /// Logits of `arch` like `forward(images, arch, false)`, computed by the
+    /// [`crate::engine`] on the extracted subnet (evaluation and search).
+    pub fn infer(&self, images: &Tensor, arch: &Arch) -> Result<Tensor> {
+        self.check_input(images)?;
+        self.extract(arch)?.infer(images)
+    }
+
     /// The subnet `arch` as a standalone static ViT: contiguous copies of the
     /// slices it uses, no link back to the supernet.
     pub fn extract(&self, arch: &Arch) -> Result<Vit> {

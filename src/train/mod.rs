@@ -188,8 +188,8 @@ impl Trainee {
 
     fn logits(&self, images: &Tensor, arch: &Arch) -> Result<Tensor> {
         match self {
-            Trainee::Supernet { net, .. } => net.forward(images, arch, false),
-            Trainee::Standalone { model, .. } => Ok(model.forward(images)?),
+            Trainee::Supernet { net, .. } => net.infer(images, arch),
+            Trainee::Standalone { model, .. } => model.infer(images),
         }
     }
 }
