@@ -14,6 +14,17 @@ pub enum BenchCmd {
         batch: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Run the steps through candle's autograd (fused kernels) instead
+        /// of the engine: the "before" of evaluate/README.md.
+        #[arg(long)]
+        candle_autograd: bool,
+    },
+    /// Measured f32 gemm GFLOP/s (n × n × n) of the kernels vitnas uses.
+    Gemm {
+        #[arg(long, default_value_t = 1024)]
+        n: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
     /// Inference of the largest subnet, extracted as a static model.
     Infer {
@@ -23,6 +34,9 @@ pub enum BenchCmd {
         iters: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Run the candle model's forward instead of the engine.
+        #[arg(long)]
+        candle: bool,
     },
     /// Search evaluations: random subnets scored with inherited weights.
     Search {
@@ -54,17 +68,24 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             steps,
             batch,
             threads,
+            candle_autograd,
         } => {
             set_threads(threads);
-            bench::train(steps, batch, threads)?
+            bench::train(steps, batch, threads, candle_autograd)?
+        }
+        BenchCmd::Gemm { n, threads } => {
+            set_threads(threads);
+            serde_json::json!({"mode": "gemm", "n": n, "threads": threads,
+                "gflops": bench::gemm_peak(n, threads)})
         }
         BenchCmd::Infer {
             batch,
             iters,
             threads,
+            candle,
         } => {
             set_threads(threads);
-            bench::infer(batch, iters, threads)?
+            bench::infer(batch, iters, threads, candle)?
         }
         BenchCmd::Search {
             archs,

@@ -493,6 +493,22 @@ pub fn backward(
     blas::backward_params(&dyp, &tape.patches, wp, dw, db);
 }
 
+/// Multiply-adds the engine executes in one forward of one image: the
+/// class-token-only last block skips the queries, attention output and MLP
+/// of every other token. Compare [`crate::space::flops`], the full count.
+pub fn forward_macs(cfg: &Config, arch: &Arch) -> u64 {
+    let (t, e) = (cfg.seq_len() as u64, arch.embed_dim as u64);
+    let mut f = (t - 1) * cfg.patch_len() as u64 * e + e * cfg.classes as u64;
+    for l in 0..arch.depth {
+        let q = (arch.num_heads[l] * cfg.head_dim) as u64;
+        let m = arch.mlp_width(l) as u64;
+        // queries that go on through the block: all tokens, or the class token
+        let tq = if l + 1 == arch.depth { 1 } else { t };
+        f += 2 * t * e * q + tq * (e * q + 2 * t * q + q * e + 2 * e * m);
+    }
+    f
+}
+
 /// Contiguous ranges of a batch, one per thread of the pool (at least
 /// [`MIN_CHUNK`] images each), for data-parallel forward and backward: each
 /// thread runs whole subnets on its images with single-threaded ops, which
