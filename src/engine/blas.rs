@@ -11,13 +11,18 @@ use gemm::{gemm, Parallelism};
 const PAR_MIN_MACS: usize = 1 << 21;
 
 /// A weight block: rows `[0, out)`, columns `[0, inp)` of a row-major
-/// matrix with row stride `ld`.
+/// matrix with row stride `ld`; optionally also its transpose (`t`, row
+/// stride `ld_t`), which the forward product reads instead: gemm wants that
+/// operand column-major and would otherwise repack (transpose) the weight
+/// element by element on every call.
 #[derive(Clone, Copy)]
 pub struct W<'a> {
     pub data: &'a [f32],
     pub out: usize,
     pub inp: usize,
     pub ld: usize,
+    pub t: Option<&'a [f32]>,
+    pub ld_t: usize,
 }
 
 fn par(macs: usize) -> Parallelism {
@@ -90,12 +95,28 @@ pub unsafe fn mm(
 /// `y = x · wᵀ + b`: `x` is `[rows, w.inp]`, the result `[rows, w.out]`.
 pub fn forward(x: &[f32], w: W, b: &[f32]) -> Vec<f32> {
     let rows = x.len() / w.inp.max(1);
-    let mut y = Vec::with_capacity(rows * w.out);
-    for _ in 0..rows {
-        y.extend_from_slice(&b[..w.out]);
+    let mut y = vec![0f32; rows * w.out];
+    forward_into(x, w, b, &mut y);
+    y
+}
+
+/// [`forward`] into `y` (`[rows, w.out]`).
+pub fn forward_into(x: &[f32], w: W, b: &[f32], y: &mut [f32]) {
+    let rows = x.len() / w.inp.max(1);
+    assert_eq!(y.len(), rows * w.out);
+    for r in y.chunks_exact_mut(w.out.max(1)) {
+        r.copy_from_slice(&b[..w.out]);
     }
     assert!(w.data.len() >= (w.out.max(1) - 1) * w.ld + w.inp);
-    // SAFETY: x is rows × inp, y rows × out, w covers out rows of stride ld.
+    let (rhs, rhs_rs, rhs_cs) = match w.t {
+        Some(t) => {
+            assert!(t.len() >= (w.inp.max(1) - 1) * w.ld_t + w.out);
+            (t, w.ld_t, 1)
+        }
+        None => (w.data, 1, w.ld),
+    };
+    // SAFETY: x is rows × inp, y rows × out, the weight (or its transpose)
+    // covers the block by the strides checked above.
     unsafe {
         mm(
             rows,
@@ -107,13 +128,12 @@ pub fn forward(x: &[f32], w: W, b: &[f32]) -> Vec<f32> {
             x.as_ptr(),
             w.inp,
             1,
-            w.data.as_ptr(),
-            1,
-            w.ld,
+            rhs.as_ptr(),
+            rhs_rs,
+            rhs_cs,
             true,
         )
     };
-    y
 }
 
 /// `dx (+)= g · w`: `g` is `[rows, w.out]`, `dx` `[rows, w.inp]`.

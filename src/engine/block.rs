@@ -8,8 +8,9 @@
 
 use super::attention;
 use super::blas::{self, W};
+
 use super::norm::{self, Normed};
-use super::{gelu, gelu_backward, LayerIdx, Weights};
+use super::{gelu, gelu_backward, serial, LayerIdx, Weights};
 
 #[derive(Clone, Copy)]
 pub struct Dims {
@@ -56,15 +57,7 @@ pub struct Tape {
 
 /// The linear layer `(weight, bias)` at `i`, sliced to `out × inp`.
 fn lin(w: &Weights, (wi, bi): (usize, usize), out: usize, inp: usize) -> (W<'_>, &[f32]) {
-    (
-        W {
-            data: &w.data[wi],
-            out,
-            inp,
-            ld: w.row_len(wi),
-        },
-        &w.data[bi][..out],
-    )
+    (w.mat(wi, out, inp), &w.data[bi][..out])
 }
 
 /// Rows `0, t, 2t, …` of a `width`-wide row-major matrix.
@@ -126,6 +119,65 @@ pub fn forward(x: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> (Vec<f32>, Ta
         a,
     };
     (out, tape)
+}
+
+/// Inference of one sequence (`batch = 1`, not `cls_only`) with its token
+/// rows split in two halves, one per thread: norms and projections of each
+/// half, then attention of each half's queries over all keys, attention
+/// output and MLP. Two fork-joins per block instead of one per op; call it
+/// inside the thread pool so the joins stay on its workers.
+pub fn forward_split(x: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> Vec<f32> {
+    assert!(d.batch == 1 && !d.cls_only);
+    let (e, qd, t) = (d.embed, d.qd(), d.t);
+    let half = t / 2;
+    let (wk, bk) = lin(w, li.key, qd, e);
+    let (wv, bv) = lin(w, li.value, qd, e);
+    let (wq, bq) = lin(w, li.query, qd, e);
+    let (mut q, mut k, mut v) = (vec![0f32; t * qd], vec![0f32; t * qd], vec![0f32; t * qd]);
+    {
+        let project = |x: &[f32], q: &mut [f32], k: &mut [f32], v: &mut [f32]| {
+            serial(|| {
+                let h = norm::forward(x, e, &w.data[li.ln1.0], &w.data[li.ln1.1], d.eps).y;
+                blas::forward_into(&h, wq, bq, q);
+                blas::forward_into(&h, wk, bk, k);
+                blas::forward_into(&h, wv, bv, v);
+            })
+        };
+        let (x0, x1) = x.split_at(half * e);
+        let (q0, q1) = q.split_at_mut(half * qd);
+        let (k0, k1) = k.split_at_mut(half * qd);
+        let (v0, v1) = v.split_at_mut(half * qd);
+        rayon::join(|| project(x0, q0, k0, v0), || project(x1, q1, k1, v1));
+    }
+    let (wo, bo) = lin(w, li.output, e, qd);
+    let (w1, b1) = lin(w, li.fc1, d.mlp, e);
+    let (w2, b2) = lin(w, li.fc2, e, d.mlp);
+    let rest = |x: &[f32], q: &[f32], out: &mut [f32]| {
+        serial(|| {
+            let ad = attention::Dims {
+                batch: 1,
+                heads: d.heads,
+                head_dim: d.head_dim,
+                t,
+                tq: x.len() / e,
+            };
+            let (ctx, _) = attention::forward(q, &k, &v, ad);
+            let mut xr = blas::forward(&ctx, wo, bo);
+            add_into(&mut xr, x);
+            let h = norm::forward(&xr, e, &w.data[li.ln2.0], &w.data[li.ln2.1], d.eps).y;
+            let u = blas::forward(&h, w1, b1);
+            let mut a = vec![0f32; u.len()];
+            gelu(&u, &mut a);
+            blas::forward_into(&a, w2, b2, out);
+            add_into(out, &xr);
+        })
+    };
+    let mut out = vec![0f32; t * e];
+    let (x0, x1) = x.split_at(half * e);
+    let (q0, q1) = q.split_at(half * qd);
+    let (o0, o1) = out.split_at_mut(half * e);
+    rayon::join(|| rest(x0, q0, o0), || rest(x1, q1, o1));
+    out
 }
 
 /// Two distinct gradient buffers at once.

@@ -183,6 +183,8 @@ pub struct Weights {
     pub names: Vec<String>,
     pub data: Vec<Vec<f32>>,
     pub dims: Vec<Vec<usize>>,
+    /// Transposed copies of the weight matrices (see [`blas::W`]).
+    transposed: Vec<Option<Vec<f32>>>,
     idx: Index,
 }
 
@@ -239,12 +241,44 @@ impl Weights {
             norm: lin("vit.layernorm")?,
             head: lin("classifier")?,
         };
-        Ok(Self {
+        let mut w = Self {
+            transposed: vec![None; names.len()],
             names,
             data,
             dims,
             idx,
-        })
+        };
+        let x = &w.idx;
+        let mut mats = vec![x.patch.0, x.head.0];
+        for l in &x.layers {
+            mats.extend([l.query.0, l.key.0, l.value.0, l.output.0, l.fc1.0, l.fc2.0]);
+        }
+        for i in mats {
+            let (rows, cols) = (w.dims[i].first().copied().unwrap_or(0), w.row_len(i));
+            if rows * cols != w.data[i].len() {
+                continue;
+            }
+            let mut t = vec![0f32; rows * cols];
+            for (r, row) in w.data[i].chunks_exact(cols.max(1)).enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    t[c * rows + r] = *v;
+                }
+            }
+            w.transposed[i] = Some(t);
+        }
+        Ok(w)
+    }
+
+    /// The leading `out × inp` block of matrix `i` (with its transpose).
+    fn mat(&self, i: usize, out: usize, inp: usize) -> W<'_> {
+        W {
+            data: &self.data[i],
+            out,
+            inp,
+            ld: self.row_len(i),
+            t: self.transposed[i].as_deref(),
+            ld_t: self.dims[i].first().copied().unwrap_or(0),
+        }
     }
 
     /// Elements per row of tensor `i` read as a matrix (its last dims).
@@ -385,25 +419,7 @@ pub fn forward_with(
     cls_only: bool,
 ) -> (Vec<f32>, Tape) {
     let (e, t, x) = (arch.embed_dim, cfg.seq_len(), &w.idx);
-    assert_eq!(images.len(), batch * cfg.channels * cfg.image_size * cfg.image_size);
-    let patches = patchify(cfg, images, batch);
-    let wp = W {
-        data: &w.data[x.patch.0],
-        out: e,
-        inp: cfg.patch_len(),
-        ld: cfg.patch_len(),
-    };
-    let yp = blas::forward(&patches, wp, &w.data[x.patch.1]);
-    let (cls, pos, pw) = (&w.data[x.cls], &w.data[x.pos], w.width(x.pos));
-    let mut h = Vec::with_capacity(batch * t * e);
-    for b in 0..batch {
-        h.extend(cls[..e].iter().zip(&pos[..e]).map(|(c, p)| c + p));
-        for j in 0..t - 1 {
-            let y = &yp[(b * (t - 1) + j) * e..][..e];
-            h.extend(y.iter().zip(&pos[(j + 1) * pw..][..e]).map(|(y, p)| y + p));
-        }
-    }
-    drop(yp);
+    let (patches, mut h) = embed(w, cfg, arch, images, batch);
     let cls_only = cls_only && arch.depth > 0;
     let mut layers = Vec::with_capacity(arch.depth);
     for l in 0..arch.depth {
@@ -414,14 +430,7 @@ pub fn forward_with(
     if !cls_only {
         h = block::gather_cls(&h, e, t);
     }
-    let norm = norm::forward(&h, e, &w.data[x.norm.0], &w.data[x.norm.1], cfg.eps);
-    let head = W {
-        data: &w.data[x.head.0],
-        out: cfg.classes,
-        inp: e,
-        ld: w.row_len(x.head.0),
-    };
-    let logits = blas::forward(&norm.y, head, &w.data[x.head.1]);
+    let (norm, logits) = head(w, cfg, arch, &h);
     let tape = Tape {
         batch,
         patches,
@@ -430,6 +439,55 @@ pub fn forward_with(
         norm,
     };
     (logits, tape)
+}
+
+/// Patch rows and the token states after the embeddings (`[batch · t, e]`).
+fn embed(w: &Weights, cfg: &Config, arch: &Arch, images: &[f32], batch: usize) -> (Vec<f32>, Vec<f32>) {
+    let (e, t, x) = (arch.embed_dim, cfg.seq_len(), &w.idx);
+    assert_eq!(images.len(), batch * cfg.channels * cfg.image_size * cfg.image_size);
+    let patches = patchify(cfg, images, batch);
+    let wp = w.mat(x.patch.0, e, cfg.patch_len());
+    let yp = blas::forward(&patches, wp, &w.data[x.patch.1]);
+    let (cls, pos, pw) = (&w.data[x.cls], &w.data[x.pos], w.width(x.pos));
+    let mut h = Vec::with_capacity(batch * t * e);
+    for b in 0..batch {
+        h.extend(cls[..e].iter().zip(&pos[..e]).map(|(c, p)| c + p));
+        for j in 0..t - 1 {
+            let y = &yp[(b * (t - 1) + j) * e..][..e];
+            h.extend(y.iter().zip(&pos[(j + 1) * pw..][..e]).map(|(y, p)| y + p));
+        }
+    }
+    (patches, h)
+}
+
+/// Final norm of the class-token rows `h` (`[batch, e]`) and the logits.
+fn head(w: &Weights, cfg: &Config, arch: &Arch, h: &[f32]) -> (Normed, Vec<f32>) {
+    let (e, x) = (arch.embed_dim, &w.idx);
+    let norm = norm::forward(h, e, &w.data[x.norm.0], &w.data[x.norm.1], cfg.eps);
+    let wh = w.mat(x.head.0, cfg.classes, e);
+    let logits = blas::forward(&norm.y, wh, &w.data[x.head.1]);
+    (norm, logits)
+}
+
+/// Logits of one image with each block's token rows split over two
+/// threads (see [`block::forward_split`]); the last block computes the
+/// class token alone.
+fn infer_one_split(w: &Weights, cfg: &Config, arch: &Arch, image: &[f32]) -> Vec<f32> {
+    rayon::scope(|_| {
+        let (_, mut h) = serial(|| embed(w, cfg, arch, image, 1));
+        for l in 0..arch.depth {
+            let d = block_dims(cfg, arch, l, 1, true);
+            h = if d.cls_only {
+                serial(|| block::forward(&h, w, &w.idx.layers[l], &d).0)
+            } else {
+                block::forward_split(&h, w, &w.idx.layers[l], &d)
+            };
+        }
+        if arch.depth == 0 {
+            h = block::gather_cls(&h, arch.embed_dim, cfg.seq_len());
+        }
+        serial(|| head(w, cfg, arch, &h).1)
+    })
 }
 
 /// Adds the gradients of every tensor used by `arch` into `grads` (same
@@ -444,12 +502,7 @@ pub fn backward(
 ) {
     let (e, t, x, batch) = (arch.embed_dim, cfg.seq_len(), &w.idx, tape.batch);
     assert_eq!(grads.len(), w.data.len());
-    let head = W {
-        data: &w.data[x.head.0],
-        out: cfg.classes,
-        inp: e,
-        ld: w.row_len(x.head.0),
-    };
+    let head = w.mat(x.head.0, cfg.classes, e);
     let (dw, db) = block::pair(grads, x.head);
     blas::backward_params(dlogits, &tape.norm.y, head, dw, db);
     let mut dn = vec![0f32; batch * e];
@@ -483,12 +536,7 @@ pub fn backward(
             }
         }
     }
-    let wp = W {
-        data: &w.data[x.patch.0],
-        out: e,
-        inp: cfg.patch_len(),
-        ld: cfg.patch_len(),
-    };
+    let wp = w.mat(x.patch.0, e, cfg.patch_len());
     let (dw, db) = block::pair(grads, x.patch);
     blas::backward_params(&dyp, &tape.patches, wp, dw, db);
 }
@@ -520,17 +568,23 @@ pub fn split(batch: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// [`forward`] of each chunk of [`split`] on its own thread; the logits of
-/// the whole batch and one tape per chunk.
+/// the whole batch and one tape per chunk (none when `tape` is false, which
+/// lets one image be split over the threads by rows).
 pub fn forward_chunks(
     w: &Weights,
     cfg: &Config,
     arch: &Arch,
     images: &[f32],
     chunks: &[std::ops::Range<usize>],
+    tape: bool,
 ) -> (Vec<f32>, Vec<Tape>) {
     let per = cfg.channels * cfg.image_size * cfg.image_size;
     if let [r] = chunks {
         let run = || forward(w, cfg, arch, &images[r.start * per..r.end * per], r.len());
+        if !tape && r.len() == 1 && par_ok(2, 2) {
+            let l = infer_one_split(w, cfg, arch, &images[r.start * per..r.end * per]);
+            return (l, Vec::new());
+        }
         let work = r.len() * cfg.seq_len() * arch.embed_dim * arch.embed_dim * arch.depth;
         let (l, t) = if work < SERIAL_MAX_WORK {
             serial(run)
@@ -601,7 +655,7 @@ pub fn logits(w: &Weights, cfg: &Config, arch: &Arch, images: &Tensor) -> Result
     }
     w.check(cfg, arch)?;
     let x = images.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-    let (l, _) = forward_chunks(w, cfg, arch, &x, &split(batch));
+    let (l, _) = forward_chunks(w, cfg, arch, &x, &split(batch), false);
     Ok(Tensor::from_vec(l, (batch, cfg.classes), images.device())?)
 }
 

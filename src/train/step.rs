@@ -143,7 +143,7 @@ fn accumulate_engine(
                 ),
             });
         }
-        let (logits, tapes) = engine::forward_chunks(&w, cfg, arch, &x, &chunks);
+        let (logits, tapes) = engine::forward_chunks(&w, cfg, arch, &x, &chunks, true);
         let logits = Var::from_vec(logits, (batch, cfg.classes), images.device())?;
         let lt = logits.as_tensor();
         let (loss, value) = match (&teacher, distill) {
