@@ -59,8 +59,13 @@ fn engine_logits_match_the_supernet() {
             let d = max_abs_diff(&got, &want);
             assert!(d <= 1e-4 * max_abs(&want).max(1.0), "{arch:?} cls_only {cls_only}: logits differ by {d}");
         }
+        // batch 3: data-parallel chunks; batch 1: token rows split over threads
         let got = engine::logits(&w, &cfg, &arch, &x).unwrap();
         assert!(max_abs_diff(&got, &want) <= 1e-4 * max_abs(&want).max(1.0));
+        let one = x.narrow(0, 1, 1).unwrap();
+        let got = engine::logits(&w, &cfg, &arch, &one).unwrap();
+        let want = want.narrow(0, 1, 1).unwrap();
+        assert!(max_abs_diff(&got, &want) <= 1e-4 * max_abs(&want).max(1.0), "{arch:?}: batch 1");
     }
 }
 
