@@ -35,6 +35,36 @@ fn perturbed(space: &Space) -> (vitnas::Supernet, Params) {
     (net, params)
 }
 
+/// Odd sizes everywhere: 3 channels, 12×12 images in 3×3 patches (17
+/// tokens), embed 19–37, head dim 7, MLP ratios giving widths like 28 or 92,
+/// 7 classes: gemm edges and vector-lane tails in every kernel.
+fn odd_space() -> Space {
+    Space::from_toml_str(
+        r#"
+name = "odd"
+[input]
+image_size = 12
+patch_size = 3
+channels = 3
+num_classes = 7
+[supernet]
+embed_dim = 37
+depth = 3
+num_heads = 5
+mlp_ratio = 2.5
+head_dim = 7
+layer_norm_eps = 1e-6
+[choices]
+embed_dim = [19, 30, 37]
+depth = [1, 2, 3]
+num_heads = [1, 3, 5]
+mlp_ratio = [1.5, 2.5]
+"#,
+        "odd.toml",
+    )
+    .unwrap()
+}
+
 fn archs(space: &Space) -> Vec<Arch> {
     let mut rng = StdRng::seed_from_u64(7);
     let mut v = vec![space.largest(), space.smallest()];
@@ -44,18 +74,24 @@ fn archs(space: &Space) -> Vec<Arch> {
 
 #[test]
 fn engine_logits_match_the_supernet() {
-    let space = space("fmnist-tiny");
+    logits_match(&space("fmnist-tiny"));
+    logits_match(&odd_space());
+}
+
+fn logits_match(space: &Space) {
+    let space = space.clone();
     let (net, params) = perturbed(&space);
     let w = Weights::from_tensors(&params.tensors()).unwrap();
     let cfg = Config::from_space(&space);
     let x = images(&space, 3, 1);
     let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let classes = space.input.num_classes;
     for arch in archs(&space) {
         w.check(&cfg, &arch).unwrap();
         let want = net.forward(&x, &arch, false).unwrap();
         for cls_only in [true, false] {
             let (l, _) = engine::forward_with(&w, &cfg, &arch, &flat, 3, cls_only);
-            let got = Tensor::from_vec(l, (3, 10), &Device::Cpu).unwrap();
+            let got = Tensor::from_vec(l, (3, classes), &Device::Cpu).unwrap();
             let d = max_abs_diff(&got, &want);
             assert!(d <= 1e-4 * max_abs(&want).max(1.0), "{arch:?} cls_only {cls_only}: logits differ by {d}");
         }
@@ -71,14 +107,19 @@ fn engine_logits_match_the_supernet() {
 
 #[test]
 fn engine_gradients_match_candle_autograd() {
-    let space = space("fmnist-tiny");
+    gradients_match(&space("fmnist-tiny"));
+    gradients_match(&odd_space());
+}
+
+fn gradients_match(space: &Space) {
+    let space = space.clone();
     let (net, params) = perturbed(&space);
     let w = Weights::from_tensors(&params.tensors()).unwrap();
     let cfg = Config::from_space(&space);
     let b = 5;
     let x = images(&space, b, 2);
     let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let r = noise(&[b, 10], 9, 1.0);
+    let r = noise(&[b, space.input.num_classes], 9, 1.0);
     let dl = r.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     for arch in archs(&space) {
         let logits = net.forward(&x, &arch, true).unwrap();
@@ -172,16 +213,18 @@ fn engine_and_autograd_sandwich_steps_agree() {
             (l, g)
         };
         let (le, ge) = run();
-        let (la, ga) = engine::with_candle_autograd(run);
         assert_eq!(le.nonfinite, None);
-        for (a, b) in le.losses.iter().zip(&la.losses) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "losses {a} vs {b}");
-        }
-        for (k, name) in params.names.iter().enumerate() {
-            let floor = if name.ends_with("key.bias") { 1e-2 } else { 1e-12 };
-            let scale = ga[k].iter().fold(0f32, |m, v| m.max(v.abs())).max(floor);
-            let d = ge[k].iter().zip(&ga[k]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(d / scale <= 1e-4, "{name}: gradients differ by {} relative", d / scale);
+        // against the fused kernels and against the unfused candle composites
+        for (la, ga) in [engine::with_candle_autograd(run), vitnas::ops::with_composite(run)] {
+            for (a, b) in le.losses.iter().zip(&la.losses) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "losses {a} vs {b}");
+            }
+            for (k, name) in params.names.iter().enumerate() {
+                let floor = if name.ends_with("key.bias") { 1e-2 } else { 1e-12 };
+                let scale = ga[k].iter().fold(0f32, |m, v| m.max(v.abs())).max(floor);
+                let d = ge[k].iter().zip(&ga[k]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(d / scale <= 1e-4, "{name}: gradients differ by {} relative", d / scale);
+            }
         }
     }
 }
