@@ -167,4 +167,7 @@ fn broken_bert_directories_are_clear_errors() {
     let d = copy_fixture("notbert");
     std::fs::copy(vit, d.join("model.safetensors")).unwrap();
     assert!(load_err(&d).contains("word_embeddings"));
+    for tag in ["trunc", "cfg", "shape", "act", "notbert"] {
+        std::fs::remove_dir_all(copy_fixture(tag)).ok();
+    }
 }

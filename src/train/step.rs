@@ -129,20 +129,20 @@ fn accumulate_engine(
     let mut extra: Vec<Vec<Vec<f32>>> = (1..chunks.len()).map(|_| w.zero_grads()).collect();
     let mut teacher: Option<Tensor> = None;
     let mut losses = Vec::with_capacity(plan.archs.len());
+    if images.dims() != [batch, cfg.channels, cfg.image_size, cfg.image_size] {
+        return Err(crate::Error::Tensor {
+            name: "input images".into(),
+            message: format!(
+                "expected shape [batch, {}, {}, {}], found {:?}",
+                cfg.channels,
+                cfg.image_size,
+                cfg.image_size,
+                images.dims()
+            ),
+        });
+    }
     for (k, arch) in plan.archs.iter().enumerate() {
         w.check(cfg, arch)?;
-        if images.dims() != [batch, cfg.channels, cfg.image_size, cfg.image_size] {
-            return Err(crate::Error::Tensor {
-                name: "input images".into(),
-                message: format!(
-                    "expected shape [batch, {}, {}, {}], found {:?}",
-                    cfg.channels,
-                    cfg.image_size,
-                    cfg.image_size,
-                    images.dims()
-                ),
-            });
-        }
         let (logits, tapes) = engine::forward_chunks(&w, cfg, arch, &x, &chunks, true);
         let logits = Var::from_vec(logits, (batch, cfg.classes), images.device())?;
         let lt = logits.as_tensor();
