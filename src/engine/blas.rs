@@ -95,18 +95,26 @@ pub unsafe fn mm(
 /// `y = x · wᵀ + b`: `x` is `[rows, w.inp]`, the result `[rows, w.out]`.
 pub fn forward(x: &[f32], w: W, b: &[f32]) -> Vec<f32> {
     let rows = x.len() / w.inp.max(1);
-    let mut y = vec![0f32; rows * w.out];
-    forward_into(x, w, b, &mut y);
+    let mut y = Vec::with_capacity(rows * w.out);
+    for _ in 0..rows {
+        y.extend_from_slice(&b[..w.out]);
+    }
+    product(x, w, &mut y);
     y
 }
 
 /// [`forward`] into `y` (`[rows, w.out]`).
 pub fn forward_into(x: &[f32], w: W, b: &[f32], y: &mut [f32]) {
-    let rows = x.len() / w.inp.max(1);
-    assert_eq!(y.len(), rows * w.out);
     for r in y.chunks_exact_mut(w.out.max(1)) {
         r.copy_from_slice(&b[..w.out]);
     }
+    product(x, w, y);
+}
+
+/// `y += x · wᵀ`.
+fn product(x: &[f32], w: W, y: &mut [f32]) {
+    let rows = x.len() / w.inp.max(1);
+    assert_eq!(y.len(), rows * w.out);
     assert!(w.data.len() >= (w.out.max(1) - 1) * w.ld + w.inp);
     let (rhs, rhs_rs, rhs_cs) = match w.t {
         Some(t) => {
