@@ -36,8 +36,25 @@ pub fn gemm_peak(n: usize, threads: usize) -> f64 {
         // SAFETY: all three matrices are n × n, row-major.
         unsafe {
             gemm::gemm(
-                n, n, n, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, n as isize,
-                b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, par,
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
             )
         };
         best = best.max(2.0 * (n * n * n) as f64 / t0.elapsed().as_secs_f64() / 1e9);
@@ -68,11 +85,12 @@ fn random_batch(batch: usize, seed: u64) -> Result<(Tensor, Tensor)> {
 /// autograd (the fused kernels) instead of the engine, for before/after.
 pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) -> Result<Value> {
     if candle_autograd {
-        return crate::engine::with_candle_autograd(|| train(steps, batch, threads, false))
-            .map(|mut v| {
+        return crate::engine::with_candle_autograd(|| train(steps, batch, threads, false)).map(
+            |mut v| {
                 v["path"] = json!("candle-autograd");
                 v
-            });
+            },
+        );
     }
     let space = space();
     let (net, _vm, params) = build_supernet(&space, 0)?;

@@ -93,7 +93,10 @@ fn logits_match(space: &Space) {
             let (l, _) = engine::forward_with(&w, &cfg, &arch, &flat, 3, cls_only);
             let got = Tensor::from_vec(l, (3, classes), &Device::Cpu).unwrap();
             let d = max_abs_diff(&got, &want);
-            assert!(d <= 1e-4 * max_abs(&want).max(1.0), "{arch:?} cls_only {cls_only}: logits differ by {d}");
+            assert!(
+                d <= 1e-4 * max_abs(&want).max(1.0),
+                "{arch:?} cls_only {cls_only}: logits differ by {d}"
+            );
         }
         // batch 3: data-parallel chunks; batch 1: token rows split over threads
         let got = engine::logits(&w, &cfg, &arch, &x).unwrap();
@@ -101,7 +104,10 @@ fn logits_match(space: &Space) {
         let one = x.narrow(0, 1, 1).unwrap();
         let got = engine::logits(&w, &cfg, &arch, &one).unwrap();
         let want = want.narrow(0, 1, 1).unwrap();
-        assert!(max_abs_diff(&got, &want) <= 1e-4 * max_abs(&want).max(1.0), "{arch:?}: batch 1");
+        assert!(
+            max_abs_diff(&got, &want) <= 1e-4 * max_abs(&want).max(1.0),
+            "{arch:?}: batch 1"
+        );
     }
 }
 
@@ -123,7 +129,12 @@ fn gradients_match(space: &Space) {
     let dl = r.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     for arch in archs(&space) {
         let logits = net.forward(&x, &arch, true).unwrap();
-        let g = (logits * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = (logits * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for cls_only in [true, false] {
             let (_, tape) = engine::forward_with(&w, &cfg, &arch, &flat, b, cls_only);
             let mut grads = w.zero_grads();
@@ -135,7 +146,11 @@ fn gradients_match(space: &Space) {
                         // The key bias shifts every score of a row equally: its true
                         // gradient is 0 and both sides hold rounding noise, so it
                         // is compared absolutely (1e-4 of a 1e-2 floor).
-                        let floor = if name.ends_with("key.bias") { 1e-2 } else { 1e-12 };
+                        let floor = if name.ends_with("key.bias") {
+                            1e-2
+                        } else {
+                            1e-12
+                        };
                         let scale = max_abs(want).max(floor);
                         let d = max_abs_diff(&got, want) / scale;
                         assert!(d <= 1e-4, "{name} ({arch:?}, cls_only {cls_only}): gradient differs by {d} (relative)");
@@ -156,14 +171,22 @@ fn every_parameter_of_the_largest_subnet_gets_a_gradient() {
     let (_, params) = perturbed(&space);
     let w = Weights::from_tensors(&params.tensors()).unwrap();
     let cfg = Config::from_space(&space);
-    let x = images(&space, 2, 4).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let x = images(&space, 2, 4)
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let arch = space.largest();
     let (_, tape) = engine::forward(&w, &cfg, &arch, &x, 2);
     let mut grads = w.zero_grads();
     engine::backward(&w, &cfg, &arch, &tape, &[1.0; 20], &mut grads);
     for (name, g) in w.names.iter().zip(&grads) {
         let nonzero = g.iter().filter(|v| **v != 0.0).count();
-        assert!(nonzero * 2 > g.len(), "{name}: only {nonzero} of {} gradient entries are non-zero", g.len());
+        assert!(
+            nonzero * 2 > g.len(),
+            "{name}: only {nonzero} of {} gradient entries are non-zero",
+            g.len()
+        );
     }
 }
 
@@ -180,10 +203,14 @@ fn engine_runs_a_static_model_and_rejects_an_arch_that_does_not_fit() {
     let want = vit.forward(&x).unwrap();
     let got = engine::logits(&w, &cfg, &arch, &x).unwrap();
     assert!(max_abs_diff(&got, &want) <= 1e-4 * max_abs(&want).max(1.0));
-    let err = engine::logits(&w, &cfg, &space.largest(), &x).unwrap_err().to_string();
+    let err = engine::logits(&w, &cfg, &space.largest(), &x)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("vit."), "error should name a tensor: {err}");
     let bad = images(&space, 1, 5).reshape((1, 1, 784)).unwrap();
-    let err = engine::logits(&w, &cfg, &arch, &bad).unwrap_err().to_string();
+    let err = engine::logits(&w, &cfg, &arch, &bad)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("input images"), "{err}");
 }
 
@@ -215,15 +242,32 @@ fn engine_and_autograd_sandwich_steps_agree() {
         let (le, ge) = run();
         assert_eq!(le.nonfinite, None);
         // against the fused kernels and against the unfused candle composites
-        for (la, ga) in [engine::with_candle_autograd(run), vitnas::ops::with_composite(run)] {
+        for (la, ga) in [
+            engine::with_candle_autograd(run),
+            vitnas::ops::with_composite(run),
+        ] {
             for (a, b) in le.losses.iter().zip(&la.losses) {
-                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "losses {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "losses {a} vs {b}"
+                );
             }
             for (k, name) in params.names.iter().enumerate() {
-                let floor = if name.ends_with("key.bias") { 1e-2 } else { 1e-12 };
+                let floor = if name.ends_with("key.bias") {
+                    1e-2
+                } else {
+                    1e-12
+                };
                 let scale = ga[k].iter().fold(0f32, |m, v| m.max(v.abs())).max(floor);
-                let d = ge[k].iter().zip(&ga[k]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(d / scale <= 1e-4, "{name}: gradients differ by {} relative", d / scale);
+                let d = ge[k]
+                    .iter()
+                    .zip(&ga[k])
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    d / scale <= 1e-4,
+                    "{name}: gradients differ by {} relative",
+                    d / scale
+                );
             }
         }
     }

@@ -75,11 +75,39 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>)
                 k.as_ptr().add(d.at(b, h, d.t)),
                 v.as_ptr().add(d.at(b, h, d.t)),
             );
-            mm(d.tq, d.t, d.head_dim, p.as_mut_ptr(), d.t, false, qp, w, 1, kp, 1, w, false);
+            mm(
+                d.tq,
+                d.t,
+                d.head_dim,
+                p.as_mut_ptr(),
+                d.t,
+                false,
+                qp,
+                w,
+                1,
+                kp,
+                1,
+                w,
+                false,
+            );
             for row in p.chunks_mut(d.t) {
                 vecmath::softmax_row(row, scale);
             }
-            mm(d.tq, d.head_dim, d.t, cp.0.add(d.at(b, h, d.tq)), w, false, p.as_ptr(), d.t, 1, vp, w, 1, false);
+            mm(
+                d.tq,
+                d.head_dim,
+                d.t,
+                cp.0.add(d.at(b, h, d.tq)),
+                w,
+                false,
+                p.as_ptr(),
+                d.t,
+                1,
+                vp,
+                w,
+                1,
+                false,
+            );
         }
     });
     (ctx, probs)
@@ -115,9 +143,37 @@ pub fn backward(
         unsafe {
             let go = dctx.as_ptr().add(oq);
             // dP = dO · Vᵀ
-            mm(d.tq, d.t, d.head_dim, ds.as_mut_ptr(), d.t, false, go, w, 1, v.as_ptr().add(okv), 1, w, false);
+            mm(
+                d.tq,
+                d.t,
+                d.head_dim,
+                ds.as_mut_ptr(),
+                d.t,
+                false,
+                go,
+                w,
+                1,
+                v.as_ptr().add(okv),
+                1,
+                w,
+                false,
+            );
             // dV = Pᵀ · dO
-            mm(d.t, d.head_dim, d.tq, dvp.0.add(okv), w, false, p.as_ptr(), 1, d.t, go, w, 1, false);
+            mm(
+                d.t,
+                d.head_dim,
+                d.tq,
+                dvp.0.add(okv),
+                w,
+                false,
+                p.as_ptr(),
+                1,
+                d.t,
+                go,
+                w,
+                1,
+                false,
+            );
             // dS = scale · P ⊙ (dP − Σ_j dP·P)
             for (dsr, pr) in ds.chunks_mut(d.t).zip(p.chunks(d.t)) {
                 let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
@@ -126,8 +182,36 @@ pub fn backward(
                 }
             }
             // dQ = dS · K, dK = dSᵀ · Q
-            mm(d.tq, d.head_dim, d.t, dqp.0.add(oq), w, false, ds.as_ptr(), d.t, 1, k.as_ptr().add(okv), w, 1, false);
-            mm(d.t, d.head_dim, d.tq, dkp.0.add(okv), w, false, ds.as_ptr(), 1, d.t, q.as_ptr().add(oq), w, 1, false);
+            mm(
+                d.tq,
+                d.head_dim,
+                d.t,
+                dqp.0.add(oq),
+                w,
+                false,
+                ds.as_ptr(),
+                d.t,
+                1,
+                k.as_ptr().add(okv),
+                w,
+                1,
+                false,
+            );
+            mm(
+                d.t,
+                d.head_dim,
+                d.tq,
+                dkp.0.add(okv),
+                w,
+                false,
+                ds.as_ptr(),
+                1,
+                d.t,
+                q.as_ptr().add(oq),
+                w,
+                1,
+                false,
+            );
         }
     });
     (dq, dk, dv)

@@ -172,7 +172,9 @@ pub fn backward_input(g: &[f32], w: W, dx: &mut [f32], accumulate: bool) {
 /// stride `ld`, and `db[:out] += Σ_rows g`.
 pub fn backward_params(g: &[f32], x: &[f32], shape: W, dw: &mut [f32], db: &mut [f32]) {
     let rows = g.len() / shape.out.max(1);
-    assert!(x.len() >= rows * shape.inp && dw.len() >= (shape.out.max(1) - 1) * shape.ld + shape.inp);
+    assert!(
+        x.len() >= rows * shape.inp && dw.len() >= (shape.out.max(1) - 1) * shape.ld + shape.inp
+    );
     // SAFETY: gᵀ is out × rows (row stride 1, column stride out), x rows × inp.
     unsafe {
         mm(

@@ -62,7 +62,10 @@ fn lin(w: &Weights, (wi, bi): (usize, usize), out: usize, inp: usize) -> (W<'_>,
 
 /// Rows `0, t, 2t, …` of a `width`-wide row-major matrix.
 pub fn gather_cls(x: &[f32], width: usize, t: usize) -> Vec<f32> {
-    x.chunks(width * t).flat_map(|s| &s[..width]).copied().collect()
+    x.chunks(width * t)
+        .flat_map(|s| &s[..width])
+        .copied()
+        .collect()
 }
 
 /// Adds row `b` of `src` to row `b · t` of `dst`.

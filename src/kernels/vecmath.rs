@@ -288,7 +288,10 @@ mod tests {
     fn exp_matches_std() {
         for x in inputs().into_iter().chain([-80.0, -20.5, 0.0, 30.25, 80.0]) {
             let (got, want) = (exp_scalar(x), x.exp());
-            assert!((got - want).abs() <= 3e-7 * want, "exp({x}) = {got}, want {want}");
+            assert!(
+                (got - want).abs() <= 3e-7 * want,
+                "exp({x}) = {got}, want {want}"
+            );
         }
     }
 
@@ -304,8 +307,14 @@ mod tests {
             let cdf = 0.5 * (1.0 + libm_erf(x64 / std::f64::consts::SQRT_2));
             let want = x64 * cdf;
             let want_d = cdf + x64 * (-0.5 * x64 * x64).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            assert!((y as f64 - want).abs() < 1e-6, "gelu({x}) = {y}, want {want}");
-            assert!((d as f64 - want_d).abs() < 1e-6, "gelu'({x}) = {d}, want {want_d}");
+            assert!(
+                (y as f64 - want).abs() < 1e-6,
+                "gelu({x}) = {y}, want {want}"
+            );
+            assert!(
+                (d as f64 - want_d).abs() < 1e-6,
+                "gelu'({x}) = {d}, want {want_d}"
+            );
             assert!((y - gelu_scalar(x)).abs() < 1e-6);
         }
     }

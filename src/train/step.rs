@@ -102,9 +102,27 @@ pub fn accumulate(
     let f32_params = params.vars.iter().all(|v| v.dtype() == DType::F32);
     match net.engine_config() {
         Some(cfg) if engine::enabled() && f32_params && images.dtype() == DType::F32 => {
-            accumulate_engine(&cfg, params, plan, images, labels, label_smoothing, distill, grads)
+            accumulate_engine(
+                &cfg,
+                params,
+                plan,
+                images,
+                labels,
+                label_smoothing,
+                distill,
+                grads,
+            )
         }
-        _ => accumulate_autograd(net, params, plan, images, labels, label_smoothing, distill, grads),
+        _ => accumulate_autograd(
+            net,
+            params,
+            plan,
+            images,
+            labels,
+            label_smoothing,
+            distill,
+            grads,
+        ),
     }
 }
 

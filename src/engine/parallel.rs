@@ -1,0 +1,114 @@
+//! Threads: data-parallel chunks of a batch (one per pool thread, whole
+//! subnets per chunk with single-threaded ops inside), and the switch that
+//! keeps an op on its thread when splitting it would not pay.
+
+use super::{backward, forward, infer_one_split, Config, Tape, Weights};
+use crate::space::Arch;
+use rayon::prelude::*;
+
+/// Fewest images per data-parallel chunk.
+const MIN_CHUNK: usize = 1;
+/// A whole forward smaller than this (`rows · embed² · depth`, about a
+/// twelfth of its multiply-adds) runs on one thread: waking the pool for
+/// each of its small ops costs more than it saves (batch-1 inference).
+const SERIAL_MAX_WORK: usize = 1 << 25;
+
+thread_local! {
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every engine op on this thread single-threaded (inside a
+/// data-parallel chunk, where the other threads have chunks of their own).
+pub(crate) fn serial<T>(f: impl FnOnce() -> T) -> T {
+    let prev = SERIAL.with(|c| c.replace(true));
+    let out = f();
+    SERIAL.with(|c| c.set(prev));
+    out
+}
+
+/// Whether an op of `work` units (at least `min` to pay for the dispatch)
+/// should use the thread pool.
+pub(crate) fn par_ok(work: usize, min: usize) -> bool {
+    work >= min && !SERIAL.with(|c| c.get()) && rayon::current_num_threads() > 1
+}
+
+/// Contiguous ranges of a batch, one per thread of the pool (at least
+/// [`MIN_CHUNK`] images each), for data-parallel forward and backward: each
+/// thread runs whole subnets on its images with single-threaded ops, which
+/// beats splitting every small op across threads. Results are bit-identical
+/// for the same seed and the same number of threads.
+pub fn split(batch: usize) -> Vec<std::ops::Range<usize>> {
+    let n = rayon::current_num_threads().min(batch / MIN_CHUNK).max(1);
+    (0..n).map(|i| batch * i / n..batch * (i + 1) / n).collect()
+}
+
+/// [`forward`] of each chunk of [`split`] on its own thread; the logits of
+/// the whole batch and one tape per chunk (none when `tape` is false, which
+/// lets one image be split over the threads by rows).
+pub fn forward_chunks(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    images: &[f32],
+    chunks: &[std::ops::Range<usize>],
+    tape: bool,
+) -> (Vec<f32>, Vec<Tape>) {
+    let per = cfg.channels * cfg.image_size * cfg.image_size;
+    if let [r] = chunks {
+        let run = || forward(w, cfg, arch, &images[r.start * per..r.end * per], r.len());
+        if !tape && r.len() == 1 && par_ok(2, 2) {
+            let l = infer_one_split(w, cfg, arch, &images[r.start * per..r.end * per]);
+            return (l, Vec::new());
+        }
+        let work = r.len() * cfg.seq_len() * arch.embed_dim * arch.embed_dim * arch.depth;
+        let (l, t) = if work < SERIAL_MAX_WORK {
+            serial(run)
+        } else {
+            run()
+        };
+        return (l, vec![t]);
+    }
+    let outs: Vec<(Vec<f32>, Tape)> = chunks
+        .par_iter()
+        .map(|r| serial(|| forward(w, cfg, arch, &images[r.start * per..r.end * per], r.len())))
+        .collect();
+    let mut logits = Vec::with_capacity(images.len() / per * cfg.classes);
+    let mut tapes = Vec::with_capacity(outs.len());
+    for (l, t) in outs {
+        logits.extend(l);
+        tapes.push(t);
+    }
+    (logits, tapes)
+}
+
+/// [`backward`] of each chunk on its own thread: chunk 0 adds into
+/// `grads`, chunk `i` into `extra[i - 1]` (buffers of the same shapes, to be
+/// summed into `grads` by the caller once per step).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_chunks(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    tapes: &[Tape],
+    dlogits: &[f32],
+    chunks: &[std::ops::Range<usize>],
+    grads: &mut [Vec<f32>],
+    extra: &mut [Vec<Vec<f32>>],
+) {
+    assert!(tapes.len() == chunks.len() && extra.len() + 1 >= chunks.len());
+    let c = cfg.classes;
+    if let ([t], [r]) = (tapes, chunks) {
+        return backward(w, cfg, arch, t, &dlogits[r.start * c..r.end * c], grads);
+    }
+    let mut targets: Vec<&mut [Vec<f32>]> = std::iter::once(grads)
+        .chain(extra.iter_mut().map(|e| e.as_mut_slice()))
+        .take(chunks.len())
+        .collect();
+    targets
+        .par_iter_mut()
+        .zip(tapes.par_iter())
+        .zip(chunks.par_iter())
+        .for_each(|((g, t), r)| {
+            serial(|| backward(w, cfg, arch, t, &dlogits[r.start * c..r.end * c], g))
+        });
+}
