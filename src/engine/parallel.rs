@@ -20,10 +20,16 @@ thread_local! {
 /// Runs `f` with every engine op on this thread single-threaded (inside a
 /// data-parallel chunk, where the other threads have chunks of their own).
 pub(crate) fn serial<T>(f: impl FnOnce() -> T) -> T {
-    let prev = SERIAL.with(|c| c.replace(true));
-    let out = f();
-    SERIAL.with(|c| c.set(prev));
-    out
+    /// Restores the previous setting even if `f` panics (the pool's
+    /// workers outlive a panicking task).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|c| c.replace(true)));
+    f()
 }
 
 /// Whether an op of `work` units (at least `min` to pay for the dispatch)
