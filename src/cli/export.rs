@@ -3,7 +3,7 @@
 use clap::Args;
 use std::path::PathBuf;
 use vitnas::models::export;
-use vitnas::space::{flops, Arch};
+use vitnas::space::flops;
 use vitnas::train::TrainedRun;
 
 #[derive(Debug, Args)]
@@ -32,16 +32,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         let before = flops(space, &arch);
         model = export::pad_uniform(&model)?;
         let c = &model.config;
-        let padded = Arch {
-            embed_dim: c.hidden_size,
-            depth: c.num_heads.len(),
-            num_heads: c.num_heads.clone(),
-            mlp_ratio: c
-                .intermediate_sizes
-                .iter()
-                .map(|&m| m as f64 / c.hidden_size as f64)
-                .collect(),
-        };
+        let padded = c.arch();
         let after = flops(space, &padded);
         eprintln!(
             "--hf-pad: padded to {} heads and MLP width {} in every layer: {} → {} multiply-adds per image (+{:.1}%)",

@@ -298,8 +298,9 @@ pub fn forward_macs(cfg: &Config, arch: &Arch) -> u64 {
     f
 }
 
-/// Logits only (inference), as a `[batch, classes]` tensor.
-pub fn logits(w: &Weights, cfg: &Config, arch: &Arch, images: &Tensor) -> Result<Tensor> {
+/// The batch size of `images` if they are `[batch, C, H, W]` for `cfg`;
+/// otherwise an error naming the expected and the found shape.
+pub fn check_images(cfg: &Config, images: &Tensor) -> Result<usize> {
     let batch = images.dims().first().copied().unwrap_or(0);
     if images.dims() != [batch, cfg.channels, cfg.image_size, cfg.image_size] {
         return Err(Error::Tensor {
@@ -313,6 +314,12 @@ pub fn logits(w: &Weights, cfg: &Config, arch: &Arch, images: &Tensor) -> Result
             ),
         });
     }
+    Ok(batch)
+}
+
+/// Logits only (inference), as a `[batch, classes]` tensor.
+pub fn logits(w: &Weights, cfg: &Config, arch: &Arch, images: &Tensor) -> Result<Tensor> {
+    let batch = check_images(cfg, images)?;
     w.check(cfg, arch)?;
     let x = images
         .flatten_all()?
@@ -333,21 +340,10 @@ pub struct Model {
 
 impl Model {
     pub fn from_vit(vit: &Vit) -> Result<Self> {
-        let c = &vit.config;
-        let arch = Arch {
-            embed_dim: c.hidden_size,
-            depth: c.num_heads.len(),
-            num_heads: c.num_heads.clone(),
-            mlp_ratio: c
-                .intermediate_sizes
-                .iter()
-                .map(|&m| m as f64 / c.hidden_size.max(1) as f64)
-                .collect(),
-        };
         let model = Self {
             weights: Weights::from_tensors(&vit.tensors())?,
-            cfg: Config::from_vit(c),
-            arch,
+            cfg: Config::from_vit(&vit.config),
+            arch: vit.config.arch(),
         };
         model.weights.check(&model.cfg, &model.arch)?;
         Ok(model)

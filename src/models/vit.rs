@@ -38,6 +38,21 @@ impl VitConfig {
         }
     }
 
+    /// The architecture this config describes (MLP ratios recovered from
+    /// the widths: `mlp_width(hidden, width / hidden) == width`).
+    pub fn arch(&self) -> Arch {
+        Arch {
+            embed_dim: self.hidden_size,
+            depth: self.num_heads.len(),
+            num_heads: self.num_heads.clone(),
+            mlp_ratio: self
+                .intermediate_sizes
+                .iter()
+                .map(|&m| m as f64 / self.hidden_size.max(1) as f64)
+                .collect(),
+        }
+    }
+
     pub fn seq_len(&self) -> usize {
         let g = self.image_size / self.patch_size;
         g * g + 1

@@ -126,6 +126,25 @@ pub fn accumulate(
     }
 }
 
+/// The loss of one subnet of a step and its reported value: distillation
+/// from the step's teacher when there is one, else label-smoothed CE.
+fn subnet_loss(
+    logits: &Tensor,
+    teacher: Option<&Tensor>,
+    distill: Option<&dyn Distill>,
+    labels: &Tensor,
+    label_smoothing: f64,
+) -> Result<(Tensor, f32)> {
+    Ok(match (teacher, distill) {
+        (Some(t), Some(d)) => d.loss(logits, t)?,
+        _ => {
+            let l = cross_entropy(logits, labels, label_smoothing)?;
+            let v = l.to_scalar::<f32>()?;
+            (l, v)
+        }
+    })
+}
+
 /// [`accumulate`] by the engine: candle computes only the losses and their
 /// gradients with respect to the logits.
 #[allow(clippy::too_many_arguments)]
@@ -139,39 +158,20 @@ fn accumulate_engine(
     distill: Option<&dyn Distill>,
     grads: &mut [Vec<f32>],
 ) -> Result<StepLosses> {
+    let batch = engine::check_images(cfg, images)?;
     let w = Weights::from_tensors(&params.tensors())?;
-    let batch = images.dim(0)?;
     let x = images.flatten_all()?.to_vec1::<f32>()?;
     let chunks = engine::split(batch);
     // Gradients of chunks 1.. (chunk 0 adds into `grads`), summed at the end.
     let mut extra: Vec<Vec<Vec<f32>>> = (1..chunks.len()).map(|_| w.zero_grads()).collect();
     let mut teacher: Option<Tensor> = None;
     let mut losses = Vec::with_capacity(plan.archs.len());
-    if images.dims() != [batch, cfg.channels, cfg.image_size, cfg.image_size] {
-        return Err(crate::Error::Tensor {
-            name: "input images".into(),
-            message: format!(
-                "expected shape [batch, {}, {}, {}], found {:?}",
-                cfg.channels,
-                cfg.image_size,
-                cfg.image_size,
-                images.dims()
-            ),
-        });
-    }
     for (k, arch) in plan.archs.iter().enumerate() {
         w.check(cfg, arch)?;
         let (logits, tapes) = engine::forward_chunks(&w, cfg, arch, &x, &chunks, true);
         let logits = Var::from_vec(logits, (batch, cfg.classes), images.device())?;
         let lt = logits.as_tensor();
-        let (loss, value) = match (&teacher, distill) {
-            (Some(t), Some(d)) => d.loss(lt, t)?,
-            _ => {
-                let l = cross_entropy(lt, labels, label_smoothing)?;
-                let v = l.to_scalar::<f32>()?;
-                (l, v)
-            }
-        };
+        let (loss, value) = subnet_loss(lt, teacher.as_ref(), distill, labels, label_smoothing)?;
         losses.push(value);
         if !value.is_finite() {
             return Ok(StepLosses {
@@ -216,14 +216,8 @@ fn accumulate_autograd(
     let mut losses = Vec::with_capacity(plan.archs.len());
     for (k, arch) in plan.archs.iter().enumerate() {
         let logits = net.forward_train(images, arch)?;
-        let (loss, value) = match (&teacher, distill) {
-            (Some(t), Some(d)) => d.loss(&logits, t)?,
-            _ => {
-                let l = cross_entropy(&logits, labels, label_smoothing)?;
-                let v = l.to_scalar::<f32>()?;
-                (l, v)
-            }
-        };
+        let (loss, value) =
+            subnet_loss(&logits, teacher.as_ref(), distill, labels, label_smoothing)?;
         losses.push(value);
         if !value.is_finite() {
             return Ok(StepLosses {
