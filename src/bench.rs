@@ -209,8 +209,10 @@ pub fn search(archs: usize, images: usize, threads: usize) -> Result<Value> {
     let mut macs = 0u64;
     let t0 = Instant::now();
     for arch in &candidates {
+        // as `vitnas search` does: the subnet prepared once, then its batches
+        let model = crate::engine::Model::from_vit(&net.extract(arch)?)?;
         for _ in 0..batches {
-            net.infer(&x, arch)?.argmax(1)?;
+            model.logits(&x)?.argmax(1)?;
         }
         macs += flops(&space, arch) * (batches * x.dim(0)?) as u64;
     }

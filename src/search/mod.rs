@@ -286,9 +286,10 @@ impl<'a> Search<'a> {
         let arch = Arch::from_genes(self.space, genes)?;
         let n = cfg.val_subset.min(ev.val.len());
         let started = Instant::now();
+        let model = crate::engine::Model::from_vit(&ev.net.extract(&arch)?)?;
         let run = |ds: &Dataset| {
             evaluate(ds, ev.norm, cfg.eval_batch_size, &ev.device, |x| {
-                ev.net.infer(x, &arch)
+                model.logits(x)
             })
         };
         let early = cfg.early_reject_images.min(n);

@@ -21,7 +21,7 @@ use crate::init::seeded_var_builder;
 use crate::models::vit::Vit;
 use crate::space::{flops, Arch, Space};
 use crate::supernet::Supernet;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use checkpoint::{read_safetensors, to_safetensors_bytes, write_atomic, TrainState, STATE_KEY};
 use optim::{lr_at, AdamW};
@@ -186,10 +186,12 @@ impl Trainee {
         }
     }
 
-    fn logits(&self, images: &Tensor, arch: &Arch) -> Result<Tensor> {
+    /// The subnet `arch` (or the static model) ready for inference by the
+    /// engine: built once per evaluation, not per batch.
+    fn inference_model(&self, arch: &Arch) -> Result<crate::engine::Model> {
         match self {
-            Trainee::Supernet { net, .. } => net.infer(images, arch),
-            Trainee::Standalone { model, .. } => model.infer(images),
+            Trainee::Supernet { net, .. } => crate::engine::Model::from_vit(&net.extract(arch)?),
+            Trainee::Standalone { model, .. } => crate::engine::Model::from_vit(model),
         }
     }
 }
@@ -581,8 +583,9 @@ fn run(
             let mut line = json!({"step": state.step, "epoch_end": epoch + 1});
             let mut msg = format!("epoch {} val acc", epoch + 1);
             for (which, arch) in trainee.reported(space) {
+                let model = trainee.inference_model(&arch)?;
                 let r = evaluate(val, &norm, recipe.data.eval_batch_size, &dev, |x| {
-                    trainee.logits(x, &arch)
+                    model.logits(x)
                 })?;
                 line[format!("val_{which}")] = json!(r);
                 msg += &format!(" {which} {:.4}", r.accuracy);
@@ -629,8 +632,9 @@ fn run(
         if let Ok(test) = load_test(recipe, space) {
             let mut line = json!({"step": state.step});
             for (which, arch) in trainee.reported(space) {
+                let model = trainee.inference_model(&arch)?;
                 let r = evaluate(&test, &norm, recipe.data.eval_batch_size, &dev, |x| {
-                    trainee.logits(x, &arch)
+                    model.logits(x)
                 })?;
                 line[format!("final_test_{which}")] = json!(r);
                 summary.set("test", which, r);
