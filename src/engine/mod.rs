@@ -10,9 +10,12 @@
 //! The last block computes only the class token's rows (see
 //! [`block`]), which the logits depend on.
 //!
-//! The engine computes exactly what [`crate::supernet::Supernet::forward`]
-//! and candle's backward compute (tested against both to 1e-4); the
-//! architecture is an argument of every call, as everywhere. Weights are
+//! The engine computes what [`crate::supernet::Supernet::forward`] and
+//! candle's backward compute, up to float rounding (tested against both to
+//! 1e-4); the architecture is an argument of every call, as everywhere.
+//! A batch is split into one chunk per thread ([`split`]); training steps
+//! (`train::step::accumulate`) and inference ([`Model`]) run here, candle's
+//! autograd stays as the reference and the fallback. Weights are
 //! found by their Hugging Face names, so a supernet and a static
 //! [`crate::models::vit::Vit`] (whose tensors are their own full slices) run
 //! through the same code.
