@@ -39,7 +39,7 @@ pub(crate) fn par_ok(work: usize, min: usize) -> bool {
 }
 
 /// Contiguous ranges of a batch, one per thread of the pool (at least
-/// [`MIN_CHUNK`] images each), for data-parallel forward and backward: each
+/// `MIN_CHUNK` images each), for data-parallel forward and backward: each
 /// thread runs whole subnets on its images with single-threaded ops, which
 /// beats splitting every small op across threads. Results are bit-identical
 /// for the same seed and the same number of threads.
