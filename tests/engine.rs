@@ -6,22 +6,13 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{images, max_abs, max_abs_diff, space, supernet};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use common::{images, max_abs, max_abs_diff, space, supernet, uniform};
+use rand::{rngs::StdRng, SeedableRng};
 use vitnas::engine::{self, Config, Weights};
 use vitnas::train::loss::{AlphaDivergence, Distill, Kl};
 use vitnas::train::sampler::{Sampler, Sandwich};
 use vitnas::train::step::{accumulate, Params};
 use vitnas::{Arch, Space};
-
-fn noise(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
 
 /// A supernet whose biases and norm parameters are not at their initial
 /// constants (so their gradients are tested on generic values).
@@ -29,7 +20,7 @@ fn perturbed(space: &Space) -> (vitnas::Supernet, Params) {
     let (net, vm) = supernet(space, 3);
     let params = Params::from_varmap(&vm);
     for (i, v) in params.vars.iter().enumerate() {
-        let t = (v.as_tensor() + noise(v.dims(), 100 + i as u64, 0.05)).unwrap();
+        let t = (v.as_tensor() + uniform(v.dims(), 100 + i as u64, 0.05)).unwrap();
         v.set(&t).unwrap();
     }
     (net, params)
@@ -125,7 +116,7 @@ fn gradients_match(space: &Space) {
     let b = 5;
     let x = images(&space, b, 2);
     let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let r = noise(&[b, space.input.num_classes], 9, 1.0);
+    let r = uniform(&[b, space.input.num_classes], 9, 1.0);
     let dl = r.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     for arch in archs(&space) {
         let logits = net.forward(&x, &arch, true).unwrap();

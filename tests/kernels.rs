@@ -6,21 +6,12 @@
 mod common;
 
 use candle_core::{Device, Tensor, Var};
-use common::{images, max_abs_diff, space, supernet};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use common::{images, max_abs_diff, space, supernet, uniform};
+use rand::{rngs::StdRng, SeedableRng};
 use vitnas::ops::{self, composite};
 use vitnas::train::loss::Kl;
 use vitnas::train::sampler::{Sampler, Sandwich};
 use vitnas::train::step::{accumulate, Params};
-
-fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
 
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let scale = common::max_abs(b).max(1e-12);
@@ -35,8 +26,8 @@ fn compare(
     fused: impl Fn(&Tensor) -> Tensor,
     reference: impl Fn(&Tensor) -> Tensor,
 ) {
-    let x = Var::from_tensor(&randn(shape, 1, scale)).unwrap();
-    let w = randn(shape, 2, 1.0);
+    let x = Var::from_tensor(&uniform(shape, 1, scale)).unwrap();
+    let w = uniform(shape, 2, 1.0);
     let (yf, yr) = (fused(x.as_tensor()), reference(x.as_tensor()));
     let d = max_abs_diff(&yf, &yr);
     assert!(d <= 1e-5, "{shape:?}: forward differs by {d}");
@@ -80,16 +71,16 @@ fn fused_gelu_matches_composite() {
 fn fused_layer_norm_matches_composite_including_gamma_and_beta_gradients() {
     for s in SHAPES {
         let d = *s.last().unwrap();
-        let gamma = Var::from_tensor(&(randn(&[d], 3, 0.5) + 1.0).unwrap()).unwrap();
-        let beta = Var::from_tensor(&randn(&[d], 4, 0.5)).unwrap();
+        let gamma = Var::from_tensor(&(uniform(&[d], 3, 0.5) + 1.0).unwrap()).unwrap();
+        let beta = Var::from_tensor(&uniform(&[d], 4, 0.5)).unwrap();
         compare(
             s,
             3.0,
             |x| ops::layer_norm(x, &gamma, &beta, 1e-5).unwrap(),
             |x| composite::layer_norm(x, &gamma, &beta, 1e-5).unwrap(),
         );
-        let x = randn(s, 5, 3.0);
-        let w = randn(s, 6, 1.0);
+        let x = uniform(s, 5, 3.0);
+        let w = uniform(s, 6, 1.0);
         let g_of = |y: Tensor| (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gf = g_of(ops::layer_norm(&x, &gamma, &beta, 1e-5).unwrap());
         let gr = g_of(composite::layer_norm(&x, &gamma, &beta, 1e-5).unwrap());
@@ -107,15 +98,15 @@ fn fused_layer_norm_matches_composite_including_gamma_and_beta_gradients() {
 fn fused_bias_add_matches_broadcast_add_including_bias_gradient() {
     for s in SHAPES {
         let d = *s.last().unwrap();
-        let b = Var::from_tensor(&randn(&[d], 3, 1.0)).unwrap();
+        let b = Var::from_tensor(&uniform(&[d], 3, 1.0)).unwrap();
         compare(
             s,
             1.0,
             |x| ops::bias_add(x, &b).unwrap(),
             |x| x.broadcast_add(&b).unwrap(),
         );
-        let x = randn(s, 5, 1.0);
-        let w = randn(s, 6, 1.0);
+        let x = uniform(s, 5, 1.0);
+        let w = uniform(s, 6, 1.0);
         let g_of = |y: Tensor| (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gf = g_of(ops::bias_add(&x, &b).unwrap());
         let gr = g_of(x.broadcast_add(&b).unwrap());
@@ -126,7 +117,7 @@ fn fused_bias_add_matches_broadcast_add_including_bias_gradient() {
         assert!(r <= 1e-4, "{s:?}: bias gradient differs by {r}");
     }
     // A bias over the two trailing dimensions (position embeddings).
-    let pos = Var::from_tensor(&randn(&[50, 97], 7, 1.0)).unwrap();
+    let pos = Var::from_tensor(&uniform(&[50, 97], 7, 1.0)).unwrap();
     compare(
         &[3, 50, 97],
         1.0,
@@ -189,9 +180,9 @@ fn fused_attention_matches_composite_in_values_and_all_three_gradients() {
     ] {
         let shape = [b * t, h * hd];
         let vars: Vec<Var> = (0..3)
-            .map(|k| Var::from_tensor(&randn(&shape, 10 + k, 2.0)).unwrap())
+            .map(|k| Var::from_tensor(&uniform(&shape, 10 + k, 2.0)).unwrap())
             .collect();
-        let w = randn(&shape, 20, 1.0);
+        let w = uniform(&shape, 20, 1.0);
         let (q, k, v) = (
             vars[0].as_tensor(),
             vars[1].as_tensor(),
@@ -232,13 +223,13 @@ fn fused_linear_matches_composite_with_strided_weight_slices() {
         (50, 128, 96, 128, 128),
         (3200, 96, 384, 128, 512),
     ] {
-        let x = Var::from_tensor(&randn(&[m, k], 1, 2.0)).unwrap();
-        let w_full = Var::from_tensor(&randn(&[nmax, kmax], 2, 0.5)).unwrap();
-        let b_full = Var::from_tensor(&randn(&[nmax], 3, 0.5)).unwrap();
+        let x = Var::from_tensor(&uniform(&[m, k], 1, 2.0)).unwrap();
+        let w_full = Var::from_tensor(&uniform(&[nmax, kmax], 2, 0.5)).unwrap();
+        let b_full = Var::from_tensor(&uniform(&[nmax], 3, 0.5)).unwrap();
         // Leading slices, as the supernet's elastic linears take them.
         let w = w_full.narrow(0, 0, n).unwrap().narrow(1, 0, k).unwrap();
         let b = b_full.narrow(0, 0, n).unwrap();
-        let g = randn(&[m, n], 4, 1.0);
+        let g = uniform(&[m, n], 4, 1.0);
         let fused = ops::linear(x.as_tensor(), &w, Some(&b)).unwrap();
         let reference = x
             .as_tensor()

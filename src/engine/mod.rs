@@ -62,24 +62,24 @@ pub fn with_candle_autograd<T>(f: impl FnOnce() -> T) -> T {
 /// Element-wise work below this many elements stays on the calling thread.
 pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
 const CHUNK: usize = 1 << 13;
-fn gelu(u: &[f32], a: &mut [f32]) {
+/// `f(input chunk, output chunk)` over matching chunks of `u` and `out`, on
+/// the thread pool when they are large enough.
+fn chunked(u: &[f32], out: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync) {
     if par_ok(u.len(), PAR_MIN_ELEMS) {
-        a.par_chunks_mut(CHUNK)
+        out.par_chunks_mut(CHUNK)
             .zip(u.par_chunks(CHUNK))
-            .for_each(|(a, u)| vecmath::gelu(u, a));
+            .for_each(|(o, u)| f(u, o));
     } else {
-        vecmath::gelu(u, a);
+        f(u, out);
     }
 }
 
+fn gelu(u: &[f32], a: &mut [f32]) {
+    chunked(u, a, vecmath::gelu);
+}
+
 fn gelu_backward(u: &[f32], g: &mut [f32]) {
-    if par_ok(u.len(), PAR_MIN_ELEMS) {
-        g.par_chunks_mut(CHUNK)
-            .zip(u.par_chunks(CHUNK))
-            .for_each(|(g, u)| vecmath::gelu_backward(u, g));
-    } else {
-        vecmath::gelu_backward(u, g);
-    }
+    chunked(u, g, vecmath::gelu_backward);
 }
 
 /// What the backward needs of a forward.

@@ -143,26 +143,36 @@ mod avx {
         _mm512_fmadd_ps(u, pdf, cdf)
     }
 
-    /// Applies `f` to 16 lanes at a time of `x` (masked tail), writing `out`.
+    /// Calls `f(i, mask)` for `i = 0, 16, 32, …` below `n`, with `mask`
+    /// selecting the lanes of `i..min(i + 16, n)` (all 16 but in the tail).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn lanes(n: usize, mut f: impl FnMut(usize, __mmask16)) {
+        let mut i = 0;
+        while i < n {
+            let left = n - i;
+            f(
+                i,
+                if left >= 16 {
+                    0xffff
+                } else {
+                    ((1u32 << left) - 1) as u16
+                },
+            );
+            i += 16;
+        }
+    }
+
+    /// Applies `f` to 16 lanes at a time of `x`, writing `out`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn map(x: &[f32], out: &mut [f32], f: impl Fn(__m512) -> __m512) {
         let n = x.len().min(out.len());
-        let mut i = 0;
-        // SAFETY: every access is inside [0, n) of both slices (full
-        // vectors below n - 15, a lane mask for the tail).
-        unsafe {
-            while i + 16 <= n {
-                let v = _mm512_loadu_ps(x.as_ptr().add(i));
-                _mm512_storeu_ps(out.as_mut_ptr().add(i), f(v));
-                i += 16;
-            }
-            if i < n {
-                let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
-                let v = _mm512_maskz_loadu_ps(m, x.as_ptr().add(i));
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), m, f(v));
-            }
-        }
+        // SAFETY: `lanes` masks every access to [0, n) of both slices.
+        lanes(n, |i, m| unsafe {
+            let v = _mm512_maskz_loadu_ps(m, x.as_ptr().add(i));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), m, f(v));
+        });
     }
 
     #[target_feature(enable = "avx512f")]
@@ -173,21 +183,12 @@ mod avx {
     #[target_feature(enable = "avx512f")]
     pub fn gelu_bwd_slice(u: &[f32], g: &mut [f32]) {
         let n = u.len().min(g.len());
-        let mut i = 0;
-        // SAFETY: as in `map`.
-        unsafe {
-            while i < n {
-                let m: __mmask16 = if i + 16 <= n {
-                    0xffff
-                } else {
-                    ((1u32 << (n - i)) - 1) as u16
-                };
-                let v = _mm512_maskz_loadu_ps(m, u.as_ptr().add(i));
-                let gv = _mm512_maskz_loadu_ps(m, g.as_ptr().add(i));
-                _mm512_mask_storeu_ps(g.as_mut_ptr().add(i), m, _mm512_mul_ps(gv, gelu_grad(v)));
-                i += 16;
-            }
-        }
+        // SAFETY: `lanes` masks every access to [0, n) of both slices.
+        lanes(n, |i, m| unsafe {
+            let v = _mm512_maskz_loadu_ps(m, u.as_ptr().add(i));
+            let gv = _mm512_maskz_loadu_ps(m, g.as_ptr().add(i));
+            _mm512_mask_storeu_ps(g.as_mut_ptr().add(i), m, _mm512_mul_ps(gv, gelu_grad(v)));
+        });
     }
 
     /// `row ← exp(scale · (row − max))`, returning the sum.
@@ -196,23 +197,13 @@ mod avx {
         let n = row.len();
         let (mx, sc) = (_mm512_set1_ps(max), _mm512_set1_ps(scale));
         let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        // SAFETY: as in `map`.
-        unsafe {
-            while i < n {
-                let m: __mmask16 = if i + 16 <= n {
-                    0xffff
-                } else {
-                    ((1u32 << (n - i)) - 1) as u16
-                };
-                let v = _mm512_maskz_loadu_ps(m, row.as_ptr().add(i));
-                let e = exp(_mm512_mul_ps(_mm512_sub_ps(v, mx), sc));
-                let e = _mm512_maskz_mov_ps(m, e);
-                acc = _mm512_add_ps(acc, e);
-                _mm512_mask_storeu_ps(row.as_mut_ptr().add(i), m, e);
-                i += 16;
-            }
-        }
+        // SAFETY: `lanes` masks every access to [0, n) of `row`.
+        lanes(n, |i, m| unsafe {
+            let v = _mm512_maskz_loadu_ps(m, row.as_ptr().add(i));
+            let e = _mm512_maskz_mov_ps(m, exp(_mm512_mul_ps(_mm512_sub_ps(v, mx), sc)));
+            acc = _mm512_add_ps(acc, e);
+            _mm512_mask_storeu_ps(row.as_mut_ptr().add(i), m, e);
+        });
         _mm512_reduce_add_ps(acc)
     }
 }

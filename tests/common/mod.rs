@@ -30,6 +30,16 @@ pub fn images(space: &Space, b: usize, seed: u64) -> Tensor {
     Tensor::from_vec(v, (b, i.channels, i.image_size, i.image_size), &Device::Cpu).unwrap()
 }
 
+/// Seeded uniform values in `[-scale, scale)` of the given shape.
+pub fn uniform(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
 /// The largest absolute value of a tensor.
 pub fn max_abs(t: &Tensor) -> f32 {
     t.abs()
