@@ -93,7 +93,7 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
         );
     }
     let space = space();
-    let (net, _vm, params) = build_supernet(&space, 0)?;
+    let (net, _vm, params) = build_supernet(&space, 0, Default::default())?;
     let cfg = OptimizerConfig {
         lr: 5e-4,
         lr_reference_batch: None,
@@ -160,7 +160,7 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
 /// engine or (`candle`) by the candle model's forward.
 pub fn infer(batch: usize, iters: usize, threads: usize, candle: bool) -> Result<Value> {
     let space = space();
-    let (net, _vm, _) = build_supernet(&space, 0)?;
+    let (net, _vm, _) = build_supernet(&space, 0, Default::default())?;
     let arch = space.largest();
     let vit = net.extract(&arch)?;
     let model = crate::engine::Model::from_vit(&vit)?;
@@ -200,7 +200,7 @@ pub fn infer(batch: usize, iters: usize, threads: usize, candle: bool) -> Result
 /// `vitnas search` does per candidate with `--val-subset images`).
 pub fn search(archs: usize, images: usize, threads: usize) -> Result<Value> {
     let space = space();
-    let (net, _vm, _) = build_supernet(&space, 0)?;
+    let (net, _vm, _) = build_supernet(&space, 0, Default::default())?;
     let (x, _) = random_batch(images.min(500), 1)?;
     let batches = images.div_ceil(500);
     let mut rng = StdRng::seed_from_u64(0);

@@ -5,21 +5,21 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    // The OS message is part of the text, not a `source`: printing the
+    // error chain would otherwise repeat it.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("{path}: invalid TOML: {message}")]
     Toml { path: PathBuf, message: String },
 
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON: {error}")]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     /// A search space that parsed but does not make sense.
@@ -50,9 +50,24 @@ pub enum Error {
         message: String,
     },
 
+    /// A configuration value (search settings, model config.json, rank
+    /// settings) that parsed but does not make sense: the file, the field
+    /// and the problem.
+    #[error("{file}: invalid value of `{field}`: {message}")]
+    InvalidConfig {
+        file: String,
+        field: String,
+        message: String,
+    },
+
     /// A checkpoint that cannot be read or does not match the model.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+
+    /// An output directory that must not be written: it holds another
+    /// artifact, it is the input, or another process is using it.
+    #[error("{dir}: {message}")]
+    OutputDir { dir: PathBuf, message: String },
 
     /// Training stopped: a loss was NaN or infinite.
     #[error("non-finite loss at step {step} ({which}): {value}; the last good checkpoint is kept")]
@@ -79,7 +94,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod models;
 pub mod ops;
 pub mod rank;
+pub mod rundir;
 pub mod search;
 pub mod space;
 pub mod supernet;

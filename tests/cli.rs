@@ -155,11 +155,10 @@ fn sigint_finishes_the_step_writes_a_checkpoint_and_resume_continues() {
     assert!(ok.success());
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Interrupted, checkpointed and resumable: exit code 75, not success.
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("train --resume"), "{stderr}");
     assert!(stdout.contains("\"interrupted\": true"), "{stdout}");
     let step = state_step(&run);
     assert!(
@@ -202,5 +201,129 @@ fn kill_9_loses_at_most_the_steps_since_the_last_checkpoint() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains(&format!("\"steps\": {}", step + 1)), "{out}");
+    std::fs::remove_dir_all(run.parent().unwrap()).ok();
+}
+
+#[test]
+fn a_second_train_on_a_run_in_use_is_refused_and_a_killed_runs_lock_is_taken_over() {
+    let (recipe, run) = long_recipe("lock", 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitnas"))
+        .args(["train", recipe.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_steps(&run, 2);
+    let dir = run.to_str().unwrap();
+    let (ok, _, err) = vitnas(&["train", "--resume", dir, "--max-steps", "3"]);
+    assert!(!ok);
+    assert!(
+        err.contains(dir)
+            && err.contains("in use by another vitnas process")
+            && err.contains(&format!("pid {}", child.id())),
+        "{err}"
+    );
+    // A new run with the same output_dir is refused too.
+    let (ok, _, err) = vitnas(&["train", recipe.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains(dir), "{err}");
+    child.kill().unwrap(); // SIGKILL: the lock file stays behind, stale
+    child.wait().unwrap();
+    assert!(run.join(vitnas::rundir::LOCK_FILE).exists());
+    let step = state_step(&run);
+    let (ok, out, err) = vitnas(&[
+        "train",
+        "--resume",
+        dir,
+        "--max-steps",
+        &(step + 1).to_string(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("\"steps\": {}", step + 1)), "{out}");
+    // Released on exit.
+    assert!(!run.join(vitnas::rundir::LOCK_FILE).exists());
+    std::fs::remove_dir_all(run.parent().unwrap()).ok();
+}
+
+#[test]
+fn export_refuses_a_training_run_and_an_existing_model_without_force() {
+    let (recipe, run) = long_recipe("export-safety", 1000);
+    let dir = run.to_str().unwrap();
+    let (ok, _, err) = vitnas(&["train", recipe.to_str().unwrap(), "--max-steps", "1"]);
+    assert!(ok, "{err}");
+    let recipe_before = std::fs::read(run.join("recipe.toml")).unwrap();
+    // Into the run itself, or any training run: refused, even with --force.
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec![
+            "export",
+            "--supernet",
+            dir,
+            "--arch",
+            "smallest",
+            "--out",
+            dir,
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = vitnas(&args);
+        assert!(!ok);
+        assert!(err.contains(dir), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(run.join("recipe.toml")).unwrap(),
+        recipe_before
+    );
+    // A fresh directory, then the same again: refused without --force.
+    let model = run.parent().unwrap().join("model");
+    let m = model.to_str().unwrap();
+    let export = |force: bool| {
+        let mut args = vec![
+            "export",
+            "--supernet",
+            dir,
+            "--arch",
+            "smallest",
+            "--out",
+            m,
+        ];
+        if force {
+            args.push("--force");
+        }
+        vitnas(&args)
+    };
+    assert!(export(false).0);
+    let (ok, _, err) = export(false);
+    assert!(!ok);
+    assert!(
+        err.contains("already holds an exported model") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(export(true).0);
+    // A non-empty directory of something else: refused without --force.
+    let other = run.parent().unwrap().join("notes");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("todo.txt"), "mine").unwrap();
+    let (ok, _, err) = vitnas(&[
+        "export",
+        "--supernet",
+        dir,
+        "--arch",
+        "smallest",
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("not an exported model"), "{err}");
+    // finetune into its own model directory is refused.
+    let (ok, _, err) = vitnas(&[
+        "finetune",
+        "--model",
+        m,
+        "--output-dir",
+        m,
+        "--max-steps",
+        "1",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("overwrite the input"), "{err}");
     std::fs::remove_dir_all(run.parent().unwrap()).ok();
 }

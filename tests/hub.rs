@@ -55,7 +55,7 @@ fn hf_arch() -> Arch {
 #[test]
 fn largest_subnet_of_a_matching_supernet_is_the_pretrained_model() {
     let s = space(48, 3, 3);
-    let (net, vm, _) = build_supernet(&s, 0).unwrap();
+    let (net, vm, _) = build_supernet(&s, 0, Default::default()).unwrap();
     let report = load_vit_into(
         &Params::from_varmap(&vm),
         &repo_path("tests/fixtures/hf-tiny-vit"),
@@ -81,7 +81,7 @@ fn largest_subnet_of_a_matching_supernet_is_the_pretrained_model() {
 #[test]
 fn a_larger_supernet_holds_the_pretrained_model_in_its_leading_slices() {
     let s = space(64, 4, 4);
-    let (net, vm, _) = build_supernet(&s, 0).unwrap();
+    let (net, vm, _) = build_supernet(&s, 0, Default::default()).unwrap();
     let report = load_vit_into(
         &Params::from_varmap(&vm),
         &repo_path("tests/fixtures/hf-tiny-vit"),
@@ -122,7 +122,7 @@ fn hub_ids_resolve_through_the_offline_cache_layout() {
     let dir = resolve("vitnas/hf-tiny-vit").unwrap();
     assert_eq!(dir, snap);
     let s = space(48, 3, 3);
-    let (net, vm, _) = build_supernet(&s, 0).unwrap();
+    let (net, vm, _) = build_supernet(&s, 0, Default::default()).unwrap();
     load_vit_into(&Params::from_varmap(&vm), &dir, 16).unwrap();
     let r = reference();
     assert!(
@@ -154,7 +154,7 @@ fn a_pretrained_tensor_larger_than_the_supernet_names_itself_and_both_shapes() {
     let mut small = s.clone();
     small.supernet.embed_dim = 32;
     small.choices.embed_dim = vec![32];
-    let (_, vm, _) = build_supernet(&small, 0).unwrap();
+    let (_, vm, _) = build_supernet(&small, 0, Default::default()).unwrap();
     let msg = load_vit_into(
         &Params::from_varmap(&vm),
         &repo_path("tests/fixtures/hf-tiny-vit"),

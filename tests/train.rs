@@ -51,6 +51,7 @@ fn run(r: &Recipe, resume: bool, max_steps: Option<usize>, stop: bool) -> vitnas
         stop: &flag,
         progress: false,
         max_steps,
+        force: false,
     };
     if resume {
         train::resume(&r.output_dir, &opts)
@@ -370,4 +371,92 @@ fn every_shipped_recipe_parses_and_invalid_ones_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("num_rand"), "{msg}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn resume_writes_into_the_given_directory_not_the_recorded_output_dir() {
+    let (orig, copy, moved) = (
+        tmp_dir("self-orig"),
+        tmp_dir("self-copy"),
+        tmp_dir("self-moved"),
+    );
+    run(&small_recipe(&orig), false, Some(4), false).unwrap();
+    let before = std::fs::read(orig.join(CHECKPOINT_FILE)).unwrap();
+    copy_dir(&orig, &copy);
+    // Resume the copy with fewer steps than it has: nothing rewinds the
+    // original, the copy continues.
+    let opts_for = |dir: &Path| {
+        let mut r = small_recipe(dir);
+        r.output_dir = dir.to_path_buf();
+        r
+    };
+    let s = run(&opts_for(&copy), true, Some(6), false).unwrap();
+    assert_eq!(s.steps, 6);
+    assert_eq!(s.run_dir, copy);
+    assert_eq!(std::fs::read(orig.join(CHECKPOINT_FILE)).unwrap(), before);
+    // A moved run resumes where it now is.
+    std::fs::rename(&orig, &moved).unwrap();
+    let s = run(&opts_for(&moved), true, Some(5), false).unwrap();
+    assert_eq!(s.steps, 5);
+    assert!(!orig.exists());
+    // The same steps from the same state: copy (6) and moved (5 → 6) agree.
+    run(&opts_for(&moved), true, Some(6), false).unwrap();
+    assert_same(&weights(&copy), &weights(&moved));
+    for d in [copy, moved] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn a_new_run_refuses_a_non_empty_directory_that_is_not_a_run_unless_forced() {
+    let d = tmp_dir("foreign");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("notes.txt"), "keep me").unwrap();
+    let err = run(&small_recipe(&d), false, Some(1), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&d.display().to_string()) && err.contains("--force"),
+        "{err}"
+    );
+    let flag = AtomicBool::new(false);
+    let opts = RunOptions {
+        resume: false,
+        stop: &flag,
+        progress: false,
+        max_steps: Some(1),
+        force: true,
+    };
+    train::train(&small_recipe(&d), &opts).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(d.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn resume_of_a_directory_without_a_checkpoint_names_the_file() {
+    let d = tmp_dir("no-ckpt");
+    std::fs::create_dir_all(&d).unwrap();
+    let err = run(&small_recipe(&d), true, Some(1), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(CHECKPOINT_FILE) && err.contains("nothing to resume"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(&d).unwrap().next().is_none(),
+        "resume wrote into {d:?}"
+    );
+    std::fs::remove_dir_all(d).ok();
 }

@@ -3,6 +3,7 @@
 use clap::Args;
 use std::path::PathBuf;
 use vitnas::models::export;
+use vitnas::rundir;
 use vitnas::space::flops;
 use vitnas::train::TrainedRun;
 
@@ -21,9 +22,15 @@ pub struct ExportArgs {
     /// subnet is a Hugging Face ViT (identical outputs, more FLOPs).
     #[arg(long)]
     hf_pad: bool,
+    /// Replace an exported model already in --out, or write into a
+    /// non-empty directory that is not one (never into a training run).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
+    rundir::check_distinct(&a.supernet, &a.out)?;
+    rundir::check_output(&a.out, rundir::Artifact::ExportedModel, a.force)?;
     let run = TrainedRun::load(&a.supernet)?;
     let (space, net) = (&run.space, &run.net);
     let arch = run.arch(&a.arch)?;

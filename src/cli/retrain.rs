@@ -29,6 +29,10 @@ pub struct RetrainArgs {
     /// Override the recipe's epochs.
     #[arg(long)]
     epochs: Option<usize>,
+    /// Override the recipe's initialisation: torch_default,
+    /// trunc_normal_0.02 or xavier_uniform.
+    #[arg(long)]
+    init: Option<vitnas::init::InitScheme>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -44,6 +48,9 @@ pub fn run(a: RetrainArgs) -> anyhow::Result<()> {
     let mut recipe = Recipe::from_file(a.recipe.as_ref().expect("clap requires --recipe"))?;
     if let Some(e) = a.epochs {
         recipe.train.epochs = e;
+    }
+    if let Some(i) = a.init {
+        recipe.init = i;
     }
     a.run.apply(&mut recipe);
     let stem = Path::new(spec)

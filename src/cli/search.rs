@@ -79,14 +79,30 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     cfg.val_subset = a.val_subset.unwrap_or(cfg.val_subset);
     cfg.early_reject_images = a.early_reject.unwrap_or(cfg.early_reject_images);
     cfg.seed = a.seed.unwrap_or(cfg.seed);
+    let custom_out = a.out.is_some();
     let out = a.out.unwrap_or_else(|| {
         a.run.join(match cfg.algorithm {
             Algorithm::Evolution => "search-evolution",
             Algorithm::Random => "search-random",
         })
     });
+    if a.top_k == 0 {
+        anyhow::bail!("--top-k must be positive");
+    }
+    cfg.validate()?;
     let (val, norm) = run.validation()?;
     let space = &run.space;
+    // The search is saved after every generation: on Ctrl-C, say how to
+    // continue, and exit with the resumable-interruption code.
+    let hint = format!(
+        "interrupted: the search is saved after every generation; continue with `vitnas search {} --resume{}`",
+        a.run.display(),
+        if custom_out { format!(" --out {}", out.display()) } else { String::new() }
+    );
+    ctrlc::set_handler(move || {
+        eprintln!("{hint}");
+        std::process::exit(super::train::EXIT_INTERRUPTED);
+    })?;
     let ev = Evaluator {
         net: &run.net,
         val: &val,

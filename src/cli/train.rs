@@ -18,6 +18,10 @@ pub struct TrainArgs {
     /// Start from a pretrained Hugging Face ViT (local dir or cached hub id).
     #[arg(long)]
     init_from: Option<String>,
+    /// Override the recipe's initialisation: torch_default,
+    /// trunc_normal_0.02 or xavier_uniform.
+    #[arg(long)]
+    init: Option<vitnas::init::InitScheme>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -35,6 +39,10 @@ pub struct RunArgs {
     /// with --resume.
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Start in a non-empty output directory that is not a run (an
+    /// existing run is never overwritten: resume it).
+    #[arg(long)]
+    force: bool,
 }
 
 impl RunArgs {
@@ -55,6 +63,7 @@ impl RunArgs {
             stop: super::stop_flag()?,
             progress: true,
             max_steps: self.max_steps,
+            force: self.force,
         })
     }
 }
@@ -72,6 +81,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             if let Some(i) = a.init_from {
                 r.init_from = Some(i);
             }
+            if let Some(i) = a.init {
+                r.init = i;
+            }
             a.run.apply(&mut r);
             train::train(&r, &opts)?
         }
@@ -79,7 +91,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     report(&summary, "train")
 }
 
-/// Prints a run's summary, and how to continue it when interrupted.
+/// The exit code of a run stopped by Ctrl-C after writing its checkpoint
+/// (EX_TEMPFAIL: resumable), so that scripts tell it from a finished run.
+pub const EXIT_INTERRUPTED: i32 = 75;
+
+/// Prints a run's summary, and how to continue it when interrupted (then
+/// exits with [`EXIT_INTERRUPTED`]).
 pub fn report(summary: &Summary, command: &str) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(summary)?);
     if summary.interrupted {
@@ -89,6 +106,7 @@ pub fn report(summary: &Summary, command: &str) -> anyhow::Result<()> {
             summary.total_steps,
             summary.run_dir.display()
         );
+        std::process::exit(EXIT_INTERRUPTED);
     }
     Ok(())
 }

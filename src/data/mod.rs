@@ -93,6 +93,18 @@ pub fn load(
     }
 }
 
+/// The indices `(train, validation)` of a seeded split of `n` examples with
+/// `val` held out, each sorted ([`Dataset::split_validation`] uses them).
+pub fn validation_split(n: usize, val: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_0f_5a11));
+    let (v, t) = idx.split_at(val.min(n));
+    let (mut v, mut t) = (v.to_vec(), t.to_vec());
+    v.sort_unstable();
+    t.sort_unstable();
+    (t, v)
+}
+
 impl Dataset {
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -142,12 +154,7 @@ impl Dataset {
                 ),
             });
         }
-        let mut idx: Vec<usize> = (0..self.len()).collect();
-        idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_0f_5a11));
-        let (v, t) = idx.split_at(val);
-        let (mut v, mut t) = (v.to_vec(), t.to_vec());
-        v.sort_unstable();
-        t.sort_unstable();
+        let (t, v) = validation_split(self.len(), val, seed);
         Ok((self.subset(&t), self.subset(&v)))
     }
 

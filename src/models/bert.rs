@@ -67,9 +67,9 @@ impl BertConfig {
     /// activation, relative positions) are refused by field.
     pub fn from_hf_config_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let c: HfBertConfig = serde_json::from_str(&text).map_err(|source| Error::Json {
+        let c: HfBertConfig = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: path.into(),
-            source,
+            error,
         })?;
         let bad = |field: &str, message: String| Error::Tensor {
             name: format!("{}: {field}", path.display()),

@@ -180,16 +180,16 @@ pub fn export(
 pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|error| Error::Json {
         path: cfg_path.clone(),
-        source,
+        error,
     })?;
     let (config, normalize) = match v.get("vitnas") {
         Some(b) => {
             let b: VitnasBlock =
-                serde_json::from_value(b.clone()).map_err(|source| Error::Json {
+                serde_json::from_value(b.clone()).map_err(|error| Error::Json {
                     path: cfg_path.clone(),
-                    source,
+                    error,
                 })?;
             (b.config, b.normalize)
         }

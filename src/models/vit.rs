@@ -254,9 +254,9 @@ impl VitConfig {
     pub fn from_hf_config_file(path: &std::path::Path) -> crate::Result<Self> {
         use crate::Error;
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let c: HfVitConfig = serde_json::from_str(&text).map_err(|source| Error::Json {
+        let c: HfVitConfig = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: path.into(),
-            source,
+            error,
         })?;
         if let Some(act) = c.hidden_act.as_deref() {
             if act != "gelu" {

@@ -275,6 +275,7 @@ impl<'a> Options<'a> {
             stop: self.stop,
             progress: self.progress,
             max_steps: None,
+            force: false,
         }
     }
 }
@@ -309,7 +310,7 @@ fn run_state(dir: &Path) -> Result<Option<TrainState>> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|source| Error::Json { path, source })
+        .map_err(|error| Error::Json { path, error })
 }
 
 fn accuracy(

@@ -61,6 +61,81 @@ impl Default for SearchConfig {
     }
 }
 
+impl SearchConfig {
+    /// Checks every value before a search starts (recipe `[search]` and
+    /// command-line overrides alike); the error names the field.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |field: &str, message: String| crate::Error::InvalidConfig {
+            file: "search settings (recipe [search] with command-line overrides)".into(),
+            field: field.into(),
+            message,
+        };
+        for (field, v) in [
+            ("search.population", self.population),
+            ("search.generations", self.generations),
+            ("search.val_subset", self.val_subset),
+            ("search.eval_batch_size", self.eval_batch_size),
+            ("search.max_resample", self.max_resample),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be positive".into()));
+            }
+        }
+        if self.algorithm == Algorithm::Evolution && self.parents == 0 {
+            return Err(bad("search.parents", "must be positive".into()));
+        }
+        if self.parents > self.population {
+            return Err(bad(
+                "search.parents",
+                format!(
+                    "{} parents exceed the population of {}",
+                    self.parents, self.population
+                ),
+            ));
+        }
+        for (field, p) in [
+            ("search.layer_mutation_prob", self.layer_mutation_prob),
+            ("search.global_mutation_prob", self.global_mutation_prob),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad(field, "must be a probability in [0, 1]".into()));
+            }
+        }
+        let c = &self.constraints;
+        if let (Some(lo), Some(hi)) = (c.params_min, c.params_max) {
+            if lo > hi {
+                return Err(bad(
+                    "search.constraints.params_min",
+                    "exceeds params_max".into(),
+                ));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (c.flops_min, c.flops_max) {
+            if lo > hi {
+                return Err(bad(
+                    "search.constraints.flops_min",
+                    "exceeds flops_max".into(),
+                ));
+            }
+        }
+        if let Some(l) = c.latency_ms_max {
+            if !(l > 0.0 && l.is_finite()) {
+                return Err(bad(
+                    "search.constraints.latency_ms_max",
+                    "must be a positive number".into(),
+                ));
+            }
+        }
+        if c.latency_batch == Some(0) {
+            return Err(bad(
+                "search.constraints.latency_batch",
+                "must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Bounds a candidate must satisfy; any combination.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

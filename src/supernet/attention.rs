@@ -5,6 +5,7 @@
 //! subnet (no interleaved-qkv slicing quirk).
 
 use super::linear::{elastic_linear, ElasticLinear};
+use crate::init::InitScheme;
 use crate::ops;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -24,15 +25,16 @@ pub fn elastic_attention(
     max_embed: usize,
     max_heads: usize,
     head_dim: usize,
+    init: InitScheme,
     vb: VarBuilder,
 ) -> Result<ElasticAttention> {
     let q = max_heads * head_dim;
     let a = vb.pp("attention");
     Ok(ElasticAttention {
-        query: elastic_linear(max_embed, q, a.pp("query"))?,
-        key: elastic_linear(max_embed, q, a.pp("key"))?,
-        value: elastic_linear(max_embed, q, a.pp("value"))?,
-        output: elastic_linear(q, max_embed, vb.pp("output").pp("dense"))?,
+        query: elastic_linear(max_embed, q, init, a.pp("query"))?,
+        key: elastic_linear(max_embed, q, init, a.pp("key"))?,
+        value: elastic_linear(max_embed, q, init, a.pp("value"))?,
+        output: elastic_linear(q, max_embed, init, vb.pp("output").pp("dense"))?,
         head_dim,
     })
 }

@@ -4,6 +4,7 @@
 use super::attention::{elastic_attention, ElasticAttention};
 use super::layer_norm::{elastic_layer_norm, ElasticLayerNorm};
 use super::mlp::{elastic_mlp, ElasticMlp};
+use crate::init::InitScheme;
 use crate::models::vit::VitLayer;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -32,13 +33,14 @@ pub fn elastic_block(
     head_dim: usize,
     max_mlp: usize,
     eps: f64,
+    init: InitScheme,
     vb: VarBuilder,
 ) -> Result<ElasticBlock> {
     Ok(ElasticBlock {
         layernorm_before: elastic_layer_norm(max_embed, eps, vb.pp("layernorm_before"))?,
-        attention: elastic_attention(max_embed, max_heads, head_dim, vb.pp("attention"))?,
+        attention: elastic_attention(max_embed, max_heads, head_dim, init, vb.pp("attention"))?,
         layernorm_after: elastic_layer_norm(max_embed, eps, vb.pp("layernorm_after"))?,
-        mlp: elastic_mlp(max_embed, max_mlp, vb.clone())?,
+        mlp: elastic_mlp(max_embed, max_mlp, init, vb.clone())?,
     })
 }
 

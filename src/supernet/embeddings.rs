@@ -3,8 +3,9 @@
 
 use super::linear::detached_copy;
 use super::patch_embed::{elastic_patch_embed, ElasticPatchEmbed};
+use crate::init::InitScheme;
 use candle_core::{Result, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct ElasticEmbeddings {
@@ -19,23 +20,21 @@ pub fn elastic_embeddings(
     patch_size: usize,
     seq_len: usize,
     max_embed: usize,
+    init: InitScheme,
     vb: VarBuilder,
 ) -> Result<ElasticEmbeddings> {
-    let init = Init::Randn {
-        mean: 0.0,
-        stdev: 0.02,
-    };
     Ok(ElasticEmbeddings {
-        cls_token: vb.get_with_hints((1, 1, max_embed), "cls_token", init)?,
+        cls_token: vb.get_with_hints((1, 1, max_embed), "cls_token", init.cls_token())?,
         position_embeddings: vb.get_with_hints(
             (1, seq_len, max_embed),
             "position_embeddings",
-            init,
+            init.position_embeddings(),
         )?,
         patch_embeddings: elastic_patch_embed(
             channels,
             patch_size,
             max_embed,
+            init,
             vb.pp("patch_embeddings").pp("projection"),
         )?,
     })

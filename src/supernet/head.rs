@@ -1,6 +1,7 @@
 //! Elastic classifier head: all classes, the first `embed` input columns.
 
 use super::linear::{elastic_linear, ElasticLinear};
+use crate::init::InitScheme;
 use crate::models::layers::Linear;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -12,9 +13,14 @@ pub struct ElasticHead {
 }
 
 /// `vb` is `classifier`.
-pub fn elastic_head(max_embed: usize, num_classes: usize, vb: VarBuilder) -> Result<ElasticHead> {
+pub fn elastic_head(
+    max_embed: usize,
+    num_classes: usize,
+    init: InitScheme,
+    vb: VarBuilder,
+) -> Result<ElasticHead> {
     Ok(ElasticHead {
-        linear: elastic_linear(max_embed, num_classes, vb)?,
+        linear: elastic_linear(max_embed, num_classes, init, vb)?,
         num_classes,
     })
 }

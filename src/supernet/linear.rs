@@ -3,10 +3,11 @@
 //! entries (weight entanglement). Narrowing is differentiable, so the full
 //! weight receives a full-shape gradient that is zero outside the slice.
 
+use crate::init::InitScheme;
 use crate::models::layers::Linear;
 use crate::ops;
 use candle_core::{Result, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct ElasticLinear {
@@ -14,17 +15,17 @@ pub struct ElasticLinear {
     pub bias: Tensor,
 }
 
-/// Truncated-normal-like initialisation of ViT linears (std 0.02), zero bias.
-pub fn elastic_linear(in_max: usize, out_max: usize, vb: VarBuilder) -> Result<ElasticLinear> {
-    let weight = vb.get_with_hints(
-        (out_max, in_max),
-        "weight",
-        Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        },
-    )?;
-    let bias = vb.get_with_hints(out_max, "bias", Init::Const(0.0))?;
+/// The full `[out_max, in_max]` layer, initialised by `init` (when `vb`
+/// creates variables) with fan-in `in_max`.
+pub fn elastic_linear(
+    in_max: usize,
+    out_max: usize,
+    init: InitScheme,
+    vb: VarBuilder,
+) -> Result<ElasticLinear> {
+    let (w_init, b_init) = init.linear(in_max, out_max);
+    let weight = vb.get_with_hints((out_max, in_max), "weight", w_init)?;
+    let bias = vb.get_with_hints(out_max, "bias", b_init)?;
     Ok(ElasticLinear { weight, bias })
 }
 

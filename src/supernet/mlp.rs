@@ -2,6 +2,7 @@
 //! `output.dense` (width → embed); a subnet uses the first `width` hidden units.
 
 use super::linear::{elastic_linear, ElasticLinear};
+use crate::init::InitScheme;
 use crate::ops;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -13,10 +14,20 @@ pub struct ElasticMlp {
 }
 
 /// `vb` is the layer's prefix (HF: `intermediate.dense`, `output.dense`).
-pub fn elastic_mlp(max_embed: usize, max_width: usize, vb: VarBuilder) -> Result<ElasticMlp> {
+pub fn elastic_mlp(
+    max_embed: usize,
+    max_width: usize,
+    init: InitScheme,
+    vb: VarBuilder,
+) -> Result<ElasticMlp> {
     Ok(ElasticMlp {
-        intermediate: elastic_linear(max_embed, max_width, vb.pp("intermediate").pp("dense"))?,
-        output: elastic_linear(max_width, max_embed, vb.pp("output").pp("dense"))?,
+        intermediate: elastic_linear(
+            max_embed,
+            max_width,
+            init,
+            vb.pp("intermediate").pp("dense"),
+        )?,
+        output: elastic_linear(max_width, max_embed, init, vb.pp("output").pp("dense"))?,
     })
 }
 

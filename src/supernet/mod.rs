@@ -12,6 +12,7 @@ pub mod mlp;
 pub mod patch_embed;
 
 use crate::error::{Error, Result};
+use crate::init::InitScheme;
 use crate::models::vit::{Vit, VitConfig};
 use crate::space::{Arch, Space};
 use block::{elastic_block, BlockDims, ElasticBlock};
@@ -32,8 +33,14 @@ pub struct Supernet {
 
 impl Supernet {
     /// Builds (or loads, depending on `vb`'s backend) the supernet of `space`
-    /// with Hugging Face `ViTForImageClassification` tensor names.
+    /// with Hugging Face `ViTForImageClassification` tensor names; new
+    /// variables start from the default [`InitScheme`].
     pub fn new(space: &Space, vb: VarBuilder) -> Result<Self> {
+        Self::with_init(space, InitScheme::default(), vb)
+    }
+
+    /// As [`Supernet::new`], with new variables initialised by `init`.
+    pub fn with_init(space: &Space, init: InitScheme, vb: VarBuilder) -> Result<Self> {
         let s = &space.supernet;
         let i = &space.input;
         let vit = vb.pp("vit");
@@ -42,6 +49,7 @@ impl Supernet {
             i.patch_size,
             space.seq_len(),
             s.embed_dim,
+            init,
             vit.pp("embeddings"),
         )?;
         let enc = vit.pp("encoder").pp("layer");
@@ -53,6 +61,7 @@ impl Supernet {
                     s.head_dim,
                     space.supernet_mlp_width(),
                     s.layer_norm_eps,
+                    init,
                     enc.pp(l),
                 )
             })
@@ -62,7 +71,7 @@ impl Supernet {
             embeddings,
             layers,
             layernorm: elastic_layer_norm(s.embed_dim, s.layer_norm_eps, vit.pp("layernorm"))?,
-            classifier: elastic_head(s.embed_dim, i.num_classes, vb.pp("classifier"))?,
+            classifier: elastic_head(s.embed_dim, i.num_classes, init, vb.pp("classifier"))?,
         })
     }
 

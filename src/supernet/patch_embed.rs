@@ -3,9 +3,10 @@
 //! flattened patches; a subnet uses the first `embed` output channels.
 
 use super::linear::detached_copy;
+use crate::init::InitScheme;
 use crate::ops;
 use candle_core::{Result, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct ElasticPatchEmbed {
@@ -19,22 +20,17 @@ pub fn elastic_patch_embed(
     channels: usize,
     patch_size: usize,
     max_embed: usize,
+    init: InitScheme,
     vb: VarBuilder,
 ) -> Result<ElasticPatchEmbed> {
-    // PyTorch's default convolution init (timm's ViT keeps it for the patch
-    // projection): U(±1/sqrt(fan_in)) for weight and bias.
-    let bound = 1.0 / ((channels * patch_size * patch_size) as f64).sqrt();
-    let init = Init::Uniform {
-        lo: -bound,
-        up: bound,
-    };
+    let (w_init, b_init) = init.patch_projection(channels * patch_size * patch_size);
     Ok(ElasticPatchEmbed {
         weight: vb.get_with_hints(
             (max_embed, channels, patch_size, patch_size),
             "weight",
-            init,
+            w_init,
         )?,
-        bias: vb.get_with_hints(max_embed, "bias", init)?,
+        bias: vb.get_with_hints(max_embed, "bias", b_init)?,
         patch_size,
     })
 }

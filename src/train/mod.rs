@@ -17,8 +17,9 @@ use crate::data::batch::{epoch_order, make_batch, Normalize};
 use crate::data::{self, Dataset, Format, Split, FASHION_MNIST_DIRS};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult};
-use crate::init::seeded_var_builder;
+use crate::init::{seeded_var_builder, InitScheme};
 use crate::models::vit::Vit;
+use crate::rundir::{self, Artifact, RunLock};
 use crate::space::{flops, Arch, Space};
 use crate::supernet::Supernet;
 use candle_core::{DType, Device};
@@ -41,6 +42,7 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const SUPERNET_FILE: &str = "supernet.safetensors";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const STATE_FILE: &str = "state.json";
+pub const SPLIT_FILE: &str = "data-split.json";
 
 /// The RNG of step `step`: augmentation and sampling draw from it.
 pub fn step_rng(seed: u64, step: usize) -> StdRng {
@@ -56,9 +58,25 @@ fn data_dir(recipe: &Recipe) -> Result<PathBuf> {
     data::resolve_dir(recipe.data.path.as_deref(), candidates)
 }
 
-/// Training and validation splits (validation carved from train, seeded)
-/// and the normalisation in use.
-pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<(Dataset, Dataset, Normalize)> {
+/// Which examples of the training file a run trains and validates on,
+/// written to the run directory as `data-split.json` (so that another
+/// implementation, e.g. evaluate/parity.py, can train on the same split).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataSplit {
+    /// The data directory, absolute.
+    pub data_dir: PathBuf,
+    /// Indices into the training file: the training examples (in file
+    /// order, after `train_limit`) and the held-out validation examples.
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+}
+
+/// Training and validation splits (validation carved from train, seeded),
+/// the normalisation in use and the split's indices.
+pub fn load_train_val(
+    recipe: &Recipe,
+    space: &Space,
+) -> Result<(Dataset, Dataset, Normalize, DataSplit)> {
     let dir = data_dir(recipe)?;
     let i = &space.input;
     let full = data::load(
@@ -70,17 +88,37 @@ pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<(Dataset, Datase
     )?;
     full.check_fits(space)?;
     let (mut train, val) = full.split_validation(recipe.data.val_size, recipe.seed)?;
+    let (mut train_idx, val_idx) =
+        data::validation_split(full.len(), recipe.data.val_size, recipe.seed);
     if let Some(n) = recipe.data.train_limit {
         train = train.head(n);
+        train_idx.truncate(n);
     }
+    let split = DataSplit {
+        data_dir: std::path::absolute(&dir).unwrap_or(dir),
+        train: train_idx,
+        val: val_idx,
+    };
     let norm = match &recipe.data.normalize {
+        Some(n) if n.mean.len() != i.channels || n.std.len() != i.channels => {
+            return Err(Error::InvalidRecipe {
+                file: format!("recipe `{}`", recipe.name),
+                field: "data.normalize".into(),
+                message: format!(
+                    "{} mean and {} std values for {}-channel images",
+                    n.mean.len(),
+                    n.std.len(),
+                    i.channels
+                ),
+            })
+        }
         Some(n) => n.clone(),
         None => {
             let (mean, std) = train.channel_stats();
             Normalize { mean, std }
         }
     };
-    Ok((train, val, norm))
+    Ok((train, val, norm, split))
 }
 
 /// The test split, for final reports only.
@@ -121,6 +159,10 @@ pub struct Summary {
     pub val_model: Option<EvalResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_model: Option<EvalResult>,
+    /// Why a finished run has no test results (the test split is missing
+    /// or unusable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_error: Option<String>,
 }
 
 impl Summary {
@@ -207,6 +249,9 @@ pub struct RunOptions<'a> {
     /// Stop after this many steps in total, overriding the recipe's
     /// `train.max_steps` (also when resuming).
     pub max_steps: Option<usize>,
+    /// Start a run in a non-empty directory that is not a run (never over
+    /// an existing run).
+    pub force: bool,
 }
 
 /// Starts a supernet run from a recipe: creates the run directory with the
@@ -230,30 +275,51 @@ pub(crate) fn start(
     if opts.resume {
         return resume(dir, opts);
     }
-    if dir.join(CHECKPOINT_FILE).exists() {
-        return Err(Error::Checkpoint {
-            path: dir.join(CHECKPOINT_FILE),
-            message:
-                "a run already exists here: continue it with --resume, or choose another output_dir"
-                    .into(),
-        });
-    }
-    let (train, val, norm) = load_train_val(recipe, space)?;
+    recipe.validate(Path::new(&format!(
+        "recipe `{}` (with command-line overrides)",
+        recipe.name
+    )))?;
+    rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
+    let (train, val, norm, split) = load_train_val(recipe, space)?;
     let mut resolved = recipe.clone();
     resolved.data.normalize = Some(norm);
+    // The data directory as found, so that a resume from anywhere reads
+    // the same files.
+    resolved.data.path = Some(split.data_dir.clone());
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let _lock = RunLock::acquire(dir)?;
+    // Checked again under the lock: another process may have started here.
+    if dir.join(CHECKPOINT_FILE).exists() || dir.join(METRICS_FILE).exists() {
+        rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
+    }
     write_atomic(&dir.join(RECIPE_FILE), resolved.to_toml_string().as_bytes())?;
     write_atomic(&dir.join(SPACE_FILE), space.to_toml_string().as_bytes())?;
+    write_atomic(
+        &dir.join(SPLIT_FILE),
+        serde_json::to_string(&split)
+            .expect("a split serializes")
+            .as_bytes(),
+    )?;
     std::fs::write(dir.join(METRICS_FILE), b"")
         .map_err(|e| Error::io(dir.join(METRICS_FILE), e))?;
     run(&resolved, space, kind, &train, &val, None, opts)
 }
 
-/// Continues the run in `dir` from its last checkpoint.
+/// Continues the run in `dir` from its last checkpoint, writing into `dir`
+/// (wherever the run has moved; the recipe's `output_dir` is where it
+/// started and is not used).
 pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
-    let recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
+    if !dir.join(CHECKPOINT_FILE).is_file() {
+        return Err(Error::Checkpoint {
+            path: dir.join(CHECKPOINT_FILE),
+            message: "not found: nothing to resume (is this a run directory?)".into(),
+        });
+    }
+    let _lock = RunLock::acquire(dir)?;
+    let mut recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
+    recipe.output_dir = dir.to_path_buf();
     let space = Space::from_file(dir.join(SPACE_FILE))?;
-    let (train, val, _) = load_train_val(&recipe, &space)?;
+    let (train, val, _, _) = load_train_val(&recipe, &space)?;
     let ckpt = dir.join(CHECKPOINT_FILE);
     let (tensors, meta) = read_safetensors(&ckpt, &Device::Cpu)?;
     let state: TrainState = meta
@@ -268,7 +334,7 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
         None => RunKind::Supernet,
         Some(arch) => RunKind::Standalone {
             arch: arch.clone(),
-            init: standalone::Init::Scratch,
+            init: standalone::Init::Scratch(recipe.init),
         },
     };
     run(
@@ -363,10 +429,15 @@ fn metrics_line(path: &Path, v: serde_json::Value) -> Result<()> {
 }
 
 /// Builds the seeded supernet of a space and its sorted parameters.
-pub fn build_supernet(space: &Space, seed: u64) -> Result<(Supernet, VarMap, Params)> {
+pub fn build_supernet(
+    space: &Space,
+    seed: u64,
+    init: InitScheme,
+) -> Result<(Supernet, VarMap, Params)> {
     let vm = VarMap::new();
-    let net = Supernet::new(
+    let net = Supernet::with_init(
         space,
+        init,
         seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu),
     )?;
     let params = Params::from_varmap(&vm);
@@ -395,14 +466,14 @@ fn run(
         .expect("resolved recipe has normalisation");
     let (trainee, params) = match &kind {
         RunKind::Supernet => {
-            let (net, _vm, params) = build_supernet(space, recipe.seed)?;
+            let (net, _vm, params) = build_supernet(space, recipe.seed, recipe.init)?;
             let sampler = sampler::from_config(&recipe.sampler);
             (Trainee::Supernet { net, sampler }, params)
         }
         RunKind::Standalone { arch, init } => {
             // A resumed run's weights come from its checkpoint.
             let init = match restore {
-                Some(_) => standalone::Init::Scratch,
+                Some(_) => standalone::Init::Scratch(recipe.init),
                 None => init.clone(),
             };
             let (model, _vm, params) = standalone::build(space, arch, recipe.seed, &init)?;
@@ -418,7 +489,18 @@ fn run(
             message: format!("{} training examples make no batch of {bs}", train.len()),
         });
     }
-    let total = recipe.train.epochs * spe;
+    let total = recipe
+        .train
+        .epochs
+        .checked_mul(spe)
+        .ok_or_else(|| Error::InvalidRecipe {
+            file: format!("recipe `{}`", recipe.name),
+            field: "train.epochs".into(),
+            message: format!(
+                "{} epochs of {spe} steps overflow the step count",
+                recipe.train.epochs
+            ),
+        })?;
     let warmup = (recipe.optimizer.warmup_epochs * spe as f64).round() as usize;
     let peak = recipe.peak_lr();
     let mut opt = AdamW::new(&params.names, &params.sizes(), recipe.optimizer.clone());
@@ -435,6 +517,15 @@ fn run(
     };
     if let Some((tensors, st)) = restore {
         let path = dir.join(CHECKPOINT_FILE);
+        if st.step > total || st.total_steps != total || st.adam_t > st.step as u64 {
+            return Err(Error::Checkpoint {
+                path,
+                message: format!(
+                    "state step {} of {} total (Adam count {}) does not fit this run's {total} steps ({} epochs of {spe}): the checkpoint is not this run's",
+                    st.step, st.total_steps, st.adam_t, recipe.train.epochs
+                ),
+            });
+        }
         checkpoint::load_into_vars(&path, &tensors, &params.names, &params.vars)?;
         for (k, name) in params.names.iter().enumerate() {
             for (which, buf) in [("m", &mut opt.m[k]), ("v", &mut opt.v[k])] {
@@ -624,22 +715,39 @@ fn run(
         test_smallest: None,
         val_model: None,
         test_model: None,
+        test_error: None,
     };
     for (which, r) in last_val {
         summary.set("val", which, r);
     }
     if state.step == total && !interrupted {
-        if let Ok(test) = load_test(recipe, space) {
-            let mut line = json!({"step": state.step});
-            for (which, arch) in trainee.reported(space) {
-                let model = trainee.inference_model(&arch)?;
-                let r = evaluate(&test, &norm, recipe.data.eval_batch_size, &dev, |x| {
-                    model.logits(x)
-                })?;
-                line[format!("final_test_{which}")] = json!(r);
-                summary.set("test", which, r);
+        match load_test(recipe, space) {
+            Err(e) => {
+                // Said plainly, in the summary and the metrics: a finished
+                // run without test results must not look like a complete one.
+                let note = format!("no test results: the test split could not be used: {e}");
+                tracing::warn!("{note}");
+                if opts.progress {
+                    eprintln!("{note}");
+                }
+                metrics_line(
+                    &metrics,
+                    json!({"step": state.step, "final_test_error": note}),
+                )?;
+                summary.test_error = Some(note);
             }
-            metrics_line(&metrics, line)?;
+            Ok(test) => {
+                let mut line = json!({"step": state.step});
+                for (which, arch) in trainee.reported(space) {
+                    let model = trainee.inference_model(&arch)?;
+                    let r = evaluate(&test, &norm, recipe.data.eval_batch_size, &dev, |x| {
+                        model.logits(x)
+                    })?;
+                    line[format!("final_test_{which}")] = json!(r);
+                    summary.set("test", which, r);
+                }
+                metrics_line(&metrics, line)?;
+            }
         }
     }
     Ok(summary)
@@ -689,7 +797,7 @@ impl TrainedRun {
 
     /// The validation split of the run and the normalisation it trained with.
     pub fn validation(&self) -> Result<(Dataset, Normalize)> {
-        let (_, val, norm) = load_train_val(&self.recipe, &self.space)?;
+        let (_, val, norm, _) = load_train_val(&self.recipe, &self.space)?;
         Ok((val, self.recipe.data.normalize.clone().unwrap_or(norm)))
     }
 }

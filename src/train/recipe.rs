@@ -23,6 +23,13 @@ pub struct Recipe {
     /// leading slices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<String>,
+    /// How parameters start (`torch_default`, `trunc_normal_0.02`,
+    /// `xavier_uniform`), seeded by `seed`. With `init_from`, the
+    /// pretrained tensors overwrite the leading slices they cover; the rest
+    /// of each tensor, and tensors the checkpoint lacks (e.g. a classifier
+    /// for other classes), keep this initialisation.
+    #[serde(default)]
+    pub init: crate::init::InitScheme,
     pub data: DataConfig,
     pub sampler: SamplerConfig,
     pub loss: LossConfig,
@@ -197,15 +204,22 @@ impl Recipe {
         toml::to_string_pretty(self).expect("a Recipe always serializes")
     }
 
-    fn validate(&self, origin: &Path) -> Result<()> {
+    /// Checks every value for sense. Every path that sets a value (the
+    /// file, command-line overrides, retrain/finetune defaults) ends here
+    /// before training starts; `origin` names where the values came from.
+    pub fn validate(&self, origin: &Path) -> Result<()> {
         let bad = |field: &str, message: &str| Error::InvalidRecipe {
             file: origin.display().to_string(),
             field: field.into(),
             message: message.into(),
         };
+        // Bounds that keep step counts and per-step work finite and sane.
+        const MAX_EPOCHS: usize = 1_000_000;
+        const MAX_SUBNETS: usize = 64;
+        const MAX_CANDIDATES: usize = 10_000;
         let t = &self.train;
-        if t.epochs == 0 {
-            return Err(bad("train.epochs", "must be positive"));
+        if t.epochs == 0 || t.epochs > MAX_EPOCHS {
+            return Err(bad("train.epochs", &format!("must be in 1..={MAX_EPOCHS}")));
         }
         if t.batch_size == 0 {
             return Err(bad("train.batch_size", "must be positive"));
@@ -213,21 +227,105 @@ impl Recipe {
         if t.checkpoint_every == 0 {
             return Err(bad("train.checkpoint_every", "must be positive"));
         }
+        if t.log_every == 0 {
+            return Err(bad("train.log_every", "must be positive"));
+        }
+        if t.max_steps == Some(0) {
+            return Err(bad("train.max_steps", "must be positive"));
+        }
+        let d = &self.data;
+        if d.val_size == 0 {
+            return Err(bad(
+                "data.val_size",
+                "must be positive: validation accuracy is reported every epoch",
+            ));
+        }
+        if d.eval_batch_size == 0 {
+            return Err(bad("data.eval_batch_size", "must be positive"));
+        }
+        if d.train_limit == Some(0) {
+            return Err(bad("data.train_limit", "must be positive"));
+        }
+        if let Some(n) = &d.normalize {
+            if n.mean.is_empty() || n.mean.len() != n.std.len() {
+                return Err(bad(
+                    "data.normalize",
+                    "mean and std must have one value per channel each",
+                ));
+            }
+            if n.mean.iter().any(|m| !m.is_finite()) {
+                return Err(bad("data.normalize.mean", "must be finite"));
+            }
+            if n.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                return Err(bad("data.normalize.std", "must be positive and finite"));
+            }
+        }
         let o = &self.optimizer;
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        let non_negative = |x: f64| x >= 0.0 && x.is_finite();
+        if !positive(o.lr) {
             return Err(bad("optimizer.lr", "must be a positive number"));
         }
-        if o.warmup_epochs < 0.0 {
-            return Err(bad("optimizer.warmup_epochs", "must not be negative"));
+        if o.lr_reference_batch == Some(0) {
+            return Err(bad("optimizer.lr_reference_batch", "must be positive"));
+        }
+        if !non_negative(o.min_lr) || o.min_lr > self.peak_lr() {
+            return Err(bad(
+                "optimizer.min_lr",
+                "must be a number in [0, the peak learning rate]",
+            ));
+        }
+        if !non_negative(o.warmup_lr) {
+            return Err(bad("optimizer.warmup_lr", "must be a non-negative number"));
+        }
+        if !non_negative(o.warmup_epochs) || o.warmup_epochs > t.epochs as f64 {
+            return Err(bad(
+                "optimizer.warmup_epochs",
+                "must be a number in [0, train.epochs]",
+            ));
+        }
+        if !non_negative(o.weight_decay) {
+            return Err(bad(
+                "optimizer.weight_decay",
+                "must be a non-negative number",
+            ));
+        }
+        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return Err(bad("optimizer.betas", "each must be in [0, 1)"));
+        }
+        if !positive(o.eps) {
+            return Err(bad("optimizer.eps", "must be a positive number"));
+        }
+        if let Some(c) = o.clip_grad_norm {
+            if !positive(c) {
+                return Err(bad(
+                    "optimizer.clip_grad_norm",
+                    "must be a positive number (leave it out for no clipping)",
+                ));
+            }
         }
         if !(0.0..1.0).contains(&self.loss.label_smoothing) {
             return Err(bad("loss.label_smoothing", "must be in [0, 1)"));
         }
-        if let SamplerConfig::Attentive {
-            num_candidates: 0, ..
-        } = self.sampler
-        {
-            return Err(bad("sampler.num_candidates", "must be positive"));
+        match self.sampler {
+            SamplerConfig::Sandwich { num_random }
+            | SamplerConfig::Attentive { num_random, .. }
+                if num_random > MAX_SUBNETS =>
+            {
+                return Err(bad(
+                    "sampler.num_random",
+                    &format!("must be at most {MAX_SUBNETS}: every one is a forward and backward pass per step"),
+                ));
+            }
+            SamplerConfig::Attentive { num_candidates, .. }
+                if num_candidates == 0 || num_candidates > MAX_CANDIDATES =>
+            {
+                return Err(bad(
+                    "sampler.num_candidates",
+                    &format!("must be in 1..={MAX_CANDIDATES}"),
+                ));
+            }
+            _ => {}
         }
         if let DistillConfig::Alpha {
             alpha_min,
@@ -235,10 +333,16 @@ impl Recipe {
             iw_clip,
         } = self.loss.distill
         {
+            if !(alpha_min.is_finite() && alpha_max.is_finite()) {
+                return Err(bad(
+                    "loss.distill.alpha_min",
+                    "alpha_min and alpha_max must be finite",
+                ));
+            }
             if alpha_min > alpha_max {
                 return Err(bad("loss.distill.alpha_min", "must not exceed alpha_max"));
             }
-            if iw_clip <= 0.0 {
+            if !positive(iw_clip) {
                 return Err(bad("loss.distill.iw_clip", "must be positive"));
             }
         }

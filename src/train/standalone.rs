@@ -11,6 +11,7 @@ use super::recipe::{DistillConfig, Recipe};
 use super::step::Params;
 use super::{build_supernet, RunKind, RunOptions, Summary};
 use crate::error::{Error, Result};
+use crate::init::InitScheme;
 use crate::models::export::load_dir;
 use crate::models::vit::{Vit, VitConfig};
 use crate::space::{Arch, Space};
@@ -24,9 +25,9 @@ pub const ARCH_FILE: &str = "arch.json";
 /// Where a standalone model's first weights come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Init {
-    /// The slices of a freshly seeded supernet: the supernet's
-    /// initialisation (truncated normal 0.02, zero biases, unit norms).
-    Scratch,
+    /// The slices of a freshly seeded supernet initialised by this scheme
+    /// (fan-in of the supernet's full tensors).
+    Scratch(InitScheme),
     /// An exported model directory (inherited weights).
     Exported(PathBuf),
 }
@@ -37,8 +38,8 @@ pub fn build(space: &Space, arch: &Arch, seed: u64, init: &Init) -> Result<(Vit,
     arch.check_fits(space)?;
     let config = VitConfig::from_arch(space, arch);
     let tensors = match init {
-        Init::Scratch => {
-            let (net, _, _) = build_supernet(space, seed)?;
+        Init::Scratch(scheme) => {
+            let (net, _, _) = build_supernet(space, seed, *scheme)?;
             net.extract(arch)?.tensors()
         }
         Init::Exported(dir) => {
@@ -77,9 +78,9 @@ pub fn read_arch_file(dir: &Path) -> Result<(Arch, Space)> {
     }
     let path = dir.join(ARCH_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let r: Record = serde_json::from_str(&text).map_err(|source| Error::Json {
+    let r: Record = serde_json::from_str(&text).map_err(|error| Error::Json {
         path: path.clone(),
-        source,
+        error,
     })?;
     r.space.validate(&path.display().to_string())?;
     r.arch.check_fits(&r.space)?;
@@ -111,7 +112,7 @@ pub fn retrain(
         space,
         RunKind::Standalone {
             arch: arch.clone(),
-            init: Init::Scratch,
+            init: Init::Scratch(r.init),
         },
         opts,
     )
@@ -124,6 +125,7 @@ pub fn finetune(
     output_dir: PathBuf,
     opts: &RunOptions,
 ) -> Result<Summary> {
+    crate::rundir::check_distinct(model_dir, &output_dir)?;
     let (arch, space) = read_arch_file(model_dir)?;
     let r = standalone_recipe(recipe, output_dir);
     super::start(
