@@ -1,8 +1,9 @@
 """Writes the bundled Fashion-MNIST sample: the first 1,000 train images of
 each class (10,000) and the first 200 test images of each class (2,000), in
-the original IDX gzip format.  Usage: python3 data/make_sample.py ../shared/data/fashion-mnist"""
+the original IDX gzip format.  Usage: python3 data/make_sample.py [data/fashion-mnist]
+(the directory holding the four full Fashion-MNIST .gz files)."""
 import gzip, struct, sys
-src = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/fashion-mnist"
+src = sys.argv[1] if len(sys.argv) > 1 else "data/fashion-mnist"
 def read(path):
     b = gzip.open(path).read()
     nd = b[3]; dims = struct.unpack(">" + "I" * nd, b[4:4 + 4 * nd])

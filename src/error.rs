@@ -70,11 +70,13 @@ pub enum Error {
     OutputDir { dir: PathBuf, message: String },
 
     /// Training stopped: a loss was NaN or infinite.
-    #[error("non-finite loss at step {step} ({which}): {value}; the last good checkpoint is kept")]
+    #[error("non-finite loss at step {step} ({which}): {value}; {kept}")]
     NonFiniteLoss {
         step: usize,
         which: String,
         value: f32,
+        /// Which checkpoint is on disk (or that none is).
+        kept: String,
     },
 
     /// A dataset file or directory that cannot be used.

@@ -1,6 +1,6 @@
-//! Pretrained weights: resolving a Hugging Face model (local directory or
-//! the shared hub cache, offline) and loading its ViT tensors into the
-//! supernet's leading slices.
+//! Pretrained weights: resolving a Hugging Face model (a local directory, a
+//! snapshot in the Hugging Face hub cache, or a download into that cache)
+//! and loading its ViT tensors into the supernet's leading slices.
 
 use crate::error::{Error, Result};
 use crate::train::checkpoint::read_safetensors;
@@ -147,11 +147,9 @@ impl std::fmt::Display for LoadReport {
 pub fn load_vit_into(params: &Params, dir: &Path, head_dim: usize) -> Result<LoadReport> {
     let cfg = crate::models::vit::VitConfig::from_hf_config_file(&dir.join("config.json"))?;
     if cfg.head_dim != head_dim {
-        return Err(Error::Tensor {
-            name: format!(
-                "{}: hidden_size / num_attention_heads",
-                dir.join("config.json").display()
-            ),
+        return Err(Error::InvalidConfig {
+            file: dir.join("config.json").display().to_string(),
+            field: "hidden_size / num_attention_heads".into(),
             message: format!(
                 "pretrained head size {} differs from the space's head_dim {head_dim}",
                 cfg.head_dim

@@ -5,7 +5,8 @@
 //! All of them are differentiable: the fused kernels of [`crate::kernels`]
 //! carry their own backward; [`composite`] holds the plain candle versions
 //! they are tested against. No `candle_nn::LayerNorm` fast path and no
-//! `softmax_last_dim`, which have no backward (see ../shared/CONVENTIONS.md).
+//! `candle_nn::ops::softmax_last_dim`: in candle 0.11 neither has a backward,
+//! so gradients would silently stop at them.
 
 use crate::kernels;
 use candle_core::{DType, Result, Tensor};

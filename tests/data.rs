@@ -44,6 +44,52 @@ fn full_fashion_mnist_is_read_when_present() {
 }
 
 #[test]
+fn fashion_mnist_dir_environment_variable_is_searched_first() {
+    // Only this test reads FASHION_MNIST_DIR in this test binary.
+    let sample = repo_path("data/fashion-mnist-sample");
+    std::env::set_var("FASHION_MNIST_DIR", &sample);
+    let found = data::resolve_dir(None, data::FASHION_MNIST_DIRS);
+    // Set but not a directory: an error naming the variable and its value,
+    // not a silent fall-through to the default places.
+    std::env::set_var("FASHION_MNIST_DIR", "/nonexistent/fmnist");
+    let wrong = data::resolve_dir(None, data::FASHION_MNIST_DIRS);
+    std::env::remove_var("FASHION_MNIST_DIR");
+    assert_eq!(found.unwrap(), sample);
+    let msg = wrong.unwrap_err().to_string();
+    assert!(
+        msg.contains("$FASHION_MNIST_DIR=/nonexistent/fmnist"),
+        "{msg}"
+    );
+    // An explicit path wins over every candidate.
+    let d = tmp_dir("explicit");
+    assert_eq!(
+        data::resolve_dir(Some(&d), data::FASHION_MNIST_DIRS).unwrap(),
+        d
+    );
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn unset_variables_and_missing_directories_are_listed_when_nothing_is_found() {
+    let msg = data::resolve_dir(
+        None,
+        &[
+            "$VITNAS_TEST_SURELY_UNSET_VARIABLE",
+            "/nonexistent/a",
+            "/nonexistent/b",
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("$VITNAS_TEST_SURELY_UNSET_VARIABLE (unset)")
+            && msg.contains("/nonexistent/a")
+            && msg.contains("/nonexistent/b"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn truncated_and_foreign_idx_files_are_refused_naming_the_file() {
     let d = tmp_dir("idx");
     let src = repo_path("data/fashion-mnist-sample");

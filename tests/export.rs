@@ -229,3 +229,92 @@ fn representable_exports_load_in_candle_transformers_vit() {
     std::fs::remove_dir_all(d).ok();
     std::fs::remove_dir_all(d2).ok();
 }
+
+#[test]
+fn exported_configs_with_impossible_shapes_are_refused_naming_the_field() {
+    let s = space("fmnist-tiny");
+    let (net, _vm) = supernet(&s, 3);
+    let arch = s.smallest();
+    let d = tmp("badcfg");
+    export(&net.extract(&arch).unwrap(), &s, &arch, None, &d).unwrap();
+    let cfg_path = d.join("config.json");
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let depth = arch.depth;
+    let mut zero_first_heads = arch.num_heads.clone();
+    zero_first_heads[0] = 0;
+    // The `vitnas` block (what load_dir reads for its own exports): each of
+    // these would divide by zero or size a layer 0 if it reached the model.
+    let vitnas_cases: Vec<(&str, serde_json::Value, String)> = vec![
+        (
+            "patch_size",
+            serde_json::json!(0),
+            "vitnas.config.patch_size".into(),
+        ),
+        (
+            "patch_size",
+            serde_json::json!(5),
+            "vitnas.config.patch_size".into(),
+        ),
+        (
+            "image_size",
+            serde_json::json!(0),
+            "vitnas.config.image_size".into(),
+        ),
+        (
+            "hidden_size",
+            serde_json::json!(0),
+            "vitnas.config.hidden_size".into(),
+        ),
+        (
+            "head_dim",
+            serde_json::json!(0),
+            "vitnas.config.head_dim".into(),
+        ),
+        (
+            "num_heads",
+            serde_json::json!(zero_first_heads),
+            "vitnas.config.num_heads[0]".into(),
+        ),
+        (
+            "intermediate_sizes",
+            serde_json::json!(vec![64; depth + 1]),
+            "vitnas.config.intermediate_sizes".into(),
+        ),
+    ];
+    // A plain Hugging Face config.json (no `vitnas` block) goes through the
+    // same checks under its own field names.
+    let hf_cases: Vec<(&str, serde_json::Value, String)> = vec![
+        ("patch_size", serde_json::json!(0), "patch_size".into()),
+        (
+            "num_attention_heads",
+            serde_json::json!(0),
+            "num_attention_heads".into(),
+        ),
+    ];
+    for (in_block, (key, value, want)) in vitnas_cases
+        .into_iter()
+        .map(|c| (true, c))
+        .chain(hf_cases.into_iter().map(|c| (false, c)))
+    {
+        let mut v = original.clone();
+        if in_block {
+            v["vitnas"]["config"][key] = value;
+        } else {
+            v.as_object_mut().unwrap().remove("vitnas");
+            v[key] = value;
+        }
+        std::fs::write(&cfg_path, v.to_string()).unwrap();
+        let err = load_dir(&d).unwrap_err();
+        let msg = err.to_string();
+        match &err {
+            vitnas::Error::InvalidConfig { file, field, .. } => {
+                assert_eq!(field, &want, "{msg}");
+                assert_eq!(file, &cfg_path.display().to_string(), "{msg}");
+            }
+            other => panic!("{want}: expected InvalidConfig, got {other:?}"),
+        }
+        assert!(msg.contains(&format!("`{want}`")), "{msg}");
+    }
+    std::fs::remove_dir_all(d).ok();
+}

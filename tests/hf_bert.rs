@@ -171,3 +171,38 @@ fn broken_bert_directories_are_clear_errors() {
         std::fs::remove_dir_all(copy_fixture(tag)).ok();
     }
 }
+
+#[test]
+fn bert_config_values_no_model_can_have_are_refused_naming_the_file_and_field() {
+    let text = std::fs::read_to_string(fixture().join("config.json")).unwrap();
+    let cases = [
+        ("hidden_size", serde_json::json!(0)),
+        ("num_attention_heads", serde_json::json!(0)),
+        ("num_attention_heads", serde_json::json!(5)),
+        ("vocab_size", serde_json::json!(0)),
+        ("intermediate_size", serde_json::json!(0)),
+        ("max_position_embeddings", serde_json::json!(0)),
+        ("type_vocab_size", serde_json::json!(0)),
+        ("layer_norm_eps", serde_json::json!(-1.0)),
+        ("num_labels", serde_json::json!(0)),
+        ("position_embedding_type", serde_json::json!("relative_key")),
+    ];
+    let d = copy_fixture("cfgvals");
+    let p = d.join("config.json");
+    for (key, value) in cases {
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v[key] = value;
+        std::fs::write(&p, v.to_string()).unwrap();
+        let err = Bert::load_dir(&d).unwrap_err();
+        let msg = err.to_string();
+        match &err {
+            vitnas::Error::InvalidConfig { file, field, .. } => {
+                assert_eq!(field, key, "{msg}");
+                assert_eq!(file, &p.display().to_string(), "{msg}");
+            }
+            other => panic!("{key}: expected InvalidConfig, got {other:?}"),
+        }
+        assert!(msg.contains(&format!("`{key}`")), "{msg}");
+    }
+    std::fs::remove_dir_all(d).ok();
+}

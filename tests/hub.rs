@@ -174,7 +174,10 @@ fn a_pretrained_tensor_larger_than_the_supernet_names_itself_and_both_shapes() {
     .unwrap_err()
     .to_string();
     assert!(
-        msg.contains("head size 16") && msg.contains("head_dim 32"),
+        msg.contains("head size 16")
+            && msg.contains("head_dim 32")
+            && msg.contains("hf-tiny-vit/config.json")
+            && msg.contains("`hidden_size / num_attention_heads`"),
         "{msg}"
     );
 }

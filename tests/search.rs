@@ -7,7 +7,7 @@ use candle_core::Device;
 use common::{repo_path, space, supernet};
 use vitnas::data::batch::Normalize;
 use vitnas::data::{idx, Split};
-use vitnas::search::config::{Algorithm, SearchConfig};
+use vitnas::search::config::{Algorithm, SearchConfig, SETTINGS_SOURCE};
 use vitnas::search::pareto::{front, Measure};
 use vitnas::search::{self, Evaluator, Record, STATE_FILE};
 use vitnas::space::{params, Space};
@@ -131,6 +131,54 @@ fn unsatisfiable_constraint_names_the_bound_and_the_space_range() {
         msg.contains("flops_min") && msg.contains("62924032"),
         "{msg}"
     );
+}
+
+/// The field an InvalidConfig error names, after checking that it names
+/// the search settings as its source.
+fn settings_field(err: vitnas::Error) -> String {
+    match err {
+        vitnas::Error::InvalidConfig { file, field, .. } => {
+            assert_eq!(file, SETTINGS_SOURCE);
+            field
+        }
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+}
+
+#[test]
+fn search_settings_errors_are_config_errors_naming_the_field() {
+    let s = space("fmnist-tiny");
+    let new_err = |cfg: SearchConfig| search::Search::new(&s, cfg).err().unwrap();
+    let mut cfg = config();
+    cfg.parents = 0;
+    assert_eq!(settings_field(new_err(cfg)), "search.parents");
+    let mut cfg = config();
+    cfg.population = 0;
+    assert_eq!(settings_field(new_err(cfg)), "search.population");
+    let mut cfg = config();
+    cfg.constraints.params_max = Some(1000);
+    let err = new_err(cfg);
+    let msg = err.to_string();
+    assert_eq!(settings_field(err), "search.constraints.params_max");
+    assert!(msg.contains("fmnist-tiny"), "{msg}");
+    // Bounds inside the space's range that no architecture meets exactly:
+    // the search gives up after max_resample draws, naming the constraints.
+    let p_lo = params(&s, &s.smallest());
+    with_evaluator(|s, ev| {
+        let mut cfg = config();
+        cfg.max_resample = 5;
+        cfg.constraints.params_min = Some(p_lo + 1);
+        cfg.constraints.params_max = Some(p_lo + 1);
+        let d = tmp("unmeetable");
+        let err = search::run(s, cfg, ev, &d, false, false).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(settings_field(err), "search.constraints");
+        assert!(
+            msg.contains("5 uniform draws") && msg.contains("max_resample"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(d).ok();
+    });
 }
 
 #[test]

@@ -308,3 +308,35 @@ fn rank_config_errors_name_the_field() {
     assert_eq!(shipped.k, 16);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn rank_config_values_are_config_errors_naming_the_file_and_field() {
+    let d = tmp_dir("rank-values");
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("bad.toml");
+    let head = "name='x'\nsupernet='r.toml'\noutput_dir='o'\n";
+    for (body, want) in [
+        ("k=1\n[standalone]\nepochs=1\n", "k"),
+        ("top_k=0\n[standalone]\nepochs=1\n", "top_k"),
+        ("[standalone]\nepochs=0\n", "standalone.epochs"),
+        (
+            "[standalone]\nepochs=1\nbatch_size=0\n",
+            "standalone.batch_size",
+        ),
+        ("[standalone]\nepochs=1\nlr=-0.001\n", "standalone.lr"),
+        (
+            "[standalone]\nepochs=1\nwarmup_epochs=-1.0\n",
+            "standalone.warmup_epochs",
+        ),
+    ] {
+        std::fs::write(&p, format!("{head}{body}")).unwrap();
+        match RankConfig::from_file(&p).unwrap_err() {
+            vitnas::Error::InvalidConfig { file, field, .. } => {
+                assert_eq!(field, want);
+                assert_eq!(file, p.display().to_string());
+            }
+            other => panic!("{want}: expected InvalidConfig, got {other:?}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -1,5 +1,6 @@
-//! `vitnas bench train|infer|search|data`: the benchmark workload of
-//! ../shared/README.md, printed as one JSON line like the PyTorch peer's.
+//! `vitnas bench train|infer|search|data`: the benchmark workload
+//! ([`vitnas::bench`]), printed as one JSON line, the form the PyTorch peer
+//! of evaluate/bench.sh prints too.
 
 use clap::Subcommand;
 use vitnas::bench;

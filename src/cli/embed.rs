@@ -6,8 +6,10 @@ use vitnas::models::{bert::Bert, sentence_embeddings, text::TextTokenizer};
 
 #[derive(Debug, Args)]
 pub struct EmbedArgs {
-    /// A Hugging Face BERT directory with tokenizer.json (or a cached hub id),
-    /// e.g. ../shared/models/all-MiniLM-L6-v2.
+    /// A Hugging Face BERT directory (config.json, model.safetensors,
+    /// tokenizer.json) or a hub id, e.g. sentence-transformers/all-MiniLM-L6-v2:
+    /// taken from the Hugging Face cache, downloaded into it when missing
+    /// (not with HF_HUB_OFFLINE=1).
     #[arg(long)]
     model: String,
     /// Sentences to embed.

@@ -71,6 +71,10 @@ pub fn run(c: EvaluateCmd) -> anyhow::Result<()> {
     if let Some(d) = a.output_dir {
         cfg.output_dir = d;
     }
+    cfg.validate(&format!(
+        "{} (with command-line overrides)",
+        a.config.display()
+    ))?;
     let stop = super::stop_flag()?;
     let report = rank::run(
         &cfg,

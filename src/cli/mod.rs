@@ -53,7 +53,7 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Search a trained supernet for the best architectures under constraints.
     Search(search::SearchArgs),
-    /// Time the benchmark workload (compare with ../shared/bench/torch_reference.py).
+    /// Time the benchmark workload (fmnist-tiny supernet, random inputs; see evaluate/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
 }

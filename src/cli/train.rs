@@ -15,7 +15,8 @@ pub struct TrainArgs {
     /// Override the recipe's output_dir.
     #[arg(long)]
     output_dir: Option<PathBuf>,
-    /// Start from a pretrained Hugging Face ViT (local dir or cached hub id).
+    /// Start from a pretrained Hugging Face ViT (local dir or hub id, e.g.
+    /// google/vit-base-patch16-224: the HF cache, else downloaded).
     #[arg(long)]
     init_from: Option<String>,
     /// Override the recipe's initialisation: torch_default,

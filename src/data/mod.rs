@@ -47,15 +47,25 @@ pub enum Format {
     Folder,
 }
 
-/// Where Debian's `dataset-fashion-mnist` package installs Fashion-MNIST, and
-/// the repository's shared copy: searched when a recipe names no path.
+/// Where Fashion-MNIST (the four IDX `.gz` files) is looked for when a
+/// recipe names no path, in order: the directory in the environment variable
+/// `FASHION_MNIST_DIR`; `data/fashion-mnist` under the working directory
+/// (where the README puts the files downloaded from
+/// <https://github.com/zalandoresearch/fashion-mnist>); where Debian's
+/// `dataset-fashion-mnist` package installs them. An entry `$NAME` stands for
+/// the directory in environment variable `NAME` (see [`resolve_dir`]).
 pub const FASHION_MNIST_DIRS: &[&str] = &[
+    "$FASHION_MNIST_DIR",
+    "data/fashion-mnist",
     "/usr/share/datasets/fashion-mnist",
-    "../shared/data/fashion-mnist",
 ];
 
 /// Resolves a data directory: the given path if any, else the first of
-/// `candidates` that exists. The error lists every place looked at.
+/// `candidates` that exists. A candidate `$NAME` is the value of environment
+/// variable `NAME`: skipped when unset or empty, an error when set to
+/// something that is not a directory (a variable set on purpose does not
+/// silently fall through to a default). The error lists every place looked
+/// at.
 pub fn resolve_dir(path: Option<&Path>, candidates: &[&str]) -> Result<PathBuf> {
     if let Some(p) = path {
         if p.is_dir() {
@@ -66,14 +76,32 @@ pub fn resolve_dir(path: Option<&Path>, candidates: &[&str]) -> Result<PathBuf> 
             std::io::Error::new(std::io::ErrorKind::NotFound, "data directory not found"),
         ));
     }
+    let mut looked = Vec::with_capacity(candidates.len());
     for c in candidates {
-        if Path::new(c).is_dir() {
-            return Ok(PathBuf::from(c));
+        let Some(var) = c.strip_prefix('$') else {
+            if Path::new(c).is_dir() {
+                return Ok(PathBuf::from(c));
+            }
+            looked.push(c.to_string());
+            continue;
+        };
+        match std::env::var_os(var).filter(|v| !v.is_empty()) {
+            None => looked.push(format!("{c} (unset)")),
+            Some(v) if Path::new(&v).is_dir() => return Ok(PathBuf::from(v)),
+            Some(v) => {
+                return Err(Error::Data {
+                    source_name: format!("{c}={}", Path::new(&v).display()),
+                    message: "not a directory (environment variable set but unusable)".into(),
+                })
+            }
         }
     }
     Err(Error::Data {
         source_name: "data".into(),
-        message: format!("no data path given and none of {candidates:?} exists"),
+        message: format!(
+            "no data path given and none of these exists: {}",
+            looked.join(", ")
+        ),
     })
 }
 

@@ -64,15 +64,18 @@ fn bert_eps() -> f64 {
 
 impl BertConfig {
     /// Reads a Hugging Face BERT config.json; unsupported variants (another
-    /// activation, relative positions) are refused by field.
+    /// activation, relative positions) and values no model can have (zero
+    /// sizes, heads that do not divide the hidden size) are refused naming
+    /// the file and the field.
     pub fn from_hf_config_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let c: HfBertConfig = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: path.into(),
             error,
         })?;
-        let bad = |field: &str, message: String| Error::Tensor {
-            name: format!("{}: {field}", path.display()),
+        let bad = |field: &str, message: String| Error::InvalidConfig {
+            file: path.display().to_string(),
+            field: field.into(),
             message,
         };
         if let Some(act) = c.hidden_act.as_deref() {
@@ -90,6 +93,23 @@ impl BertConfig {
                     format!("`{p}` is not supported (\"absolute\" is)"),
                 ));
             }
+        }
+        for (field, v) in [
+            ("vocab_size", c.vocab_size),
+            ("hidden_size", c.hidden_size),
+            ("intermediate_size", c.intermediate_size),
+            ("max_position_embeddings", c.max_position_embeddings),
+            ("type_vocab_size", c.type_vocab_size),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be positive, is 0".into()));
+            }
+        }
+        if !(c.layer_norm_eps.is_finite() && c.layer_norm_eps >= 0.0) {
+            return Err(bad(
+                "layer_norm_eps",
+                format!("{} is not a non-negative number", c.layer_norm_eps),
+            ));
         }
         if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
             return Err(bad(
@@ -113,6 +133,12 @@ impl BertConfig {
             ),
             false => None,
         };
+        if num_labels == Some(0) {
+            return Err(bad(
+                "num_labels",
+                "a sequence classifier needs at least 1 label, has 0".into(),
+            ));
+        }
         let n = c.num_hidden_layers;
         Ok(Self {
             vocab_size: c.vocab_size,

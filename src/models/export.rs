@@ -176,7 +176,9 @@ pub fn export(
 }
 
 /// Loads an exported directory (or any HF ViT directory) as a static model,
-/// with its normalisation when recorded.
+/// with its normalisation when recorded. The config is checked before any
+/// tensor is read ([`VitConfig::validate`]): errors name config.json and the
+/// field.
 pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
@@ -191,6 +193,8 @@ pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
                     path: cfg_path.clone(),
                     error,
                 })?;
+            b.config
+                .validate(&cfg_path.display().to_string(), "vitnas.config.")?;
             (b.config, b.normalize)
         }
         None => (VitConfig::from_hf_config_file(&cfg_path)?, None),

@@ -250,7 +250,78 @@ pub struct HfVitConfig {
 }
 
 impl VitConfig {
-    /// Reads a Hugging Face `ViTForImageClassification` config.json.
+    /// Checks every value the model sizes a tensor with or divides by, so
+    /// that a bad config is an error naming the file and the field, never a
+    /// panic. `file` names the config (its path); `prefix` is where the
+    /// fields sit in it (`""` at the top level, `"vitnas.config."` in an
+    /// exported config.json).
+    pub fn validate(&self, file: &str, prefix: &str) -> crate::Result<()> {
+        let bad = |field: &str, message: String| crate::Error::InvalidConfig {
+            file: file.to_string(),
+            field: format!("{prefix}{field}"),
+            message,
+        };
+        for (field, v) in [
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("num_channels", self.num_channels),
+            ("num_labels", self.num_labels),
+            ("hidden_size", self.hidden_size),
+            ("head_dim", self.head_dim),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be positive, is 0".into()));
+            }
+        }
+        if self.image_size % self.patch_size != 0 {
+            return Err(bad(
+                "patch_size",
+                format!(
+                    "{} does not divide image_size {} (patches must tile the image)",
+                    self.patch_size, self.image_size
+                ),
+            ));
+        }
+        if self.intermediate_sizes.len() != self.num_heads.len() {
+            return Err(bad(
+                "intermediate_sizes",
+                format!(
+                    "{} entries for the {} layers of num_heads",
+                    self.intermediate_sizes.len(),
+                    self.num_heads.len()
+                ),
+            ));
+        }
+        for (l, (&h, &m)) in self
+            .num_heads
+            .iter()
+            .zip(&self.intermediate_sizes)
+            .enumerate()
+        {
+            if h == 0 {
+                return Err(bad(
+                    &format!("num_heads[{l}]"),
+                    "must be positive, is 0".into(),
+                ));
+            }
+            if m == 0 {
+                return Err(bad(
+                    &format!("intermediate_sizes[{l}]"),
+                    "must be positive, is 0".into(),
+                ));
+            }
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
+            return Err(bad(
+                "layer_norm_eps",
+                format!("{} is not a non-negative number", self.layer_norm_eps),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a Hugging Face `ViTForImageClassification` config.json; every
+    /// value is checked ([`VitConfig::validate`]), errors name the field.
     pub fn from_hf_config_file(path: &std::path::Path) -> crate::Result<Self> {
         use crate::Error;
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -258,33 +329,45 @@ impl VitConfig {
             path: path.into(),
             error,
         })?;
+        let file = path.display().to_string();
+        let bad = |field: &str, message: String| Error::InvalidConfig {
+            file: file.clone(),
+            field: field.into(),
+            message,
+        };
         if let Some(act) = c.hidden_act.as_deref() {
             if act != "gelu" {
-                return Err(Error::Tensor {
-                    name: format!("{}: hidden_act", path.display()),
-                    message: format!(
-                        "`{act}` is not supported (vitnas ViTs use exact GELU, \"gelu\")"
-                    ),
-                });
+                return Err(bad(
+                    "hidden_act",
+                    format!("`{act}` is not supported (vitnas ViTs use exact GELU, \"gelu\")"),
+                ));
             }
         }
         let num_labels = c
             .num_labels
             .or(c.id2label.as_ref().map(|m| m.len()))
-            .ok_or_else(|| Error::Tensor {
-                name: format!("{}: num_labels", path.display()),
-                message: "neither num_labels nor id2label is present".into(),
+            .ok_or_else(|| {
+                bad(
+                    "num_labels",
+                    "neither num_labels nor id2label is present".into(),
+                )
             })?;
+        if c.hidden_size == 0 {
+            return Err(bad("hidden_size", "must be positive, is 0".into()));
+        }
         if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
-            return Err(Error::Tensor {
-                name: format!("{}: num_attention_heads", path.display()),
-                message: format!(
+            return Err(bad(
+                "num_attention_heads",
+                format!(
                     "{} heads do not divide hidden_size {}",
                     c.num_attention_heads, c.hidden_size
                 ),
-            });
+            ));
         }
-        Ok(Self {
+        if c.intermediate_size == 0 {
+            return Err(bad("intermediate_size", "must be positive, is 0".into()));
+        }
+        let config = Self {
             image_size: c.image_size,
             patch_size: c.patch_size,
             num_channels: c.num_channels,
@@ -294,6 +377,8 @@ impl VitConfig {
             num_heads: vec![c.num_attention_heads; c.num_hidden_layers],
             intermediate_sizes: vec![c.intermediate_size; c.num_hidden_layers],
             layer_norm_eps: c.layer_norm_eps,
-        })
+        };
+        config.validate(&file, "")?;
+        Ok(config)
     }
 }

@@ -81,21 +81,47 @@ impl RankConfig {
             path: path.into(),
             message: e.to_string(),
         })?;
-        if c.k < 2 {
-            return Err(Error::InvalidRecipe {
-                file: path.display().to_string(),
-                field: "k".into(),
-                message: format!("{} architectures make no ranking (at least 2)", c.k),
-            });
-        }
-        if c.standalone.epochs == 0 {
-            return Err(Error::InvalidRecipe {
-                file: path.display().to_string(),
-                field: "standalone.epochs".into(),
-                message: "must be at least 1".into(),
-            });
-        }
+        c.validate(&path.display().to_string())?;
         Ok(c)
+    }
+
+    /// Checks every value; errors name `file` (the experiment file) and the
+    /// field.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let bad = |field: &str, message: String| Error::InvalidConfig {
+            file: file.to_string(),
+            field: field.into(),
+            message,
+        };
+        if self.k < 2 {
+            return Err(bad(
+                "k",
+                format!("{} architectures make no ranking (at least 2)", self.k),
+            ));
+        }
+        if self.top_k == 0 {
+            return Err(bad("top_k", "must be at least 1".into()));
+        }
+        let b = &self.standalone;
+        if b.epochs == 0 {
+            return Err(bad("standalone.epochs", "must be at least 1".into()));
+        }
+        if b.batch_size == Some(0) {
+            return Err(bad("standalone.batch_size", "must be at least 1".into()));
+        }
+        if let Some(lr) = b.lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+            return Err(bad(
+                "standalone.lr",
+                format!("{lr} is not a positive number"),
+            ));
+        }
+        if let Some(w) = b.warmup_epochs.filter(|w| !(w.is_finite() && *w >= 0.0)) {
+            return Err(bad(
+                "standalone.warmup_epochs",
+                format!("{w} is not a non-negative number"),
+            ));
+        }
+        Ok(())
     }
 
     /// The recipe of every standalone run.

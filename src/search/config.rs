@@ -61,15 +61,24 @@ impl Default for SearchConfig {
     }
 }
 
+/// What a search-settings error names as its file: the settings are the
+/// recipe's `[search]` section with the command line's overrides applied.
+pub const SETTINGS_SOURCE: &str = "search settings (recipe [search] with command-line overrides)";
+
+/// A search-settings error about `field` (`search.…`).
+pub(crate) fn invalid(field: &str, message: String) -> crate::Error {
+    crate::Error::InvalidConfig {
+        file: SETTINGS_SOURCE.into(),
+        field: field.into(),
+        message,
+    }
+}
+
 impl SearchConfig {
     /// Checks every value before a search starts (recipe `[search]` and
     /// command-line overrides alike); the error names the field.
     pub fn validate(&self) -> crate::Result<()> {
-        let bad = |field: &str, message: String| crate::Error::InvalidConfig {
-            file: "search settings (recipe [search] with command-line overrides)".into(),
-            field: field.into(),
-            message,
-        };
+        let bad = invalid;
         for (field, v) in [
             ("search.population", self.population),
             ("search.generations", self.generations),

@@ -119,10 +119,14 @@ impl Constraints {
             flops(space, &lo),
             flops(space, &hi),
         );
-        let bad = |field: &str, v: u64, what: &str, lo: u64, hi: u64| Error::InvalidArch {
-            space: space.name.clone(),
-            field: format!("constraints.{field}"),
-            message: format!("{v} cannot be met: the space's {what} range from {lo} to {hi}"),
+        let bad = |field: &str, v: u64, what: &str, lo: u64, hi: u64| {
+            config::invalid(
+                &format!("search.constraints.{field}"),
+                format!(
+                    "{v} cannot be met: the {what} of space `{}` range from {lo} to {hi}",
+                    space.name
+                ),
+            )
         };
         if let Some(m) = self.params_max.filter(|&m| m < p_lo) {
             return Err(bad("params_max", m, "parameter counts", p_lo, p_hi));
@@ -150,14 +154,8 @@ pub struct Search<'a> {
 
 impl<'a> Search<'a> {
     pub fn new(space: &'a Space, config: SearchConfig) -> Result<Self> {
+        config.validate()?;
         config.constraints.check_satisfiable(space)?;
-        if config.parents == 0 || config.population == 0 {
-            return Err(Error::InvalidArch {
-                space: space.name.clone(),
-                field: "search.parents".into(),
-                message: "population and parents must be positive".into(),
-            });
-        }
         let state = SearchState {
             config,
             generation: 0,
@@ -249,14 +247,14 @@ impl<'a> Search<'a> {
                 return Ok(g);
             }
         }
-        Err(Error::InvalidArch {
-            space: self.space.name.clone(),
-            field: "constraints".into(),
-            message: format!(
-                "no architecture satisfying {:?} found in {} uniform draws",
-                self.state.config.constraints, self.state.config.max_resample
+        Err(config::invalid(
+            "search.constraints",
+            format!(
+                "no architecture of space `{}` satisfying {:?} found in {} uniform draws \
+                 (search.max_resample)",
+                self.space.name, self.state.config.constraints, self.state.config.max_resample
             ),
-        })
+        ))
     }
 
     /// The screening accuracy of the current k-th best record: the bar a new

@@ -8,7 +8,14 @@
 //!   `train --resume` reads.
 //! * `state.json`: the same state, for people.
 
+use super::optim::AdamW;
+use super::recipe::Recipe;
+use super::step::Params;
+use super::trainee::Trainee;
+use super::{CHECKPOINT_FILE, STATE_FILE, SUPERNET_FILE};
+use crate::data::batch::Normalize;
 use crate::error::{Error, Result};
+use crate::space::Space;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -122,6 +129,92 @@ pub fn load_into_vars(
             });
         }
         var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Writes a run's checkpoint files: `checkpoint.safetensors` (weights,
+/// AdamW moments, state), the model file (`supernet.safetensors`, or the
+/// exported model of a standalone run) and `state.json`.
+pub(crate) struct Checkpointer<'a> {
+    pub dir: &'a Path,
+    pub recipe: &'a Recipe,
+    pub space: &'a Space,
+    pub norm: &'a Normalize,
+}
+
+impl Checkpointer<'_> {
+    pub fn save(
+        &self,
+        trainee: &Trainee,
+        params: &Params,
+        opt: &AdamW,
+        state: &TrainState,
+    ) -> Result<()> {
+        let weights = params.tensors();
+        let mut all = weights.clone();
+        let dev = Device::Cpu;
+        for (k, name) in params.names.iter().enumerate() {
+            let shape = params.vars[k].shape().clone();
+            all.push((
+                format!("optimizer.m.{name}"),
+                Tensor::from_slice(&opt.m[k], shape.clone(), &dev)?,
+            ));
+            all.push((
+                format!("optimizer.v.{name}"),
+                Tensor::from_slice(&opt.v[k], shape, &dev)?,
+            ));
+        }
+        let state_json = serde_json::to_string(state).expect("state serializes");
+        let meta = [(STATE_KEY.to_string(), state_json.clone())]
+            .into_iter()
+            .collect();
+        write_atomic(
+            &self.dir.join(CHECKPOINT_FILE),
+            &to_safetensors_bytes(&all, Some(meta))?,
+        )?;
+        match trainee {
+            Trainee::Supernet { .. } => {
+                let meta = [("vitnas.recipe".to_string(), self.recipe.name.clone())]
+                    .into_iter()
+                    .collect();
+                write_atomic(
+                    &self.dir.join(SUPERNET_FILE),
+                    &to_safetensors_bytes(&weights, Some(meta))?,
+                )?;
+            }
+            Trainee::Standalone { model, arch } => {
+                crate::models::export::export(model, self.space, arch, Some(self.norm), self.dir)?;
+            }
+        }
+        write_atomic(&self.dir.join(STATE_FILE), state_json.as_bytes())
+    }
+}
+
+/// Restores weights and AdamW moments from a checkpoint's tensors.
+pub(crate) fn restore(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    params: &Params,
+    opt: &mut AdamW,
+) -> Result<()> {
+    load_into_vars(path, tensors, &params.names, &params.vars)?;
+    for (k, name) in params.names.iter().enumerate() {
+        for (which, buf) in [("m", &mut opt.m[k]), ("v", &mut opt.v[k])] {
+            let key = format!("optimizer.{which}.{name}");
+            let t = tensors.get(&key).ok_or_else(|| Error::Checkpoint {
+                path: path.into(),
+                message: format!("tensor `{key}` is missing"),
+            })?;
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            if v.len() != buf.len() {
+                return Err(Error::Checkpoint {
+                    path: path.into(),
+                    message: format!("tensor `{key}`: {} values, expected {}", v.len(), buf.len()),
+                });
+            }
+            *buf = v;
+        }
     }
     Ok(())
 }

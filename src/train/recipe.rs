@@ -45,7 +45,8 @@ pub struct Recipe {
 pub struct DataConfig {
     pub format: Format,
     /// Data directory; when absent for IDX data, Fashion-MNIST is looked for
-    /// at /usr/share/datasets/fashion-mnist and ../shared/data/fashion-mnist.
+    /// in $FASHION_MNIST_DIR, data/fashion-mnist and
+    /// /usr/share/datasets/fashion-mnist ([`crate::data::FASHION_MNIST_DIRS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// Examples held out of the training split for validation (seeded).

@@ -1,0 +1,107 @@
+//! The data a run trains, validates and tests on: the seeded validation
+//! split of the training file, its normalisation, and the test split.
+
+use super::recipe::Recipe;
+use crate::data::batch::Normalize;
+use crate::data::{self, Dataset, Format, Split, FASHION_MNIST_DIRS};
+use crate::error::{Error, Result};
+use crate::space::Space;
+use std::path::PathBuf;
+
+/// Which examples of the training file a run trains and validates on,
+/// written to the run directory as `data-split.json` (so that another
+/// implementation, e.g. evaluate/parity.py, can train on the same split).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataSplit {
+    /// The data directory, absolute.
+    pub data_dir: PathBuf,
+    /// Indices into the training file: the training examples (in file
+    /// order, after `train_limit`) and the held-out validation examples.
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+}
+
+/// The training data of a run.
+pub struct TrainData {
+    pub train: Dataset,
+    pub val: Dataset,
+    /// The recipe's normalisation, or the training split's statistics.
+    pub norm: Normalize,
+    pub split: DataSplit,
+}
+
+fn data_dir(recipe: &Recipe) -> Result<PathBuf> {
+    let candidates: &[&str] = if recipe.data.format == Format::Idx {
+        FASHION_MNIST_DIRS
+    } else {
+        &[]
+    };
+    data::resolve_dir(recipe.data.path.as_deref(), candidates)
+}
+
+/// Training and validation splits (validation carved from train, seeded),
+/// the normalisation in use and the split's indices.
+pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TrainData> {
+    let dir = data_dir(recipe)?;
+    let i = &space.input;
+    let full = data::load(
+        recipe.data.format,
+        &dir,
+        Split::Train,
+        i.image_size,
+        i.channels,
+    )?;
+    full.check_fits(space)?;
+    let (mut train, val) = full.split_validation(recipe.data.val_size, recipe.seed)?;
+    let (mut train_idx, val_idx) =
+        data::validation_split(full.len(), recipe.data.val_size, recipe.seed);
+    if let Some(n) = recipe.data.train_limit {
+        train = train.head(n);
+        train_idx.truncate(n);
+    }
+    let split = DataSplit {
+        data_dir: std::path::absolute(&dir).unwrap_or(dir),
+        train: train_idx,
+        val: val_idx,
+    };
+    let norm = match &recipe.data.normalize {
+        Some(n) if n.mean.len() != i.channels || n.std.len() != i.channels => {
+            return Err(Error::InvalidRecipe {
+                file: format!("recipe `{}`", recipe.name),
+                field: "data.normalize".into(),
+                message: format!(
+                    "{} mean and {} std values for {}-channel images",
+                    n.mean.len(),
+                    n.std.len(),
+                    i.channels
+                ),
+            })
+        }
+        Some(n) => n.clone(),
+        None => {
+            let (mean, std) = train.channel_stats();
+            Normalize { mean, std }
+        }
+    };
+    Ok(TrainData {
+        train,
+        val,
+        norm,
+        split,
+    })
+}
+
+/// The test split, for final reports only.
+pub fn load_test(recipe: &Recipe, space: &Space) -> Result<Dataset> {
+    let dir = data_dir(recipe)?;
+    let i = &space.input;
+    let test = data::load(
+        recipe.data.format,
+        &dir,
+        Split::Test,
+        i.image_size,
+        i.channels,
+    )?;
+    test.check_fits(space)?;
+    Ok(test)
+}

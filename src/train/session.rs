@@ -1,0 +1,114 @@
+//! Starting a run directory, and resuming one. Both hold the directory's
+//! [`RunLock`] for as long as they train.
+
+use super::checkpoint::{read_safetensors, write_atomic, TrainState, STATE_KEY};
+use super::data::load_train_val;
+use super::recipe::Recipe;
+use super::run::run;
+use super::summary::Summary;
+use super::trainee::RunKind;
+use super::{standalone, RunOptions};
+use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE, SPLIT_FILE};
+use crate::error::{Error, Result};
+use crate::rundir::{self, Artifact, RunLock};
+use crate::space::Space;
+use candle_core::Device;
+use std::path::Path;
+
+/// Starts a run of `kind` in `recipe.output_dir`: checks the recipe (with
+/// every override applied) and the directory, writes the resolved recipe,
+/// the space and the data split, then trains.
+pub(crate) fn start(
+    recipe: &Recipe,
+    space: &Space,
+    kind: RunKind,
+    opts: &RunOptions,
+) -> Result<Summary> {
+    let dir = &recipe.output_dir;
+    if opts.resume {
+        return resume(dir, opts);
+    }
+    recipe.validate(Path::new(&format!(
+        "recipe `{}` (with command-line overrides)",
+        recipe.name
+    )))?;
+    rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
+    let data = load_train_val(recipe, space)?;
+    let mut resolved = recipe.clone();
+    resolved.data.normalize = Some(data.norm.clone());
+    // The data directory as found, so that a resume from anywhere reads
+    // the same files.
+    resolved.data.path = Some(data.split.data_dir.clone());
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let _lock = RunLock::acquire(dir)?;
+    // Checked again under the lock: another process may have started here.
+    if dir.join(CHECKPOINT_FILE).exists() || dir.join(METRICS_FILE).exists() {
+        rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
+    }
+    write_atomic(&dir.join(RECIPE_FILE), resolved.to_toml_string().as_bytes())?;
+    write_atomic(&dir.join(SPACE_FILE), space.to_toml_string().as_bytes())?;
+    let split = serde_json::to_string(&data.split).expect("a split serializes");
+    write_atomic(&dir.join(SPLIT_FILE), split.as_bytes())?;
+    std::fs::write(dir.join(METRICS_FILE), b"")
+        .map_err(|e| Error::io(dir.join(METRICS_FILE), e))?;
+    run(&resolved, space, kind, &data.train, &data.val, None, opts)
+}
+
+/// Continues the run in `dir` from its last checkpoint, writing into `dir`
+/// (wherever the run has moved; the recipe's `output_dir` is where it
+/// started and is not used).
+pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
+    if !dir.join(CHECKPOINT_FILE).is_file() {
+        return Err(Error::Checkpoint {
+            path: dir.join(CHECKPOINT_FILE),
+            message: "not found: nothing to resume (is this a run directory?)".into(),
+        });
+    }
+    let _lock = RunLock::acquire(dir)?;
+    let mut recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
+    recipe.output_dir = dir.to_path_buf();
+    let space = Space::from_file(dir.join(SPACE_FILE))?;
+    let data = load_train_val(&recipe, &space)?;
+    let ckpt = dir.join(CHECKPOINT_FILE);
+    let (tensors, meta) = read_safetensors(&ckpt, &Device::Cpu)?;
+    let state: TrainState = meta
+        .get(STATE_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| Error::Checkpoint {
+            path: ckpt.clone(),
+            message: format!("metadata `{STATE_KEY}` missing or invalid"),
+        })?;
+    truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
+    let kind = match &state.arch {
+        None => RunKind::Supernet,
+        Some(arch) => RunKind::Standalone {
+            arch: arch.clone(),
+            init: standalone::Init::Scratch(recipe.init),
+        },
+    };
+    run(
+        &recipe,
+        &space,
+        kind,
+        &data.train,
+        &data.val,
+        Some((tensors, state)),
+        opts,
+    )
+}
+
+/// Drops metric lines written after the checkpoint a run resumes from.
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}

@@ -1,0 +1,63 @@
+//! A finished (or checkpointed) training run, loaded for evaluation, search
+//! or export.
+
+use super::checkpoint::read_safetensors;
+use super::data::load_train_val;
+use super::recipe::Recipe;
+use super::{RECIPE_FILE, SPACE_FILE, SUPERNET_FILE};
+use crate::data::batch::Normalize;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::space::Space;
+use crate::supernet::Supernet;
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+
+/// A finished (or checkpointed) training run, loaded for evaluation,
+/// search or export: its resolved recipe, its space and its supernet.
+pub struct TrainedRun {
+    pub dir: PathBuf,
+    pub recipe: Recipe,
+    pub space: Space,
+    pub net: Supernet,
+}
+
+impl TrainedRun {
+    /// Loads a run directory, or a supernet `.safetensors` file inside one.
+    pub fn load(path: &Path) -> Result<Self> {
+        let (dir, file) = if path.is_dir() {
+            (path.to_path_buf(), path.join(SUPERNET_FILE))
+        } else {
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (dir, path.to_path_buf())
+        };
+        let recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
+        let space = Space::from_file(dir.join(SPACE_FILE))?;
+        let (tensors, _) = read_safetensors(&file, &Device::Cpu)?;
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let net = Supernet::new(&space, vb).map_err(|e| Error::Checkpoint {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            dir,
+            recipe,
+            space,
+            net,
+        })
+    }
+
+    /// `largest`, `smallest`, or an architecture JSON file that fits the supernet.
+    pub fn arch(&self, spec: &str) -> Result<crate::space::Arch> {
+        self.space.arch_from_spec(spec)
+    }
+
+    /// The validation split of the run and the normalisation it trained with.
+    pub fn validation(&self) -> Result<(Dataset, Normalize)> {
+        let d = load_train_val(&self.recipe, &self.space)?;
+        Ok((d.val, self.recipe.data.normalize.clone().unwrap_or(d.norm)))
+    }
+}

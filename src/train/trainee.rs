@@ -1,0 +1,118 @@
+//! What a run trains: the supernet with its sampler, or one architecture as
+//! a static model; built fresh from the recipe's seed and initialisation.
+
+use super::sampler::{self, Plan, Sampler};
+use super::standalone;
+use super::step::{Forward, Params};
+use super::summary::Reported;
+use crate::engine::Model;
+use crate::error::Result;
+use crate::init::{seeded_var_builder, InitScheme};
+use crate::models::vit::Vit;
+use crate::space::{Arch, Space};
+use crate::supernet::Supernet;
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+use rand::rngs::StdRng;
+
+/// What a run trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunKind {
+    /// The supernet of the recipe's space, subnets drawn by its sampler.
+    Supernet,
+    /// One architecture as a plain static model (retrain, finetune).
+    Standalone { arch: Arch, init: standalone::Init },
+}
+
+/// Builds the seeded supernet of a space and its sorted parameters.
+pub fn build_supernet(
+    space: &Space,
+    seed: u64,
+    init: InitScheme,
+) -> Result<(Supernet, VarMap, Params)> {
+    let vm = VarMap::new();
+    let net = Supernet::with_init(
+        space,
+        init,
+        seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu),
+    )?;
+    let params = Params::from_varmap(&vm);
+    Ok((net, vm, params))
+}
+
+/// The model being trained, built from a [`RunKind`].
+pub(crate) enum Trainee {
+    Supernet {
+        net: Supernet,
+        sampler: Box<dyn Sampler>,
+    },
+    Standalone {
+        model: Vit,
+        arch: Arch,
+    },
+}
+
+impl Trainee {
+    /// Builds the model of `kind` and its parameters. `init` is the
+    /// standalone model's origin (ignored for a supernet).
+    pub(crate) fn build(
+        kind: &RunKind,
+        space: &Space,
+        seed: u64,
+        scheme: InitScheme,
+        sampler_config: &super::recipe::SamplerConfig,
+        init: Option<standalone::Init>,
+    ) -> Result<(Trainee, Params)> {
+        Ok(match kind {
+            RunKind::Supernet => {
+                let (net, _vm, params) = build_supernet(space, seed, scheme)?;
+                let sampler = sampler::from_config(sampler_config);
+                (Trainee::Supernet { net, sampler }, params)
+            }
+            RunKind::Standalone { arch, init: origin } => {
+                let init = init.unwrap_or_else(|| origin.clone());
+                let (model, _vm, params) = standalone::build(space, arch, seed, &init)?;
+                let arch = arch.clone();
+                (Trainee::Standalone { model, arch }, params)
+            }
+        })
+    }
+
+    pub(crate) fn net(&self) -> &dyn Forward {
+        match self {
+            Trainee::Supernet { net, .. } => net,
+            Trainee::Standalone { model, .. } => model,
+        }
+    }
+
+    /// The architectures step `step` trains.
+    pub(crate) fn plan(&self, space: &Space, step: usize, rng: &mut StdRng) -> Plan {
+        match self {
+            Trainee::Supernet { sampler, .. } => sampler.plan(space, step, rng),
+            Trainee::Standalone { arch, .. } => Plan {
+                archs: vec![arch.clone()],
+                teacher_first: false,
+            },
+        }
+    }
+
+    /// The architectures reported at every epoch's end and at the end.
+    pub(crate) fn reported(&self, space: &Space) -> Vec<(Reported, Arch)> {
+        match self {
+            Trainee::Supernet { .. } => vec![
+                (Reported::Largest, space.largest()),
+                (Reported::Smallest, space.smallest()),
+            ],
+            Trainee::Standalone { arch, .. } => vec![(Reported::Model, arch.clone())],
+        }
+    }
+
+    /// The subnet `arch` (or the static model) ready for inference by the
+    /// engine: built once per evaluation, not per batch.
+    pub(crate) fn inference_model(&self, arch: &Arch) -> Result<Model> {
+        match self {
+            Trainee::Supernet { net, .. } => Model::from_vit(&net.extract(arch)?),
+            Trainee::Standalone { model, .. } => Model::from_vit(model),
+        }
+    }
+}
