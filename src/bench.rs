@@ -15,7 +15,8 @@ use crate::train::loss::Kl;
 use crate::train::optim::AdamW;
 use crate::train::recipe::OptimizerConfig;
 use crate::train::sampler::{Plan, Sampler, Sandwich};
-use crate::train::{build_supernet, step::accumulate};
+use crate::train::build_supernet;
+use crate::train::step::{accumulate, Backend};
 use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -92,14 +93,11 @@ fn random_batch(batch: usize, seed: u64) -> Result<(Tensor, Tensor)> {
 /// Sandwich training steps; `candle_autograd` runs them through candle's
 /// autograd (the fused kernels) instead of the engine, for before/after.
 pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) -> Result<Value> {
-    if candle_autograd {
-        return crate::engine::with_candle_autograd(|| train(steps, batch, threads, false)).map(
-            |mut v| {
-                v["path"] = json!("candle-autograd");
-                v
-            },
-        );
-    }
+    let backend = if candle_autograd {
+        Backend::Autograd
+    } else {
+        Backend::Engine
+    };
     let space = space();
     let (net, _vm, params) = build_supernet(&space, 0, Default::default())?;
     let cfg = OptimizerConfig {
@@ -123,7 +121,7 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
     let ecfg = crate::engine::Config::from_space(&space);
     let mut step = |plan: &Plan, grads: &mut Vec<Vec<f32>>| -> Result<()> {
         grads.iter_mut().for_each(|g| g.fill(0.0));
-        accumulate(&net, &params, plan, &x, &y, 0.0, Some(&Kl), grads)?;
+        accumulate(&net, &params, plan, &x, &y, 0.0, Some(&Kl), grads, backend)?;
         opt.step(&params.vars, grads, 5e-4)?;
         Ok(())
     };
@@ -138,7 +136,7 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
             .archs
             .iter()
             .map(|a| {
-                if crate::engine::enabled() {
+                if backend == Backend::Engine {
                     crate::engine::forward_macs(&ecfg, a)
                 } else {
                     flops(&space, a)
@@ -153,7 +151,7 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
     let peak = gemm_peak(1024, threads);
     Ok(json!({
         "mode": "train", "batch": batch, "threads": threads,
-        "path": "engine",
+        "path": if backend == Backend::Engine { "engine" } else { "candle-autograd" },
         "steps_per_s": steps as f64 / dt, "images_per_s": (steps * batch) as f64 / dt,
         "ms_per_step": 1e3 * dt / steps as f64,
         "gflops": gflops,

@@ -42,13 +42,19 @@ thread_local! {
     static COMPOSITE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with the unfused [`composite`] ops on this thread (for tests
-/// and before/after measurements); the fused kernels are the default.
-pub fn with_composite<T>(f: impl FnOnce() -> T) -> T {
-    let prev = COMPOSITE.with(|c| c.replace(true));
-    let out = f();
-    COMPOSITE.with(|c| c.set(prev));
-    out
+/// Runs `f` with the unfused [`composite`] ops on this thread; the fused
+/// kernels are the default. Callers choose it by value
+/// ([`crate::train::step::Backend::Composite`]); the previous setting is
+/// restored even if `f` panics.
+pub(crate) fn with_composite<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPOSITE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(COMPOSITE.with(|c| c.replace(true)));
+    f()
 }
 
 pub(crate) fn composite_on() -> bool {
@@ -92,6 +98,30 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// kernel tests.
 pub mod composite {
     use candle_core::{Result, Tensor, D};
+
+    /// Attention from candle ops (matmuls, softmax with its backward).
+    pub fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        batch: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Tensor> {
+        let t = q.dim(0)? / batch;
+        let split = |x: &Tensor| -> Result<Tensor> {
+            x.reshape((batch, t, heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        let probs = softmax_last(&(q.matmul(&k.t()?)? * scale)?)?;
+        probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch * t, heads * head_dim))
+    }
 
     pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
         let n = x.dim(D::Minus1)? as f64;
@@ -138,20 +168,8 @@ pub fn attention(
     heads: usize,
     head_dim: usize,
 ) -> Result<Tensor> {
-    if !composite_on() {
-        return kernels::attention(q, k, v, batch, heads, head_dim);
+    if composite_on() {
+        return composite::attention(q, k, v, batch, heads, head_dim);
     }
-    let t = q.dim(0)? / batch;
-    let split = |x: &Tensor| -> Result<Tensor> {
-        x.reshape((batch, t, heads, head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
-    };
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-    let probs = softmax_last_scaled(&q.matmul(&k.t()?)?, scale)?;
-    probs
-        .matmul(&v)?
-        .transpose(1, 2)?
-        .reshape((batch * t, heads * head_dim))
+    kernels::attention(q, k, v, batch, heads, head_dim)
 }

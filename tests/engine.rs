@@ -11,7 +11,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use vitnas::engine::{self, Config, Weights};
 use vitnas::train::loss::{AlphaDivergence, Distill, Kl};
 use vitnas::train::sampler::{Sampler, Sandwich};
-use vitnas::train::step::{accumulate, Params};
+use vitnas::train::step::{accumulate, Backend, Params};
 use vitnas::{Arch, Space};
 
 /// A supernet whose biases and norm parameters are not at their initial
@@ -225,18 +225,15 @@ fn engine_and_autograd_sandwich_steps_agree() {
     };
     let distills: [&dyn Distill; 2] = [&Kl, &alpha];
     for distill in distills {
-        let run = || {
+        let run = |backend| {
             let mut g = params.zero_grads();
-            let l = accumulate(&net, &params, &plan, &x, &y, 0.1, Some(distill), &mut g).unwrap();
+            let l = accumulate(&net, &params, &plan, &x, &y, 0.1, Some(distill), &mut g, backend).unwrap();
             (l, g)
         };
-        let (le, ge) = run();
+        let (le, ge) = run(Backend::Engine);
         assert_eq!(le.nonfinite, None);
         // against the fused kernels and against the unfused candle composites
-        for (la, ga) in [
-            engine::with_candle_autograd(run),
-            vitnas::ops::with_composite(run),
-        ] {
+        for (la, ga) in [run(Backend::Autograd), run(Backend::Composite)] {
             for (a, b) in le.losses.iter().zip(&la.losses) {
                 assert!(
                     (a - b).abs() <= 1e-5 * b.abs().max(1.0),

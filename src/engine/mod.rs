@@ -39,26 +39,6 @@ use candle_core::Tensor;
 use norm::Normed;
 use rayon::prelude::*;
 
-thread_local! {
-    static DISABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether training steps on this thread use the engine (the default) or
-/// candle's autograd (inside [`with_candle_autograd`], or with the unfused
-/// composites of [`crate::ops::with_composite`]).
-pub fn enabled() -> bool {
-    !DISABLED.with(|c| c.get()) && !crate::ops::composite_on()
-}
-
-/// Runs `f` with training steps on this thread computed by candle's
-/// autograd instead of the engine (tests, before/after measurements).
-pub fn with_candle_autograd<T>(f: impl FnOnce() -> T) -> T {
-    let prev = DISABLED.with(|c| c.replace(true));
-    let out = f();
-    DISABLED.with(|c| c.set(prev));
-    out
-}
-
 /// Element-wise work below this many elements stays on the calling thread.
 pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
 const CHUNK: usize = 1 << 13;

@@ -8,7 +8,7 @@ use super::data::load_test;
 use super::loss;
 use super::optim::{lr_at, AdamW};
 use super::recipe::{NonFinite, Recipe};
-use super::step::{accumulate, Params, StepLosses};
+use super::step::{accumulate, Backend, Params, StepLosses};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::trainee::{RunKind, Trainee};
 use super::{standalone, step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
@@ -123,6 +123,7 @@ pub(crate) fn run(
             recipe.loss.label_smoothing,
             distill.as_deref(),
             &mut grads,
+            Backend::Engine,
         )?;
         let lr = schedule.lr(step, recipe);
         match out.nonfinite {

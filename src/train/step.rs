@@ -84,10 +84,24 @@ pub struct StepLosses {
     pub nonfinite: Option<usize>,
 }
 
+/// How a training step computes its gradients. All three compute the same
+/// gradients up to float rounding (tested); the caller chooses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The CPU [`engine`] for the f32 models it runs (every vitnas ViT),
+    /// candle's autograd for anything else (e.g. other dtypes).
+    #[default]
+    Engine,
+    /// candle's autograd over the fused kernels of [`crate::kernels`]: the
+    /// reference path.
+    Autograd,
+    /// candle's autograd over the unfused candle composites
+    /// ([`crate::ops::composite`]): the reference of the fused kernels.
+    Composite,
+}
+
 /// Forward and backward of every subnet in `plan`, adding gradients into
-/// `grads` (same order as `params`): by the [`engine`] for f32 models it
-/// runs (unless [`engine::enabled`] says otherwise on this thread), by
-/// candle's autograd otherwise. Both compute the same gradients (tested).
+/// `grads` (same order as `params`), computed by `backend`.
 #[allow(clippy::too_many_arguments)]
 pub fn accumulate(
     net: &dyn Forward,
@@ -98,10 +112,25 @@ pub fn accumulate(
     label_smoothing: f64,
     distill: Option<&dyn Distill>,
     grads: &mut [Vec<f32>],
+    backend: Backend,
 ) -> Result<StepLosses> {
     let f32_params = params.vars.iter().all(|v| v.dtype() == DType::F32);
+    if backend == Backend::Composite {
+        return crate::ops::with_composite(|| {
+            accumulate_autograd(
+                net,
+                params,
+                plan,
+                images,
+                labels,
+                label_smoothing,
+                distill,
+                grads,
+            )
+        });
+    }
     match net.engine_config() {
-        Some(cfg) if engine::enabled() && f32_params && images.dtype() == DType::F32 => {
+        Some(cfg) if backend == Backend::Engine && f32_params && images.dtype() == DType::F32 => {
             accumulate_engine(
                 &cfg,
                 params,
