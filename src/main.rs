@@ -8,8 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cli;
 
 fn main() -> std::process::ExitCode {
-    vitnas::allocator::tune_mimalloc();
-    vitnas::threads::keep_candle_elementwise_on_caller();
+    cli::allocator::tune_mimalloc();
+    cli::threads::keep_candle_elementwise_on_caller();
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose);
     match cli::run(args) {

@@ -2,7 +2,7 @@
 //! softmax, GELU. Callers never know how they compute, so fused CPU kernels
 //! (with backward) can replace these composites without touching the layers.
 //!
-//! All of them are differentiable: the fused kernels of [`crate::kernels`]
+//! All of them are differentiable: the fused kernels (private module `kernels`)
 //! carry their own backward; [`composite`] holds the plain candle versions
 //! they are tested against. No `candle_nn::LayerNorm` fast path and no
 //! `candle_nn::ops::softmax_last_dim`: in candle 0.11 neither has a backward,
@@ -13,7 +13,7 @@ use candle_core::{DType, Result, Tensor};
 
 /// `x · wᵀ + b` over the last dimension of `x`, computed as one 2-D matmul
 /// over the flattened leading dimensions (`x`: `[.., in]`, `w`: `[out, in]`):
-/// the fused [`kernels::linear`] for f32 with a bias, candle's matmul (+ the
+/// the fused linear kernel for f32 with a bias, candle's matmul (+ the
 /// fused bias add) otherwise and in composite mode.
 /// Token activations are kept 2-D (`[batch · tokens, dim]`) by the models, so
 /// the usual call does no reshape at all.

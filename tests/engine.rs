@@ -227,7 +227,18 @@ fn engine_and_autograd_sandwich_steps_agree() {
     for distill in distills {
         let run = |backend| {
             let mut g = params.zero_grads();
-            let l = accumulate(&net, &params, &plan, &x, &y, 0.1, Some(distill), &mut g, backend).unwrap();
+            let l = accumulate(
+                &net,
+                &params,
+                &plan,
+                &x,
+                &y,
+                0.1,
+                Some(distill),
+                &mut g,
+                backend,
+            )
+            .unwrap();
             (l, g)
         };
         let (le, ge) = run(Backend::Engine);

@@ -129,7 +129,7 @@ fn fused_bias_add_matches_broadcast_add_including_bias_gradient() {
 #[test]
 fn kernels_reject_non_f32_input() {
     let x = Tensor::new(&[1.0f64, 2.0], &Device::Cpu).unwrap();
-    let msg = vitnas::kernels::gelu(&x).unwrap_err().to_string();
+    let msg = ops::gelu(&x).unwrap_err().to_string();
     assert!(msg.contains("f32"), "{msg}");
 }
 
@@ -143,7 +143,18 @@ fn fused_and_composite_supernets_agree_on_a_sandwich_step() {
     let plan = Sandwich { num_random: 2 }.plan(&s, 0, &mut StdRng::seed_from_u64(1));
     let run = |backend| {
         let mut g = params.zero_grads();
-        let l = accumulate(&net, &params, &plan, &x, &y, 0.1, Some(&Kl), &mut g, backend).unwrap();
+        let l = accumulate(
+            &net,
+            &params,
+            &plan,
+            &x,
+            &y,
+            0.1,
+            Some(&Kl),
+            &mut g,
+            backend,
+        )
+        .unwrap();
         (l, g)
     };
     let (lf, gf) = run(Backend::Autograd);

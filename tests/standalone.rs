@@ -81,7 +81,18 @@ fn every_parameter_of_a_standalone_model_gets_a_gradient() {
         teacher_first: false,
     };
     let mut g = params.zero_grads();
-    accumulate(&model, &params, &plan, &x, &y, 0.1, None, &mut g, Backend::Engine).unwrap();
+    accumulate(
+        &model,
+        &params,
+        &plan,
+        &x,
+        &y,
+        0.1,
+        None,
+        &mut g,
+        Backend::Engine,
+    )
+    .unwrap();
     for (name, grad) in params.names.iter().zip(&g) {
         let nonzero = grad.iter().any(|v| *v != 0.0);
         // Softmax is invariant to a per-query constant, so the key bias's

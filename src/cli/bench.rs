@@ -2,8 +2,8 @@
 //! ([`vitnas::bench`]), printed as one JSON line, the form the PyTorch peer
 //! of evaluate/bench.sh prints too.
 
+use super::workload as bench;
 use clap::Subcommand;
-use vitnas::bench;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {

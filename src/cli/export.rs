@@ -52,7 +52,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     }
     let note = export::export(
         &model,
-        &space,
+        space,
         &arch,
         run.recipe.data.normalize.as_ref(),
         &a.out,

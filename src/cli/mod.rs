@@ -1,5 +1,6 @@
 //! One file per subcommand; each parses its arguments and calls the library.
 
+pub mod allocator;
 mod arch;
 mod bench;
 mod embed;
@@ -10,7 +11,9 @@ mod finetune;
 mod retrain;
 mod search;
 mod space;
+pub mod threads;
 mod train;
+mod workload;
 
 use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};

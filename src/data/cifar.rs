@@ -12,7 +12,7 @@ const PIXELS: usize = 3 * 32 * 32;
 pub fn parse(path: &Path, bytes: &[u8], cifar100: bool) -> Result<(Vec<u8>, Vec<u32>)> {
     let lab = if cifar100 { 2 } else { 1 };
     let rec = lab + PIXELS;
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         return Err(Error::Data {
             source_name: path.display().to_string(),
             message: format!(

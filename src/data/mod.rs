@@ -125,7 +125,7 @@ pub fn load(
 /// `val` held out, each sorted ([`Dataset::split_validation`] uses them).
 pub fn validation_split(n: usize, val: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_0f_5a11));
+    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x005e_ed0f_5a11));
     let (v, t) = idx.split_at(val.min(n));
     let (mut v, mut t) = (v.to_vec(), t.to_vec());
     v.sort_unstable();

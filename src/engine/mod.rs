@@ -8,7 +8,7 @@
 //! gradient is added by its `gemm` straight into the same slice of a
 //! full-size gradient buffer; activations are kept once for the backward.
 //! The last block computes only the class token's rows (see
-//! [`block`]), which the logits depend on.
+//! `block.rs`), which the logits depend on.
 //!
 //! The engine computes what [`crate::supernet::Supernet::forward`] and
 //! candle's backward compute, up to float rounding (tested against both to
@@ -20,10 +20,10 @@
 //! [`crate::models::vit::Vit`] (whose tensors are their own full slices) run
 //! through the same code.
 
-pub mod attention;
-pub mod blas;
-pub mod block;
-pub mod norm;
+mod attention;
+mod blas;
+mod block;
+mod norm;
 mod parallel;
 mod weights;
 

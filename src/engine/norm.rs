@@ -32,9 +32,8 @@ pub fn forward(x: &[f32], d: usize, g: &[f32], b: &[f32], eps: f32) -> Normed {
         xhat: vec![0.0; x.len()],
         rstd: vec![0.0; rows],
     };
-    let body = |(((y, xh), r), x): (((&mut [f32], &mut [f32]), &mut f32), &[f32])| {
-        *r = row(x, g, b, eps, y, xh)
-    };
+    type Row<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut f32), &'a [f32]);
+    let body = |(((y, xh), r), x): Row| *r = row(x, g, b, eps, y, xh);
     if par_ok(rows * d, PAR_MIN_ELEMS) {
         (out.y.par_chunks_mut(d))
             .zip(out.xhat.par_chunks_mut(d))
@@ -64,7 +63,8 @@ pub fn backward(
 ) {
     let g = &g[..d];
     let rows = dy.len() / d;
-    let body = |(((dx, dy), xh), &r): (((&mut [f32], &[f32]), &[f32]), &f32)| {
+    type Row<'a> = (((&'a mut [f32], &'a [f32]), &'a [f32]), &'a f32);
+    let body = |(((dx, dy), xh), &r): Row| {
         let (mut c1, mut c2) = (0f32, 0f32);
         for i in 0..d {
             let t = dy[i] * g[i];

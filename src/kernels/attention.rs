@@ -149,6 +149,9 @@ impl CustomOp3 for Attention {
             |p, bh| {
                 let (b, h) = (bh / d.heads, bh % d.heads);
                 let off = d.at(b, h);
+                // The whole `SharedMut` (not its raw-pointer field, which is
+                // not Send) is captured: edition-2021 closures capture fields.
+                #[allow(clippy::redundant_locals)]
                 let o = o;
                 // SAFETY: offsets stay inside the [batch · T, width] buffers;
                 // every task writes its own (sequence, head) block of `out`.
@@ -228,6 +231,9 @@ impl CustomOp3 for AttentionBwd {
             |(p, dp), bh| {
                 let (b, h) = (bh / d.heads, bh % d.heads);
                 let off = d.at(b, h);
+                // The whole `SharedMut` (not its raw-pointer field, which is
+                // not Send) is captured: edition-2021 closures capture fields.
+                #[allow(clippy::redundant_locals)]
                 let o = o;
                 // SAFETY: as in the forward; the three gradients are the
                 // thirds of `out`, each task writing its own blocks.

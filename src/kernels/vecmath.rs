@@ -254,19 +254,6 @@ fn exp_shifted(row: &mut [f32], max: f32, scale: f32) -> f32 {
     sum
 }
 
-/// The scalar versions, for tests of the vector path.
-pub mod scalar {
-    pub fn exp(x: f32) -> f32 {
-        super::exp_scalar(x)
-    }
-    pub fn gelu(u: f32) -> f32 {
-        super::gelu_scalar(u)
-    }
-    pub fn gelu_grad(u: f32) -> f32 {
-        super::gelu_grad_scalar(u)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,7 +111,7 @@ impl BertConfig {
                 format!("{} is not a non-negative number", c.layer_norm_eps),
             ));
         }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(bad(
                 "num_attention_heads",
                 format!(

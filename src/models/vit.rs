@@ -273,7 +273,7 @@ impl VitConfig {
                 return Err(bad(field, "must be positive, is 0".into()));
             }
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(bad(
                 "patch_size",
                 format!(
@@ -355,7 +355,7 @@ impl VitConfig {
         if c.hidden_size == 0 {
             return Err(bad("hidden_size", "must be positive, is 0".into()));
         }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(bad(
                 "num_attention_heads",
                 format!(

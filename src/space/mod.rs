@@ -126,7 +126,7 @@ impl Space {
                 return Err(bad(field, "must be positive".into()));
             }
         }
-        if i.image_size % i.patch_size != 0 {
+        if !i.image_size.is_multiple_of(i.patch_size) {
             return Err(bad(
                 "input.patch_size",
                 format!(

@@ -3,14 +3,14 @@
 //! The flow, one file per concern:
 //! - [`recipe`]: the TOML recipe and its validation;
 //! - [`data`]: the seeded train/validation split and the test split;
-//! - [`session`]: starting a run directory, or resuming one (locked);
-//! - [`trainee`]: what is trained (supernet + sampler, or one static model);
-//! - [`run`](run::run): the loop — batch, sample, step, optimise, log,
+//! - `session.rs`: starting a run directory, or resuming one (locked);
+//! - `trainee.rs`: what is trained (supernet + sampler, or one static model);
+//! - `run.rs`: the loop — batch, sample, step, optimise, log,
 //!   validate, checkpoint;
 //! - [`step`]: one step's forward and backward over the sampled subnets;
 //!   [`sampler`], [`loss`] and [`optim`] are its strategies;
 //! - [`checkpoint`]: atomic checkpoint files and their restore;
-//! - [`summary`]: what a run returns; [`trained`]: a run loaded for use.
+//! - [`summary`]: what a run returns; [`TrainedRun`]: a run loaded for use.
 //!
 //! Every source of randomness is derived from the recipe seed: the
 //! initialisation, the per-epoch data order `(seed, epoch)`, and per step

@@ -143,7 +143,7 @@ pub(crate) fn run(
         }
         state.step += 1;
         progress.step(state.step, end, epoch, &out, lr);
-        let epoch_end = state.step % schedule.steps_per_epoch == 0;
+        let epoch_end = state.step.is_multiple_of(schedule.steps_per_epoch);
         if epoch_end {
             last_val = validate(
                 &trainee,
@@ -157,7 +157,10 @@ pub(crate) fn run(
             )?;
         }
         let stop = opts.stop.load(Ordering::SeqCst);
-        if epoch_end || state.step % recipe.train.checkpoint_every == 0 || stop || state.step == end
+        if epoch_end
+            || state.step.is_multiple_of(recipe.train.checkpoint_every)
+            || stop
+            || state.step == end
         {
             ckpt.save(&trainee, &params, &opt, &state)?;
             last_checkpoint = Some(state.step);
@@ -340,7 +343,7 @@ impl Progress {
                 "epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} img/s",
                 epoch + 1
             ));
-        } else if self.log && (done % self.log_every == 0 || done == end) {
+        } else if self.log && (done.is_multiple_of(self.log_every) || done == end) {
             eprintln!(
                 "step {done}/{} epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} img/s",
                 self.total,

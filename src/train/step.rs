@@ -92,7 +92,7 @@ pub enum Backend {
     /// candle's autograd for anything else (e.g. other dtypes).
     #[default]
     Engine,
-    /// candle's autograd over the fused kernels of [`crate::kernels`]: the
+    /// candle's autograd over vitnas's fused kernels (via [`crate::ops`]): the
     /// reference path.
     Autograd,
     /// candle's autograd over the unfused candle composites

@@ -7,20 +7,20 @@
 //! (an AutoFormer-style entangled supernet) is the peer evaluate/bench.sh
 //! compares with.
 
-use crate::data::batch::{make_batch, Augment, Normalize};
-use crate::data::Dataset;
-use crate::error::Result;
-use crate::space::{flops, Space};
-use crate::train::loss::Kl;
-use crate::train::optim::AdamW;
-use crate::train::recipe::OptimizerConfig;
-use crate::train::sampler::{Plan, Sampler, Sandwich};
-use crate::train::build_supernet;
-use crate::train::step::{accumulate, Backend};
 use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::time::Instant;
+use vitnas::data::batch::{make_batch, Augment, Normalize};
+use vitnas::data::Dataset;
+use vitnas::error::Result;
+use vitnas::space::{flops, Space};
+use vitnas::train::build_supernet;
+use vitnas::train::loss::Kl;
+use vitnas::train::optim::AdamW;
+use vitnas::train::recipe::OptimizerConfig;
+use vitnas::train::sampler::{Plan, Sampler, Sandwich};
+use vitnas::train::step::{accumulate, Backend};
 
 /// Reference gemm peak of the 2-core AVX2 benchmark machines, in GFLOP/s
 /// (the gemm crate's AVX2 kernels, f32, 2 threads); [`gemm_peak`] measures
@@ -74,7 +74,7 @@ pub fn gemm_peak(n: usize, threads: usize) -> f64 {
 /// space too).
 pub fn space() -> Space {
     Space::from_toml_str(
-        include_str!("../search_spaces/fmnist-tiny.toml"),
+        include_str!("../../search_spaces/fmnist-tiny.toml"),
         "search_spaces/fmnist-tiny.toml",
     )
     .expect("the bundled space is valid")
@@ -118,7 +118,7 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
     let mut grads = params.zero_grads();
     let mut macs = 0u64;
     let mut executed = 0u64;
-    let ecfg = crate::engine::Config::from_space(&space);
+    let ecfg = vitnas::engine::Config::from_space(&space);
     let mut step = |plan: &Plan, grads: &mut Vec<Vec<f32>>| -> Result<()> {
         grads.iter_mut().for_each(|g| g.fill(0.0));
         accumulate(&net, &params, plan, &x, &y, 0.0, Some(&Kl), grads, backend)?;
@@ -137,7 +137,7 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
             .iter()
             .map(|a| {
                 if backend == Backend::Engine {
-                    crate::engine::forward_macs(&ecfg, a)
+                    vitnas::engine::forward_macs(&ecfg, a)
                 } else {
                     flops(&space, a)
                 }
@@ -169,7 +169,7 @@ pub fn infer(batch: usize, iters: usize, threads: usize, candle: bool) -> Result
     let (net, _vm, _) = build_supernet(&space, 0, Default::default())?;
     let arch = space.largest();
     let vit = net.extract(&arch)?;
-    let model = crate::engine::Model::from_vit(&vit)?;
+    let model = vitnas::engine::Model::from_vit(&vit)?;
     let (x, _) = random_batch(batch, 0)?;
     let run = |x: &Tensor| -> Result<Tensor> {
         if candle {
@@ -189,7 +189,7 @@ pub fn infer(batch: usize, iters: usize, threads: usize, candle: bool) -> Result
     let executed = if candle {
         flops(&space, &arch)
     } else {
-        crate::engine::forward_macs(&model.cfg, &arch)
+        vitnas::engine::forward_macs(&model.cfg, &arch)
     };
     let gflops = 2.0 * executed as f64 * (batch * iters) as f64 / dt / 1e9;
     Ok(json!({
@@ -216,7 +216,7 @@ pub fn search(archs: usize, images: usize, threads: usize) -> Result<Value> {
     let t0 = Instant::now();
     for arch in &candidates {
         // as `vitnas search` does: the subnet prepared once, then its batches
-        let model = crate::engine::Model::from_vit(&net.extract(arch)?)?;
+        let model = vitnas::engine::Model::from_vit(&net.extract(arch)?)?;
         for _ in 0..batches {
             model.logits(&x)?.argmax(1)?;
         }
