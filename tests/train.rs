@@ -460,3 +460,51 @@ fn resume_of_a_directory_without_a_checkpoint_names_the_file() {
     );
     std::fs::remove_dir_all(d).ok();
 }
+
+#[test]
+fn adamw_on_flat_buffers_equals_adamw_on_candle_variables() {
+    use candle_core::Var;
+    use vitnas::train::optim::AdamW;
+    let text = std::fs::read_to_string(repo_path("recipes/quickstart.toml")).unwrap();
+    let r = Recipe::from_toml_str(&text, Path::new("quickstart.toml")).unwrap();
+    let names = vec!["a.weight".to_string(), "a.bias".to_string()];
+    let init = [
+        common::uniform(&[7, 5], 1, 1.0),
+        common::uniform(&[7], 2, 1.0),
+    ];
+    let vars: Vec<Var> = init.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let mut flat: Vec<Vec<f32>> = init
+        .iter()
+        .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect();
+    let sizes = [35, 7];
+    let (mut a, mut b) = (
+        AdamW::new(&names, &sizes, r.optimizer.clone()),
+        AdamW::new(&names, &sizes, r.optimizer.clone()),
+    );
+    for s in 0..5u64 {
+        let grads: Vec<Vec<f32>> = [(&[7, 5][..], 35), (&[7][..], 7)]
+            .iter()
+            .enumerate()
+            .map(|(k, (shape, _))| {
+                let g = common::uniform(shape, 10 + s * 2 + k as u64, 3.0);
+                g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            })
+            .collect();
+        let na = a.step(&vars, &grads, 1e-2).unwrap();
+        let nb = b.step_flat(&mut flat, &grads, 1e-2);
+        assert_eq!(na, nb);
+    }
+    for (v, f) in vars.iter().zip(&flat) {
+        assert_eq!(
+            &v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            f
+        );
+    }
+    assert_eq!(a.m, b.m);
+    assert_eq!(a.v, b.v);
+}

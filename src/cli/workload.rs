@@ -20,7 +20,7 @@ use vitnas::train::loss::Kl;
 use vitnas::train::optim::AdamW;
 use vitnas::train::recipe::OptimizerConfig;
 use vitnas::train::sampler::{Plan, Sampler, Sandwich};
-use vitnas::train::step::{accumulate, Backend};
+use vitnas::train::step::{accumulate, accumulate_on_engine, Backend};
 
 /// Reference gemm peak of the 2-core AVX2 benchmark machines, in GFLOP/s
 /// (the gemm crate's AVX2 kernels, f32, 2 threads); [`gemm_peak`] measures
@@ -119,10 +119,25 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
     let mut macs = 0u64;
     let mut executed = 0u64;
     let ecfg = vitnas::engine::Config::from_space(&space);
+    // As the trainer does it: the engine keeps the weights flat between
+    // steps and AdamW updates them in place.
+    let mut flat = match backend {
+        Backend::Engine => params.engine_weights(&net)?,
+        _ => None,
+    };
     let mut step = |plan: &Plan, grads: &mut Vec<Vec<f32>>| -> Result<()> {
         grads.iter_mut().for_each(|g| g.fill(0.0));
-        accumulate(&net, &params, plan, &x, &y, 0.0, Some(&Kl), grads, backend)?;
-        opt.step(&params.vars, grads, 5e-4)?;
+        match &mut flat {
+            Some((w, c)) => {
+                accumulate_on_engine(w, c, plan, &x, &y, 0.0, Some(&Kl), grads)?;
+                opt.step_flat(&mut w.data, grads, 5e-4);
+                w.refresh_transposed();
+            }
+            None => {
+                accumulate(&net, &params, plan, &x, &y, 0.0, Some(&Kl), grads, backend)?;
+                opt.step(&params.vars, grads, 5e-4)?;
+            }
+        }
         Ok(())
     };
     for s in 0..3 {

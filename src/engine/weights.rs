@@ -158,25 +158,30 @@ impl Weights {
             dims,
             idx,
         };
-        let x = &w.idx;
+        w.refresh_transposed();
+        Ok(w)
+    }
+
+    /// Recomputes the transposed copies of the weight matrices after
+    /// `data` changed (an optimizer step updates `data` in place).
+    pub fn refresh_transposed(&mut self) {
+        let x = &self.idx;
         let mut mats = vec![x.patch.0, x.head.0];
         for l in &x.layers {
             mats.extend([l.query.0, l.key.0, l.value.0, l.output.0, l.fc1.0, l.fc2.0]);
         }
         for i in mats {
-            let (rows, cols) = (w.dims[i].first().copied().unwrap_or(0), w.row_len(i));
-            if rows * cols != w.data[i].len() {
+            let (rows, cols) = (self.dims[i].first().copied().unwrap_or(0), self.row_len(i));
+            if rows * cols != self.data[i].len() {
                 continue;
             }
-            let mut t = vec![0f32; rows * cols];
-            for (r, row) in w.data[i].chunks_exact(cols.max(1)).enumerate() {
+            let t = self.transposed[i].get_or_insert_with(|| vec![0f32; rows * cols]);
+            for (r, row) in self.data[i].chunks_exact(cols.max(1)).enumerate() {
                 for (c, v) in row.iter().enumerate() {
                     t[c * rows + r] = *v;
                 }
             }
-            w.transposed[i] = Some(t);
         }
-        Ok(w)
     }
 
     /// The leading `out × inp` block of matrix `i` (with its transpose).

@@ -36,9 +36,25 @@ impl AdamW {
         }
     }
 
-    /// Applies one update from the accumulated gradients; returns the global
-    /// gradient norm before clipping.
+    /// Applies one update to candle variables from the accumulated
+    /// gradients; returns the global gradient norm before clipping.
     pub fn step(&mut self, params: &[Var], grads: &[Vec<f32>], lr: f64) -> Result<f64> {
+        let mut weights = params
+            .iter()
+            .map(|v| v.as_tensor().flatten_all()?.to_vec1::<f32>())
+            .collect::<Result<Vec<_>>>()?;
+        let norm = self.step_flat(&mut weights, grads, lr);
+        for (var, w) in params.iter().zip(weights) {
+            var.set(&Tensor::from_vec(w, var.shape(), var.device())?)?;
+        }
+        Ok(norm)
+    }
+
+    /// Applies one update to flat weight buffers (the same order as the
+    /// gradients) in place; returns the global gradient norm before
+    /// clipping. The trainer keeps its weights flat between steps and calls
+    /// this directly: no copies into and out of candle per step.
+    pub fn step_flat(&mut self, weights: &mut [Vec<f32>], grads: &[Vec<f32>], lr: f64) -> f64 {
         let norm = grads
             .iter()
             .flat_map(|g| g.iter())
@@ -56,8 +72,7 @@ impl AdamW {
         let (b1, b2, eps) = (b1 as f32, b2 as f32, self.cfg.eps as f32);
         let step_size = (lr / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
-        for (k, var) in params.iter().enumerate() {
-            let mut w = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        for (k, w) in weights.iter_mut().enumerate() {
             let wd = if self.decay[k] {
                 (lr * self.cfg.weight_decay) as f32
             } else {
@@ -71,9 +86,8 @@ impl AdamW {
                 w[i] -= wd * w[i];
                 w[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
             }
-            var.set(&Tensor::from_vec(w, var.shape(), var.device())?)?;
         }
-        Ok(norm)
+        norm
     }
 }
 

@@ -8,12 +8,13 @@ use super::data::load_test;
 use super::loss;
 use super::optim::{lr_at, AdamW};
 use super::recipe::{NonFinite, Recipe};
-use super::step::{accumulate, Backend, Params, StepLosses};
+use super::step::{accumulate, accumulate_on_engine, Backend, Forward, Params, StepLosses};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::trainee::{RunKind, Trainee};
 use super::{standalone, step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
 use crate::data::batch::{epoch_order, make_batch, Normalize};
 use crate::data::Dataset;
+use crate::engine::{Config as EngineConfig, Weights};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult};
 use crate::space::{flops, Arch, Space};
@@ -87,6 +88,11 @@ pub(crate) fn run(
             }
         }
     }
+    // One owner of the weights between steps: the engine's flat buffers,
+    // updated in place by the optimizer. candle's variables are refreshed
+    // from them only when candle reads them (validation, checkpoints, the
+    // end). Models the engine does not run train through candle's autograd.
+    let mut flat = FlatWeights::new(&params, trainee.net())?;
     let distill = loss::from_config(&recipe.loss.distill);
     let ckpt = Checkpointer {
         dir,
@@ -114,17 +120,23 @@ pub(crate) fn run(
         let (x, y) = batches.get(step, &mut rng)?;
         let plan = trainee.plan(space, step, &mut rng);
         grads.iter_mut().for_each(|g| g.fill(0.0));
-        let out = accumulate(
-            trainee.net(),
-            &params,
-            &plan,
-            &x,
-            &y,
-            recipe.loss.label_smoothing,
-            distill.as_deref(),
-            &mut grads,
-            Backend::Engine,
-        )?;
+        let ls = recipe.loss.label_smoothing;
+        let out = match &flat.engine {
+            Some((w, cfg)) => {
+                accumulate_on_engine(w, cfg, &plan, &x, &y, ls, distill.as_deref(), &mut grads)?
+            }
+            None => accumulate(
+                trainee.net(),
+                &params,
+                &plan,
+                &x,
+                &y,
+                ls,
+                distill.as_deref(),
+                &mut grads,
+                Backend::Engine,
+            )?,
+        };
         let lr = schedule.lr(step, recipe);
         match out.nonfinite {
             Some(k) => {
@@ -132,7 +144,7 @@ pub(crate) fn run(
                 on_nonfinite(recipe, &metrics, &mut state, &out, k, arch, last_checkpoint)?;
             }
             None => {
-                let grad_norm = opt.step(&params.vars, &grads, lr)?;
+                let grad_norm = flat.optimizer_step(&mut opt, &params, &grads, lr)?;
                 state.adam_t = opt.t;
                 let flops: Vec<u64> = plan.archs.iter().map(|a| flops(space, a)).collect();
                 metrics.line(json!({
@@ -145,6 +157,7 @@ pub(crate) fn run(
         progress.step(state.step, end, epoch, &out, lr);
         let epoch_end = state.step.is_multiple_of(schedule.steps_per_epoch);
         if epoch_end {
+            flat.sync(&params)?;
             last_val = validate(
                 &trainee,
                 space,
@@ -162,6 +175,7 @@ pub(crate) fn run(
             || stop
             || state.step == end
         {
+            flat.sync(&params)?;
             ckpt.save(&trainee, &params, &opt, &state)?;
             last_checkpoint = Some(state.step);
         }
@@ -171,6 +185,7 @@ pub(crate) fn run(
         }
     }
     progress.finish();
+    flat.sync(&params)?;
     let mut summary = Summary::new(dir.to_path_buf());
     summary.steps = state.step;
     summary.total_steps = schedule.total;
@@ -184,6 +199,51 @@ pub(crate) fn run(
         test(&trainee, space, recipe, &norm, &metrics, &mut summary, opts)?;
     }
     Ok(summary)
+}
+
+/// The engine's flat copy of the weights, when the engine runs the model,
+/// and whether candle's variables lag behind it.
+struct FlatWeights {
+    engine: Option<(Weights, EngineConfig)>,
+    vars_stale: bool,
+}
+
+impl FlatWeights {
+    fn new(params: &Params, net: &dyn Forward) -> Result<Self> {
+        Ok(FlatWeights {
+            engine: params.engine_weights(net)?,
+            vars_stale: false,
+        })
+    }
+
+    /// One AdamW update: in place on the flat weights (then their
+    /// transposed copies), or on candle's variables.
+    fn optimizer_step(
+        &mut self,
+        opt: &mut AdamW,
+        params: &Params,
+        grads: &[Vec<f32>],
+        lr: f64,
+    ) -> Result<f64> {
+        match &mut self.engine {
+            Some((w, _)) => {
+                let norm = opt.step_flat(&mut w.data, grads, lr);
+                w.refresh_transposed();
+                self.vars_stale = true;
+                Ok(norm)
+            }
+            None => Ok(opt.step(&params.vars, grads, lr)?),
+        }
+    }
+
+    /// Brings candle's variables up to date with the flat weights.
+    fn sync(&mut self, params: &Params) -> Result<()> {
+        if let (true, Some((w, _))) = (self.vars_stale, &self.engine) {
+            params.store(&w.data)?;
+            self.vars_stale = false;
+        }
+        Ok(())
+    }
 }
 
 /// Steps per epoch, total steps, warmup and peak learning rate of a run.

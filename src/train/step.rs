@@ -37,6 +37,26 @@ impl Params {
         self.sizes().into_iter().map(|n| vec![0.0; n]).collect()
     }
 
+    /// Sets every variable from flat buffers in the same order (after
+    /// optimizer steps on the engine's copy, before candle reads them).
+    pub fn store(&self, data: &[Vec<f32>]) -> Result<()> {
+        for (var, d) in self.vars.iter().zip(data) {
+            var.set(&Tensor::from_slice(d, var.shape(), var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// The engine's flat copy of the current values, when `net` runs on the
+    /// engine (f32 parameters): the trainer keeps it between steps and
+    /// updates it in place.
+    pub fn engine_weights(&self, net: &dyn Forward) -> Result<Option<(Weights, engine::Config)>> {
+        let f32_params = self.vars.iter().all(|v| v.dtype() == DType::F32);
+        match net.engine_config() {
+            Some(cfg) if f32_params => Ok(Some((Weights::from_tensors(&self.tensors())?, cfg))),
+            _ => Ok(None),
+        }
+    }
+
     /// `(name, tensor)` pairs of the current values.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.names
@@ -174,8 +194,7 @@ fn subnet_loss(
     })
 }
 
-/// [`accumulate`] by the engine: candle computes only the losses and their
-/// gradients with respect to the logits.
+/// [`accumulate`] by the engine from a copy of `params`.
 #[allow(clippy::too_many_arguments)]
 fn accumulate_engine(
     cfg: &engine::Config,
@@ -187,8 +206,34 @@ fn accumulate_engine(
     distill: Option<&dyn Distill>,
     grads: &mut [Vec<f32>],
 ) -> Result<StepLosses> {
-    let batch = engine::check_images(cfg, images)?;
     let w = Weights::from_tensors(&params.tensors())?;
+    accumulate_on_engine(
+        &w,
+        cfg,
+        plan,
+        images,
+        labels,
+        label_smoothing,
+        distill,
+        grads,
+    )
+}
+
+/// [`accumulate`] by the engine on weights it already holds (see
+/// [`Params::engine_weights`]): candle computes only the losses and their
+/// gradients with respect to the logits.
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate_on_engine(
+    w: &Weights,
+    cfg: &engine::Config,
+    plan: &Plan,
+    images: &Tensor,
+    labels: &Tensor,
+    label_smoothing: f64,
+    distill: Option<&dyn Distill>,
+    grads: &mut [Vec<f32>],
+) -> Result<StepLosses> {
+    let batch = engine::check_images(cfg, images)?;
     let x = images.flatten_all()?.to_vec1::<f32>()?;
     let chunks = engine::split(batch);
     // Gradients of chunks 1.. (chunk 0 adds into `grads`), summed at the end.
