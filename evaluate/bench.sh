@@ -4,6 +4,7 @@
 # other on this machine, and prints the ratios.
 #
 #   evaluate/bench.sh [path/to/python-with-torch]
+#   VITNAS=/path/to/other/vitnas evaluate/bench.sh ...   # a before/after pair
 #
 # The PyTorch side needs a venv with torch (outside the repo):
 #   python3 -m venv ../torchenv && ../torchenv/bin/pip install torch
@@ -11,8 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-../torchenv/bin/python}
 PEER=../shared/bench/torch_reference.py
-cargo build --release --quiet
-V=target/release/vitnas
+# VITNAS=<binary> benchmarks another build (e.g. the one before a change).
+if [ -z "${VITNAS:-}" ]; then cargo build --release --quiet; fi
+V=${VITNAS:-target/release/vitnas}
 run() { echo "$1" >&2; eval "$1"; }
 # Peak RSS of the training runs (kB), by GNU time.
 T=/usr/bin/time
@@ -40,5 +42,5 @@ print(f"{'train peak RSS MiB (lower is better)':34} {vrss:12.0f} {prss:12.0f} {v
 print(f"vitnas search: {vs['evals_per_s']:.2f} evals/s ({vs['images_per_s']:.0f} images/s, 2,000 images per candidate; the peer has no search mode)")
 print(f"gemm peak (1024^3, 2 threads): vitnas's gemm {vg['gflops']:.0f} GFLOP/s, PyTorch {pg['gflops']:.0f} GFLOP/s")
 print(f"vitnas training: {vt['gflops']:.1f} GFLOP/s executed ({vt['full_model_gflops']:.1f} counting the full model's FLOPs as the peer computes them)"
-      f" = {100*vt['gflops']/vg['gflops']:.0f}% of the measured gemm peak, {100*vt['reference_peak_fraction']:.0f}% of the 170 GFLOP/s AVX2 reference peak")
+      f" = {100*vt['gflops']/vg['gflops']:.0f}% of the measured gemm peak, {100*vt.get('reference_peak_fraction', vt.get('issue_peak_fraction', 0)):.0f}% of the 170 GFLOP/s AVX2 reference peak")
 PYEOF
