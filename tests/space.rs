@@ -72,7 +72,7 @@ fn fmnist_space_size_is_counted_by_depth() {
     // 3 embed choices × Σ_d (3 heads × 3 ratios)^d for d in {4, 5, 6}.
     assert_eq!(
         space("fmnist-tiny").size(),
-        3 * (9u128.pow(4) + 9u128.pow(5) + 9u128.pow(6))
+        Some(3 * (9u128.pow(4) + 9u128.pow(5) + 9u128.pow(6)))
     );
 }
 
@@ -315,4 +315,58 @@ fn largest_fmnist_flops_match_a_hand_count() {
     let expected: u64 = patch + 6 * (qkv + attn + out + mlp) + head;
     assert_eq!(expected, 62_924_032);
     assert_eq!(flops(&s, &s.largest()), expected);
+}
+
+#[test]
+fn spaces_too_large_to_allocate_or_count_are_refused_naming_the_field() {
+    for (from, to, field) in [
+        (
+            "embed_dim = 128\n",
+            "embed_dim = 1000000000\n",
+            "supernet.embed_dim",
+        ),
+        ("depth = 6\n", "depth = 100000000\n", "supernet.depth"),
+        (
+            "num_classes = 10",
+            "num_classes = 1000000000000",
+            "input.num_classes",
+        ),
+        ("image_size = 28", "image_size = 4096", "input.patch_size"),
+        // within every single limit, but 16 × 4096 × 16384 × 64 parameters
+        ("embed_dim = 128\n", "embed_dim = 16384\n", "supernet.depth"),
+    ] {
+        let mut text = FMNIST.replacen(from, to, 1);
+        if field == "supernet.depth" && to.contains("16384") {
+            text = text.replacen("depth = 6\n", "depth = 64\n", 1).replacen(
+                "num_heads = 4\n",
+                "num_heads = 256\n",
+                1,
+            );
+        }
+        if field == "input.patch_size" {
+            text = text.replacen("patch_size = 4", "patch_size = 1", 1);
+        }
+        assert_ne!(text, FMNIST, "{from}");
+        let err = Space::from_toml_str(&text, "huge.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, Error::InvalidSpace { .. })
+                && msg.contains("huge.toml")
+                && msg.contains(field),
+            "{field}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn a_space_with_more_than_u128_architectures_says_so() {
+    // 64 layers of 3 × 3 per-layer choices: 9^64 ≈ 1.2e61 > 3.4e38.
+    let text = FMNIST.replacen("depth = 6\n", "depth = 64\n", 1).replacen(
+        "depth = [4, 5, 6]",
+        "depth = [64]",
+        1,
+    );
+    let s = Space::from_toml_str(&text, "deep.toml").unwrap();
+    assert_eq!(s.size(), None);
+    assert_eq!(space("fmnist-tiny").size().map(|n| n > 0), Some(true));
 }

@@ -27,7 +27,7 @@ pub fn run(cmd: SpaceCmd) -> anyhow::Result<()> {
             if json {
                 let v = serde_json::json!({
                     "space": space,
-                    "size": space.size().to_string(),
+                    "size": space.size().map_or("more than 2^128".into(), |n| n.to_string()),
                     "params": {"min": p_lo, "max": p_hi},
                     "flops_macs": {"min": f_lo, "max": f_hi},
                 });
@@ -68,11 +68,10 @@ pub fn run(cmd: SpaceCmd) -> anyhow::Result<()> {
                     space.mlp_choices(o.index)
                 );
             }
-            println!(
-                "size       {} architectures ({:.3e})",
-                space.size(),
-                space.size() as f64
-            );
+            match space.size() {
+                Some(n) => println!("size       {n} architectures ({:.3e})", n as f64),
+                None => println!("size       more than 2^128 (3.4e38) architectures"),
+            }
             println!(
                 "params     {} .. {}  ({:.2}M .. {:.2}M)",
                 p_lo,

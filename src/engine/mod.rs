@@ -269,16 +269,17 @@ pub fn backward(
 /// class-token-only last block skips the queries, attention output and MLP
 /// of every other token. Compare [`crate::space::flops`], the full count.
 pub fn forward_macs(cfg: &Config, arch: &Arch) -> u64 {
+    use crate::space::cost::{block_macs, embedding_macs, head_macs};
     let (t, e) = (cfg.seq_len() as u64, arch.embed_dim as u64);
-    let mut f = (t - 1) * cfg.patch_len() as u64 * e + e * cfg.classes as u64;
+    let mut f = embedding_macs(t - 1, cfg.patch_len() as u64, e);
     for l in 0..arch.depth {
         let q = (arch.num_heads[l] * cfg.head_dim) as u64;
         let m = arch.mlp_width(l) as u64;
         // queries that go on through the block: all tokens, or the class token
         let tq = if l + 1 == arch.depth { 1 } else { t };
-        f += 2 * t * e * q + tq * (e * q + 2 * t * q + q * e + 2 * e * m);
+        f += block_macs(t, tq, e, q, m);
     }
-    f
+    f + head_macs(e, cfg.classes as u64)
 }
 
 /// The batch size of `images` if they are `[batch, C, H, W]` for `cfg`;

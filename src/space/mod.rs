@@ -2,7 +2,7 @@
 //! straight into [`Space`], then checked by [`Space::validate`].
 
 pub mod arch;
-mod cost;
+pub mod cost;
 
 pub use arch::Arch;
 pub use cost::{flops, params};
@@ -221,6 +221,81 @@ impl Space {
                 mlp_ok(&format!("layer[{k}].mlp_ratio"), rs)?;
             }
         }
+        self.check_size(&bad)
+    }
+
+    /// Refuses spaces whose supernet could not be allocated or whose costs
+    /// would overflow, naming the field that makes it so (checked before
+    /// anything is allocated).
+    fn check_size(&self, bad: &impl Fn(&str, String) -> Error) -> Result<()> {
+        let (i, s) = (&self.input, &self.supernet);
+        for (field, v, max) in [
+            ("input.image_size", i.image_size, 1 << 14),
+            ("input.channels", i.channels, 1 << 10),
+            ("input.num_classes", i.num_classes, 1 << 20),
+            ("supernet.embed_dim", s.embed_dim, 1 << 16),
+            ("supernet.depth", s.depth, 1 << 10),
+            ("supernet.num_heads", s.num_heads, 1 << 10),
+            ("supernet.head_dim", s.head_dim, 1 << 12),
+        ] {
+            if v > max {
+                return Err(bad(field, format!("{v} exceeds the limit {max}")));
+            }
+        }
+        if self.seq_len() > 1 << 16 {
+            return Err(bad(
+                "input.patch_size",
+                format!(
+                    "{} tokens ((image_size / patch_size)² + 1) exceed the limit {}",
+                    self.seq_len(),
+                    1 << 16
+                ),
+            ));
+        }
+        if !(self.supernet.mlp_ratio <= 64.0) {
+            return Err(bad(
+                "supernet.mlp_ratio",
+                format!("{} exceeds the limit 64", self.supernet.mlp_ratio),
+            ));
+        }
+        // Parameters of the full supernet, in f64 (no overflow), by part.
+        let (e, t) = (s.embed_dim as f64, self.seq_len() as f64);
+        let q = (s.num_heads * s.head_dim) as f64;
+        let m = self.supernet_mlp_width() as f64;
+        let patch = (i.channels * i.patch_size * i.patch_size) as f64;
+        let parts = [
+            ("input.patch_size", patch * e + t * e),
+            (
+                "supernet.depth",
+                s.depth as f64 * (4.0 * e * q + 2.0 * e * m),
+            ),
+            ("input.num_classes", e * i.num_classes as f64),
+        ];
+        let total: f64 = parts.iter().map(|p| p.1).sum();
+        // Weights, gradients and two AdamW moments in f32.
+        let train_bytes = 16.0 * total;
+        const MAX_TRAIN_BYTES: f64 = (1u64 << 36) as f64;
+        if train_bytes > MAX_TRAIN_BYTES {
+            let field = parts
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or("supernet", |p| p.0);
+            return Err(bad(
+                field,
+                format!(
+                    "the supernet would hold {total:.3e} parameters, {:.0} GiB to train                      (weights, gradients, AdamW moments in f32); the limit is 64 GiB",
+                    train_bytes / (1u64 << 30) as f64
+                ),
+            ));
+        }
+        // Multiply-adds of the largest forward must fit the u64 counters.
+        let macs = s.depth as f64 * (4.0 * t * e * q + 2.0 * t * t * q + 2.0 * t * e * m);
+        if macs > (1u64 << 60) as f64 {
+            return Err(bad(
+                "supernet.depth",
+                format!("{macs:.3e} multiply-adds per image exceed the limit 2^60"),
+            ));
+        }
         Ok(())
     }
 
@@ -270,17 +345,18 @@ impl Space {
         self.layer.iter().find(|o| o.index == layer)
     }
 
-    /// Number of distinct architectures in the space.
-    pub fn size(&self) -> u128 {
+    /// Number of distinct architectures in the space; `None` when it
+    /// exceeds `u128::MAX` (about 3.4e38).
+    pub fn size(&self) -> Option<u128> {
         let e = self.choices.embed_dim.len() as u128;
         let mut total: u128 = 0;
         for &d in &self.choices.depth {
-            let per_layers: u128 = (0..d)
-                .map(|l| (self.heads_choices(l).len() * self.mlp_choices(l).len()) as u128)
-                .fold(1u128, |a, b| a.saturating_mul(b));
-            total = total.saturating_add(e.saturating_mul(per_layers));
+            let per_layers = (0..d).try_fold(1u128, |a, l| {
+                a.checked_mul((self.heads_choices(l).len() * self.mlp_choices(l).len()) as u128)
+            })?;
+            total = total.checked_add(e.checked_mul(per_layers)?)?;
         }
-        total
+        Some(total)
     }
 }
 
