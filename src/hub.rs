@@ -3,7 +3,7 @@
 //! and loading its ViT tensors into the supernet's leading slices.
 
 use crate::error::{Error, Result};
-use crate::train::checkpoint::read_safetensors;
+use crate::train::checkpoint::read_weights;
 use crate::train::step::Params;
 use candle_core::Device;
 use serde::Serialize;
@@ -157,7 +157,7 @@ pub fn load_vit_into(params: &Params, dir: &Path, head_dim: usize) -> Result<Loa
         });
     }
     let file = dir.join("model.safetensors");
-    let (mut tensors, _) = read_safetensors(&file, &Device::Cpu)?;
+    let (mut tensors, _) = read_weights(&file, &Device::Cpu)?;
     let mut report = LoadReport::default();
     for (name, var) in params.names.iter().zip(&params.vars) {
         let Some(src) = tensors.remove(name) else {

@@ -318,3 +318,32 @@ fn exported_configs_with_impossible_shapes_are_refused_naming_the_field() {
     }
     std::fs::remove_dir_all(d).ok();
 }
+
+#[test]
+fn integer_weights_are_refused_naming_the_tensor() {
+    use vitnas::train::checkpoint::{read_safetensors, to_safetensors_bytes};
+    let s = space("fmnist-tiny");
+    let (net, _vm) = supernet(&s, 3);
+    let arch = s.smallest();
+    let d = tmp("int-weights");
+    let model = net.extract(&arch).unwrap();
+    export(&model, &s, &arch, None, &d).unwrap();
+    // The same model with one weight cast to i64.
+    let w = d.join("model.safetensors");
+    let (tensors, _) = read_safetensors(&w, &candle_core::Device::Cpu).unwrap();
+    let mut named: Vec<(String, candle_core::Tensor)> = tensors.into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let victim = "classifier.weight";
+    for (n, t) in named.iter_mut() {
+        if n == victim {
+            *t = t.to_dtype(candle_core::DType::I64).unwrap();
+        }
+    }
+    std::fs::write(&w, to_safetensors_bytes(&named, None).unwrap()).unwrap();
+    let msg = load_dir(&d).unwrap_err().to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains(victim) && msg.contains("I64"),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

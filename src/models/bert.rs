@@ -7,7 +7,7 @@
 use super::layers::{LayerNorm, Linear};
 use crate::error::{Error, Result};
 use crate::ops;
-use crate::train::checkpoint::read_safetensors;
+use crate::train::checkpoint::read_weights;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -304,7 +304,7 @@ impl Bert {
     pub fn load_dir(dir: &Path) -> Result<Self> {
         let config = BertConfig::from_hf_config_file(&dir.join("config.json"))?;
         let weights = dir.join("model.safetensors");
-        let (tensors, _) = read_safetensors(&weights, &Device::Cpu)?;
+        let (tensors, _) = read_weights(&weights, &Device::Cpu)?;
         let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
             "bert"
         } else if tensors.contains_key("embeddings.word_embeddings.weight") {

@@ -200,7 +200,7 @@ pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
         None => (VitConfig::from_hf_config_file(&cfg_path)?, None),
     };
     let weights = dir.join("model.safetensors");
-    let (tensors, _) = crate::train::checkpoint::read_safetensors(&weights, &Device::Cpu)?;
+    let (tensors, _) = crate::train::checkpoint::read_weights(&weights, &Device::Cpu)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     let model = Vit::load(&config, vb).map_err(|e| Error::Checkpoint {
         path: weights,

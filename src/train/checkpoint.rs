@@ -76,6 +76,31 @@ pub fn to_safetensors_bytes(
     })
 }
 
+/// Integer buffers that Hugging Face checkpoints carry beside the weights.
+const INTEGER_BUFFERS: &[&str] = &["position_ids", "token_type_ids", "num_batches_tracked"];
+
+/// [`read_safetensors`] for model weights: an integer tensor (other than
+/// the integer buffers Hugging Face checkpoints carry) is an error naming
+/// it, not silently cast to float.
+pub fn read_weights(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let (tensors, meta) = read_safetensors(path, device)?;
+    for (name, t) in &tensors {
+        if !t.dtype().is_float() && !INTEGER_BUFFERS.iter().any(|s| name.ends_with(s)) {
+            return Err(Error::Checkpoint {
+                path: path.into(),
+                message: format!(
+                    "tensor `{name}` has dtype {:?}: weights must be floating point (f32, f16, bf16, f64)",
+                    t.dtype()
+                ),
+            });
+        }
+    }
+    Ok((tensors, meta))
+}
+
 /// Reads a safetensors file: its tensors and metadata. A truncated or
 /// corrupt file is an error naming it, never a panic.
 pub fn read_safetensors(

@@ -1,7 +1,7 @@
 //! Starting a run directory, and resuming one. Both hold the directory's
 //! [`RunLock`] for as long as they train.
 
-use super::checkpoint::{read_safetensors, write_atomic, TrainState, STATE_KEY};
+use super::checkpoint::{read_weights, write_atomic, TrainState, STATE_KEY};
 use super::data::load_train_val;
 use super::recipe::Recipe;
 use super::run::run;
@@ -70,7 +70,7 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
     let space = Space::from_file(dir.join(SPACE_FILE))?;
     let data = load_train_val(&recipe, &space)?;
     let ckpt = dir.join(CHECKPOINT_FILE);
-    let (tensors, meta) = read_safetensors(&ckpt, &Device::Cpu)?;
+    let (tensors, meta) = read_weights(&ckpt, &Device::Cpu)?;
     let state: TrainState = meta
         .get(STATE_KEY)
         .and_then(|s| serde_json::from_str(s).ok())

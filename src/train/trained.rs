@@ -1,7 +1,7 @@
 //! A finished (or checkpointed) training run, loaded for evaluation, search
 //! or export.
 
-use super::checkpoint::read_safetensors;
+use super::checkpoint::read_weights;
 use super::data::load_train_val;
 use super::recipe::Recipe;
 use super::{RECIPE_FILE, SPACE_FILE, SUPERNET_FILE};
@@ -36,7 +36,7 @@ impl TrainedRun {
         };
         let recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
         let space = Space::from_file(dir.join(SPACE_FILE))?;
-        let (tensors, _) = read_safetensors(&file, &Device::Cpu)?;
+        let (tensors, _) = read_weights(&file, &Device::Cpu)?;
         let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let net = Supernet::new(&space, vb).map_err(|e| Error::Checkpoint {
             path: file.clone(),
