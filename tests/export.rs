@@ -347,3 +347,36 @@ fn integer_weights_are_refused_naming_the_tensor() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_config_whose_hf_fields_disagree_with_its_vitnas_block_is_refused() {
+    let s = space("fmnist-tiny");
+    let (net, _vm) = supernet(&s, 3);
+    let arch = s.largest();
+    let d = tmp("disagree");
+    export(&net.extract(&arch).unwrap(), &s, &arch, None, &d).unwrap();
+    let path = d.join("config.json");
+    let good = std::fs::read_to_string(&path).unwrap();
+    load_dir(&d).unwrap();
+    for (field, from, to) in [
+        ("hidden_size", "\"hidden_size\": 128", "\"hidden_size\": 64"),
+        (
+            "num_hidden_layers",
+            "\"num_hidden_layers\": 6",
+            "\"num_hidden_layers\": 5",
+        ),
+        ("patch_size", "\"patch_size\": 4", "\"patch_size\": 7"),
+    ] {
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let (k, val) = to.split_once(": ").unwrap();
+        v[k.trim_matches('"')] = serde_json::from_str(val).unwrap();
+        assert!(serde_json::to_string(&v).unwrap() != good, "{from}");
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        let msg = load_dir(&d).unwrap_err().to_string();
+        assert!(
+            msg.contains("config.json") && msg.contains(&format!("`{field}`")),
+            "{msg}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

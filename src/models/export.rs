@@ -175,6 +175,69 @@ pub fn export(
     Ok(obstacle)
 }
 
+/// The top-level Hugging Face fields of a config.json that also has a
+/// `vitnas` block must say the same as the block (transformers reads the
+/// former, vitnas the latter): a disagreement names the field.
+fn check_hf_fields_agree(v: &serde_json::Value, c: &VitConfig, path: &Path) -> Result<()> {
+    let first = |l: &[usize]| l.first().copied().unwrap_or(0) as u64;
+    let expected = [
+        ("hidden_size", c.hidden_size as u64, "hidden_size"),
+        (
+            "num_hidden_layers",
+            c.num_heads.len() as u64,
+            "num_heads (its length)",
+        ),
+        ("num_attention_heads", first(&c.num_heads), "num_heads[0]"),
+        (
+            "intermediate_size",
+            first(&c.intermediate_sizes),
+            "intermediate_sizes[0]",
+        ),
+        ("image_size", c.image_size as u64, "image_size"),
+        ("patch_size", c.patch_size as u64, "patch_size"),
+        ("num_channels", c.num_channels as u64, "num_channels"),
+        ("num_labels", c.num_labels as u64, "num_labels"),
+    ];
+    for (field, want, block_field) in expected {
+        let Some(found) = v.get(field) else { continue };
+        if found.as_u64() != Some(want) {
+            return Err(Error::InvalidConfig {
+                file: path.display().to_string(),
+                field: field.into(),
+                message: format!(
+                    "{found} disagrees with vitnas.config.{block_field} = {want} (the weights follow the vitnas block); correct or remove one"
+                ),
+            });
+        }
+    }
+    if let Some(labels) = v.get("id2label").and_then(|m| m.as_object()) {
+        if labels.len() != c.num_labels {
+            return Err(Error::InvalidConfig {
+                file: path.display().to_string(),
+                field: "id2label".into(),
+                message: format!(
+                    "{} labels disagree with vitnas.config.num_labels = {}",
+                    labels.len(),
+                    c.num_labels
+                ),
+            });
+        }
+    }
+    if let Some(eps) = v.get("layer_norm_eps").and_then(|e| e.as_f64()) {
+        if (eps - c.layer_norm_eps).abs() > 1e-12 * c.layer_norm_eps.abs().max(1e-30) {
+            return Err(Error::InvalidConfig {
+                file: path.display().to_string(),
+                field: "layer_norm_eps".into(),
+                message: format!(
+                    "{eps} disagrees with vitnas.config.layer_norm_eps = {}",
+                    c.layer_norm_eps
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Loads an exported directory (or any HF ViT directory) as a static model,
 /// with its normalisation when recorded. The config is checked before any
 /// tensor is read ([`VitConfig::validate`]): errors name config.json and the
@@ -195,6 +258,7 @@ pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
                 })?;
             b.config
                 .validate(&cfg_path.display().to_string(), "vitnas.config.")?;
+            check_hf_fields_agree(&v, &b.config, &cfg_path)?;
             (b.config, b.normalize)
         }
         None => (VitConfig::from_hf_config_file(&cfg_path)?, None),
