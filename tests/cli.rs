@@ -327,3 +327,37 @@ fn export_refuses_a_training_run_and_an_existing_model_without_force() {
     assert!(err.contains("overwrite the input"), "{err}");
     std::fs::remove_dir_all(run.parent().unwrap()).ok();
 }
+
+#[test]
+fn eval_and_export_refuse_off_grid_architectures_without_the_flag() {
+    let (recipe, run) = long_recipe("off-grid", 1000);
+    let dir = run.to_str().unwrap();
+    let (ok, _, err) = vitnas(&["train", recipe.to_str().unwrap(), "--max-steps", "1"]);
+    assert!(ok, "{err}");
+    // embed 80 fits the supernet (128) but is not one of 64 / 96 / 128.
+    let arch = run.parent().unwrap().join("off.json");
+    std::fs::write(
+        &arch,
+        r#"{"embed_dim": 80, "depth": 4, "num_heads": [2, 2, 2, 2], "mlp_ratio": [2.0, 2.0, 2.0, 2.0]}"#,
+    )
+    .unwrap();
+    let a = arch.to_str().unwrap();
+    let out = run.parent().unwrap().join("m");
+    let o = out.to_str().unwrap();
+    for args in [
+        vec!["eval", "--supernet", dir, "--arch", a],
+        vec!["export", "--supernet", dir, "--arch", a, "--out", o],
+    ] {
+        let (ok, _, err) = vitnas(&args);
+        assert!(!ok);
+        assert!(
+            err.contains("embed_dim") && err.contains("--off-grid"),
+            "{err}"
+        );
+        let mut with = args.clone();
+        with.push("--off-grid");
+        let (ok, _, err) = vitnas(&with);
+        assert!(ok, "{err}");
+    }
+    std::fs::remove_dir_all(run.parent().unwrap()).ok();
+}

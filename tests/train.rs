@@ -508,3 +508,21 @@ fn adamw_on_flat_buffers_equals_adamw_on_candle_variables() {
     assert_eq!(a.m, b.m);
     assert_eq!(a.v, b.v);
 }
+
+#[test]
+fn a_failed_atomic_write_leaves_no_temp_file_behind() {
+    use vitnas::train::checkpoint::write_atomic;
+    let d = tmp_dir("atomic");
+    // The destination is a non-empty directory: the rename fails after the
+    // temp file was written in full.
+    let target = d.join("state.json");
+    std::fs::create_dir_all(target.join("inside")).unwrap();
+    let err = write_atomic(&target, b"{}").unwrap_err().to_string();
+    assert!(err.contains("state.json"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["state.json"], "{left:?}");
+    std::fs::remove_dir_all(d).ok();
+}

@@ -27,6 +27,10 @@ pub struct EvalArgs {
     /// `largest`, `smallest`, or an architecture JSON file.
     #[arg(long, default_value = "largest")]
     arch: String,
+    /// Accept an architecture whose values lie outside the space's choice
+    /// lists but fit the supernet.
+    #[arg(long)]
+    off_grid: bool,
     /// Validation split (carved from train) or the test split [default:
     /// val for --supernet, test for --model].
     #[arg(long, value_enum)]
@@ -62,7 +66,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(d) = a.data {
         run.recipe.data.path = Some(d);
     }
-    let arch = run.arch(&a.arch)?;
+    let arch = run.arch(&a.arch, a.off_grid)?;
     let (val, norm) = run.validation()?;
     let (split, ds) = match a.split.unwrap_or(SplitArg::Val) {
         SplitArg::Val => ("val", val),

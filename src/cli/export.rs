@@ -22,6 +22,10 @@ pub struct ExportArgs {
     /// subnet is a Hugging Face ViT (identical outputs, more FLOPs).
     #[arg(long)]
     hf_pad: bool,
+    /// Accept an architecture whose values lie outside the space's choice
+    /// lists but fit the supernet.
+    #[arg(long)]
+    off_grid: bool,
     /// Replace an exported model already in --out, or write into a
     /// non-empty directory that is not one (never into a training run).
     #[arg(long)]
@@ -33,7 +37,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     rundir::check_output(&a.out, rundir::Artifact::ExportedModel, a.force)?;
     let run = TrainedRun::load(&a.supernet)?;
     let (space, net) = (&run.space, &run.net);
-    let arch = run.arch(&a.arch)?;
+    let arch = run.arch(&a.arch, a.off_grid)?;
     let mut model = net.extract(&arch)?;
     if a.hf_pad {
         let before = flops(space, &arch);

@@ -29,6 +29,10 @@ pub struct RetrainArgs {
     /// Override the recipe's epochs.
     #[arg(long)]
     epochs: Option<usize>,
+    /// Accept an architecture whose values lie outside the space's choice
+    /// lists but fit the supernet.
+    #[arg(long)]
+    off_grid: bool,
     /// Override the recipe's initialisation: torch_default,
     /// trunc_normal_0.02 or xavier_uniform.
     #[arg(long)]
@@ -44,7 +48,7 @@ pub fn run(a: RetrainArgs) -> anyhow::Result<()> {
     }
     let space = Space::from_file(a.space.as_ref().expect("clap requires --space"))?;
     let spec = a.arch.as_deref().expect("clap requires --arch");
-    let arch = space.arch_from_spec(spec)?;
+    let arch = space.arch_from_spec(spec, a.off_grid)?;
     let mut recipe = Recipe::from_file(a.recipe.as_ref().expect("clap requires --recipe"))?;
     if let Some(e) = a.epochs {
         recipe.train.epochs = e;

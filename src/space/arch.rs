@@ -275,13 +275,34 @@ impl Space {
 
     /// `largest`, `smallest`, or the path of an architecture JSON file; the
     /// architecture must fit this space's supernet.
-    pub fn arch_from_spec(&self, spec: &str) -> Result<Arch> {
+    ///
+    /// The architecture must be on the space's grid (every value one of its
+    /// choices) unless `off_grid`, which accepts any architecture that fits
+    /// the supernet.
+    pub fn arch_from_spec(&self, spec: &str, off_grid: bool) -> Result<Arch> {
         let arch = match spec {
             "largest" => self.largest(),
             "smallest" => self.smallest(),
             path => Arch::from_json_file(path)?,
         };
-        arch.check_fits(self)?;
+        if off_grid {
+            arch.check_fits(self)?;
+        } else {
+            arch.validate(self).map_err(|e| match e {
+                Error::InvalidArch {
+                    space,
+                    field,
+                    message,
+                } => Error::InvalidArch {
+                    space,
+                    field,
+                    message: format!(
+                        "{message} (--off-grid accepts values outside the choice lists that fit the supernet)"
+                    ),
+                },
+                e => e,
+            })?;
+        }
         Ok(arch)
     }
 

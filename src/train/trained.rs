@@ -50,9 +50,10 @@ impl TrainedRun {
         })
     }
 
-    /// `largest`, `smallest`, or an architecture JSON file that fits the supernet.
-    pub fn arch(&self, spec: &str) -> Result<crate::space::Arch> {
-        self.space.arch_from_spec(spec)
+    /// `largest`, `smallest`, or an architecture JSON file on the space's
+    /// grid (or, with `off_grid`, any that fits the supernet).
+    pub fn arch(&self, spec: &str, off_grid: bool) -> Result<crate::space::Arch> {
+        self.space.arch_from_spec(spec, off_grid)
     }
 
     /// The validation split of the run and the normalisation it trained with.
