@@ -23,6 +23,9 @@ pub struct VitConfig {
     pub layer_norm_eps: f64,
 }
 
+/// The most transformer layers a model config may declare.
+pub const MAX_LAYERS: usize = 1 << 10;
+
 impl VitConfig {
     pub fn from_arch(space: &Space, arch: &Arch) -> Self {
         Self {
@@ -317,6 +320,48 @@ impl VitConfig {
                 format!("{} is not a non-negative number", self.layer_norm_eps),
             ));
         }
+        // Limits that refuse, before anything is allocated, models that no
+        // machine could hold (the same limits as search spaces).
+        let max_layer = |l: &[usize]| l.iter().copied().max().unwrap_or(0);
+        for (field, v, max) in [
+            ("image_size", self.image_size, 1 << 14),
+            ("num_channels", self.num_channels, 1 << 10),
+            ("num_labels", self.num_labels, 1 << 20),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("num_heads", self.num_heads.len(), MAX_LAYERS),
+            ("num_heads", max_layer(&self.num_heads), 1 << 10),
+            (
+                "intermediate_sizes",
+                max_layer(&self.intermediate_sizes),
+                1 << 22,
+            ),
+        ] {
+            if v > max {
+                return Err(bad(field, format!("{v} exceeds the limit {max}")));
+            }
+        }
+        let tokens = (self.image_size / self.patch_size).pow(2) + 1;
+        if tokens > 1 << 16 {
+            return Err(bad(
+                "patch_size",
+                format!("{tokens} tokens exceed the limit {}", 1 << 16),
+            ));
+        }
+        let e = self.hidden_size as f64;
+        let params: f64 = self
+            .num_heads
+            .iter()
+            .zip(&self.intermediate_sizes)
+            .map(|(&h, &m)| 4.0 * e * (h * self.head_dim) as f64 + 2.0 * e * m as f64)
+            .sum::<f64>()
+            + e * (tokens + self.num_labels) as f64;
+        if params * 4.0 > (1u64 << 36) as f64 {
+            return Err(bad(
+                "num_heads",
+                format!("{params:.3e} parameters exceed the 64 GiB limit"),
+            ));
+        }
         Ok(())
     }
 
@@ -342,6 +387,12 @@ impl VitConfig {
                     format!("`{act}` is not supported (vitnas ViTs use exact GELU, \"gelu\")"),
                 ));
             }
+        }
+        if c.num_hidden_layers > MAX_LAYERS {
+            return Err(bad(
+                "num_hidden_layers",
+                format!("{} exceeds the limit {MAX_LAYERS}", c.num_hidden_layers),
+            ));
         }
         let num_labels = c
             .num_labels
