@@ -279,6 +279,8 @@ const REGRESSIONS: &[(&str, &str)] = &[
     ("config.json", r#"{"hidden_size": 48, "num_hidden_layers": 1, "num_attention_heads": 3, "intermediate_size": 96, "image_size": 28, "patch_size": 0, "num_channels": 1, "id2label": {"0": "a"}}"#),
     // 1e8 layers allocated per-layer lists of 1.6 GB before any check.
     ("config.json", r#"{"hidden_size": 48, "num_hidden_layers": 100000000, "num_attention_heads": 3, "intermediate_size": 96, "image_size": 28, "patch_size": 7, "num_channels": 1, "id2label": {"0": "a"}}"#),
+    // A BERT config with 1e12 layers tried to allocate 8 TB.
+    ("bert-config.json", r#"{"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1000000000000, "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 512, "type_vocab_size": 2}"#),
     // A recipe with log_every = 0 divided by zero.
     ("recipe", "name='x'\nspace='s.toml'\nseed=0\noutput_dir='o'\n[data]\nformat='idx'\nval_size=1\n[sampler]\nkind='uniform'\n[loss]\ndistill={kind='none'}\n[optimizer]\nlr=1e-3\nmin_lr=0.0\nwarmup_lr=0.0\nwarmup_epochs=0.0\nweight_decay=0.0\n[train]\nepochs=1\nbatch_size=1\ncheckpoint_every=1\nlog_every=0\n"),
 ];
@@ -311,7 +313,8 @@ fn inputs_that_once_failed_are_clear_errors() {
         let t = ts.iter().find(|t| t.name == *name).unwrap();
         check(name, input.as_bytes(), &*t.parse);
     }
-    let err = Recipe::from_toml_str(REGRESSIONS[2].1, Path::new("r.toml")).unwrap_err();
+    let recipe = REGRESSIONS.iter().find(|r| r.0 == "recipe").unwrap().1;
+    let err = Recipe::from_toml_str(recipe, Path::new("r.toml")).unwrap_err();
     assert!(err.to_string().contains("train.log_every"), "{err}");
 }
 

@@ -139,7 +139,38 @@ impl BertConfig {
                 "a sequence classifier needs at least 1 label, has 0".into(),
             ));
         }
-        let n = c.num_hidden_layers;
+        // Limits that refuse, before anything is allocated, models that no
+        // machine could hold.
+        for (field, v, max) in [
+            (
+                "num_hidden_layers",
+                c.num_hidden_layers,
+                crate::models::vit::MAX_LAYERS,
+            ),
+            ("vocab_size", c.vocab_size, 1 << 24),
+            ("hidden_size", c.hidden_size, 1 << 16),
+            ("intermediate_size", c.intermediate_size, 1 << 22),
+            (
+                "max_position_embeddings",
+                c.max_position_embeddings,
+                1 << 20,
+            ),
+            ("type_vocab_size", c.type_vocab_size, 1 << 16),
+            ("num_labels", num_labels.unwrap_or(0), 1 << 20),
+        ] {
+            if v > max {
+                return Err(bad(field, format!("{v} exceeds the limit {max}")));
+            }
+        }
+        let (e, n) = (c.hidden_size as f64, c.num_hidden_layers);
+        let params = n as f64 * (4.0 * e * e + 2.0 * e * c.intermediate_size as f64)
+            + e * (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) as f64;
+        if params * 4.0 > (1u64 << 36) as f64 {
+            return Err(bad(
+                "num_hidden_layers",
+                format!("{params:.3e} parameters exceed the 64 GiB limit"),
+            ));
+        }
         Ok(Self {
             vocab_size: c.vocab_size,
             hidden_size: c.hidden_size,
