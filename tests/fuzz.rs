@@ -154,10 +154,13 @@ fn scratch(tag: &str) -> PathBuf {
     d
 }
 
+/// A parser under test: it must return (Ok or Err) for any input.
+type Parse = Box<dyn Fn(&[u8])>;
+
 struct Target {
     name: &'static str,
     seeds: Vec<Vec<u8>>,
-    parse: Box<dyn Fn(&[u8])>,
+    parse: Parse,
 }
 
 fn text(p: &str) -> Vec<u8> {

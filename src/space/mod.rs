@@ -252,7 +252,7 @@ impl Space {
                 ),
             ));
         }
-        if !(self.supernet.mlp_ratio <= 64.0) {
+        if self.supernet.mlp_ratio.is_nan() || self.supernet.mlp_ratio > 64.0 {
             return Err(bad(
                 "supernet.mlp_ratio",
                 format!("{} exceeds the limit 64", self.supernet.mlp_ratio),

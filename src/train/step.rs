@@ -242,7 +242,7 @@ pub fn accumulate_on_engine(
     let mut losses = Vec::with_capacity(plan.archs.len());
     for (k, arch) in plan.archs.iter().enumerate() {
         w.check(cfg, arch)?;
-        let (logits, tapes) = engine::forward_chunks(&w, cfg, arch, &x, &chunks, true);
+        let (logits, tapes) = engine::forward_chunks(w, cfg, arch, &x, &chunks, true);
         let logits = Var::from_vec(logits, (batch, cfg.classes), images.device())?;
         let lt = logits.as_tensor();
         let (loss, value) = subnet_loss(lt, teacher.as_ref(), distill, labels, label_smoothing)?;
@@ -261,7 +261,7 @@ pub fn accumulate_on_engine(
             Some(d) => d.flatten_all()?.to_vec1::<f32>()?,
             None => continue,
         };
-        engine::backward_chunks(&w, cfg, arch, &tapes, &dlogits, &chunks, grads, &mut extra);
+        engine::backward_chunks(w, cfg, arch, &tapes, &dlogits, &chunks, grads, &mut extra);
     }
     for e in &extra {
         for (g, e) in grads.iter_mut().zip(e) {
