@@ -134,35 +134,22 @@ pub fn accumulate(
     grads: &mut [Vec<f32>],
     backend: Backend,
 ) -> Result<StepLosses> {
-    let f32_params = params.vars.iter().all(|v| v.dtype() == DType::F32);
-    if backend == Backend::Composite {
-        return crate::ops::with_composite(|| {
-            accumulate_autograd(
-                net,
-                params,
-                plan,
-                images,
-                labels,
-                label_smoothing,
-                distill,
-                grads,
-            )
-        });
-    }
-    match net.engine_config() {
-        Some(cfg) if backend == Backend::Engine && f32_params && images.dtype() == DType::F32 => {
-            accumulate_engine(
+    if backend == Backend::Engine && images.dtype() == DType::F32 {
+        if let Some((w, cfg)) = params.engine_weights(net)? {
+            return accumulate_on_engine(
+                &w,
                 &cfg,
-                params,
                 plan,
                 images,
                 labels,
                 label_smoothing,
                 distill,
                 grads,
-            )
+            );
         }
-        _ => accumulate_autograd(
+    }
+    let mut autograd = || {
+        accumulate_autograd(
             net,
             params,
             plan,
@@ -171,7 +158,11 @@ pub fn accumulate(
             label_smoothing,
             distill,
             grads,
-        ),
+        )
+    };
+    match backend {
+        Backend::Composite => crate::ops::with_composite(autograd),
+        _ => autograd(),
     }
 }
 
@@ -192,31 +183,6 @@ fn subnet_loss(
             (l, v)
         }
     })
-}
-
-/// [`accumulate`] by the engine from a copy of `params`.
-#[allow(clippy::too_many_arguments)]
-fn accumulate_engine(
-    cfg: &engine::Config,
-    params: &Params,
-    plan: &Plan,
-    images: &Tensor,
-    labels: &Tensor,
-    label_smoothing: f64,
-    distill: Option<&dyn Distill>,
-    grads: &mut [Vec<f32>],
-) -> Result<StepLosses> {
-    let w = Weights::from_tensors(&params.tensors())?;
-    accumulate_on_engine(
-        &w,
-        cfg,
-        plan,
-        images,
-        labels,
-        label_smoothing,
-        distill,
-        grads,
-    )
 }
 
 /// [`accumulate`] by the engine on weights it already holds (see
