@@ -361,3 +361,27 @@ fn eval_and_export_refuse_off_grid_architectures_without_the_flag() {
     }
     std::fs::remove_dir_all(run.parent().unwrap()).ok();
 }
+
+#[test]
+fn a_missing_run_directory_is_named_in_the_error() {
+    for cmd in [
+        vec!["eval", "--supernet", "no/such/run"],
+        vec!["search", "no/such/run"],
+        vec![
+            "export",
+            "--supernet",
+            "no/such/run",
+            "--arch",
+            "smallest",
+            "--out",
+            "/tmp/vitnas-never",
+        ],
+    ] {
+        let (ok, _, err) = vitnas(&cmd);
+        assert!(!ok);
+        assert!(
+            err.contains("no/such/run") && err.contains("not found"),
+            "{err}"
+        );
+    }
+}

@@ -25,6 +25,12 @@ pub struct TrainedRun {
 impl TrainedRun {
     /// Loads a run directory, or a supernet `.safetensors` file inside one.
     pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: "not found: expected a training run directory (recipe.toml, space.toml, supernet.safetensors) or a supernet .safetensors inside one".into(),
+            });
+        }
         let (dir, file) = if path.is_dir() {
             (path.to_path_buf(), path.join(SUPERNET_FILE))
         } else {
