@@ -117,6 +117,16 @@ fn long_recipe(tag: &str, checkpoint_every: usize) -> (std::path::PathBuf, std::
     (path, dir.join("run"))
 }
 
+/// `vitnas train <recipe>` in the background, its output discarded.
+fn spawn_train(recipe: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_vitnas"))
+        .args(["train", recipe.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn steps_logged(run: &std::path::Path) -> usize {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap_or_default()
@@ -180,12 +190,7 @@ fn sigint_finishes_the_step_writes_a_checkpoint_and_resume_continues() {
 #[test]
 fn kill_9_loses_at_most_the_steps_since_the_last_checkpoint() {
     let (recipe, run) = long_recipe("kill9", 1);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vitnas"))
-        .args(["train", recipe.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(&recipe);
     wait_for_steps(&run, 4);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -207,12 +212,7 @@ fn kill_9_loses_at_most_the_steps_since_the_last_checkpoint() {
 #[test]
 fn a_second_train_on_a_run_in_use_is_refused_and_a_killed_runs_lock_is_taken_over() {
     let (recipe, run) = long_recipe("lock", 1);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vitnas"))
-        .args(["train", recipe.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(&recipe);
     wait_for_steps(&run, 2);
     let dir = run.to_str().unwrap();
     let (ok, _, err) = vitnas(&["train", "--resume", dir, "--max-steps", "3"]);
