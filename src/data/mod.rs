@@ -121,18 +121,6 @@ pub fn load(
     }
 }
 
-/// The indices `(train, validation)` of a seeded split of `n` examples with
-/// `val` held out, each sorted ([`Dataset::split_validation`] uses them).
-pub fn validation_split(n: usize, val: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x005e_ed0f_5a11));
-    let (v, t) = idx.split_at(val.min(n));
-    let (mut v, mut t) = (v.to_vec(), t.to_vec());
-    v.sort_unstable();
-    t.sort_unstable();
-    (t, v)
-}
-
 impl Dataset {
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -173,6 +161,13 @@ impl Dataset {
 
     /// A seeded split into `(train, validation)` with `val` examples held out.
     pub fn split_validation(&self, val: usize, seed: u64) -> Result<(Dataset, Dataset)> {
+        let (t, v) = self.validation_indices(val, seed)?;
+        Ok((self.subset(&t), self.subset(&v)))
+    }
+
+    /// The indices `(train, validation)` of [`Dataset::split_validation`],
+    /// each sorted.
+    pub fn validation_indices(&self, val: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
         if val >= self.len() {
             return Err(Error::Data {
                 source_name: self.source.clone(),
@@ -182,8 +177,13 @@ impl Dataset {
                 ),
             });
         }
-        let (t, v) = validation_split(self.len(), val, seed);
-        Ok((self.subset(&t), self.subset(&v)))
+        let mut idx: Vec<usize> = (0..self.len()).collect();
+        idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x005e_ed0f_5a11));
+        let (v, t) = idx.split_at(val);
+        let (mut v, mut t) = (v.to_vec(), t.to_vec());
+        v.sort_unstable();
+        t.sort_unstable();
+        Ok((t, v))
     }
 
     /// Checks that the images and labels fit a space's input.

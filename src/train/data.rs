@@ -52,13 +52,11 @@ pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TrainData> {
         i.channels,
     )?;
     full.check_fits(space)?;
-    let (mut train, val) = full.split_validation(recipe.data.val_size, recipe.seed)?;
-    let (mut train_idx, val_idx) =
-        data::validation_split(full.len(), recipe.data.val_size, recipe.seed);
+    let (mut train_idx, val_idx) = full.validation_indices(recipe.data.val_size, recipe.seed)?;
     if let Some(n) = recipe.data.train_limit {
-        train = train.head(n);
         train_idx.truncate(n);
     }
+    let (train, val) = (full.subset(&train_idx), full.subset(&val_idx));
     let split = DataSplit {
         data_dir: std::path::absolute(&dir).unwrap_or(dir),
         train: train_idx,
