@@ -5,6 +5,16 @@
 #
 #   evaluate/bench.sh [path/to/python-with-torch]
 #   VITNAS=/path/to/other/vitnas evaluate/bench.sh ...   # a before/after pair
+#   SIMD=avx2 evaluate/bench.sh ...     # what an AVX2-only CPU runs, both sides
+#   SIMD=scalar evaluate/bench.sh ...   # no vector math (report only)
+#
+# SIMD=avx2 builds vitnas without its `avx512` feature (no AVX-512 code in
+# vitnas's vector math or in gemm's kernels) and forces VITNAS_SIMD=avx2;
+# PyTorch gets ATen's, MKL's and oneDNN's documented switches
+# (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA), and the
+# script prints what each library reports it used. SIMD=scalar forces
+# VITNAS_SIMD=scalar (gemm keeps its AVX2+FMA kernels: it has no switch for
+# less) and PyTorch to ATen's default level, MKL SSE4.2, oneDNN SSE4.1.
 #
 # The PyTorch side needs a venv with torch (outside the repo):
 #   python3 -m venv ../torchenv && ../torchenv/bin/pip install torch
@@ -12,9 +22,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-../torchenv/bin/python}
 PEER=../shared/bench/torch_reference.py
+SIMD=${SIMD:-native}
+case "$SIMD" in
+  native) FEATURES=() ;;
+  avx2)
+    FEATURES=(--no-default-features)
+    export VITNAS_SIMD=avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ;;
+  scalar)
+    FEATURES=(--no-default-features)
+    export VITNAS_SIMD=scalar ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 ;;
+  *) echo "SIMD must be native, avx2 or scalar, not $SIMD" >&2; exit 2 ;;
+esac
 # VITNAS=<binary> benchmarks another build (e.g. the one before a change).
-if [ -z "${VITNAS:-}" ]; then cargo build --release --quiet; fi
+if [ -z "${VITNAS:-}" ]; then
+  cargo build --release --quiet ${FEATURES[@]+"${FEATURES[@]}"}
+  if [ "$SIMD" != native ]; then
+    cp target/release/vitnas target/release/vitnas-no-avx512
+    cargo build --release --quiet   # the default build back in place
+  fi
+fi
 V=${VITNAS:-target/release/vitnas}
+if [ -z "${VITNAS:-}" ] && [ "$SIMD" != native ]; then V=target/release/vitnas-no-avx512; fi
+# What each side runs at, as the libraries report it.
+echo "SIMD=$SIMD: vitnas $($V bench gemm --n 64 --threads 1 | python3 -c 'import json,sys; d=json.load(sys.stdin); print("vector math", d["simd"], "/ gemm AVX-512 kernels", "built in" if d["gemm_avx512"] else "left out")')"
+MKL_VERBOSE=1 ONEDNN_VERBOSE=1 $PY - <<'PYEOF' 2>&1 | grep -E "^(ATen|MKL_VERBOSE oneMKL|onednn_verbose,v1,info,cpu,isa)" | sed 's/^/  PyTorch: /' | head -3 || true
+import torch
+print("ATen CPU capability:", torch.backends.cpu.get_cpu_capability())
+a = torch.rand(64, 64)
+a @ a  # MKL sgemm: the linear layers of the workload
+torch.nn.functional.conv2d(torch.rand(8, 16, 32, 32), torch.rand(16, 16, 3, 3))  # oneDNN
+PYEOF
 run() { echo "$1" >&2; eval "$1"; }
 # Peak RSS of the training runs (kB), by GNU time.
 T=/usr/bin/time

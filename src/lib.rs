@@ -74,6 +74,7 @@ pub mod ops;
 pub mod rank;
 pub mod rundir;
 pub mod search;
+pub mod simd;
 pub mod space;
 pub mod supernet;
 pub mod train;

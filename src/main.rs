@@ -11,6 +11,10 @@ fn main() -> std::process::ExitCode {
     cli::allocator::tune_mimalloc();
     cli::threads::keep_candle_elementwise_on_caller();
     let args = cli::Cli::parse();
+    if let Err(e) = vitnas::simd::check_env() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     cli::init_logging(args.verbose);
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

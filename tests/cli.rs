@@ -385,3 +385,24 @@ fn a_missing_run_directory_is_named_in_the_error() {
         );
     }
 }
+
+/// A `VITNAS_SIMD` that names no level, or one the build lacks, is an error
+/// naming the variable and the levels available; a valid one is reported.
+#[test]
+fn a_bad_simd_level_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitnas"))
+        .args(["bench", "gemm", "--n", "16", "--threads", "1"])
+        .env("VITNAS_SIMD", "sse9")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("VITNAS_SIMD") && err.contains("scalar"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_vitnas"))
+        .args(["bench", "gemm", "--n", "16", "--threads", "1"])
+        .env("VITNAS_SIMD", "scalar")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"simd\":\"scalar\""));
+}

@@ -1,6 +1,7 @@
 //! Layer norm over rows, keeping what its backward needs.
 
 use super::{par_ok, PAR_MIN_ELEMS};
+use crate::kernels::vecmath::{norm_param_grads, norm_row, norm_row_backward};
 use rayon::prelude::*;
 
 /// Output `y = x̂ · γ + β` with the normalised rows `x̂` and `1/σ` per row.
@@ -8,19 +9,6 @@ pub struct Normed {
     pub y: Vec<f32>,
     pub xhat: Vec<f32>,
     pub rstd: Vec<f32>,
-}
-
-fn row(x: &[f32], g: &[f32], b: &[f32], eps: f32, y: &mut [f32], xhat: &mut [f32]) -> f32 {
-    let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    let rstd = 1.0 / (var + eps).sqrt();
-    for i in 0..x.len() {
-        let h = (x[i] - mean) * rstd;
-        xhat[i] = h;
-        y[i] = h * g[i] + b[i];
-    }
-    rstd
 }
 
 /// Layer norm of the `d`-wide rows of `x` with `γ = g[..d]`, `β = b[..d]`.
@@ -33,7 +21,7 @@ pub fn forward(x: &[f32], d: usize, g: &[f32], b: &[f32], eps: f32) -> Normed {
         rstd: vec![0.0; rows],
     };
     type Row<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut f32), &'a [f32]);
-    let body = |(((y, xh), r), x): Row| *r = row(x, g, b, eps, y, xh);
+    let body = |(((y, xh), r), x): Row| *r = norm_row(x, g, b, eps, y, xh);
     if par_ok(rows * d, PAR_MIN_ELEMS) {
         (out.y.par_chunks_mut(d))
             .zip(out.xhat.par_chunks_mut(d))
@@ -64,18 +52,7 @@ pub fn backward(
     let g = &g[..d];
     let rows = dy.len() / d;
     type Row<'a> = (((&'a mut [f32], &'a [f32]), &'a [f32]), &'a f32);
-    let body = |(((dx, dy), xh), &r): Row| {
-        let (mut c1, mut c2) = (0f32, 0f32);
-        for i in 0..d {
-            let t = dy[i] * g[i];
-            c1 += t;
-            c2 += t * xh[i];
-        }
-        let (c1, c2) = (c1 / d as f32, c2 / d as f32);
-        for i in 0..d {
-            dx[i] += r * (dy[i] * g[i] - c1 - xh[i] * c2);
-        }
-    };
+    let body = |(((dx, dy), xh), &r): Row| norm_row_backward(dy, xh, g, r, dx);
     if par_ok(rows * d, PAR_MIN_ELEMS) {
         (dx[..rows * d].par_chunks_mut(d))
             .zip(dy.par_chunks(d))
@@ -91,9 +68,6 @@ pub fn backward(
     }
     let (dg, db) = (&mut dg[..d], &mut db[..d]);
     for (dy, xh) in dy.chunks_exact(d).zip(n.xhat.chunks_exact(d)) {
-        for i in 0..d {
-            dg[i] += dy[i] * xh[i];
-            db[i] += dy[i];
-        }
+        norm_param_grads(dy, xh, dg, db);
     }
 }

@@ -4,6 +4,7 @@
 //! learning-rate schedule.
 
 use super::recipe::OptimizerConfig;
+use crate::kernels::vecmath::{self, AdamWStep};
 use candle_core::{Result, Tensor, Var};
 
 /// Whether a parameter is exempt from weight decay.
@@ -73,19 +74,21 @@ impl AdamW {
         let step_size = (lr / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         for (k, w) in weights.iter_mut().enumerate() {
-            let wd = if self.decay[k] {
+            let decay = if self.decay[k] {
                 (lr * self.cfg.weight_decay) as f32
             } else {
                 0.0
             };
-            let (m, v, g) = (&mut self.m[k], &mut self.v[k], &grads[k]);
-            for i in 0..w.len() {
-                let gi = g[i] * clip;
-                m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                w[i] -= wd * w[i];
-                w[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
-            }
+            let c = AdamWStep {
+                clip,
+                beta1: b1,
+                beta2: b2,
+                eps,
+                decay,
+                step_size,
+                bc2_sqrt,
+            };
+            vecmath::adamw(w, &mut self.m[k], &mut self.v[k], &grads[k], c);
         }
         norm
     }
