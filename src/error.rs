@@ -61,6 +61,10 @@ pub enum Error {
     },
 
     /// A checkpoint that cannot be read or does not match the model.
+    /// A latency dataset or predictor that cannot be used.
+    #[error("{path}: {message}")]
+    Latency { path: PathBuf, message: String },
+
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
 

@@ -69,6 +69,7 @@ pub mod eval;
 pub mod hub;
 pub mod init;
 mod kernels;
+pub mod latency;
 pub mod models;
 pub mod ops;
 pub mod rank;

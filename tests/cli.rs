@@ -406,3 +406,33 @@ fn a_bad_simd_level_is_a_clear_error() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"simd\":\"scalar\""));
 }
+
+/// `latency measure`, `fit`, `check` and `predict` end to end on a small
+/// real measurement; a truncated predictor file is a clear error.
+#[test]
+fn latency_measure_fit_and_predict_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("vitnas-cli-latency-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (csv, pred, arch) = (dir.join("l.csv"), dir.join("p.json"), dir.join("a.json"));
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (ok, _, err) = vitnas(&[
+        "latency", "measure", "search_spaces/fmnist-tiny.toml", "--n", "60", "--threads", "1",
+        "--warmup", "0", "--runs", "2", "--out", &s(&csv),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = vitnas(&["latency", "fit", &s(&csv), "--out", &s(&pred), "--mlp-steps", "20"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"kept\"") && out.contains("hat_mlp") && out.contains("additive"), "{out}");
+    let (ok, out, err) = vitnas(&["latency", "check", &s(&pred), &s(&csv)]);
+    assert!(ok && out.contains("mean_rel_error"), "{err}");
+    let (ok, out, _) = vitnas(&["arch", "sample", "search_spaces/fmnist-tiny.toml", "--largest"]);
+    assert!(ok);
+    std::fs::write(&arch, out).unwrap();
+    let (ok, out, err) = vitnas(&["latency", "predict", &s(&pred), &s(&arch)]);
+    assert!(ok && out.contains("predicted_ms"), "{err}");
+    let text = std::fs::read_to_string(&pred).unwrap();
+    std::fs::write(&pred, &text[..text.len() / 2]).unwrap();
+    let (ok, _, err) = vitnas(&["latency", "predict", &s(&pred), &s(&arch)]);
+    assert!(!ok && err.contains("p.json") && !err.contains("panicked"), "{err}");
+}

@@ -41,6 +41,7 @@ fn with_evaluator<T>(f: impl FnOnce(&Space, &Evaluator) -> T) -> T {
         val: &val,
         norm: &norm,
         device: Device::Cpu,
+        predictor: None,
     };
     f(&s, &ev)
 }
@@ -213,6 +214,7 @@ fn rec(acc: f64, p: u64, rejected: bool) -> Record {
         params: p,
         flops: p,
         latency_ms: None,
+        predicted_latency_ms: None,
         accuracy: acc,
         loss: 0.0,
         images: 1,

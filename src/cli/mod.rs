@@ -3,6 +3,7 @@
 pub mod allocator;
 mod arch;
 mod bench;
+mod latency;
 mod embed;
 mod eval;
 mod evaluate;
@@ -56,6 +57,9 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Search a trained supernet for the best architectures under constraints.
     Search(search::SearchArgs),
+    /// Latency datasets and learned latency predictors (HAT) for hardware-aware search.
+    #[command(subcommand)]
+    Latency(latency::LatencyCmd),
     /// Time the benchmark workload (fmnist-tiny supernet, random inputs; see evaluate/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -100,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Finetune(a) => finetune::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(c) => bench::run(c),
+        Command::Latency(c) => latency::run(c),
         Command::Search(a) => search::run(a),
         Command::Export(a) => export::run(a),
         Command::Embed(a) => embed::run(a),

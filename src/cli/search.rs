@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::search::config::Algorithm;
 use vitnas::search::{self, Evaluator};
+use vitnas::latency::{self, Machine, Predictor};
 use vitnas::train::TrainedRun;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -41,6 +42,11 @@ pub struct SearchArgs {
     latency_ms_max: Option<f64>,
     #[arg(long)]
     latency_batch: Option<usize>,
+    /// A latency predictor (`vitnas latency fit`): --latency-ms-max then
+    /// bounds the predicted latency and no candidate is timed; the top-k are
+    /// measured at the end and compared with their predictions.
+    #[arg(long)]
+    predictor: Option<PathBuf>,
     #[arg(long)]
     population: Option<usize>,
     #[arg(long)]
@@ -74,6 +80,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     c.flops_max = a.flops_max.or(c.flops_max);
     c.latency_ms_max = a.latency_ms_max.or(c.latency_ms_max);
     c.latency_batch = a.latency_batch.or(c.latency_batch);
+    c.latency_predictor = a.predictor.clone().or(c.latency_predictor.clone());
     cfg.population = a.population.unwrap_or(cfg.population);
     cfg.generations = a.generations.unwrap_or(cfg.generations);
     cfg.val_subset = a.val_subset.unwrap_or(cfg.val_subset);
@@ -89,9 +96,34 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     if a.top_k == 0 {
         anyhow::bail!("--top-k must be positive");
     }
+    if a.resume {
+        // A resumed search keeps its own settings, the predictor included.
+        let saved = search::Search::load_state(&out.join(search::STATE_FILE))?;
+        cfg.constraints.latency_predictor = saved.config.constraints.latency_predictor;
+    }
     cfg.validate()?;
     let (val, norm) = run.validation()?;
     let space = &run.space;
+    let predictor = match &cfg.constraints.latency_predictor {
+        Some(path) => {
+            let p = Predictor::load(path)?;
+            // The top-k are measured at the end with the predictor's thread count.
+            for w in p.check(path, space, &Machine::current(p.machine.threads))? {
+                eprintln!("warning: {w}");
+            }
+            if let Some(b) = cfg.constraints.latency_batch.filter(|&b| b != p.batch) {
+                anyhow::bail!(
+                    "--latency-batch {b} differs from the predictor's batch {} ({})",
+                    p.batch,
+                    path.display()
+                );
+            }
+            let max = cfg.constraints.latency_ms_max.context("--predictor needs --latency-ms-max")?;
+            latency::check_budget(&p, path, space, max)?;
+            Some(p)
+        }
+        None => None,
+    };
     // The search is saved after every generation: on Ctrl-C, say how to
     // continue, and exit with the resumable-interruption code.
     let hint = format!(
@@ -108,6 +140,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         val: &val,
         norm: &norm,
         device: Device::Cpu,
+        predictor: predictor.as_ref(),
     };
     let started = std::time::Instant::now();
     let state = search::run(space, cfg, &ev, &out, a.resume, true)?;
@@ -119,6 +152,10 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
             .with_context(|| p.display().to_string())?;
     }
     let best = top.first().context("no architecture was evaluated")?;
+    let check = match &predictor {
+        Some(p) => check_predictions(p, &run, &top)?,
+        None => serde_json::Value::Null,
+    };
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
@@ -126,8 +163,59 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
             "images_evaluated": s.state.images_evaluated, "eval_seconds": s.state.eval_seconds,
             "wall_seconds": started.elapsed().as_secs_f64(),
             "evals_per_second": s.state.records.len() as f64 / s.state.eval_seconds.max(1e-9),
-            "best": best,
+            "best": best, "latency_check": check,
         }))?
     );
     Ok(())
+}
+
+/// Measures the reported top-k (the protocol the predictor's dataset was
+/// measured with), prints predicted against measured for each, and flags a
+/// predictor whose error on them exceeds its recorded held-out error.
+fn check_predictions(
+    p: &Predictor,
+    run: &TrainedRun,
+    top: &[&search::Record],
+) -> anyhow::Result<serde_json::Value> {
+    let recorded = p.error().map(|e| e.p95_rel).unwrap_or(0.0);
+    let mut rows = Vec::new();
+    let mut errs = Vec::new();
+    eprintln!(
+        "latency of the top {}: predicted vs measured (batch {}, {} threads)",
+        top.len(),
+        p.batch,
+        p.machine.threads
+    );
+    // Measured as the predictor's dataset was: with its number of threads.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(p.machine.threads)
+        .build()?;
+    for (k, r) in top.iter().enumerate() {
+        let predicted = p.predict(&run.space, &r.arch);
+        let measured = pool.install(|| search::measure_latency(&run.net, &r.arch, p.batch))?;
+        let err = (predicted - measured) / measured;
+        errs.push(err.abs());
+        eprintln!(
+            "  #{}: predicted {predicted:.3} ms, measured {measured:.3} ms ({:+.1} %)",
+            k + 1,
+            100.0 * err
+        );
+        rows.push(serde_json::json!({"rank": k + 1, "predicted_ms": predicted,
+            "measured_ms": measured, "rel_error": err}));
+    }
+    let mean = errs.iter().sum::<f64>() / errs.len().max(1) as f64;
+    let worst = errs.iter().copied().fold(0.0, f64::max);
+    let flagged = worst > recorded;
+    if flagged {
+        eprintln!(
+            "FLAG: the predictor's error on these ({:.1} % worst, {:.1} % mean) exceeds its \
+             recorded held-out 95th percentile ({:.1} %): the machine may differ from the one \
+             measured, or have drifted; re-measure (`vitnas latency measure`) and refit",
+            100.0 * worst,
+            100.0 * mean,
+            100.0 * recorded
+        );
+    }
+    Ok(serde_json::json!({"rows": rows, "mean_rel_error": mean, "worst_rel_error": worst,
+        "recorded_heldout_p95_rel_error": recorded, "flagged": flagged}))
 }

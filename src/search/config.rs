@@ -135,6 +135,12 @@ impl SearchConfig {
                 ));
             }
         }
+        if c.latency_predictor.is_some() && c.latency_ms_max.is_none() {
+            return Err(bad(
+                "search.constraints.latency_predictor",
+                "needs latency_ms_max (the bound on the predicted latency)".into(),
+            ));
+        }
         if c.latency_batch == Some(0) {
             return Err(bad(
                 "search.constraints.latency_batch",
@@ -157,4 +163,8 @@ pub struct Constraints {
     /// Measured latency of the extracted subnet on this machine, in ms.
     pub latency_ms_max: Option<f64>,
     pub latency_batch: Option<usize>,
+    /// A latency predictor file (`vitnas latency fit`): `latency_ms_max`
+    /// bounds the predicted latency, and no candidate is timed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_predictor: Option<std::path::PathBuf>,
 }

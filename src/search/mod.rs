@@ -18,7 +18,7 @@ use crate::space::arch::gene_cardinalities;
 use crate::space::{flops, params, Arch, Space};
 use crate::supernet::Supernet;
 use crate::train::checkpoint::write_atomic;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use config::{Algorithm, Constraints, SearchConfig};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,9 @@ pub struct Record {
     pub flops: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
+    /// Latency predicted by the search's latency predictor (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_latency_ms: Option<f64>,
     /// Inherited-weight accuracy on the validation subset (or on the early
     /// subset when rejected early).
     pub accuracy: f64,
@@ -71,33 +74,20 @@ pub struct Evaluator<'a> {
     pub val: &'a Dataset,
     pub norm: &'a Normalize,
     pub device: Device,
+    /// Bounds latency by prediction instead of timing candidates.
+    pub predictor: Option<&'a crate::latency::Predictor>,
 }
 
 fn gen_rng(seed: u64, generation: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ (generation as u64 + 1).wrapping_mul(0xd134_2543_de82_ef95))
 }
 
-/// Measured latency (ms, median of 7 runs after 2 warm-ups) of the extracted
-/// subnet at `batch`.
+/// Measured latency (ms) of the extracted subnet at `batch`: HAT's protocol
+/// ([`crate::latency::Protocol`]: 5 warm-up runs, 20 timed, the top and
+/// bottom 10 % trimmed), the one latency datasets are measured with.
 pub fn measure_latency(net: &Supernet, arch: &Arch, batch: usize) -> Result<f64> {
-    let model = crate::engine::Model::from_vit(&net.extract(arch)?)?;
-    let i = &net.space.input;
-    let x = Tensor::zeros(
-        (batch, i.channels, i.image_size, i.image_size),
-        candle_core::DType::F32,
-        &Device::Cpu,
-    )?;
-    for _ in 0..2 {
-        model.logits(&x)?;
-    }
-    let mut t: Vec<f64> = (0..7)
-        .map(|_| {
-            let s = Instant::now();
-            model.logits(&x).map(|_| s.elapsed().as_secs_f64() * 1e3)
-        })
-        .collect::<Result<_>>()?;
-    t.sort_by(|a, b| a.total_cmp(b));
-    Ok(t[3])
+    let p = crate::latency::Protocol::default();
+    Ok(crate::latency::time_arch(net, arch, batch, &p)?.mean_ms)
 }
 
 impl Constraints {
@@ -150,6 +140,7 @@ pub struct Search<'a> {
     pub state: SearchState,
     index: HashMap<Vec<usize>, usize>,
     latency: HashMap<Vec<usize>, f64>,
+    predicted: HashMap<Vec<usize>, f64>,
 }
 
 impl<'a> Search<'a> {
@@ -170,6 +161,7 @@ impl<'a> Search<'a> {
             state,
             index: HashMap::new(),
             latency: HashMap::new(),
+            predicted: HashMap::new(),
         })
     }
 
@@ -186,11 +178,17 @@ impl<'a> Search<'a> {
             .iter()
             .filter_map(|r| r.latency_ms.map(|l| (r.genes.clone(), l)))
             .collect();
+        let predicted = state
+            .records
+            .iter()
+            .filter_map(|r| r.predicted_latency_ms.map(|l| (r.genes.clone(), l)))
+            .collect();
         Self {
             space,
             state,
             index,
             latency,
+            predicted,
         }
     }
 
@@ -219,6 +217,14 @@ impl<'a> Search<'a> {
             return Ok(false);
         }
         if let Some(max) = c.latency_ms_max {
+            if let Some(p) = ev.predictor {
+                let space = self.space;
+                let lat = *self
+                    .predicted
+                    .entry(genes.to_vec())
+                    .or_insert_with(|| p.predict(space, &arch));
+                return Ok(lat <= max);
+            }
             let lat = match self.latency.get(genes) {
                 Some(&l) => l,
                 None => {
@@ -329,6 +335,7 @@ impl<'a> Search<'a> {
             params: params(self.space, &arch),
             flops: flops(self.space, &arch),
             latency_ms: self.latency.get(genes).copied(),
+            predicted_latency_ms: self.predicted.get(genes).copied(),
             arch,
             accuracy: r.accuracy,
             loss: r.loss,

@@ -1,0 +1,218 @@
+//! `vitnas latency measure | fit | predict`: latency datasets and learned
+//! latency predictors for hardware-aware search (HAT).
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use vitnas::latency::{self, dataset, fit, Predictor, Protocol, PREDICTOR_FORMAT};
+use vitnas::{Arch, Space};
+
+#[derive(Debug, Subcommand)]
+pub enum LatencyCmd {
+    /// Time architectures of a space on this machine (extracted static
+    /// models, the engine inference of `eval` and export) into a CSV.
+    /// Resumable: run it again with the same settings to continue.
+    Measure(MeasureArgs),
+    /// Fit latency predictors on a measured CSV (HAT's MLP and an additive
+    /// per-layer cost model), report their held-out error, keep the best.
+    Fit(FitArgs),
+    /// A predictor's error on another measured CSV of the same space (e.g.
+    /// one taken later, to see drift).
+    Check {
+        predictor: PathBuf,
+        csv: PathBuf,
+    },
+    /// Predicted latency of one architecture (JSON file).
+    Predict {
+        /// A predictor file from `vitnas latency fit`.
+        predictor: PathBuf,
+        /// Architecture JSON (`vitnas arch sample`, `search`'s arch-N.json).
+        arch: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
+    /// Search-space file (e.g. search_spaces/fmnist-tiny.toml).
+    space: PathBuf,
+    /// Architectures to time (HAT: 2,000).
+    #[arg(long, default_value_t = 2000)]
+    n: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Threads of the timed inference.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Seeds the architecture sample (and the random weights timed).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Warm-up runs per architecture.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Timed runs per architecture (the top and bottom 10 % are dropped).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Output CSV.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    /// A CSV from `vitnas latency measure`.
+    csv: PathBuf,
+    /// Output predictor file (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// Fraction of the rows held out to measure the error.
+    #[arg(long, default_value_t = 0.2)]
+    holdout: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Training steps of HAT's MLP (batch 128).
+    #[arg(long, default_value_t = 3000)]
+    mlp_steps: usize,
+    /// Each row's latency: the trimmed mean or the median of its runs.
+    #[arg(long, value_enum, default_value_t = StatArg::Mean)]
+    statistic: StatArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StatArg {
+    Mean,
+    Median,
+}
+
+pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
+    match cmd {
+        LatencyCmd::Measure(a) => {
+            std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+            let space = Space::from_file(&a.space)?;
+            let opts = dataset::MeasureOptions {
+                n: a.n,
+                batch: a.batch,
+                threads: a.threads,
+                seed: a.seed,
+                protocol: Protocol {
+                    warmup: a.warmup,
+                    runs: a.runs,
+                    trim: Protocol::default().trim,
+                },
+            };
+            let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+                let b = indicatif::ProgressBar::new(a.n as u64);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} architectures  ETA {eta}")
+                        .expect("template"),
+                );
+                b
+            });
+            let started = std::time::Instant::now();
+            let n = dataset::measure(&space, &opts, &a.out, |done, total| {
+                if let Some(b) = &bar {
+                    b.set_length(total as u64);
+                    b.set_position(done as u64);
+                }
+            })?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            let m = latency::Machine::current(a.threads);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "out": a.out, "measured_now": n, "seconds": started.elapsed().as_secs_f64(),
+                    "space": space.name, "batch": a.batch, "cpu": m.cpu, "simd": m.simd,
+                    "gemm_avx512": m.gemm_avx512, "threads": a.threads,
+                }))?
+            );
+        }
+        LatencyCmd::Fit(a) => {
+            let stat = match a.statistic {
+                StatArg::Mean => dataset::Statistic::Mean,
+                StatArg::Median => dataset::Statistic::Median,
+            };
+            let d = dataset::read_with(&a.csv, stat)?;
+            let origin = a.csv.display().to_string();
+            let fitted = fit::fit(&d.space, &d.samples, a.holdout, a.seed, a.mlp_steps, &origin)?;
+            let (lo, hi) = d
+                .samples
+                .iter()
+                .fold((f64::MAX, 0f64), |(lo, hi), s| (lo.min(s.ms), hi.max(s.ms)));
+            let heldout = fitted
+                .models
+                .iter()
+                .map(|(m, e)| (m.name().to_string(), *e))
+                .collect();
+            let best = fitted.models[0].0.clone();
+            let p = Predictor {
+                format: PREDICTOR_FORMAT.into(),
+                space_name: d.header.space_name.clone(),
+                space_hash: d.header.space_hash.clone(),
+                space_toml: d.header.space_toml.clone(),
+                machine: d.header.machine.clone(),
+                batch: d.header.batch,
+                samples: d.samples.len(),
+                range_ms: [lo, hi],
+                heldout,
+                chosen_because: fitted.why.clone(),
+                model: best,
+            };
+            p.save(&a.out)?;
+            let report: Vec<serde_json::Value> = fitted
+                .models
+                .iter()
+                .map(|(m, e)| {
+                    serde_json::json!({"model": m.name(), "heldout_mean_rel_error": e.mean_rel,
+                        "heldout_p95_rel_error": e.p95_rel, "heldout_rmse_ms": e.rmse_ms, "heldout_rows": e.n})
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "out": a.out, "kept": p.model.name(), "why": fitted.why,
+                    "models": report, "rows": d.samples.len(), "latency_range_ms": [lo, hi],
+                }))?
+            );
+        }
+        LatencyCmd::Check { predictor, csv } => {
+            let p = Predictor::load(&predictor)?;
+            let d = dataset::read(&csv)?;
+            for w in p.check(&predictor, &d.space, &d.header.machine)? {
+                eprintln!("warning: {w}");
+            }
+            let pred: Vec<f64> = d.samples.iter().map(|s| p.predict(&d.space, &s.arch)).collect();
+            let truth: Vec<f64> = d.samples.iter().map(|s| s.ms).collect();
+            let e = latency::Errors::of(&pred, &truth);
+            let bias = pred.iter().zip(&truth).map(|(p, t)| (p - t) / t).sum::<f64>()
+                / truth.len().max(1) as f64;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "rows": e.n, "mean_rel_error": e.mean_rel, "p95_rel_error": e.p95_rel,
+                    "rmse_ms": e.rmse_ms, "mean_signed_rel_error": bias,
+                    "recorded_heldout": p.error(),
+                }))?
+            );
+        }
+        LatencyCmd::Predict { predictor, arch } => {
+            let p = Predictor::load(&predictor)?;
+            let space = p.space()?;
+            let a = Arch::from_json_file(&arch)?;
+            a.validate(&space)
+                .with_context(|| format!("{} in {}", arch.display(), space.name))?;
+            for w in p.check(&predictor, &space, &latency::Machine::current(p.machine.threads))? {
+                eprintln!("warning: {w}");
+            }
+            let ms = p.predict(&space, &a);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "predicted_ms": ms, "batch": p.batch, "model": p.model.name(),
+                    "heldout_mean_rel_error": p.error().map(|e| e.mean_rel),
+                }))?
+            );
+        }
+    }
+    Ok(())
+}

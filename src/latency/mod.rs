@@ -1,0 +1,311 @@
+//! Hardware-aware search (HAT, Wang et al., ACL 2020): latency datasets
+//! measured on this machine, learned latency predictors with a measured
+//! error, and the predictor a latency-constrained search consults instead
+//! of timing every candidate.
+//!
+//! * [`dataset`]: `vitnas latency measure`: architectures sampled across the
+//!   space's FLOPs range, extracted as static models and timed with the
+//!   engine inference that `eval` and export use; a resumable CSV whose
+//!   header records the space and the machine.
+//! * [`features`]: what a predictor sees of an architecture: HAT's
+//!   architecture features, or per-layer cost terms of the engine's work.
+//! * [`fit`]: HAT's MLP and an additive per-layer cost model, fitted on a
+//!   seeded split and compared on the held-out part; the better is kept.
+//! * [`Predictor`]: the fitted file (space, machine, features, errors).
+
+pub mod dataset;
+pub mod features;
+pub mod fit;
+
+use crate::error::{Error, Result};
+use crate::space::{Arch, Space};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// Format tag of predictor files.
+pub const PREDICTOR_FORMAT: &str = "vitnas-latency-predictor/1";
+
+/// The machine a latency was measured on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// CPU model name (from /proc/cpuinfo where there is one).
+    pub cpu: String,
+    /// Vector-math SIMD level ([`crate::simd::level`]).
+    pub simd: String,
+    /// Whether gemm's AVX-512 kernels are built in.
+    pub gemm_avx512: bool,
+    /// Threads of the measurement.
+    pub threads: usize,
+}
+
+impl Machine {
+    /// This machine, measuring with `threads` threads.
+    pub fn current(threads: usize) -> Machine {
+        Machine {
+            cpu: cpu_model(),
+            simd: crate::simd::level().name().to_string(),
+            gemm_avx512: crate::simd::GEMM_AVX512,
+            threads,
+        }
+    }
+
+    /// The differences from `other`, one line each (empty when the same).
+    pub fn differences(&self, other: &Machine) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.cpu != other.cpu {
+            d.push(format!("CPU {:?} vs {:?}", self.cpu, other.cpu));
+        }
+        if self.simd != other.simd || self.gemm_avx512 != other.gemm_avx512 {
+            d.push(format!(
+                "SIMD {} (gemm AVX-512 {}) vs {} (gemm AVX-512 {})",
+                self.simd, self.gemm_avx512, other.simd, other.gemm_avx512
+            ));
+        }
+        if self.threads != other.threads {
+            d.push(format!("{} threads vs {}", self.threads, other.threads));
+        }
+        d
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// A stable hash of a space's definition (FNV-1a over its TOML form): a
+/// dataset or predictor is only valid for the space it was made on.
+pub fn space_hash(space: &Space) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in space.to_toml_string().bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// HAT's timing protocol: warm-up runs, timed runs, the slowest and fastest
+/// `trim` fraction dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Protocol {
+    pub warmup: usize,
+    pub runs: usize,
+    pub trim: f64,
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Protocol {
+            warmup: 5,
+            runs: 20,
+            trim: 0.1,
+        }
+    }
+}
+
+/// One architecture's timing, in ms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Trimmed mean.
+    pub mean_ms: f64,
+    /// Standard deviation of the kept runs.
+    pub std_ms: f64,
+    pub median_ms: f64,
+}
+
+/// Times `f` under `p`.
+pub fn time(p: &Protocol, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+    for _ in 0..p.warmup {
+        f()?;
+    }
+    let mut t = Vec::with_capacity(p.runs);
+    for _ in 0..p.runs.max(1) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(|a, b| a.total_cmp(b));
+    let cut = ((t.len() as f64) * p.trim).floor() as usize;
+    let kept = if t.len() > 2 * cut {
+        &t[cut..t.len() - cut]
+    } else {
+        &t[..]
+    };
+    let mean = kept.iter().sum::<f64>() / kept.len() as f64;
+    let var = kept.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / kept.len() as f64;
+    Ok(Timing {
+        mean_ms: mean,
+        std_ms: var.sqrt(),
+        median_ms: t[t.len() / 2],
+    })
+}
+
+/// Timing of `arch` extracted from `net` as the static engine model that
+/// `eval` and export run, on zero images of `batch`.
+pub fn time_arch(
+    net: &crate::Supernet,
+    arch: &Arch,
+    batch: usize,
+    protocol: &Protocol,
+) -> Result<Timing> {
+    let model = crate::engine::Model::from_vit(&net.extract(arch)?)?;
+    let i = &net.space.input;
+    let x = candle_core::Tensor::zeros(
+        (batch, i.channels, i.image_size, i.image_size),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )?;
+    time(protocol, || model.logits(&x).map(|_| ()))
+}
+
+/// Held-out error of a predictor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Errors {
+    /// Mean of |predicted − measured| / measured.
+    pub mean_rel: f64,
+    /// 95th percentile of the relative error.
+    pub p95_rel: f64,
+    pub rmse_ms: f64,
+    /// Held-out rows.
+    pub n: usize,
+}
+
+impl Errors {
+    pub fn of(pred: &[f64], truth: &[f64]) -> Errors {
+        let mut rel: Vec<f64> = pred
+            .iter()
+            .zip(truth)
+            .map(|(p, t)| (p - t).abs() / t)
+            .collect();
+        rel.sort_by(|a, b| a.total_cmp(b));
+        let n = rel.len().max(1);
+        let p95 = rel
+            .get(((rel.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0);
+        let mse = pred.iter().zip(truth).map(|(p, t)| (p - t).powi(2)).sum::<f64>() / n as f64;
+        Errors {
+            mean_rel: rel.iter().sum::<f64>() / n as f64,
+            p95_rel: p95,
+            rmse_ms: mse.sqrt(),
+            n: rel.len(),
+        }
+    }
+}
+
+/// A fitted latency predictor and what it was fitted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Predictor {
+    pub format: String,
+    pub space_name: String,
+    pub space_hash: String,
+    /// The space's definition, so that the file stands alone.
+    pub space_toml: String,
+    pub machine: Machine,
+    pub batch: usize,
+    /// Rows of the dataset (training + held out).
+    pub samples: usize,
+    /// Measured latency range of the dataset (ms).
+    pub range_ms: [f64; 2],
+    /// Held-out error of every model fitted, by name.
+    pub heldout: BTreeMap<String, Errors>,
+    /// Why the kept model was kept.
+    pub chosen_because: String,
+    pub model: fit::Model,
+}
+
+impl Predictor {
+    pub fn load(path: &Path) -> Result<Predictor> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let p: Predictor = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: path.into(),
+            error: e,
+        })?;
+        if p.format != PREDICTOR_FORMAT {
+            return Err(Error::Latency {
+                path: path.into(),
+                message: format!(
+                    "format {:?} is not a latency predictor ({PREDICTOR_FORMAT})",
+                    p.format
+                ),
+            });
+        }
+        p.space()?;
+        Ok(p)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("predictor serializes");
+        crate::train::checkpoint::write_atomic(path, text.as_bytes())
+    }
+
+    /// The space it was fitted on.
+    pub fn space(&self) -> Result<Space> {
+        Space::from_toml_str(&self.space_toml, &format!("predictor of {}", self.space_name))
+    }
+
+    /// Refuses `space` unless it is the predictor's; returns warnings about
+    /// the machine when it differs from the one measured.
+    pub fn check(&self, path: &Path, space: &Space, machine: &Machine) -> Result<Vec<String>> {
+        let h = space_hash(space);
+        if h != self.space_hash {
+            return Err(Error::Latency {
+                path: path.into(),
+                message: format!(
+                    "fitted on space `{}` ({}), not on `{}` ({h}): measure and fit this space \
+                     (`vitnas latency measure`, `vitnas latency fit`)",
+                    self.space_name, self.space_hash, space.name
+                ),
+            });
+        }
+        Ok(self
+            .machine
+            .differences(machine)
+            .into_iter()
+            .map(|d| {
+                format!(
+                    "{}: measured on another machine kind ({d}); its predictions may be off here",
+                    path.display()
+                )
+            })
+            .collect())
+    }
+
+    /// Predicted latency of `arch` (ms).
+    pub fn predict(&self, space: &Space, arch: &Arch) -> f64 {
+        self.model.predict(space, arch)
+    }
+
+    /// The kept model's held-out error.
+    pub fn error(&self) -> Option<&Errors> {
+        self.heldout.get(self.model.name())
+    }
+}
+
+/// Refuses a latency budget that no architecture of `space` meets by
+/// prediction: below the smallest subnet's predicted latency (the fastest
+/// the predictor knows), naming the predicted range.
+pub fn check_budget(p: &Predictor, path: &Path, space: &Space, max_ms: f64) -> Result<()> {
+    let lo = p.predict(space, &space.smallest());
+    let hi = p.predict(space, &space.largest());
+    if max_ms < lo {
+        return Err(Error::Latency {
+            path: path.into(),
+            message: format!(
+                "latency budget {max_ms} ms is below the smallest subnet's predicted latency: \
+                 predictions range from {lo:.3} ms (smallest) to {hi:.3} ms (largest) at batch {}",
+                p.batch
+            ),
+        });
+    }
+    Ok(())
+}

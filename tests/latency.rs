@@ -1,0 +1,171 @@
+//! Latency datasets, predictors and latency-constrained search (HAT).
+
+mod common;
+
+use candle_core::Device;
+use common::{repo_path, space, supernet};
+use vitnas::data::batch::Normalize;
+use vitnas::data::{idx, Split};
+use vitnas::latency::{self, dataset, fit, Machine, Predictor, Protocol};
+use vitnas::search::config::SearchConfig;
+use vitnas::search::{self, Evaluator};
+
+fn tmp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vitnas-latency-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn quick(n: usize) -> dataset::MeasureOptions {
+    dataset::MeasureOptions {
+        n,
+        batch: 1,
+        threads: 1,
+        seed: 4,
+        protocol: Protocol {
+            warmup: 1,
+            runs: 3,
+            trim: 0.1,
+        },
+    }
+}
+
+fn data_rows(csv: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(csv)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("index,"))
+        .map(String::from)
+        .collect()
+}
+
+/// A predictor fitted on a real (quick) measurement of fmnist-tiny.
+fn predictor(dir: &std::path::Path) -> (Predictor, std::path::PathBuf) {
+    let s = space("fmnist-tiny");
+    let csv = dir.join("lat.csv");
+    dataset::measure(&s, &quick(60), &csv, |_, _| {}).unwrap();
+    let d = dataset::read(&csv).unwrap();
+    let f = fit::fit(&d.space, &d.samples, 0.2, 0, 30, "test").unwrap();
+    let p = Predictor {
+        format: latency::PREDICTOR_FORMAT.into(),
+        space_name: d.header.space_name.clone(),
+        space_hash: d.header.space_hash.clone(),
+        space_toml: d.header.space_toml.clone(),
+        machine: d.header.machine.clone(),
+        batch: 1,
+        samples: d.samples.len(),
+        range_ms: [0.0, 1.0],
+        heldout: f.models.iter().map(|(m, e)| (m.name().to_string(), *e)).collect(),
+        chosen_because: f.why.clone(),
+        model: f.models[0].0.clone(),
+    };
+    let path = dir.join("predictor.json");
+    p.save(&path).unwrap();
+    (Predictor::load(&path).unwrap(), path)
+}
+
+#[test]
+fn a_measurement_resumes_after_a_kill_and_refuses_other_settings() {
+    let s = space("fmnist-tiny");
+    let dir = tmp("resume");
+    let csv = dir.join("lat.csv");
+    assert_eq!(dataset::measure(&s, &quick(12), &csv, |_, _| {}).unwrap(), 12);
+    let full = data_rows(&csv);
+    // A kill: the last row half written, the one before lost.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let cut = text.trim_end().rfind('\n').unwrap();
+    let cut = text[..cut].rfind('\n').unwrap() + 1;
+    std::fs::write(&csv, format!("{}{}", &text[..cut], "11,0 1 2")).unwrap();
+    assert_eq!(data_rows(&csv).len(), 11); // 10 whole rows + the partial one
+    assert_eq!(dataset::measure(&s, &quick(12), &csv, |_, _| {}).unwrap(), 2);
+    let again = data_rows(&csv);
+    assert_eq!(again.len(), 12);
+    let idx = |rows: &[String]| {
+        let mut v: Vec<String> = rows.iter().map(|r| r.split(',').take(2).collect::<Vec<_>>().join(",")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(idx(&full), idx(&again), "the same architectures, by index");
+    let mut other = quick(12);
+    other.batch = 2;
+    let e = dataset::measure(&s, &other, &csv, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("lat.csv") && e.contains("batch"), "{e}");
+    let e = dataset::measure(&space("autoformer-tiny"), &quick(12), &csv, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("space"), "{e}");
+}
+
+#[test]
+fn fitting_needs_enough_rows_and_a_predictor_is_refused_for_another_space() {
+    let s = space("fmnist-tiny");
+    let dir = tmp("fit");
+    let csv = dir.join("few.csv");
+    dataset::measure(&s, &quick(20), &csv, |_, _| {}).unwrap();
+    let d = dataset::read(&csv).unwrap();
+    let e = fit::fit(&d.space, &d.samples, 0.2, 0, 10, "few.csv").unwrap_err().to_string();
+    assert!(e.contains("20 measured") && e.contains(&fit::MIN_SAMPLES.to_string()), "{e}");
+
+    let (p, path) = predictor(&dir);
+    // Both models were fitted and scored on held-out rows.
+    assert_eq!(p.heldout.len(), 2);
+    assert!(p.heldout.values().all(|e| e.n == 12 && e.mean_rel.is_finite()));
+    // Predictions grow with the work.
+    assert!(p.predict(&s, &s.largest()) > p.predict(&s, &s.smallest()));
+    // Same space: accepted, no warning on this machine.
+    assert!(p.check(&path, &s, &Machine::current(1)).unwrap().is_empty());
+    // Another machine setting: a warning naming it.
+    let w = p.check(&path, &s, &Machine::current(7)).unwrap();
+    assert!(w.len() == 1 && w[0].contains("threads"), "{w:?}");
+    // Another space: refused, naming both.
+    let e = p.check(&path, &space("autoformer-tiny"), &Machine::current(1)).unwrap_err().to_string();
+    assert!(e.contains("fmnist-tiny") && e.contains("autoformer-tiny"), "{e}");
+    // A budget below the smallest subnet's prediction: refused with the range.
+    let e = latency::check_budget(&p, &path, &s, 1e-6).unwrap_err().to_string();
+    assert!(e.contains("predictions range from"), "{e}");
+}
+
+#[test]
+fn a_latency_constrained_search_predicts_and_times_no_candidate() {
+    let s = space("fmnist-tiny");
+    let dir = tmp("search");
+    let (p, path) = predictor(&dir);
+    let (net, _vm) = supernet(&s, 5);
+    let val = idx::load_split(&repo_path("data/fashion-mnist-sample"), Split::Test)
+        .unwrap()
+        .head(32);
+    let norm = Normalize {
+        mean: vec![0.286],
+        std: vec![0.353],
+    };
+    let budget = 0.5 * (p.predict(&s, &s.smallest()) + p.predict(&s, &s.largest()));
+    let mut cfg = SearchConfig {
+        population: 6,
+        generations: 2,
+        parents: 2,
+        mutations: 2,
+        crossovers: 2,
+        val_subset: 32,
+        eval_batch_size: 32,
+        seed: 3,
+        ..SearchConfig::default()
+    };
+    cfg.constraints.latency_ms_max = Some(budget);
+    cfg.constraints.latency_predictor = Some(path);
+    let ev = Evaluator {
+        net: &net,
+        val: &val,
+        norm: &norm,
+        device: Device::Cpu,
+        predictor: Some(&p),
+    };
+    let state = search::run(&s, cfg, &ev, &dir.join("out"), false, false).unwrap();
+    assert!(!state.records.is_empty());
+    for r in &state.records {
+        assert_eq!(r.latency_ms, None, "no candidate is timed");
+        let pred = r.predicted_latency_ms.expect("every candidate is predicted");
+        assert!(pred <= budget);
+        assert_eq!(pred, p.predict(&s, &r.arch));
+    }
+}
