@@ -250,7 +250,10 @@ fn rank_harness_runs_end_to_end_and_skips_finished_work() {
             lr: None,
             warmup_epochs: Some(0.0),
             batch_size: Some(64),
+            seed: None,
+            train_limit: None,
         },
+        reference: Vec::new(),
     };
     let flag = AtomicBool::new(false);
     let o = rank::Options {
@@ -293,6 +296,39 @@ fn rank_harness_runs_end_to_end_and_skips_finished_work() {
     )
     .unwrap();
     assert_eq!(kept.entries, rep.entries);
+
+    // A second standalone seed of the same architectures, on the same split.
+    let mut s1 = cfg.clone();
+    s1.output_dir = out.join("rank-s1");
+    s1.standalone.seed = Some(1);
+    let rep1 = rank::run(&s1, &o).unwrap();
+    assert!(rep1.complete);
+    let split = |d: &std::path::Path| std::fs::read_to_string(d.join("data-split.json")).unwrap();
+    assert_eq!(
+        split(&rep.entries[0].standalone_dir),
+        split(&rep1.entries[0].standalone_dir),
+        "another seed, the same validation split"
+    );
+    // Reusing both as the reference set trains nothing, takes the means
+    // and reports the seed-to-seed correlation as the noise ceiling.
+    let mut reuse = cfg.clone();
+    reuse.output_dir = out.join("rank-reuse");
+    reuse.reference = vec![cfg.output_dir.clone(), s1.output_dir.clone()];
+    let r = rank::run(&reuse, &o).unwrap();
+    assert!(r.complete && r.noise_ceiling_test.is_some());
+    assert!(!reuse.output_dir.join("standalone").exists(), "nothing trained");
+    for ((e, a), b) in r.entries.iter().zip(&rep.entries).zip(&rep1.entries) {
+        let (a, b) = (a.standalone_test.unwrap(), b.standalone_test.unwrap());
+        assert_eq!(e.standalone_test_per_reference, vec![a, b]);
+        assert!((e.standalone_test.unwrap() - (a + b) / 2.0).abs() < 1e-12);
+        assert_eq!(e.inherited_test, rep.entries[e.index].inherited_test);
+    }
+    // A reference trained with another budget is refused, naming it.
+    let mut other_budget = reuse.clone();
+    other_budget.output_dir = out.join("rank-reuse-2");
+    other_budget.standalone.epochs = 2;
+    let msg = rank::run(&other_budget, &o).unwrap_err().to_string();
+    assert!(msg.contains("standalone") && msg.contains("rank.json"), "{msg}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -28,6 +28,14 @@ pub struct RankArgs {
     seed: Option<u64>,
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// The supernet's training recipe (overrides the experiment's
+    /// `supernet`): compare several supernets against one reference set.
+    #[arg(long)]
+    supernet: Option<PathBuf>,
+    /// Reuse the standalone results of these earlier experiments' output
+    /// directories instead of training (repeatable; overrides `reference`).
+    #[arg(long)]
+    reference: Vec<PathBuf>,
 }
 
 fn load(path: &PathBuf) -> anyhow::Result<RankConfig> {
@@ -52,7 +60,10 @@ fn load(path: &PathBuf) -> anyhow::Result<RankConfig> {
             lr: None,
             warmup_epochs: None,
             batch_size: None,
+            seed: None,
+            train_limit: None,
         },
+        reference: Vec::new(),
     })
 }
 
@@ -70,6 +81,12 @@ pub fn run(c: EvaluateCmd) -> anyhow::Result<()> {
     }
     if let Some(d) = a.output_dir {
         cfg.output_dir = d;
+    }
+    if let Some(sn) = a.supernet {
+        cfg.supernet = sn;
+    }
+    if !a.reference.is_empty() {
+        cfg.reference = a.reference;
     }
     cfg.validate(&format!(
         "{} (with command-line overrides)",
@@ -90,6 +107,7 @@ pub fn run(c: EvaluateCmd) -> anyhow::Result<()> {
             "complete": report.complete,
             "test": report.test,
             "val": report.val,
+            "noise_ceiling_test": report.noise_ceiling_test,
         }))?
     );
     if !report.complete {

@@ -49,6 +49,14 @@ pub struct RankConfig {
     #[serde(default = "default_top_k")]
     pub top_k: usize,
     pub standalone: Budget,
+    /// Output directories of earlier experiments (same architectures, same
+    /// standalone budget, e.g. one per standalone seed) whose standalone
+    /// results are reused instead of training: standalone accuracy does not
+    /// depend on the supernet. Each entry takes the mean over the
+    /// references; with two or more, the rank correlation between the first
+    /// two is the noise ceiling of every τ.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference: Vec<PathBuf>,
 }
 
 fn default_k() -> usize {
@@ -71,6 +79,25 @@ pub struct Budget {
     pub warmup_epochs: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// Seeds the standalone runs' initialisation and data order (default:
+    /// the supernet recipe's seed); the validation split stays the
+    /// supernet's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Train on the first N training examples only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_limit: Option<usize>,
+}
+
+impl Budget {
+    /// The same budget apart from the seed (what reuse requires).
+    fn same_apart_from_seed(&self, other: &Budget) -> bool {
+        let strip = |b: &Budget| Budget {
+            seed: None,
+            ..b.clone()
+        };
+        strip(self) == strip(other)
+    }
 }
 
 impl RankConfig {
@@ -109,6 +136,9 @@ impl RankConfig {
         if b.batch_size == Some(0) {
             return Err(bad("standalone.batch_size", "must be at least 1".into()));
         }
+        if b.train_limit == Some(0) {
+            return Err(bad("standalone.train_limit", "must be at least 1".into()));
+        }
         if let Some(lr) = b.lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
             return Err(bad(
                 "standalone.lr",
@@ -138,6 +168,13 @@ impl RankConfig {
         if let Some(b) = self.standalone.batch_size {
             r.train.batch_size = b;
         }
+        if let Some(seed) = self.standalone.seed {
+            r.data.split_seed = Some(r.data.split_seed.unwrap_or(r.seed));
+            r.seed = seed;
+        }
+        if let Some(n) = self.standalone.train_limit {
+            r.data.train_limit = Some(n);
+        }
         r
     }
 }
@@ -155,6 +192,10 @@ pub struct Entry {
     pub standalone_test: Option<f64>,
     pub standalone_dir: PathBuf,
     pub standalone_wall_s: Option<f64>,
+    /// With references: each reference's standalone test accuracy (the
+    /// `standalone_*` fields hold their means).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standalone_test_per_reference: Vec<f64>,
 }
 
 /// Correlation of inherited with standalone accuracy on one split.
@@ -190,6 +231,10 @@ pub struct Report {
     /// Over the entries with both accuracies (all of them once complete).
     pub test: Option<PairStats>,
     pub val: Option<PairStats>,
+    /// Standalone test accuracy of the first reference against the second
+    /// (two seeds of the same architectures): no τ can be trusted beyond it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_ceiling_test: Option<PairStats>,
     pub complete: bool,
 }
 
@@ -209,6 +254,13 @@ impl Report {
         };
         self.test = pairs(|e| (e.inherited_test, e.standalone_test));
         self.val = pairs(|e| (e.inherited_val, e.standalone_val));
+        let (a, b): (Vec<f64>, Vec<f64>) = self
+            .entries
+            .iter()
+            .filter(|e| e.standalone_test_per_reference.len() >= 2)
+            .map(|e| (e.standalone_test_per_reference[0], e.standalone_test_per_reference[1]))
+            .unzip();
+        self.noise_ceiling_test = (a.len() >= 2).then(|| PairStats::of(&a, &b, k));
         self.complete = self
             .entries
             .iter()
@@ -348,6 +400,61 @@ fn accuracy(
     Ok(evaluate(ds, norm, batch, &Device::Cpu, f)?.accuracy)
 }
 
+/// Fills every entry's standalone results from `cfg.reference` (means over
+/// the references), refusing references of another budget or without a
+/// result for one of the architectures.
+fn reuse_references(cfg: &RankConfig, entries: &mut [Entry]) -> Result<()> {
+    let mut refs = Vec::new();
+    for dir in &cfg.reference {
+        let path = if dir.is_dir() {
+            dir.join(REPORT_FILE)
+        } else {
+            dir.clone()
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let r: Report = serde_json::from_str(&text).map_err(|error| Error::Json {
+            path: path.clone(),
+            error,
+        })?;
+        if !r.config.standalone.same_apart_from_seed(&cfg.standalone) {
+            return Err(Error::InvalidConfig {
+                file: path.display().to_string(),
+                field: "standalone".into(),
+                message: format!(
+                    "reference budget {:?} differs from this experiment's {:?} (only the seed may differ)",
+                    r.config.standalone, cfg.standalone
+                ),
+            });
+        }
+        refs.push((path, r));
+    }
+    for e in entries.iter_mut() {
+        let mut vals = Vec::new();
+        let mut tests = Vec::new();
+        for (path, r) in &refs {
+            let hit = r
+                .entries
+                .iter()
+                .find(|o| o.arch == e.arch && o.standalone_test.is_some())
+                .ok_or_else(|| Error::Data {
+                    source_name: path.display().to_string(),
+                    message: format!(
+                        "has no standalone result for architecture {} (run that experiment to completion, with the same k and seed)",
+                        e.arch.to_json()
+                    ),
+                })?;
+            vals.extend(hit.standalone_val);
+            tests.extend(hit.standalone_test);
+        }
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        e.standalone_val = mean(&vals);
+        e.standalone_test = mean(&tests);
+        e.standalone_test_per_reference = tests;
+        e.standalone_dir = refs[0].0.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    Ok(())
+}
+
 /// Runs (or continues) the harness. Returns the report so far; it is
 /// complete unless interrupted.
 pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
@@ -360,6 +467,7 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         entries: Vec::new(),
         test: None,
         val: None,
+        noise_ceiling_test: None,
         complete: false,
     };
     if !ensure_supernet(&recipe, opts)? {
@@ -383,8 +491,12 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
             standalone_test: None,
             standalone_dir: out.join("standalone").join(format!("arch-{i:02}")),
             standalone_wall_s: None,
+            standalone_test_per_reference: Vec::new(),
         })
         .collect();
+    if !cfg.reference.is_empty() {
+        reuse_references(cfg, &mut report.entries)?;
+    }
     // What an earlier run of the same experiment already measured.
     if let Ok(text) = std::fs::read_to_string(out.join(REPORT_FILE)) {
         if let Ok(old) = serde_json::from_str::<Report>(&text) {

@@ -51,6 +51,10 @@ pub struct DataConfig {
     pub path: Option<PathBuf>,
     /// Examples held out of the training split for validation (seeded).
     pub val_size: usize,
+    /// Seeds the validation split instead of `seed`: runs with different
+    /// seeds (e.g. standalone reference runs) then share one split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
     /// Use only the first N training examples (after the validation split).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_limit: Option<usize>,
