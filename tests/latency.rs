@@ -169,3 +169,25 @@ fn a_latency_constrained_search_predicts_and_times_no_candidate() {
         assert_eq!(pred, p.predict(&s, &r.arch));
     }
 }
+
+#[test]
+fn empty_and_malformed_datasets_are_clear_errors() {
+    let s = space("fmnist-tiny");
+    let dir = tmp("malformed");
+    let empty = dir.join("empty.csv");
+    std::fs::write(&empty, "").unwrap();
+    let e = dataset::read(&empty).err().unwrap().to_string();
+    assert!(e.contains("empty.csv") && e.contains("not a latency dataset"), "{e}");
+    let csv = dir.join("bad.csv");
+    dataset::measure(&s, &quick(5), &csv, |_, _| {}).unwrap();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    for (bad, want) in [
+        ("5,0 1,64\n", "line"),
+        ("5,0 1 x,64,4,2 2 2 2,2 2 2 2,1,1,0.1,0.0,0.1\n", "genes"),
+        ("5,0 0 0 0 0 0 0 0 0 0 0 0 0 0,64,4,2 2 2 2,2 2 2 2,1,1,-3,0.0,0.1\n", "mean_ms"),
+    ] {
+        std::fs::write(&csv, format!("{text}{bad}")).unwrap();
+        let e = dataset::read(&csv).err().unwrap().to_string();
+        assert!(e.contains("bad.csv") && e.contains(want), "{e}");
+    }
+}
