@@ -8,7 +8,7 @@ use super::data::load_test;
 use super::loss;
 use super::optim::{lr_at, AdamW};
 use super::recipe::{NonFinite, Recipe};
-use super::step::{accumulate, accumulate_on_engine, Backend, Forward, Params, StepLosses};
+use super::step::{accumulate_groups, Batch, Forward, Params, Path as StepPath, StepLosses};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::trainee::{RunKind, Trainee};
 use super::{standalone, step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
@@ -120,23 +120,21 @@ pub(crate) fn run(
         let (x, y) = batches.get(step, &mut rng)?;
         let plan = trainee.plan(space, step, &mut rng);
         grads.iter_mut().for_each(|g| g.fill(0.0));
-        let ls = recipe.loss.label_smoothing;
-        let out = match &flat.engine {
-            Some((w, cfg)) => {
-                accumulate_on_engine(w, cfg, &plan, &x, &y, ls, distill.as_deref(), &mut grads)?
-            }
-            None => accumulate(
-                trainee.net(),
-                &params,
-                &plan,
-                &x,
-                &y,
-                ls,
-                distill.as_deref(),
-                &mut grads,
-                Backend::Engine,
-            )?,
+        let path = match &flat.engine {
+            Some((weights, config)) => StepPath::Engine { weights, config },
+            None => StepPath::Autograd {
+                net: trainee.net(),
+                params: &params,
+            },
         };
+        let batch = Batch {
+            images: &x,
+            labels: &y,
+            label_smoothing: recipe.loss.label_smoothing,
+            distill: distill.as_deref(),
+        };
+        let one_group = vec![0; plan.archs.len()];
+        let out = accumulate_groups(path, &plan, batch, &one_group, &mut [&mut grads[..]])?;
         let lr = schedule.lr(step, recipe);
         match out.nonfinite {
             Some(k) => {
