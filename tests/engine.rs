@@ -6,9 +6,10 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{images, max_abs, max_abs_diff, space, supernet, uniform};
+use common::{images, max_abs, max_abs_diff, scaled_supernet, space, supernet, uniform, SWITCHES};
 use rand::{rngs::StdRng, SeedableRng};
 use vitnas::engine::{self, Config, Weights};
+use vitnas::supernet::scaling::Switch;
 use vitnas::train::loss::{AlphaDivergence, Distill, Kl};
 use vitnas::train::sampler::{Sampler, Sandwich};
 use vitnas::train::step::{accumulate, Backend, Params};
@@ -18,9 +19,25 @@ use vitnas::{Arch, Space};
 /// constants (so their gradients are tested on generic values).
 fn perturbed(space: &Space) -> (vitnas::Supernet, Params) {
     let (net, vm) = supernet(space, 3);
-    let params = Params::from_varmap(&vm);
-    for (i, v) in params.vars.iter().enumerate() {
-        let t = (v.as_tensor() + uniform(v.dims(), 100 + i as u64, 0.05)).unwrap();
+    perturb(net, &vm)
+}
+
+/// A supernet with scaling layers (`switch`), every scale in [0.5, 1.5)
+/// (each row and column its own value), the rest as [`perturbed`].
+fn perturbed_scaled(space: &Space, switch: Switch) -> (vitnas::Supernet, Params) {
+    let (net, vm) = scaled_supernet(space, 3, switch, 1.0);
+    perturb(net, &vm)
+}
+
+fn perturb(net: vitnas::Supernet, vm: &candle_nn::VarMap) -> (vitnas::Supernet, Params) {
+    let params = Params::from_varmap(vm);
+    for (i, (v, name)) in params.vars.iter().zip(&params.names).enumerate() {
+        let spread = if name.contains(".scaling.") {
+            0.5
+        } else {
+            0.05
+        };
+        let t = (v.as_tensor() + uniform(v.dims(), 100 + i as u64, spread)).unwrap();
         v.set(&t).unwrap();
     }
     (net, params)
@@ -70,10 +87,14 @@ fn engine_logits_match_the_supernet() {
 }
 
 fn logits_match(space: &Space) {
+    let (net, params) = perturbed(space);
+    logits_match_net(space, &net, &params);
+}
+
+fn logits_match_net(space: &Space, net: &vitnas::Supernet, params: &Params) {
     let space = space.clone();
-    let (net, params) = perturbed(&space);
     let w = Weights::from_tensors(&params.tensors()).unwrap();
-    let cfg = Config::from_space(&space);
+    let cfg = Config::from_supernet(net);
     let x = images(&space, 3, 1);
     let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let classes = space.input.num_classes;
@@ -109,10 +130,14 @@ fn engine_gradients_match_candle_autograd() {
 }
 
 fn gradients_match(space: &Space) {
+    let (net, params) = perturbed(space);
+    gradients_match_net(space, &net, &params);
+}
+
+fn gradients_match_net(space: &Space, net: &vitnas::Supernet, params: &Params) {
     let space = space.clone();
-    let (net, params) = perturbed(&space);
     let w = Weights::from_tensors(&params.tensors()).unwrap();
-    let cfg = Config::from_space(&space);
+    let cfg = Config::from_supernet(net);
     let b = 5;
     let x = images(&space, b, 2);
     let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -269,5 +294,19 @@ fn engine_and_autograd_sandwich_steps_agree() {
                 );
             }
         }
+    }
+}
+
+/// With scaling layers under every switch, on the odd-sized space: the
+/// engine's logits and every gradient (the scaling tables' included, zero
+/// outside the row and columns the subnet uses) agree with the candle
+/// supernet and its autograd.
+#[test]
+fn engine_matches_the_supernet_with_scaling_layers() {
+    let space = odd_space();
+    for switch in SWITCHES {
+        let (net, params) = perturbed_scaled(&space, switch);
+        logits_match_net(&space, &net, &params);
+        gradients_match_net(&space, &net, &params);
     }
 }

@@ -373,6 +373,14 @@ fn every_shipped_recipe_parses_and_invalid_ones_name_the_field() {
     assert!(msg.contains("num_rand"), "{msg}");
 }
 
+#[test]
+fn scaling_tables_get_no_weight_decay() {
+    use vitnas::train::optim::no_weight_decay;
+    assert!(no_weight_decay("vit.encoder.layer.3.scaling.attention"));
+    assert!(no_weight_decay("vit.encoder.layer.0.scaling.mlp"));
+    assert!(!no_weight_decay("vit.encoder.layer.0.output.dense.weight"));
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -36,7 +36,7 @@ pub use session::resume;
 pub(crate) use session::start;
 pub use summary::Summary;
 pub use trained::TrainedRun;
-pub use trainee::{build_supernet, RunKind};
+pub use trainee::{build_scaled_supernet, build_supernet, RunKind};
 
 use crate::error::Result;
 use crate::space::Space;

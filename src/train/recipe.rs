@@ -5,6 +5,7 @@
 use crate::data::batch::{Augment, Normalize};
 use crate::data::Format;
 use crate::error::{Error, Result};
+use crate::supernet::scaling::ScalingConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,9 @@ pub struct Recipe {
     pub init: crate::init::InitScheme,
     pub data: DataConfig,
     pub sampler: SamplerConfig,
+    /// Switchable scaling layers of the supernet (none when left out).
+    #[serde(default, skip_serializing_if = "ScalingConfig::is_default")]
+    pub scaling: ScalingConfig,
     pub loss: LossConfig,
     pub optimizer: OptimizerConfig,
     pub train: TrainConfig,
@@ -327,6 +331,13 @@ impl Recipe {
                 ));
             }
             _ => {}
+        }
+        let sc = &self.scaling;
+        if !non_negative(sc.init) {
+            return Err(bad(
+                "scaling.init",
+                &format!("{} must be a non-negative number", sc.init),
+            ));
         }
         if let DistillConfig::Alpha {
             alpha_min,

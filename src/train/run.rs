@@ -50,14 +50,7 @@ pub(crate) fn run(
     let origin = restore
         .as_ref()
         .map(|_| standalone::Init::Scratch(recipe.init));
-    let (trainee, params) = Trainee::build(
-        &kind,
-        space,
-        recipe.seed,
-        recipe.init,
-        &recipe.sampler,
-        origin,
-    )?;
+    let (trainee, params) = Trainee::build(&kind, space, recipe, origin)?;
     let schedule = Schedule::new(recipe, train)?;
     let mut opt = AdamW::new(&params.names, &params.sizes(), recipe.optimizer.clone());
     let mut state = TrainState {

@@ -88,12 +88,14 @@ pub fn read_arch_file(dir: &Path) -> Result<(Arch, Space)> {
 }
 
 /// A recipe made standalone: one architecture, no distillation (there is
-/// no teacher), the rest (data, optimizer, schedule) as given.
+/// no teacher), no supernet scaling layers, the rest (data, optimizer,
+/// schedule) as given.
 fn standalone_recipe(recipe: &Recipe, output_dir: PathBuf) -> Recipe {
     let mut r = recipe.clone();
     r.output_dir = output_dir;
     r.init_from = None;
     r.loss.distill = DistillConfig::None;
+    r.scaling = Default::default();
     r
 }
 

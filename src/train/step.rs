@@ -85,7 +85,7 @@ impl Forward for Supernet {
         self.forward(images, arch, true)
     }
     fn engine_config(&self) -> Option<engine::Config> {
-        Some(engine::Config::from_space(&self.space))
+        Some(engine::Config::from_supernet(self))
     }
 }
 
