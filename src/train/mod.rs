@@ -8,7 +8,7 @@
 //! - `run.rs`: the loop — batch, sample, step, optimise, log,
 //!   validate, checkpoint;
 //! - [`step`]: one step's forward and backward over the sampled subnets;
-//!   [`sampler`], [`loss`] and [`optim`] are its strategies;
+//!   [`sampler`], [`gradient`], [`loss`] and [`optim`] are its strategies;
 //! - [`checkpoint`]: atomic checkpoint files and their restore;
 //! - [`summary`]: what a run returns; [`TrainedRun`]: a run loaded for use.
 //!
@@ -19,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod gradient;
 pub mod loss;
 pub mod optim;
 pub mod recipe;

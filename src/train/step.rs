@@ -1,6 +1,7 @@
 //! One optimizer step's forward/backward work: every subnet of a [`Plan`]
 //! in turn, gradients accumulated into flat per-parameter buffers, one set
-//! per group of subnets (the caller says which subnets share a group).
+//! per group of subnets (a gradient strategy, [`super::gradient`], says
+//! which subnets share a group and combines the groups).
 //!
 //! One loop serves both ways of computing a subnet's gradients: the
 //! [`engine`] or candle's autograd, chosen by the [`Path`] value the caller
