@@ -6,21 +6,39 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{images, max_abs, max_abs_diff, space, supernet, uniform};
+use common::{images, max_abs, max_abs_diff, scaled_supernet, space, supernet, uniform, SWITCHES};
 use rand::{rngs::StdRng, SeedableRng};
 use vitnas::engine::{self, Config, Weights};
+use vitnas::supernet::scaling::Switch;
+use vitnas::train::gradient::{GradientStrategy, Nasvit};
 use vitnas::train::loss::{AlphaDivergence, Distill, Kl};
 use vitnas::train::sampler::{Sampler, Sandwich};
-use vitnas::train::step::{accumulate, Backend, Params};
+use vitnas::train::step::{accumulate, accumulate_groups, Backend, Batch, Params, Path};
 use vitnas::{Arch, Space};
 
 /// A supernet whose biases and norm parameters are not at their initial
 /// constants (so their gradients are tested on generic values).
 fn perturbed(space: &Space) -> (vitnas::Supernet, Params) {
     let (net, vm) = supernet(space, 3);
-    let params = Params::from_varmap(&vm);
-    for (i, v) in params.vars.iter().enumerate() {
-        let t = (v.as_tensor() + uniform(v.dims(), 100 + i as u64, 0.05)).unwrap();
+    perturb(net, &vm)
+}
+
+/// A supernet with scaling layers (`switch`), every scale in [0.5, 1.5)
+/// (each row and column its own value), the rest as [`perturbed`].
+fn perturbed_scaled(space: &Space, switch: Switch) -> (vitnas::Supernet, Params) {
+    let (net, vm) = scaled_supernet(space, 3, switch, 1.0);
+    perturb(net, &vm)
+}
+
+fn perturb(net: vitnas::Supernet, vm: &candle_nn::VarMap) -> (vitnas::Supernet, Params) {
+    let params = Params::from_varmap(vm);
+    for (i, (v, name)) in params.vars.iter().zip(&params.names).enumerate() {
+        let spread = if name.contains(".scaling.") {
+            0.5
+        } else {
+            0.05
+        };
+        let t = (v.as_tensor() + uniform(v.dims(), 100 + i as u64, spread)).unwrap();
         v.set(&t).unwrap();
     }
     (net, params)
@@ -70,10 +88,14 @@ fn engine_logits_match_the_supernet() {
 }
 
 fn logits_match(space: &Space) {
+    let (net, params) = perturbed(space);
+    logits_match_net(space, &net, &params);
+}
+
+fn logits_match_net(space: &Space, net: &vitnas::Supernet, params: &Params) {
     let space = space.clone();
-    let (net, params) = perturbed(&space);
     let w = Weights::from_tensors(&params.tensors()).unwrap();
-    let cfg = Config::from_space(&space);
+    let cfg = Config::from_supernet(net);
     let x = images(&space, 3, 1);
     let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let classes = space.input.num_classes;
@@ -109,10 +131,14 @@ fn engine_gradients_match_candle_autograd() {
 }
 
 fn gradients_match(space: &Space) {
+    let (net, params) = perturbed(space);
+    gradients_match_net(space, &net, &params);
+}
+
+fn gradients_match_net(space: &Space, net: &vitnas::Supernet, params: &Params) {
     let space = space.clone();
-    let (net, params) = perturbed(&space);
     let w = Weights::from_tensors(&params.tensors()).unwrap();
-    let cfg = Config::from_space(&space);
+    let cfg = Config::from_supernet(net);
     let b = 5;
     let x = images(&space, b, 2);
     let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -286,4 +312,192 @@ fn the_forced_simd_level_is_the_one_in_use() {
         assert!(have.contains(&vitnas::simd::Level::Avx512));
     }
     assert!(!have.contains(&vitnas::simd::Level::Avx512) || cfg!(feature = "avx512"));
+
+/// With scaling layers under every switch, on the odd-sized space: the
+/// engine's logits and every gradient (the scaling tables' included, zero
+/// outside the row and columns the subnet uses) agree with the candle
+/// supernet and its autograd.
+#[test]
+fn engine_matches_the_supernet_with_scaling_layers() {
+    let space = odd_space();
+    for switch in SWITCHES {
+        let (net, params) = perturbed_scaled(&space, switch);
+        logits_match_net(&space, &net, &params);
+        gradients_match_net(&space, &net, &params);
+    }
+}
+
+/// A NASViT step (scaling layers keyed by depth, a sandwich of four with
+/// alpha-divergence, the largest's gradient apart from the rest) on the
+/// odd-sized space by the engine and by candle's autograd: the same losses,
+/// the same gradients of each group, the same combined update.
+#[test]
+fn engine_and_autograd_nasvit_steps_agree_with_scaling_layers() {
+    let s = odd_space();
+    let (net, params) = perturbed_scaled(&s, Switch::Depth);
+    let x = images(&s, 9, 3);
+    let y = Tensor::from_vec((0..9u32).map(|i| i % 7).collect(), 9, &Device::Cpu).unwrap();
+    let plan = Sandwich { num_random: 2 }.plan(&s, 0, &mut StdRng::seed_from_u64(1));
+    let alpha = AlphaDivergence {
+        alpha_min: -1.0,
+        alpha_max: 1.0,
+        iw_clip: 5.0,
+    };
+    let strategy = Nasvit {
+        start_epoch: 0,
+        clip_small: 1.0,
+    };
+    let group_of = strategy.groups(&plan);
+    assert_eq!(group_of, vec![0, 1, 1, 1]);
+    let batch = Batch {
+        images: &x,
+        labels: &y,
+        label_smoothing: 0.1,
+        distill: Some(&alpha),
+    };
+    let w = Weights::from_tensors(&params.tensors()).unwrap();
+    let cfg = Config::from_supernet(&net);
+    let run = |path: Path| {
+        let mut groups = vec![params.zero_grads(), params.zero_grads()];
+        let losses = {
+            let mut targets: Vec<&mut [Vec<f32>]> = groups.iter_mut().map(|g| &mut g[..]).collect();
+            accumulate_groups(path, &plan, batch, &group_of, &mut targets).unwrap()
+        };
+        assert_eq!(losses.nonfinite, None);
+        let before = groups.clone();
+        let agreement = strategy.combine(&mut groups, 0).unwrap();
+        (losses.losses, before, groups.swap_remove(0), agreement)
+    };
+    let (le, ge, ue, ae) = run(Path::Engine {
+        weights: &w,
+        config: &cfg,
+    });
+    let (la, ga, ua, aa) = run(Path::Autograd {
+        net: &net,
+        params: &params,
+    });
+    for (a, b) in le.iter().zip(&la) {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "losses {a} vs {b}"
+        );
+    }
+    let close = |what: &str, name: &str, e: &[f32], a: &[f32]| {
+        let floor = if name.ends_with("key.bias") {
+            1e-2
+        } else {
+            1e-12
+        };
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(floor);
+        let d = e.iter().zip(a).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            d / scale <= 1e-4,
+            "{what} of {name}: differs by {} relative",
+            d / scale
+        );
+    };
+    for (k, name) in params.names.iter().enumerate() {
+        close("g_L", name, &ge[0][k], &ga[0][k]);
+        close("g_S", name, &ge[1][k], &ga[1][k]);
+        close("update", name, &ue[k], &ua[k]);
+    }
+    // The scaling tables are trained, by both groups.
+    let table = params
+        .names
+        .iter()
+        .position(|n| n.ends_with("layer.0.scaling.mlp"))
+        .unwrap();
+    assert!(ge[0][table].iter().any(|v| *v != 0.0) && ge[1][table].iter().any(|v| *v != 0.0));
+    // The key biases' true gradients are 0 (rounding noise on both sides):
+    // their conflicts may differ.
+    assert_eq!(ae.compared, aa.compared);
+    assert!(ae.conflicting.abs_diff(aa.conflicting) <= s.supernet.depth as u64);
+    assert!((ae.coef_sum - aa.coef_sum).abs() <= 1e-3 * aa.coef_sum.max(1.0));
+}
+
+/// On a real sandwich step (engine, scaling layers on), NASViT's combined
+/// update is `g_S + g_L` exactly for every tensor whose two gradients do not
+/// conflict (or that only one group touches), and differs from it, by
+/// `c·g_S`, exactly for the conflicting ones; the plain `sum` strategy's
+/// update matches it on the others.
+#[test]
+fn nasvit_changes_only_the_conflicting_tensors_of_a_real_step() {
+    let s = odd_space();
+    let (net, params) = perturbed_scaled(&s, Switch::Depth);
+    let x = images(&s, 6, 5);
+    let y = Tensor::from_vec((0..6u32).map(|i| i % 7).collect(), 6, &Device::Cpu).unwrap();
+    let plan = Sandwich { num_random: 2 }.plan(&s, 0, &mut StdRng::seed_from_u64(4));
+    let batch = Batch {
+        images: &x,
+        labels: &y,
+        label_smoothing: 0.1,
+        distill: Some(&Kl),
+    };
+    let w = Weights::from_tensors(&params.tensors()).unwrap();
+    let cfg = Config::from_supernet(&net);
+    let path = Path::Engine {
+        weights: &w,
+        config: &cfg,
+    };
+    // No clipping of g_S, so that the plain sum is the reference.
+    let strategy = Nasvit {
+        start_epoch: 0,
+        clip_small: 1e30,
+    };
+    let mut groups = vec![params.zero_grads(), params.zero_grads()];
+    {
+        let mut targets: Vec<&mut [Vec<f32>]> = groups.iter_mut().map(|g| &mut g[..]).collect();
+        accumulate_groups(path, &plan, batch, &strategy.groups(&plan), &mut targets).unwrap();
+    }
+    let (g_l, g_s) = (groups[0].clone(), groups[1].clone());
+    let a = strategy.combine(&mut groups, 0).unwrap();
+    let mut summed = params.zero_grads();
+    {
+        let one = vec![0; plan.archs.len()];
+        accumulate_groups(path, &plan, batch, &one, &mut [&mut summed[..]]).unwrap();
+    }
+    let (mut conflicting, mut agreeing) = (0, 0);
+    for (k, name) in params.names.iter().enumerate() {
+        let (l, sm, u) = (&g_l[k], &g_s[k], &groups[0][k]);
+        let dot: f64 = l.iter().zip(sm).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let ss: f64 = sm.iter().map(|v| (*v as f64).powi(2)).sum();
+        let plain: Vec<f32> = l.iter().zip(sm).map(|(a, b)| a + b).collect();
+        if dot >= 0.0 || ss == 0.0 {
+            agreeing += 1;
+            assert_eq!(
+                u, &plain,
+                "{name}: no conflict, but the update is not g_S + g_L"
+            );
+            // (the key bias: rounding noise only, compared absolutely)
+            let floor: f32 = if name.ends_with("key.bias") {
+                1e-2
+            } else {
+                1e-12
+            };
+            let scale = summed[k].iter().fold(floor, |m, v| m.max(v.abs()));
+            let d = u
+                .iter()
+                .zip(&summed[k])
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                d / scale <= 1e-5,
+                "{name}: differs from the sum strategy by {d}"
+            );
+        } else {
+            conflicting += 1;
+            let c = (-dot / (ss + 1e-6)).clamp(0.0, 2.0);
+            for i in 0..u.len() {
+                let want = (1.0 + c) * sm[i] as f64 + l[i] as f64;
+                assert!(
+                    (u[i] as f64 - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                    "{name}[{i}]"
+                );
+            }
+        }
+    }
+    assert_eq!(a.conflicting, conflicting as u64);
+    assert!(
+        conflicting > 0 && agreeing > 0,
+        "{conflicting} conflicting, {agreeing} agreeing"
+    );
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{images, max_abs_diff, space, supernet};
+use common::{images, max_abs_diff, scaled_supernet, space, supernet};
 use rand::{rngs::StdRng, SeedableRng};
 use vitnas::models::export::{export, hf_obstacle, load_dir, pad_uniform};
 use vitnas::models::vit::VitConfig;
@@ -379,4 +379,50 @@ fn a_config_whose_hf_fields_disagree_with_its_vitnas_block_is_refused() {
         );
     }
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A supernet with switchable scaling layers (every scale its own value):
+/// the exported subnet, scales folded into the attention output projection
+/// and fc2, is a plain ViT whose logits equal the supernet's within 1e-5,
+/// for a non-uniform subnet as exported and zero-padded by --hf-pad (then
+/// also as candle-transformers' ViT reads it).
+#[test]
+fn folded_scaling_layers_export_to_a_plain_vit_with_the_supernet_outputs() {
+    let s = space("fmnist-tiny");
+    let (net, vm) = scaled_supernet(&s, 6, vitnas::supernet::scaling::Switch::Depth, 1.0);
+    for (i, (name, v)) in vm.data().lock().unwrap().iter().enumerate() {
+        if name.contains(".scaling.") {
+            let t = (v.as_tensor() + common::uniform(v.dims(), i as u64, 0.5)).unwrap();
+            v.set(&t).unwrap();
+        }
+    }
+    let arch = Arch {
+        embed_dim: 128,
+        depth: 5,
+        num_heads: vec![2, 4, 3, 4, 2],
+        mlp_ratio: vec![2.0, 3.0, 4.0, 2.0, 3.0],
+    };
+    let x = images(&s, 3, 7);
+    let want = net.forward(&x, &arch, false).unwrap();
+    let m = net.extract(&arch).unwrap();
+    assert!(m.tensors().iter().all(|(n, _)| !n.contains("scaling")));
+    let d = tmp("scaled");
+    export(&m, &s, &arch, None, &d).unwrap();
+    let (loaded, _) = load_dir(&d).unwrap();
+    let diff = max_abs_diff(&loaded.forward(&x).unwrap(), &want);
+    assert!(diff <= 1e-5, "folded export: {diff}");
+    let d2 = tmp("scaled-padded");
+    let padded = pad_uniform(&m).unwrap();
+    assert!(hf_obstacle(&padded.config).is_none());
+    export(&padded, &s, &arch, None, &d2).unwrap();
+    let (loaded, _) = load_dir(&d2).unwrap();
+    let diff = max_abs_diff(&loaded.forward(&x).unwrap(), &want);
+    assert!(diff <= 1e-5, "folded, padded export: {diff}");
+    let diff = max_abs_diff(&candle_transformers_logits(&d2, &x), &want);
+    assert!(
+        diff <= 1e-4,
+        "folded, padded export in candle-transformers: {diff}"
+    );
+    std::fs::remove_dir_all(d).ok();
+    std::fs::remove_dir_all(d2).ok();
 }

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use common::{images, max_abs_diff, space, supernet};
+use common::{images, max_abs_diff, scaled_supernet, space, supernet, SWITCHES};
 use rand::{rngs::StdRng, SeedableRng};
 use std::collections::HashMap;
 use vitnas::models::vit::Vit;
@@ -154,11 +154,17 @@ fn same_seed_builds_the_same_supernet() {
 }
 
 /// For each element of `grad` (shape `full`), whether it lies in the leading
-/// block of shape `used`.
-fn for_each_element(full: &[usize], used: &[usize], grad: &[f32], mut f: impl FnMut(bool, f32)) {
+/// block of shape `used`, from row `first_row` on.
+fn for_each_element(
+    full: &[usize],
+    first_row: usize,
+    used: &[usize],
+    grad: &[f32],
+    mut f: impl FnMut(bool, f32),
+) {
     let mut idx = vec![0usize; full.len()];
     for &g in grad {
-        let inside = idx.iter().zip(used).all(|(i, u)| i < u);
+        let inside = idx.iter().zip(used).all(|(i, u)| i < u) && idx[0] >= first_row;
         f(inside, g);
         for d in (0..full.len()).rev() {
             idx[d] += 1;
@@ -176,34 +182,52 @@ fn for_each_element(full: &[usize], used: &[usize], grad: &[f32], mut f: impl Fn
 /// zero; variables of unused layers get no gradient or an all-zero one.
 fn check_gradients(s: &Space, arch: &Arch) {
     let (net, vm) = supernet(s, 1);
+    check_gradients_of(s, arch, &net, &vm);
+}
+
+/// [`check_gradients`] of a given supernet; its scaling tables, if any, are
+/// used at the row its switch picks for `arch`, first `embed_dim` columns.
+fn check_gradients_of(s: &Space, arch: &Arch, net: &vitnas::Supernet, vm: &candle_nn::VarMap) {
     let x = images(s, 4, 2);
     let labels = Tensor::new(&[1u32, 3, 5, 7], &Device::Cpu).unwrap();
     let logits = net.forward(&x, arch, true).unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
     let grads = loss.backward().unwrap();
-    let used: HashMap<String, Vec<usize>> = net
+    let mut used: HashMap<String, (usize, Vec<usize>)> = net
         .extract(arch)
         .unwrap()
         .tensors()
         .into_iter()
-        .map(|(n, t)| (n, t.dims().to_vec()))
+        .map(|(n, t)| (n, (0, t.dims().to_vec())))
         .collect();
+    if let Some(scaling) = &net.scaling {
+        for l in 0..arch.depth {
+            let row = scaling.row(arch, l).unwrap();
+            for t in ["attention", "mlp"] {
+                used.insert(
+                    format!("vit.encoder.layer.{l}.scaling.{t}"),
+                    (row, vec![row + 1, arch.embed_dim]),
+                );
+            }
+        }
+    }
     let data = vm.data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
-    assert_eq!(names.len(), 4 + 16 * s.supernet.depth + 4);
+    let tables = if net.scaling.is_some() { 2 } else { 0 };
+    assert_eq!(names.len(), 4 + (16 + tables) * s.supernet.depth + 4);
     for name in names {
         let var: &Var = &data[name];
         let full = var.dims().to_vec();
         let g = grads.get(var.as_tensor());
         match used.get(name) {
-            Some(shape) => {
+            Some((first_row, shape)) => {
                 let g =
                     g.unwrap_or_else(|| panic!("{name}: no gradient although the subnet uses it"));
                 assert_eq!(g.dims(), &full[..], "{name}: gradient shape");
                 let v = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let (mut zero_inside, mut nonzero_outside) = (0, 0);
-                for_each_element(&full, shape, &v, |inside, x| {
+                for_each_element(&full, *first_row, shape, &v, |inside, x| {
                     if inside && x == 0.0 {
                         zero_inside += 1;
                     }
@@ -272,4 +296,51 @@ fn forward_refuses_bad_input_and_out_of_space_arch() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("depth"), "{msg}");
+}
+
+/// With scaling layers under every switch: every parameter the subnet uses
+/// gets a gradient, exactly inside its slice (the tables: the subnet's row,
+/// its first embed-dim columns), and the extracted subnet, with the scales
+/// folded into its weights, gives the supernet's logits.
+#[test]
+fn scaling_tables_get_gradients_exactly_in_the_selected_row_and_fold_away() {
+    let s = space("fmnist-tiny");
+    let mut rng = StdRng::seed_from_u64(5);
+    let sampled = s.sample(&mut rng);
+    let x = images(&s, 3, 9);
+    for switch in SWITCHES {
+        let (net, vm) = scaled_supernet(&s, 1, switch, 0.5);
+        // each entry of every table its own value
+        for (i, (name, v)) in vm.data().lock().unwrap().iter().enumerate() {
+            if name.contains(".scaling.") {
+                let t = (v.as_tensor() + common::uniform(v.dims(), i as u64, 0.4)).unwrap();
+                v.set(&t).unwrap();
+            }
+        }
+        for arch in [s.largest(), s.smallest(), sampled.clone()] {
+            check_gradients_of(&s, &arch, &net, &vm);
+            let want = net.forward(&x, &arch, false).unwrap();
+            let got = net.extract(&arch).unwrap().forward(&x).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(
+                d <= 1e-5,
+                "{switch:?} {arch:?}: folded subnet differs by {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_config_switch_refuses_an_off_grid_layer_naming_it() {
+    let s = space("fmnist-tiny");
+    let (net, _vm) = scaled_supernet(&s, 0, vitnas::supernet::scaling::Switch::LayerConfig, 1e-4);
+    let mut arch = s.smallest();
+    arch.mlp_ratio[1] = 2.5;
+    let x = images(&s, 1, 0);
+    let msg = net.forward(&x, &arch, false).unwrap_err().to_string();
+    assert!(
+        msg.contains("layer_config") && msg.contains("layer 1"),
+        "{msg}"
+    );
+    assert!(net.extract(&arch).is_err());
 }

@@ -14,7 +14,7 @@ use vitnas::space::{flops, Space};
 use vitnas::train::checkpoint::read_safetensors;
 use vitnas::train::loss::{cross_entropy, AlphaDivergence, Distill, Kl};
 use vitnas::train::optim::lr_at;
-use vitnas::train::recipe::{NonFinite, Recipe};
+use vitnas::train::recipe::{GradientConfig, NonFinite, Recipe};
 use vitnas::train::sampler::{Attentive, Fair, Sampler, Sandwich};
 use vitnas::train::{self, RunOptions, Summary, CHECKPOINT_FILE, METRICS_FILE, SUPERNET_FILE};
 use vitnas::Error;
@@ -353,6 +353,9 @@ fn every_shipped_recipe_parses_and_invalid_ones_name_the_field() {
         "autoformer-tiny",
         "autoformer-small",
         "autoformer-base",
+        "fmnist-sandwich-long",
+        "nasvit-fmnist",
+        "nasvit-imagenet",
     ] {
         let r = Recipe::from_file(repo_path(&format!("recipes/{f}.toml"))).unwrap();
         Space::from_file(repo_path(r.space.to_str().unwrap())).unwrap();
@@ -371,6 +374,153 @@ fn every_shipped_recipe_parses_and_invalid_ones_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("num_rand"), "{msg}");
+}
+
+#[test]
+fn nasvit_recipe_values_are_checked_naming_the_field() {
+    let text = std::fs::read_to_string(repo_path("recipes/nasvit-fmnist.toml")).unwrap();
+    let r = Recipe::from_toml_str(&text, Path::new("nasvit.toml")).unwrap();
+    assert!(r.scaling.enabled);
+    assert_eq!(
+        r.gradient,
+        GradientConfig::Nasvit {
+            start_epoch: 5,
+            clip_small: 1.0
+        }
+    );
+    // The resolved recipe keeps both sections; a recipe without them
+    // writes neither (and means plain sum, no scaling).
+    let again = Recipe::from_toml_str(&r.to_toml_string(), Path::new("resolved.toml")).unwrap();
+    assert_eq!(again, r);
+    let plain = std::fs::read_to_string(repo_path("recipes/quickstart.toml")).unwrap();
+    let p = Recipe::from_toml_str(&plain, Path::new("q.toml")).unwrap();
+    assert_eq!(
+        (p.gradient.clone(), p.scaling.enabled),
+        (GradientConfig::Sum, false)
+    );
+    let resolved = p.to_toml_string();
+    assert!(
+        !resolved.contains("[gradient]") && !resolved.contains("[scaling]"),
+        "{resolved}"
+    );
+    let refused = |from: &str, to: &str, field: &str| {
+        assert!(text.contains(from), "{from}");
+        let bad = text.replace(from, to);
+        let msg = Recipe::from_toml_str(&bad, Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("bad.toml") && msg.contains(field),
+            "{to}: {msg}"
+        );
+    };
+    refused("init = 1e-4", "init = -0.5", "scaling.init");
+    refused("init = 1e-4", "init = 1e-4\nswich = \"none\"", "swich");
+    refused("switch = \"depth\"", "switch = \"width\"", "width");
+    refused(
+        "start_epoch = 5",
+        "start_epoch = 20",
+        "gradient.start_epoch",
+    );
+    refused("start_epoch = 5", "start_epoch = 5\nstart = 1", "start");
+    refused(
+        "clip_small = 1.0",
+        "clip_small = 0.0",
+        "gradient.clip_small",
+    );
+    refused("kind = \"nasvit\"", "kind = \"nasvit2\"", "nasvit2");
+    refused(
+        "kind = \"sandwich\"\nnum_random = 2",
+        "kind = \"uniform\"",
+        "gradient.kind",
+    );
+    refused("enabled = true\n", "", "enabled");
+}
+
+#[test]
+fn scaling_tables_get_no_weight_decay() {
+    use vitnas::train::optim::no_weight_decay;
+    assert!(no_weight_decay("vit.encoder.layer.3.scaling.attention"));
+    assert!(no_weight_decay("vit.encoder.layer.0.scaling.mlp"));
+    assert!(!no_weight_decay("vit.encoder.layer.0.output.dense.weight"));
+}
+
+/// A short NASViT run on the sample (scaling layers, the largest apart from
+/// the rest, projection from the second epoch): interrupted and resumed it
+/// ends bit-identical to an uninterrupted run (scaling tables and their
+/// AdamW moments included); the epoch's gradient agreement is logged; the
+/// run loads back with its tables, which fold into extracted subnets.
+#[test]
+fn nasvit_run_with_scaling_layers_resumes_exactly_and_logs_gradient_agreement() {
+    let nasvit = Recipe::from_file(repo_path("recipes/nasvit-fmnist.toml")).unwrap();
+    let recipe = |out: &Path| {
+        let mut r = small_recipe(out);
+        r.sampler = nasvit.sampler.clone();
+        r.loss = nasvit.loss.clone();
+        r.scaling = nasvit.scaling.clone();
+        r.optimizer.weight_decay = 0.0;
+        r.optimizer.clip_grad_norm = None;
+        r.gradient = GradientConfig::Nasvit {
+            start_epoch: 1,
+            clip_small: 1.0,
+        };
+        r
+    };
+    let (da, db) = (tmp_dir("nasvit-a"), tmp_dir("nasvit-b"));
+    run(&recipe(&da), false, Some(10), false).unwrap();
+    run(&recipe(&db), false, Some(5), false).unwrap();
+    run(&recipe(&db), true, Some(10), false).unwrap();
+    let (wa, wb) = (weights(&da), weights(&db));
+    assert_same(&wa, &wb);
+    for name in [
+        "vit.encoder.layer.0.scaling.attention",
+        "optimizer.m.vit.encoder.layer.5.scaling.mlp",
+    ] {
+        assert!(wa.contains_key(name), "{name} missing from the checkpoint");
+    }
+    let table = &wa["vit.encoder.layer.0.scaling.attention"];
+    assert_eq!(table.dims(), &[6, 128]);
+    assert!(
+        common::max_abs(&(table - 1e-4).unwrap()) > 0.0,
+        "tables not trained"
+    );
+    // One epoch of 8 steps: its end logs the agreement of g_L and g_S.
+    let epoch_end = |d: &Path| -> serde_json::Value {
+        std::fs::read_to_string(d.join(METRICS_FILE))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v.get("epoch_end").is_some())
+            .unwrap()
+    };
+    let end = epoch_end(&da);
+    // the resumed run's agreement totals went through its checkpoint
+    assert_eq!(end, epoch_end(&db));
+    let g = &end["gradient"];
+    let fraction = g["conflict_fraction"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&fraction), "{g}");
+    assert!(g["cosine_mean"].as_f64().unwrap().abs() <= 1.0, "{g}");
+    assert_eq!(
+        g["coef_mean"].as_f64(),
+        Some(0.0),
+        "epoch 0 does not project: {g}"
+    );
+    assert!(g["tensors_compared"].as_u64().unwrap() > 0, "{g}");
+    assert_eq!(g["strategy"]["kind"], "nasvit");
+    // The run as eval/search/export load it: tables included, folded away.
+    let trained = vitnas::train::TrainedRun::load(&da).unwrap();
+    assert!(trained.net.scaling.is_some());
+    let s = &trained.space;
+    let x = common::images(s, 2, 3);
+    let arch = s.smallest();
+    let d = common::max_abs_diff(
+        &trained.net.forward(&x, &arch, false).unwrap(),
+        &trained.net.extract(&arch).unwrap().forward(&x).unwrap(),
+    );
+    assert!(d <= 1e-5, "{d}");
+    for d in [da, db] {
+        std::fs::remove_dir_all(d).ok();
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

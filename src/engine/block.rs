@@ -10,7 +10,7 @@ use super::attention;
 use super::blas::{self, W};
 
 use super::norm::{self, Normed};
-use super::{gelu, gelu_backward, serial, LayerIdx, Weights};
+use super::{gelu, gelu_backward, serial, LayerIdx, Pair, Weights};
 
 #[derive(Clone, Copy)]
 pub struct Dims {
@@ -23,6 +23,8 @@ pub struct Dims {
     pub mlp: usize,
     pub eps: f32,
     pub cls_only: bool,
+    /// The row of the layer's scaling tables (models with scaling layers).
+    pub scale_row: Option<usize>,
 }
 
 impl Dims {
@@ -53,6 +55,8 @@ pub struct Tape {
     ln2: Normed,
     u: Vec<f32>,
     a: Vec<f32>,
+    /// The attention and MLP branch outputs before scaling (scaling layers).
+    branches: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// The linear layer `(weight, bias)` at `i`, sliced to `out × inp`.
@@ -81,6 +85,30 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
     dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
 }
 
+/// The layer's `(attention, mlp)` scales, when it has scaling layers.
+fn scales<'a>(w: &'a Weights, li: &LayerIdx, d: &Dims) -> Option<(&'a [f32], &'a [f32])> {
+    d.scale_row.map(|row| w.scales(li, row, d.embed))
+}
+
+/// Multiplies every `s.len()`-wide row of `y` by `s` element-wise.
+fn scale_rows(y: &mut [f32], s: &[f32]) {
+    y.chunks_mut(s.len())
+        .for_each(|r| r.iter_mut().zip(s).for_each(|(v, s)| *v *= s));
+}
+
+/// Backward of `y ⊙ s` for the branch output `branch`: adds
+/// `Σ_rows dy ⊙ branch` into `ds` and returns `dy ⊙ s`.
+fn scale_backward(dy: &[f32], branch: &[f32], s: &[f32], ds: &mut [f32]) -> Vec<f32> {
+    for (g, b) in dy.chunks(s.len()).zip(branch.chunks(s.len())) {
+        ds.iter_mut()
+            .zip(g.iter().zip(b))
+            .for_each(|(d, (g, b))| *d += g * b);
+    }
+    let mut dx = dy.to_vec();
+    scale_rows(&mut dx, s);
+    dx
+}
+
 /// The block on `x` (`[batch · t, embed]`); returns its output
 /// (`[batch · t, embed]`, or `[batch, embed]` with `cls_only`).
 pub fn forward(x: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> (Vec<f32>, Tape) {
@@ -96,6 +124,12 @@ pub fn forward(x: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> (Vec<f32>, Ta
     let (ctx, probs) = attention::forward(&q, &k, &v, d.attention());
     let (wo, bo) = lin(w, li.output, e, qd);
     let mut xr = blas::forward(&ctx, wo, bo);
+    let scales = scales(w, li, d);
+    let attn_branch = scales.map(|(sa, _)| {
+        let b = xr.clone();
+        scale_rows(&mut xr, sa);
+        b
+    });
     if d.cls_only {
         add_into(&mut xr, &gather_cls(x, e, d.t));
     } else {
@@ -108,6 +142,11 @@ pub fn forward(x: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> (Vec<f32>, Ta
     let mut a = vec![0f32; u.len()];
     gelu(&u, &mut a);
     let mut out = blas::forward(&a, w2, b2);
+    let branches = scales.zip(attn_branch).map(|((_, sm), ab)| {
+        let b = out.clone();
+        scale_rows(&mut out, sm);
+        (ab, b)
+    });
     add_into(&mut out, &xr);
     let tape = Tape {
         ln1,
@@ -120,6 +159,7 @@ pub fn forward(x: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> (Vec<f32>, Ta
         ln2,
         u,
         a,
+        branches,
     };
     (out, tape)
 }
@@ -155,6 +195,7 @@ pub fn forward_split(x: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> Vec<f32
     let (wo, bo) = lin(w, li.output, e, qd);
     let (w1, b1) = lin(w, li.fc1, d.mlp, e);
     let (w2, b2) = lin(w, li.fc2, e, d.mlp);
+    let scales = scales(w, li, d);
     let rest = |x: &[f32], q: &[f32], out: &mut [f32]| {
         serial(|| {
             let ad = attention::Dims {
@@ -166,12 +207,18 @@ pub fn forward_split(x: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> Vec<f32
             };
             let (ctx, _) = attention::forward(q, &k, &v, ad);
             let mut xr = blas::forward(&ctx, wo, bo);
+            if let Some((sa, _)) = scales {
+                scale_rows(&mut xr, sa);
+            }
             add_into(&mut xr, x);
             let h = norm::forward(&xr, e, &w.data[li.ln2.0], &w.data[li.ln2.1], d.eps).y;
             let u = blas::forward(&h, w1, b1);
             let mut a = vec![0f32; u.len()];
             gelu(&u, &mut a);
             blas::forward_into(&a, w2, b2, out);
+            if let Some((_, sm)) = scales {
+                scale_rows(out, sm);
+            }
             add_into(out, &xr);
         })
     };
@@ -207,12 +254,26 @@ pub fn backward(
 ) -> Vec<f32> {
     let (e, qd, n) = (d.embed, d.qd(), d.batch * d.t);
     let m_rows = dout.len() / e;
+    // Scaling layers: the gradients of the scales, and those of the
+    // branch outputs before scaling.
+    let scales = scales(w, li, d).zip(tape.branches.as_ref());
+    let row = d.scale_row.unwrap_or(0);
+    let table = |t: Option<Pair>, mlp: bool| {
+        let t = t.expect("a scaled layer has tables");
+        let t = if mlp { t.1 } else { t.0 };
+        (t, row * w.row_len(t))
+    };
     // MLP
+    let dm = scales.map(|((_, sm), (_, bm))| {
+        let (t, at) = table(li.scaling, true);
+        scale_backward(dout, bm, sm, &mut grads[t][at..][..e])
+    });
+    let dm = dm.as_deref().unwrap_or(dout);
     let (w2, _) = lin(w, li.fc2, e, d.mlp);
     let (dw, db) = pair(grads, li.fc2);
-    blas::backward_params(dout, &tape.a, w2, dw, db);
+    blas::backward_params(dm, &tape.a, w2, dw, db);
     let mut du = vec![0f32; m_rows * d.mlp];
-    blas::backward_input(dout, w2, &mut du, false);
+    blas::backward_input(dm, w2, &mut du, false);
     gelu_backward(&tape.u, &mut du);
     let (w1, _) = lin(w, li.fc1, d.mlp, e);
     let (dw, db) = pair(grads, li.fc1);
@@ -224,11 +285,16 @@ pub fn backward(
     let (dg, db) = pair(grads, li.ln2);
     norm::backward(&dh, &tape.ln2, e, &w.data[li.ln2.0], &mut dxr, dg, db);
     // attention
+    let da = scales.map(|((sa, _), (ba, _))| {
+        let (t, at) = table(li.scaling, false);
+        scale_backward(&dxr, ba, sa, &mut grads[t][at..][..e])
+    });
+    let da = da.as_deref().unwrap_or(&dxr);
     let (wo, _) = lin(w, li.output, e, qd);
     let (dw, db) = pair(grads, li.output);
-    blas::backward_params(&dxr, &tape.ctx, wo, dw, db);
+    blas::backward_params(da, &tape.ctx, wo, dw, db);
     let mut dctx = vec![0f32; m_rows * qd];
-    blas::backward_input(&dxr, wo, &mut dctx, false);
+    blas::backward_input(da, wo, &mut dctx, false);
     let (dq, dk, dv) =
         attention::backward(&dctx, &tape.q, &tape.k, &tape.v, &tape.probs, d.attention());
     drop(dctx);

@@ -102,6 +102,7 @@ fn block_dims(cfg: &Config, arch: &Arch, l: usize, batch: usize, cls_only: bool)
         mlp: arch.mlp_width(l),
         eps: cfg.eps,
         cls_only: cls_only && l + 1 == arch.depth,
+        scale_row: cfg.scaling.as_ref().and_then(|s| s.row(arch, l)),
     }
 }
 

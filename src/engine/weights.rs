@@ -5,10 +5,13 @@ use super::blas::W;
 use crate::error::{Error, Result};
 use crate::models::vit::VitConfig;
 use crate::space::{Arch, Space};
+use crate::supernet::scaling::Scaling;
+use crate::supernet::Supernet;
 use candle_core::Tensor;
 
-/// Fixed shapes of the model family (input, head size, classes).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Fixed shapes of the model family (input, head size, classes), and how
+/// subnets pick their rows of the scaling tables when the model has them.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub channels: usize,
     pub image_size: usize,
@@ -16,6 +19,9 @@ pub struct Config {
     pub head_dim: usize,
     pub classes: usize,
     pub eps: f32,
+    /// The row mapping of the blocks' scaling tables (a supernet with
+    /// switchable scaling layers); `None` for models without them.
+    pub scaling: Option<Scaling>,
 }
 
 impl Config {
@@ -27,6 +33,16 @@ impl Config {
             head_dim: space.supernet.head_dim,
             classes: space.input.num_classes,
             eps: space.supernet.layer_norm_eps as f32,
+            scaling: None,
+        }
+    }
+
+    /// The configuration of a supernet: its space's shapes and its scaling
+    /// layers' row mapping.
+    pub fn from_supernet(net: &Supernet) -> Self {
+        Self {
+            scaling: net.scaling.clone(),
+            ..Self::from_space(&net.space)
         }
     }
 
@@ -38,6 +54,7 @@ impl Config {
             head_dim: c.head_dim,
             classes: c.num_labels,
             eps: c.layer_norm_eps as f32,
+            scaling: None,
         }
     }
 
@@ -71,6 +88,8 @@ pub struct LayerIdx {
     pub ln2: Pair,
     pub fc1: Pair,
     pub fc2: Pair,
+    /// The scaling tables `(attention, mlp)`, when the model has them.
+    pub scaling: Option<Pair>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +160,7 @@ impl Weights {
                 ln2: lin(&format!("{p}.layernorm_after"))?,
                 fc1: lin(&format!("{p}.intermediate.dense"))?,
                 fc2: lin(&format!("{p}.output.dense"))?,
+                scaling: pair(&format!("{p}.scaling"), "attention", "mlp").ok(),
             });
         }
         let idx = Index {
@@ -264,8 +284,51 @@ impl Weights {
             mat(li.output, e, qd)?;
             mat(li.fc1, m, e)?;
             mat(li.fc2, e, m)?;
+            match (&cfg.scaling, li.scaling) {
+                (None, None) => {}
+                (Some(s), Some(tables)) => {
+                    let row = s.row(arch, l).ok_or_else(|| Error::Tensor {
+                        name: self.names[tables.0].clone(),
+                        message: format!(
+                            "the scaling switch `{}` has no row for layer {l} of {}",
+                            s.switch().name(),
+                            arch.to_json()
+                        ),
+                    })?;
+                    for t in [tables.0, tables.1] {
+                        if self.dims[t].first().copied().unwrap_or(0) <= row || self.row_len(t) < e
+                        {
+                            return Err(too_small(t, format!("row {row} of width {e}")));
+                        }
+                    }
+                }
+                (None, Some(tables)) => {
+                    return Err(Error::Tensor {
+                        name: self.names[tables.0].clone(),
+                        message: "a scaling table, but the engine configuration has no scaling \
+                                  (build it with Config::from_supernet)"
+                            .into(),
+                    })
+                }
+                (Some(_), None) => {
+                    return Err(Error::Tensor {
+                        name: format!("vit.encoder.layer.{l}.scaling.attention"),
+                        message: "missing, but the engine configuration has scaling layers".into(),
+                    })
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Row `row` of layer `li`'s scaling tables, first `e` entries:
+    /// `(attention scales, mlp scales)`.
+    pub(super) fn scales(&self, li: &LayerIdx, row: usize, e: usize) -> (&[f32], &[f32]) {
+        let (a, m) = li.scaling.expect("checked: the layer has scaling tables");
+        (
+            &self.data[a][row * self.row_len(a)..][..e],
+            &self.data[m][row * self.row_len(m)..][..e],
+        )
     }
 
     /// Zeroed gradient buffers, one per tensor.

@@ -1,6 +1,8 @@
 //! The weight-sharing ViT supernet. Every subnet of a [`Space`] is the
 //! leading slice of the supernet's weights; the architecture is an argument
-//! of [`Supernet::forward`], never stored state.
+//! of [`Supernet::forward`], never stored state. Optional switchable
+//! scaling layers ([`scaling`]) multiply each block's branch outputs; they
+//! are folded away by [`Supernet::extract`].
 
 pub mod attention;
 pub mod block;
@@ -10,6 +12,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod mlp;
 pub mod patch_embed;
+pub mod scaling;
 
 use crate::error::{Error, Result};
 use crate::init::InitScheme;
@@ -21,6 +24,7 @@ use candle_nn::VarBuilder;
 use embeddings::{elastic_embeddings, ElasticEmbeddings};
 use head::{elastic_head, ElasticHead};
 use layer_norm::{elastic_layer_norm, ElasticLayerNorm};
+use scaling::{elastic_scaling, Scaling, ScalingConfig};
 
 #[derive(Debug, Clone)]
 pub struct Supernet {
@@ -29,6 +33,9 @@ pub struct Supernet {
     pub layers: Vec<ElasticBlock>,
     pub layernorm: ElasticLayerNorm,
     pub classifier: ElasticHead,
+    /// How subnets pick their rows of the blocks' scaling tables, when the
+    /// supernet has scaling layers.
+    pub scaling: Option<Scaling>,
 }
 
 impl Supernet {
@@ -41,6 +48,19 @@ impl Supernet {
 
     /// As [`Supernet::new`], with new variables initialised by `init`.
     pub fn with_init(space: &Space, init: InitScheme, vb: VarBuilder) -> Result<Self> {
+        Self::with_scaling(space, init, &ScalingConfig::default(), vb)
+    }
+
+    /// As [`Supernet::with_init`], with the switchable scaling layers of
+    /// `scaling` when it is enabled (tables `vit.encoder.layer.<i>.scaling.attention`
+    /// and `.mlp`, `[rows, embed_dim]`, starting at `scaling.init`).
+    pub fn with_scaling(
+        space: &Space,
+        init: InitScheme,
+        scaling: &ScalingConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let rows = scaling.rows(space);
         let s = &space.supernet;
         let i = &space.input;
         let vit = vb.pp("vit");
@@ -55,7 +75,7 @@ impl Supernet {
         let enc = vit.pp("encoder").pp("layer");
         let layers = (0..s.depth)
             .map(|l| {
-                elastic_block(
+                let mut block = elastic_block(
                     s.embed_dim,
                     s.num_heads,
                     s.head_dim,
@@ -63,7 +83,16 @@ impl Supernet {
                     s.layer_norm_eps,
                     init,
                     enc.pp(l),
-                )
+                )?;
+                if let Some(r) = &rows {
+                    block.scaling = Some(elastic_scaling(
+                        r.height(l),
+                        s.embed_dim,
+                        scaling.init,
+                        enc.pp(l).pp("scaling"),
+                    )?);
+                }
+                Ok(block)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
@@ -72,6 +101,7 @@ impl Supernet {
             layers,
             layernorm: elastic_layer_norm(s.embed_dim, s.layer_norm_eps, vit.pp("layernorm"))?,
             classifier: elastic_head(s.embed_dim, i.num_classes, init, vb.pp("classifier"))?,
+            scaling: rows,
         })
     }
 
@@ -93,13 +123,22 @@ impl Supernet {
         Ok(())
     }
 
-    fn block_dims(arch: &Arch, l: usize, batch: usize) -> BlockDims {
-        BlockDims {
-            batch,
-            embed: arch.embed_dim,
-            heads: arch.num_heads[l],
-            mlp_width: arch.mlp_width(l),
-        }
+    /// The shapes (and scaling row) of every layer of `arch`.
+    fn block_dims(&self, arch: &Arch, batch: usize) -> Result<Vec<BlockDims>> {
+        let rows = match &self.scaling {
+            Some(s) => s.rows(&self.space, arch)?.into_iter().map(Some).collect(),
+            None => vec![None; arch.depth],
+        };
+        Ok((0..arch.depth)
+            .zip(rows)
+            .map(|(l, scale_row)| BlockDims {
+                batch,
+                embed: arch.embed_dim,
+                heads: arch.num_heads[l],
+                mlp_width: arch.mlp_width(l),
+                scale_row,
+            })
+            .collect())
     }
 
     /// Logits `[B, classes]` of the subnet `arch` for images `[B, C, H, W]`.
@@ -110,9 +149,10 @@ impl Supernet {
         self.check_input(images)?;
         let e = arch.embed_dim;
         let (b, t) = (images.dim(0)?, self.space.seq_len());
+        let dims = self.block_dims(arch, b)?;
         let mut x = self.embeddings.forward(images, e)?.reshape((b * t, e))?;
-        for l in 0..arch.depth {
-            x = self.layers[l].forward(&x, Self::block_dims(arch, l, b))?;
+        for (layer, d) in self.layers.iter().zip(dims) {
+            x = layer.forward(&x, d)?;
         }
         let cls = self
             .layernorm
@@ -128,14 +168,15 @@ impl Supernet {
     }
 
     /// The subnet `arch` as a standalone static ViT: contiguous copies of the
-    /// slices it uses, no link back to the supernet.
+    /// slices it uses, no link back to the supernet; its scaling rows, if
+    /// any, folded into the weights they scale.
     pub fn extract(&self, arch: &Arch) -> Result<Vit> {
         arch.check_fits(&self.space)?;
         let e = arch.embed_dim;
         let (patch_weight, patch_bias) = self.embeddings.patch_embeddings.extract(e)?;
         let (cls_token, position_embeddings) = self.embeddings.extract(e)?;
-        let layers = (0..arch.depth)
-            .map(|l| self.layers[l].extract(Self::block_dims(arch, l, 0)))
+        let layers = (self.layers.iter().zip(self.block_dims(arch, 0)?))
+            .map(|(layer, d)| layer.extract(d))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Vit {
             config: VitConfig::from_arch(&self.space, arch),

@@ -32,6 +32,10 @@ pub struct TrainState {
     pub adam_t: u64,
     /// Steps skipped for a non-finite loss.
     pub skipped_steps: usize,
+    /// How the gradient groups of the current epoch's steps so far agreed
+    /// (strategies that compare them), logged at the epoch's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<super::gradient::Agreement>,
     pub total_steps: usize,
     pub recipe: String,
     /// The one architecture of a standalone run (retrain, finetune); absent

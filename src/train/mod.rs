@@ -8,7 +8,7 @@
 //! - `run.rs`: the loop — batch, sample, step, optimise, log,
 //!   validate, checkpoint;
 //! - [`step`]: one step's forward and backward over the sampled subnets;
-//!   [`sampler`], [`loss`] and [`optim`] are its strategies;
+//!   [`sampler`], [`gradient`], [`loss`] and [`optim`] are its strategies;
 //! - [`checkpoint`]: atomic checkpoint files and their restore;
 //! - [`summary`]: what a run returns; [`TrainedRun`]: a run loaded for use.
 //!
@@ -19,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod gradient;
 pub mod loss;
 pub mod optim;
 pub mod recipe;
@@ -36,7 +37,7 @@ pub use session::resume;
 pub(crate) use session::start;
 pub use summary::Summary;
 pub use trained::TrainedRun;
-pub use trainee::{build_supernet, RunKind};
+pub use trainee::{build_scaled_supernet, build_supernet, RunKind};
 
 use crate::error::Result;
 use crate::space::Space;

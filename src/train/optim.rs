@@ -1,6 +1,6 @@
 //! AdamW (decoupled weight decay) updating every parameter in one pass over
 //! plain slices, with global-norm gradient clipping, no decay on biases,
-//! norms, cls token and position embeddings; and the warmup + cosine
+//! norms, cls token, position embeddings and scaling tables; and the warmup + cosine
 //! learning-rate schedule.
 
 use super::recipe::OptimizerConfig;
@@ -13,6 +13,7 @@ pub fn no_weight_decay(name: &str) -> bool {
         || name.contains("layernorm")
         || name.ends_with("cls_token")
         || name.ends_with("position_embeddings")
+        || name.contains(".scaling.")
 }
 
 #[derive(Debug, Clone)]

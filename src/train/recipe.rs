@@ -5,6 +5,7 @@
 use crate::data::batch::{Augment, Normalize};
 use crate::data::Format;
 use crate::error::{Error, Result};
+use crate::supernet::scaling::ScalingConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,12 @@ pub struct Recipe {
     pub init: crate::init::InitScheme,
     pub data: DataConfig,
     pub sampler: SamplerConfig,
+    /// How the step's subnet gradients combine (`sum` when left out).
+    #[serde(default, skip_serializing_if = "GradientConfig::is_sum")]
+    pub gradient: GradientConfig,
+    /// Switchable scaling layers of the supernet (none when left out).
+    #[serde(default, skip_serializing_if = "ScalingConfig::is_default")]
+    pub scaling: ScalingConfig,
     pub loss: LossConfig,
     pub optimizer: OptimizerConfig,
     pub train: TrainConfig,
@@ -90,6 +97,39 @@ pub enum SamplerConfig {
         num_candidates: usize,
         pick: AttentivePick,
     },
+}
+
+/// How the gradients of one step's subnets become the update (the
+/// strategies of [`super::gradient`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum GradientConfig {
+    /// Their plain sum.
+    #[default]
+    Sum,
+    /// NASViT's projection of the smaller subnets' summed gradient against
+    /// the largest's (sandwich or attentive samplers: the largest first).
+    Nasvit {
+        /// First epoch, counted from 0, that projects (NASViT: 101 of 400);
+        /// before it the update is the plain sum of the two groups.
+        start_epoch: usize,
+        /// Global norm the smaller subnets' summed gradient is clipped to
+        /// first (NASViT: 1.0).
+        #[serde(default = "default_clip_small")]
+        clip_small: f64,
+    },
+    /// PCGrad between every pair of the step's subnets.
+    Pcgrad,
+}
+
+fn default_clip_small() -> f64 {
+    1.0
+}
+
+impl GradientConfig {
+    pub fn is_sum(&self) -> bool {
+        *self == GradientConfig::Sum
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,6 +371,41 @@ impl Recipe {
                 ));
             }
             _ => {}
+        }
+        match (&self.gradient, &self.sampler) {
+            (GradientConfig::Nasvit { .. }, SamplerConfig::Uniform | SamplerConfig::Fair) => {
+                return Err(bad(
+                    "gradient.kind",
+                    "`nasvit` needs the largest subnet first in every step: use the sandwich or attentive sampler",
+                ));
+            }
+            (GradientConfig::Nasvit { start_epoch, .. }, _) if *start_epoch >= t.epochs => {
+                return Err(bad(
+                    "gradient.start_epoch",
+                    &format!(
+                        "{start_epoch} is past the last epoch ({}, counted from 0, of train.epochs = {}): it would never project",
+                        t.epochs - 1,
+                        t.epochs
+                    ),
+                ));
+            }
+            (GradientConfig::Nasvit { clip_small, .. }, _) if !positive(*clip_small) => {
+                return Err(bad("gradient.clip_small", "must be a positive number"));
+            }
+            (GradientConfig::Pcgrad, SamplerConfig::Uniform) => {
+                return Err(bad(
+                    "gradient.kind",
+                    "`pcgrad` compares the subnets of a step, and the uniform sampler trains one",
+                ));
+            }
+            _ => {}
+        }
+        let sc = &self.scaling;
+        if !non_negative(sc.init) {
+            return Err(bad(
+                "scaling.init",
+                &format!("{} must be a non-negative number", sc.init),
+            ));
         }
         if let DistillConfig::Alpha {
             alpha_min,

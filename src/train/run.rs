@@ -5,10 +5,11 @@
 
 use super::checkpoint::{self, Checkpointer, TrainState};
 use super::data::load_test;
+use super::gradient::{self, Agreement};
 use super::loss;
 use super::optim::{lr_at, AdamW};
 use super::recipe::{NonFinite, Recipe};
-use super::step::{accumulate, accumulate_on_engine, Backend, Forward, Params, StepLosses};
+use super::step::{accumulate_groups, Batch, Forward, Params, Path as StepPath, StepLosses};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::trainee::{RunKind, Trainee};
 use super::{standalone, step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
@@ -50,20 +51,14 @@ pub(crate) fn run(
     let origin = restore
         .as_ref()
         .map(|_| standalone::Init::Scratch(recipe.init));
-    let (trainee, params) = Trainee::build(
-        &kind,
-        space,
-        recipe.seed,
-        recipe.init,
-        &recipe.sampler,
-        origin,
-    )?;
+    let (trainee, params) = Trainee::build(&kind, space, recipe, origin)?;
     let schedule = Schedule::new(recipe, train)?;
     let mut opt = AdamW::new(&params.names, &params.sizes(), recipe.optimizer.clone());
     let mut state = TrainState {
         step: 0,
         adam_t: 0,
         skipped_steps: 0,
+        agreement: None,
         total_steps: schedule.total,
         recipe: recipe.name.clone(),
         arch: match &kind {
@@ -108,7 +103,10 @@ pub(crate) fn run(
     let mut progress = Progress::new(opts.progress, &schedule, state.step, recipe);
     let mut batches = Batches::new(train, &norm, recipe);
     let started = Instant::now();
-    let mut grads = params.zero_grads();
+    let strategy = gradient::from_config(&recipe.gradient);
+    // One set of gradient buffers per group of the strategy; group 0 holds
+    // the update after `combine`.
+    let mut groups = vec![params.zero_grads()];
     let mut last_val = Vec::new();
     let mut interrupted = false;
     while state.step < end {
@@ -119,23 +117,31 @@ pub(crate) fn run(
         // the sampler draws the step's architectures from it.
         let (x, y) = batches.get(step, &mut rng)?;
         let plan = trainee.plan(space, step, &mut rng);
-        grads.iter_mut().for_each(|g| g.fill(0.0));
-        let ls = recipe.loss.label_smoothing;
-        let out = match &flat.engine {
-            Some((w, cfg)) => {
-                accumulate_on_engine(w, cfg, &plan, &x, &y, ls, distill.as_deref(), &mut grads)?
-            }
-            None => accumulate(
-                trainee.net(),
-                &params,
-                &plan,
-                &x,
-                &y,
-                ls,
-                distill.as_deref(),
-                &mut grads,
-                Backend::Engine,
-            )?,
+        let group_of = strategy.groups(&plan);
+        let n_groups = group_of.iter().max().map_or(1, |g| g + 1);
+        while groups.len() < n_groups {
+            groups.push(params.zero_grads());
+        }
+        for g in &mut groups[..n_groups] {
+            g.iter_mut().for_each(|g| g.fill(0.0));
+        }
+        let path = match &flat.engine {
+            Some((weights, config)) => StepPath::Engine { weights, config },
+            None => StepPath::Autograd {
+                net: trainee.net(),
+                params: &params,
+            },
+        };
+        let batch = Batch {
+            images: &x,
+            labels: &y,
+            label_smoothing: recipe.loss.label_smoothing,
+            distill: distill.as_deref(),
+        };
+        let out = {
+            let mut targets: Vec<&mut [Vec<f32>]> =
+                groups[..n_groups].iter_mut().map(|g| &mut g[..]).collect();
+            accumulate_groups(path, &plan, batch, &group_of, &mut targets)?
         };
         let lr = schedule.lr(step, recipe);
         match out.nonfinite {
@@ -144,7 +150,13 @@ pub(crate) fn run(
                 on_nonfinite(recipe, &metrics, &mut state, &out, k, arch, last_checkpoint)?;
             }
             None => {
-                let grad_norm = flat.optimizer_step(&mut opt, &params, &grads, lr)?;
+                if let Some(a) = strategy.combine(&mut groups[..n_groups], epoch) {
+                    state
+                        .agreement
+                        .get_or_insert_with(Agreement::default)
+                        .add(&a);
+                }
+                let grad_norm = flat.optimizer_step(&mut opt, &params, &groups[0], lr)?;
                 state.adam_t = opt.t;
                 let flops: Vec<u64> = plan.archs.iter().map(|a| flops(space, a)).collect();
                 metrics.line(json!({
@@ -158,6 +170,12 @@ pub(crate) fn run(
         let epoch_end = state.step.is_multiple_of(schedule.steps_per_epoch);
         if epoch_end {
             flat.sync(&params)?;
+            // How the step's gradient groups agreed over the epoch.
+            let agreement = state.agreement.take().map(|a| {
+                let mut r = a.report();
+                r["strategy"] = json!(recipe.gradient);
+                r
+            });
             last_val = validate(
                 &trainee,
                 space,
@@ -166,6 +184,7 @@ pub(crate) fn run(
                 recipe,
                 &metrics,
                 (state.step, epoch),
+                agreement,
                 &progress,
             )?;
         }
@@ -488,7 +507,8 @@ fn on_nonfinite(
 }
 
 /// Accuracy of the reported architectures on the validation split, logged
-/// to metrics.jsonl and the progress display.
+/// to metrics.jsonl (with the epoch's gradient agreement, when the
+/// strategy measures it) and the progress display.
 #[allow(clippy::too_many_arguments)]
 fn validate(
     trainee: &Trainee,
@@ -498,9 +518,13 @@ fn validate(
     recipe: &Recipe,
     metrics: &Metrics,
     (step, epoch): (usize, usize),
+    gradient: Option<serde_json::Value>,
     progress: &Progress,
 ) -> Result<Vec<(Reported, EvalResult)>> {
     let mut line = json!({"step": step, "epoch_end": epoch + 1});
+    if let Some(g) = gradient {
+        line["gradient"] = g;
+    }
     let mut msg = format!("epoch {} val acc", epoch + 1);
     let mut out = Vec::new();
     for (which, arch) in trainee.reported(space) {

@@ -7,7 +7,7 @@
 //! checkpoint, beside the run files `train` writes (`recipe.toml`,
 //! `space.toml`, `metrics.jsonl`, `checkpoint.safetensors`, `state.json`).
 
-use super::recipe::{DistillConfig, Recipe};
+use super::recipe::{DistillConfig, GradientConfig, Recipe};
 use super::step::Params;
 use super::{build_supernet, RunKind, RunOptions, Summary};
 use crate::error::{Error, Result};
@@ -88,12 +88,15 @@ pub fn read_arch_file(dir: &Path) -> Result<(Arch, Space)> {
 }
 
 /// A recipe made standalone: one architecture, no distillation (there is
-/// no teacher), the rest (data, optimizer, schedule) as given.
+/// no teacher), no supernet scaling layers and no gradient strategy (one
+/// gradient per step), the rest (data, optimizer, schedule) as given.
 fn standalone_recipe(recipe: &Recipe, output_dir: PathBuf) -> Recipe {
     let mut r = recipe.clone();
     r.output_dir = output_dir;
     r.init_from = None;
     r.loss.distill = DistillConfig::None;
+    r.gradient = GradientConfig::Sum;
+    r.scaling = Default::default();
     r
 }
 

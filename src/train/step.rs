@@ -1,5 +1,11 @@
 //! One optimizer step's forward/backward work: every subnet of a [`Plan`]
-//! in turn, gradients accumulated into flat per-parameter buffers.
+//! in turn, gradients accumulated into flat per-parameter buffers, one set
+//! per group of subnets (a gradient strategy, [`super::gradient`], says
+//! which subnets share a group and combines the groups).
+//!
+//! One loop serves both ways of computing a subnet's gradients: the
+//! [`engine`] or candle's autograd, chosen by the [`Path`] value the caller
+//! passes.
 
 use super::loss::{cross_entropy, Distill};
 use super::sampler::Plan;
@@ -8,7 +14,7 @@ use crate::error::Result;
 use crate::models::vit::Vit;
 use crate::space::Arch;
 use crate::supernet::Supernet;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
 /// The supernet's trainable variables, sorted by name (a stable order for
@@ -80,7 +86,7 @@ impl Forward for Supernet {
         self.forward(images, arch, true)
     }
     fn engine_config(&self) -> Option<engine::Config> {
-        Some(engine::Config::from_space(&self.space))
+        Some(engine::Config::from_supernet(self))
     }
 }
 
@@ -120,6 +126,34 @@ pub enum Backend {
     Composite,
 }
 
+/// Which code computes the forward and backward passes of a step's
+/// subnets. Both give the same gradients up to float rounding (tested).
+#[derive(Clone, Copy)]
+pub enum Path<'a> {
+    /// The [`engine`] on weights it holds ([`Params::engine_weights`]):
+    /// candle computes only the losses and their gradients with respect to
+    /// the logits.
+    Engine {
+        weights: &'a Weights,
+        config: &'a engine::Config,
+    },
+    /// candle's autograd through the model's own forward.
+    Autograd {
+        net: &'a dyn Forward,
+        params: &'a Params,
+    },
+}
+
+/// What a step trains on and how each subnet's loss is made.
+#[derive(Clone, Copy)]
+pub struct Batch<'a> {
+    pub images: &'a Tensor,
+    pub labels: &'a Tensor,
+    pub label_smoothing: f64,
+    /// In-place distillation of the subnets after the plan's teacher.
+    pub distill: Option<&'a dyn Distill>,
+}
+
 /// Forward and backward of every subnet in `plan`, adding gradients into
 /// `grads` (same order as `params`), computed by `backend`.
 #[allow(clippy::too_many_arguments)]
@@ -134,60 +168,32 @@ pub fn accumulate(
     grads: &mut [Vec<f32>],
     backend: Backend,
 ) -> Result<StepLosses> {
+    let batch = Batch {
+        images,
+        labels,
+        label_smoothing,
+        distill,
+    };
+    let one_group = vec![0; plan.archs.len()];
     if backend == Backend::Engine && images.dtype() == DType::F32 {
-        if let Some((w, cfg)) = params.engine_weights(net)? {
-            return accumulate_on_engine(
-                &w,
-                &cfg,
-                plan,
-                images,
-                labels,
-                label_smoothing,
-                distill,
-                grads,
-            );
+        if let Some((weights, config)) = params.engine_weights(net)? {
+            let path = Path::Engine {
+                weights: &weights,
+                config: &config,
+            };
+            return accumulate_groups(path, plan, batch, &one_group, &mut [grads]);
         }
     }
-    let mut autograd = || {
-        accumulate_autograd(
-            net,
-            params,
-            plan,
-            images,
-            labels,
-            label_smoothing,
-            distill,
-            grads,
-        )
-    };
+    let path = Path::Autograd { net, params };
+    let mut autograd = || accumulate_groups(path, plan, batch, &one_group, &mut [&mut *grads]);
     match backend {
         Backend::Composite => crate::ops::with_composite(autograd),
         _ => autograd(),
     }
 }
 
-/// The loss of one subnet of a step and its reported value: distillation
-/// from the step's teacher when there is one, else label-smoothed CE.
-fn subnet_loss(
-    logits: &Tensor,
-    teacher: Option<&Tensor>,
-    distill: Option<&dyn Distill>,
-    labels: &Tensor,
-    label_smoothing: f64,
-) -> Result<(Tensor, f32)> {
-    Ok(match (teacher, distill) {
-        (Some(t), Some(d)) => d.loss(logits, t)?,
-        _ => {
-            let l = cross_entropy(logits, labels, label_smoothing)?;
-            let v = l.to_scalar::<f32>()?;
-            (l, v)
-        }
-    })
-}
-
 /// [`accumulate`] by the engine on weights it already holds (see
-/// [`Params::engine_weights`]): candle computes only the losses and their
-/// gradients with respect to the logits.
+/// [`Params::engine_weights`]).
 #[allow(clippy::too_many_arguments)]
 pub fn accumulate_on_engine(
     w: &Weights,
@@ -199,65 +205,94 @@ pub fn accumulate_on_engine(
     distill: Option<&dyn Distill>,
     grads: &mut [Vec<f32>],
 ) -> Result<StepLosses> {
-    let batch = engine::check_images(cfg, images)?;
-    let x = images.flatten_all()?.to_vec1::<f32>()?;
-    let chunks = engine::split(batch);
-    // Gradients of chunks 1.. (chunk 0 adds into `grads`), summed at the end.
-    let mut extra: Vec<Vec<Vec<f32>>> = (1..chunks.len()).map(|_| w.zero_grads()).collect();
-    let mut teacher: Option<Tensor> = None;
-    let mut losses = Vec::with_capacity(plan.archs.len());
-    for (k, arch) in plan.archs.iter().enumerate() {
-        w.check(cfg, arch)?;
-        let (logits, tapes) = engine::forward_chunks(w, cfg, arch, &x, &chunks, true);
-        let logits = Var::from_vec(logits, (batch, cfg.classes), images.device())?;
-        let lt = logits.as_tensor();
-        let (loss, value) = subnet_loss(lt, teacher.as_ref(), distill, labels, label_smoothing)?;
-        losses.push(value);
-        if !value.is_finite() {
-            return Ok(StepLosses {
-                losses,
-                nonfinite: Some(k),
-            });
+    let path = Path::Engine {
+        weights: w,
+        config: cfg,
+    };
+    let batch = Batch {
+        images,
+        labels,
+        label_smoothing,
+        distill,
+    };
+    accumulate_groups(path, plan, batch, &vec![0; plan.archs.len()], &mut [grads])
+}
+
+/// Forward and backward of every subnet of `plan` by `path`, in plan
+/// order: the gradients of subnet `k` are added into
+/// `groups[group_of[k]]` (each a set of buffers in the order of the
+/// parameters). With one group this is the plain sum over the subnets.
+pub fn accumulate_groups(
+    path: Path,
+    plan: &Plan,
+    batch: Batch,
+    group_of: &[usize],
+    groups: &mut [&mut [Vec<f32>]],
+) -> Result<StepLosses> {
+    assert_eq!(group_of.len(), plan.archs.len(), "one group per subnet");
+    match path {
+        Path::Engine { weights, config } => {
+            let mut pass = EnginePass::new(weights, config, batch.images)?;
+            run_subnets(&mut pass, plan, batch, group_of, groups)
         }
-        if k == 0 && plan.teacher_first {
-            teacher = Some(lt.detach());
+        Path::Autograd { net, params } => {
+            let mut pass = AutogradPass {
+                net,
+                params,
+                images: batch.images,
+            };
+            run_subnets(&mut pass, plan, batch, group_of, groups)
         }
-        let g = loss.backward()?;
-        let dlogits = match g.get(lt) {
-            Some(d) => d.flatten_all()?.to_vec1::<f32>()?,
-            None => continue,
-        };
-        engine::backward_chunks(w, cfg, arch, &tapes, &dlogits, &chunks, grads, &mut extra);
     }
-    for e in &extra {
-        for (g, e) in grads.iter_mut().zip(e) {
-            g.iter_mut().zip(e).for_each(|(g, e)| *g += e);
+}
+
+/// The loss of one subnet of a step and its reported value: distillation
+/// from the step's teacher when there is one, else label-smoothed CE.
+fn subnet_loss(logits: &Tensor, teacher: Option<&Tensor>, batch: &Batch) -> Result<(Tensor, f32)> {
+    Ok(match (teacher, batch.distill) {
+        (Some(t), Some(d)) => d.loss(logits, t)?,
+        _ => {
+            let l = cross_entropy(logits, batch.labels, batch.label_smoothing)?;
+            let v = l.to_scalar::<f32>()?;
+            (l, v)
         }
-    }
-    Ok(StepLosses {
-        losses,
-        nonfinite: None,
     })
 }
 
-/// [`accumulate`] by candle's autograd through the model's own forward.
-#[allow(clippy::too_many_arguments)]
-fn accumulate_autograd(
-    net: &dyn Forward,
-    params: &Params,
+/// One subnet's forward and backward, by one [`Path`].
+trait Pass {
+    /// Logits of `arch` as a tensor that `loss.backward()` differentiates.
+    fn forward(&mut self, arch: &Arch) -> Result<Tensor>;
+    /// Adds the gradients of `loss` (a function of the last forward's
+    /// `logits`) into `grads`, or sets them aside to be added by
+    /// [`Pass::flush`].
+    fn backward(
+        &mut self,
+        arch: &Arch,
+        logits: &Tensor,
+        loss: &Tensor,
+        grads: &mut [Vec<f32>],
+    ) -> Result<()>;
+    /// Adds what was set aside since the last flush into `grads`; `last`:
+    /// no backward follows.
+    fn flush(&mut self, grads: &mut [Vec<f32>], last: bool);
+}
+
+/// The step loop, the same for every path: each subnet's forward, its loss
+/// (the first of a teacher-first plan teaches the rest), its backward into
+/// its group.
+fn run_subnets(
+    pass: &mut dyn Pass,
     plan: &Plan,
-    images: &Tensor,
-    labels: &Tensor,
-    label_smoothing: f64,
-    distill: Option<&dyn Distill>,
-    grads: &mut [Vec<f32>],
+    batch: Batch,
+    group_of: &[usize],
+    groups: &mut [&mut [Vec<f32>]],
 ) -> Result<StepLosses> {
     let mut teacher: Option<Tensor> = None;
     let mut losses = Vec::with_capacity(plan.archs.len());
     for (k, arch) in plan.archs.iter().enumerate() {
-        let logits = net.forward_train(images, arch)?;
-        let (loss, value) =
-            subnet_loss(&logits, teacher.as_ref(), distill, labels, label_smoothing)?;
+        let logits = pass.forward(arch)?;
+        let (loss, value) = subnet_loss(&logits, teacher.as_ref(), &batch)?;
         losses.push(value);
         if !value.is_finite() {
             return Ok(StepLosses {
@@ -268,8 +303,118 @@ fn accumulate_autograd(
         if k == 0 && plan.teacher_first {
             teacher = Some(logits.detach());
         }
+        let g = group_of[k];
+        pass.backward(arch, &logits, &loss, groups[g])?;
+        if group_of.get(k + 1) != Some(&g) {
+            pass.flush(groups[g], k + 1 == plan.archs.len());
+        }
+    }
+    Ok(StepLosses {
+        losses,
+        nonfinite: None,
+    })
+}
+
+/// The engine's pass: the batch split into chunks, one per thread.
+struct EnginePass<'a> {
+    w: &'a Weights,
+    cfg: &'a engine::Config,
+    device: Device,
+    batch: usize,
+    x: Vec<f32>,
+    chunks: Vec<std::ops::Range<usize>>,
+    tapes: Vec<engine::Tape>,
+    /// Gradients of chunks 1.. (chunk 0 adds into the group's buffers),
+    /// added in at each flush.
+    extra: Vec<Vec<Vec<f32>>>,
+}
+
+impl<'a> EnginePass<'a> {
+    fn new(w: &'a Weights, cfg: &'a engine::Config, images: &Tensor) -> Result<Self> {
+        let batch = engine::check_images(cfg, images)?;
+        let chunks = engine::split(batch);
+        Ok(EnginePass {
+            w,
+            cfg,
+            device: images.device().clone(),
+            batch,
+            x: images.flatten_all()?.to_vec1::<f32>()?,
+            extra: (1..chunks.len()).map(|_| w.zero_grads()).collect(),
+            chunks,
+            tapes: Vec::new(),
+        })
+    }
+}
+
+impl Pass for EnginePass<'_> {
+    fn forward(&mut self, arch: &Arch) -> Result<Tensor> {
+        self.w.check(self.cfg, arch)?;
+        let (logits, tapes) =
+            engine::forward_chunks(self.w, self.cfg, arch, &self.x, &self.chunks, true);
+        self.tapes = tapes;
+        let logits = Var::from_vec(logits, (self.batch, self.cfg.classes), &self.device)?;
+        Ok(logits.as_tensor().clone())
+    }
+
+    fn backward(
+        &mut self,
+        arch: &Arch,
+        logits: &Tensor,
+        loss: &Tensor,
+        grads: &mut [Vec<f32>],
+    ) -> Result<()> {
         let g = loss.backward()?;
-        for (var, acc) in params.vars.iter().zip(grads.iter_mut()) {
+        let Some(d) = g.get(logits) else {
+            return Ok(());
+        };
+        let dlogits = d.flatten_all()?.to_vec1::<f32>()?;
+        let tapes = std::mem::take(&mut self.tapes);
+        engine::backward_chunks(
+            self.w,
+            self.cfg,
+            arch,
+            &tapes,
+            &dlogits,
+            &self.chunks,
+            grads,
+            &mut self.extra,
+        );
+        Ok(())
+    }
+
+    fn flush(&mut self, grads: &mut [Vec<f32>], last: bool) {
+        for e in &mut self.extra {
+            for (g, e) in grads.iter_mut().zip(e.iter_mut()) {
+                g.iter_mut().zip(e.iter()).for_each(|(g, e)| *g += e);
+                if !last {
+                    e.fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// candle's autograd through the model's own forward.
+struct AutogradPass<'a> {
+    net: &'a dyn Forward,
+    params: &'a Params,
+    images: &'a Tensor,
+}
+
+impl Pass for AutogradPass<'_> {
+    fn forward(&mut self, arch: &Arch) -> Result<Tensor> {
+        self.net.forward_train(self.images, arch)
+    }
+
+    fn backward(
+        &mut self,
+        _arch: &Arch,
+        _logits: &Tensor,
+        loss: &Tensor,
+        grads: &mut [Vec<f32>],
+    ) -> Result<()> {
+        let g = loss.backward()?;
+        for (var, acc) in self.params.vars.iter().zip(grads.iter_mut()) {
             if let Some(t) = g.get(var.as_tensor()) {
                 let v = t.flatten_all()?.to_vec1::<f32>()?;
                 for (a, b) in acc.iter_mut().zip(&v) {
@@ -277,9 +422,8 @@ fn accumulate_autograd(
                 }
             }
         }
+        Ok(())
     }
-    Ok(StepLosses {
-        losses,
-        nonfinite: None,
-    })
+
+    fn flush(&mut self, _grads: &mut [Vec<f32>], _last: bool) {}
 }

@@ -44,10 +44,13 @@ impl TrainedRun {
         let space = Space::from_file(dir.join(SPACE_FILE))?;
         let (tensors, _) = read_weights(&file, &Device::Cpu)?;
         let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let net = Supernet::new(&space, vb).map_err(|e| Error::Checkpoint {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
+        let net =
+            Supernet::with_scaling(&space, recipe.init, &recipe.scaling, vb).map_err(|e| {
+                Error::Checkpoint {
+                    path: file.clone(),
+                    message: e.to_string(),
+                }
+            })?;
         Ok(Self {
             dir,
             recipe,

@@ -1,6 +1,7 @@
 //! What a run trains: the supernet with its sampler, or one architecture as
 //! a static model; built fresh from the recipe's seed and initialisation.
 
+use super::recipe::Recipe;
 use super::sampler::{self, Plan, Sampler};
 use super::standalone;
 use super::step::{Forward, Params};
@@ -10,6 +11,7 @@ use crate::error::Result;
 use crate::init::{seeded_var_builder, InitScheme};
 use crate::models::vit::Vit;
 use crate::space::{Arch, Space};
+use crate::supernet::scaling::ScalingConfig;
 use crate::supernet::Supernet;
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
@@ -24,16 +26,29 @@ pub enum RunKind {
     Standalone { arch: Arch, init: standalone::Init },
 }
 
-/// Builds the seeded supernet of a space and its sorted parameters.
+/// Builds the seeded supernet of a space (without scaling layers) and its
+/// sorted parameters.
 pub fn build_supernet(
     space: &Space,
     seed: u64,
     init: InitScheme,
 ) -> Result<(Supernet, VarMap, Params)> {
+    build_scaled_supernet(space, seed, init, &ScalingConfig::default())
+}
+
+/// [`build_supernet`] with the switchable scaling layers of `scaling` when
+/// it is enabled.
+pub fn build_scaled_supernet(
+    space: &Space,
+    seed: u64,
+    init: InitScheme,
+    scaling: &ScalingConfig,
+) -> Result<(Supernet, VarMap, Params)> {
     let vm = VarMap::new();
-    let net = Supernet::with_init(
+    let net = Supernet::with_scaling(
         space,
         init,
+        scaling,
         seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu),
     )?;
     let params = Params::from_varmap(&vm);
@@ -53,20 +68,21 @@ pub(crate) enum Trainee {
 }
 
 impl Trainee {
-    /// Builds the model of `kind` and its parameters. `init` is the
+    /// Builds the model of `kind` and its parameters from `recipe`'s seed,
+    /// initialisation, sampler and scaling layers. `init` is the
     /// standalone model's origin (ignored for a supernet).
     pub(crate) fn build(
         kind: &RunKind,
         space: &Space,
-        seed: u64,
-        scheme: InitScheme,
-        sampler_config: &super::recipe::SamplerConfig,
+        recipe: &Recipe,
         init: Option<standalone::Init>,
     ) -> Result<(Trainee, Params)> {
+        let seed = recipe.seed;
         Ok(match kind {
             RunKind::Supernet => {
-                let (net, _vm, params) = build_supernet(space, seed, scheme)?;
-                let sampler = sampler::from_config(sampler_config);
+                let (net, _vm, params) =
+                    build_scaled_supernet(space, seed, recipe.init, &recipe.scaling)?;
+                let sampler = sampler::from_config(&recipe.sampler);
                 (Trainee::Supernet { net, sampler }, params)
             }
             RunKind::Standalone { arch, init: origin } => {

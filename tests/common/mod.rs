@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::PathBuf;
+use vitnas::supernet::scaling::{ScalingConfig, Switch};
 use vitnas::{init::seeded_var_builder, Space, Supernet};
 
 pub fn repo_path(rel: &str) -> PathBuf {
@@ -20,6 +21,23 @@ pub fn supernet(space: &Space, seed: u64) -> (Supernet, VarMap) {
     let net = Supernet::new(space, vb).unwrap();
     (net, varmap)
 }
+
+/// A seeded supernet with switchable scaling layers (`switch`), every
+/// scale starting at `init`.
+pub fn scaled_supernet(space: &Space, seed: u64, switch: Switch, init: f64) -> (Supernet, VarMap) {
+    let varmap = VarMap::new();
+    let vb = seeded_var_builder(&varmap, seed, DType::F32, &Device::Cpu);
+    let scaling = ScalingConfig {
+        enabled: true,
+        switch,
+        init,
+    };
+    let net = Supernet::with_scaling(space, Default::default(), &scaling, vb).unwrap();
+    (net, varmap)
+}
+
+/// Every switch of the scaling layers.
+pub const SWITCHES: [Switch; 3] = [Switch::Depth, Switch::Shared, Switch::LayerConfig];
 
 /// Seeded uniform [0, 1) images `[b, C, H, W]` for a space.
 pub fn images(space: &Space, b: usize, seed: u64) -> Tensor {
