@@ -312,6 +312,7 @@ fn the_forced_simd_level_is_the_one_in_use() {
         assert!(have.contains(&vitnas::simd::Level::Avx512));
     }
     assert!(!have.contains(&vitnas::simd::Level::Avx512) || cfg!(feature = "avx512"));
+}
 
 /// With scaling layers under every switch, on the odd-sized space: the
 /// engine's logits and every gradient (the scaling tables' included, zero
