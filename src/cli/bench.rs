@@ -59,8 +59,7 @@ pub enum BenchCmd {
 }
 
 fn set_threads(n: usize) {
-    // candle sizes its thread pool from RAYON_NUM_THREADS at first use.
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    super::threads::init_pool(n);
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {

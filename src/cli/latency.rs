@@ -86,7 +86,7 @@ enum StatArg {
 pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
     match cmd {
         LatencyCmd::Measure(a) => {
-            std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+            super::threads::init_pool(a.threads);
             let space = Space::from_file(&a.space)?;
             let opts = dataset::MeasureOptions {
                 n: a.n,

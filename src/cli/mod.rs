@@ -96,6 +96,14 @@ pub fn init_logging(verbose: u8) {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // `bench` and `latency measure` size the pool from their --threads.
+    let own_threads = matches!(
+        cli.command,
+        Command::Bench(_) | Command::Latency(latency::LatencyCmd::Measure(_))
+    );
+    if !own_threads {
+        threads::init_default_pool();
+    }
     match cli.command {
         Command::Space(c) => space::run(c),
         Command::Arch(c) => arch::run(c),

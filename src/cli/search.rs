@@ -186,13 +186,19 @@ fn check_predictions(
         p.batch,
         p.machine.threads
     );
-    // Measured as the predictor's dataset was: with its number of threads.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(p.machine.threads)
-        .build()?;
+    // Measured as the predictor's dataset was: with its number of threads,
+    // on a pool this thread belongs to (`threads::init_pool`) when the
+    // counts agree.
+    let own = (p.machine.threads != rayon::current_num_threads())
+        .then(|| rayon::ThreadPoolBuilder::new().num_threads(p.machine.threads).build())
+        .transpose()?;
     for (k, r) in top.iter().enumerate() {
         let predicted = p.predict(&run.space, &r.arch);
-        let measured = pool.install(|| search::measure_latency(&run.net, &r.arch, p.batch))?;
+        let time = || search::measure_latency(&run.net, &r.arch, p.batch);
+        let measured = match &own {
+            Some(pool) => pool.install(time)?,
+            None => time()?,
+        };
         let err = (predicted - measured) / measured;
         errs.push(err.abs());
         eprintln!(
