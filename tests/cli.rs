@@ -397,7 +397,10 @@ fn a_bad_simd_level_is_a_clear_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("VITNAS_SIMD") && err.contains("scalar"), "{err}");
+    assert!(
+        err.contains("VITNAS_SIMD") && err.contains("scalar"),
+        "{err}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_vitnas"))
         .args(["bench", "gemm", "--n", "16", "--threads", "1"])
         .env("VITNAS_SIMD", "scalar")
@@ -417,16 +420,43 @@ fn latency_measure_fit_and_predict_from_the_command_line() {
     let (csv, pred, arch) = (dir.join("l.csv"), dir.join("p.json"), dir.join("a.json"));
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
     let (ok, _, err) = vitnas(&[
-        "latency", "measure", "search_spaces/fmnist-tiny.toml", "--n", "60", "--threads", "1",
-        "--warmup", "0", "--runs", "2", "--out", &s(&csv),
+        "latency",
+        "measure",
+        "search_spaces/fmnist-tiny.toml",
+        "--n",
+        "60",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--runs",
+        "2",
+        "--out",
+        &s(&csv),
     ]);
     assert!(ok, "{err}");
-    let (ok, out, err) = vitnas(&["latency", "fit", &s(&csv), "--out", &s(&pred), "--mlp-steps", "20"]);
+    let (ok, out, err) = vitnas(&[
+        "latency",
+        "fit",
+        &s(&csv),
+        "--out",
+        &s(&pred),
+        "--mlp-steps",
+        "20",
+    ]);
     assert!(ok, "{err}");
-    assert!(out.contains("\"kept\"") && out.contains("hat_mlp") && out.contains("additive"), "{out}");
+    assert!(
+        out.contains("\"kept\"") && out.contains("hat_mlp") && out.contains("additive"),
+        "{out}"
+    );
     let (ok, out, err) = vitnas(&["latency", "check", &s(&pred), &s(&csv)]);
     assert!(ok && out.contains("mean_rel_error"), "{err}");
-    let (ok, out, _) = vitnas(&["arch", "sample", "search_spaces/fmnist-tiny.toml", "--largest"]);
+    let (ok, out, _) = vitnas(&[
+        "arch",
+        "sample",
+        "search_spaces/fmnist-tiny.toml",
+        "--largest",
+    ]);
     assert!(ok);
     std::fs::write(&arch, out).unwrap();
     let (ok, out, err) = vitnas(&["latency", "predict", &s(&pred), &s(&arch)]);
@@ -434,5 +464,8 @@ fn latency_measure_fit_and_predict_from_the_command_line() {
     let text = std::fs::read_to_string(&pred).unwrap();
     std::fs::write(&pred, &text[..text.len() / 2]).unwrap();
     let (ok, _, err) = vitnas(&["latency", "predict", &s(&pred), &s(&arch)]);
-    assert!(!ok && err.contains("p.json") && !err.contains("panicked"), "{err}");
+    assert!(
+        !ok && err.contains("p.json") && !err.contains("panicked"),
+        "{err}"
+    );
 }

@@ -56,7 +56,11 @@ fn predictor(dir: &std::path::Path) -> (Predictor, std::path::PathBuf) {
         batch: 1,
         samples: d.samples.len(),
         range_ms: [0.0, 1.0],
-        heldout: f.models.iter().map(|(m, e)| (m.name().to_string(), *e)).collect(),
+        heldout: f
+            .models
+            .iter()
+            .map(|(m, e)| (m.name().to_string(), *e))
+            .collect(),
         chosen_because: f.why.clone(),
         model: f.models[0].0.clone(),
     };
@@ -70,7 +74,10 @@ fn a_measurement_resumes_after_a_kill_and_refuses_other_settings() {
     let s = space("fmnist-tiny");
     let dir = tmp("resume");
     let csv = dir.join("lat.csv");
-    assert_eq!(dataset::measure(&s, &quick(12), &csv, |_, _| {}).unwrap(), 12);
+    assert_eq!(
+        dataset::measure(&s, &quick(12), &csv, |_, _| {}).unwrap(),
+        12
+    );
     let full = data_rows(&csv);
     // A kill: the last row half written, the one before lost.
     let text = std::fs::read_to_string(&csv).unwrap();
@@ -78,18 +85,26 @@ fn a_measurement_resumes_after_a_kill_and_refuses_other_settings() {
     let cut = text[..cut].rfind('\n').unwrap() + 1;
     std::fs::write(&csv, format!("{}{}", &text[..cut], "11,0 1 2")).unwrap();
     assert_eq!(data_rows(&csv).len(), 11); // 10 whole rows + the partial one
-    assert_eq!(dataset::measure(&s, &quick(12), &csv, |_, _| {}).unwrap(), 2);
+    assert_eq!(
+        dataset::measure(&s, &quick(12), &csv, |_, _| {}).unwrap(),
+        2
+    );
     let again = data_rows(&csv);
     assert_eq!(again.len(), 12);
     let idx = |rows: &[String]| {
-        let mut v: Vec<String> = rows.iter().map(|r| r.split(',').take(2).collect::<Vec<_>>().join(",")).collect();
+        let mut v: Vec<String> = rows
+            .iter()
+            .map(|r| r.split(',').take(2).collect::<Vec<_>>().join(","))
+            .collect();
         v.sort();
         v
     };
     assert_eq!(idx(&full), idx(&again), "the same architectures, by index");
     let mut other = quick(12);
     other.batch = 2;
-    let e = dataset::measure(&s, &other, &csv, |_, _| {}).unwrap_err().to_string();
+    let e = dataset::measure(&s, &other, &csv, |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("lat.csv") && e.contains("batch"), "{e}");
     let e = dataset::measure(&space("autoformer-tiny"), &quick(12), &csv, |_, _| {})
         .unwrap_err()
@@ -104,13 +119,21 @@ fn fitting_needs_enough_rows_and_a_predictor_is_refused_for_another_space() {
     let csv = dir.join("few.csv");
     dataset::measure(&s, &quick(20), &csv, |_, _| {}).unwrap();
     let d = dataset::read(&csv).unwrap();
-    let e = fit::fit(&d.space, &d.samples, 0.2, 0, 10, "few.csv").unwrap_err().to_string();
-    assert!(e.contains("20 measured") && e.contains(&fit::MIN_SAMPLES.to_string()), "{e}");
+    let e = fit::fit(&d.space, &d.samples, 0.2, 0, 10, "few.csv")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("20 measured") && e.contains(&fit::MIN_SAMPLES.to_string()),
+        "{e}"
+    );
 
     let (p, path) = predictor(&dir);
     // Both models were fitted and scored on held-out rows.
     assert_eq!(p.heldout.len(), 2);
-    assert!(p.heldout.values().all(|e| e.n == 12 && e.mean_rel.is_finite()));
+    assert!(p
+        .heldout
+        .values()
+        .all(|e| e.n == 12 && e.mean_rel.is_finite()));
     // Predictions grow with the work.
     assert!(p.predict(&s, &s.largest()) > p.predict(&s, &s.smallest()));
     // Same space: accepted, no warning on this machine.
@@ -119,10 +142,18 @@ fn fitting_needs_enough_rows_and_a_predictor_is_refused_for_another_space() {
     let w = p.check(&path, &s, &Machine::current(7)).unwrap();
     assert!(w.len() == 1 && w[0].contains("threads"), "{w:?}");
     // Another space: refused, naming both.
-    let e = p.check(&path, &space("autoformer-tiny"), &Machine::current(1)).unwrap_err().to_string();
-    assert!(e.contains("fmnist-tiny") && e.contains("autoformer-tiny"), "{e}");
+    let e = p
+        .check(&path, &space("autoformer-tiny"), &Machine::current(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("fmnist-tiny") && e.contains("autoformer-tiny"),
+        "{e}"
+    );
     // A budget below the smallest subnet's prediction: refused with the range.
-    let e = latency::check_budget(&p, &path, &s, 1e-6).unwrap_err().to_string();
+    let e = latency::check_budget(&p, &path, &s, 1e-6)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("predictions range from"), "{e}");
 }
 
@@ -164,7 +195,9 @@ fn a_latency_constrained_search_predicts_and_times_no_candidate() {
     assert!(!state.records.is_empty());
     for r in &state.records {
         assert_eq!(r.latency_ms, None, "no candidate is timed");
-        let pred = r.predicted_latency_ms.expect("every candidate is predicted");
+        let pred = r
+            .predicted_latency_ms
+            .expect("every candidate is predicted");
         assert!(pred <= budget);
         assert_eq!(pred, p.predict(&s, &r.arch));
     }
@@ -177,14 +210,20 @@ fn empty_and_malformed_datasets_are_clear_errors() {
     let empty = dir.join("empty.csv");
     std::fs::write(&empty, "").unwrap();
     let e = dataset::read(&empty).err().unwrap().to_string();
-    assert!(e.contains("empty.csv") && e.contains("not a latency dataset"), "{e}");
+    assert!(
+        e.contains("empty.csv") && e.contains("not a latency dataset"),
+        "{e}"
+    );
     let csv = dir.join("bad.csv");
     dataset::measure(&s, &quick(5), &csv, |_, _| {}).unwrap();
     let text = std::fs::read_to_string(&csv).unwrap();
     for (bad, want) in [
         ("5,0 1,64\n", "line"),
         ("5,0 1 x,64,4,2 2 2 2,2 2 2 2,1,1,0.1,0.0,0.1\n", "genes"),
-        ("5,0 0 0 0 0 0 0 0 0 0 0 0 0 0,64,4,2 2 2 2,2 2 2 2,1,1,-3,0.0,0.1\n", "mean_ms"),
+        (
+            "5,0 0 0 0 0 0 0 0 0 0 0 0 0 0,64,4,2 2 2 2,2 2 2 2,1,1,-3,0.0,0.1\n",
+            "mean_ms",
+        ),
     ] {
         std::fs::write(&csv, format!("{text}{bad}")).unwrap();
         let e = dataset::read(&csv).err().unwrap().to_string();

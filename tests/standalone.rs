@@ -316,7 +316,10 @@ fn rank_harness_runs_end_to_end_and_skips_finished_work() {
     reuse.reference = vec![cfg.output_dir.clone(), s1.output_dir.clone()];
     let r = rank::run(&reuse, &o).unwrap();
     assert!(r.complete && r.noise_ceiling_test.is_some());
-    assert!(!reuse.output_dir.join("standalone").exists(), "nothing trained");
+    assert!(
+        !reuse.output_dir.join("standalone").exists(),
+        "nothing trained"
+    );
     for ((e, a), b) in r.entries.iter().zip(&rep.entries).zip(&rep1.entries) {
         let (a, b) = (a.standalone_test.unwrap(), b.standalone_test.unwrap());
         assert_eq!(e.standalone_test_per_reference, vec![a, b]);
@@ -328,7 +331,10 @@ fn rank_harness_runs_end_to_end_and_skips_finished_work() {
     other_budget.output_dir = out.join("rank-reuse-2");
     other_budget.standalone.epochs = 2;
     let msg = rank::run(&other_budget, &o).unwrap_err().to_string();
-    assert!(msg.contains("standalone") && msg.contains("rank.json"), "{msg}");
+    assert!(
+        msg.contains("standalone") && msg.contains("rank.json"),
+        "{msg}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -18,10 +18,7 @@ pub enum LatencyCmd {
     Fit(FitArgs),
     /// A predictor's error on another measured CSV of the same space (e.g.
     /// one taken later, to see drift).
-    Check {
-        predictor: PathBuf,
-        csv: PathBuf,
-    },
+    Check { predictor: PathBuf, csv: PathBuf },
     /// Predicted latency of one architecture (JSON file).
     Predict {
         /// A predictor file from `vitnas latency fit`.
@@ -102,8 +99,10 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
                 let b = indicatif::ProgressBar::new(a.n as u64);
                 b.set_style(
-                    indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} architectures  ETA {eta}")
-                        .expect("template"),
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} architectures  ETA {eta}",
+                    )
+                    .expect("template"),
                 );
                 b
             });
@@ -134,7 +133,14 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             };
             let d = dataset::read_with(&a.csv, stat)?;
             let origin = a.csv.display().to_string();
-            let fitted = fit::fit(&d.space, &d.samples, a.holdout, a.seed, a.mlp_steps, &origin)?;
+            let fitted = fit::fit(
+                &d.space,
+                &d.samples,
+                a.holdout,
+                a.seed,
+                a.mlp_steps,
+                &origin,
+            )?;
             let (lo, hi) = d
                 .samples
                 .iter()
@@ -181,10 +187,18 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             for w in p.check(&predictor, &d.space, &d.header.machine)? {
                 eprintln!("warning: {w}");
             }
-            let pred: Vec<f64> = d.samples.iter().map(|s| p.predict(&d.space, &s.arch)).collect();
+            let pred: Vec<f64> = d
+                .samples
+                .iter()
+                .map(|s| p.predict(&d.space, &s.arch))
+                .collect();
             let truth: Vec<f64> = d.samples.iter().map(|s| s.ms).collect();
             let e = latency::Errors::of(&pred, &truth);
-            let bias = pred.iter().zip(&truth).map(|(p, t)| (p - t) / t).sum::<f64>()
+            let bias = pred
+                .iter()
+                .zip(&truth)
+                .map(|(p, t)| (p - t) / t)
+                .sum::<f64>()
                 / truth.len().max(1) as f64;
             println!(
                 "{}",
@@ -201,7 +215,11 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             let a = Arch::from_json_file(&arch)?;
             a.validate(&space)
                 .with_context(|| format!("{} in {}", arch.display(), space.name))?;
-            for w in p.check(&predictor, &space, &latency::Machine::current(p.machine.threads))? {
+            for w in p.check(
+                &predictor,
+                &space,
+                &latency::Machine::current(p.machine.threads),
+            )? {
                 eprintln!("warning: {w}");
             }
             let ms = p.predict(&space, &a);

@@ -3,12 +3,12 @@
 pub mod allocator;
 mod arch;
 mod bench;
-mod latency;
 mod embed;
 mod eval;
 mod evaluate;
 mod export;
 mod finetune;
+mod latency;
 mod retrain;
 mod search;
 mod space;

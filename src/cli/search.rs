@@ -5,9 +5,9 @@ use anyhow::Context;
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
+use vitnas::latency::{self, Machine, Predictor};
 use vitnas::search::config::Algorithm;
 use vitnas::search::{self, Evaluator};
-use vitnas::latency::{self, Machine, Predictor};
 use vitnas::train::TrainedRun;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -118,7 +118,10 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
                     path.display()
                 );
             }
-            let max = cfg.constraints.latency_ms_max.context("--predictor needs --latency-ms-max")?;
+            let max = cfg
+                .constraints
+                .latency_ms_max
+                .context("--predictor needs --latency-ms-max")?;
             latency::check_budget(&p, path, space, max)?;
             Some(p)
         }
@@ -190,7 +193,11 @@ fn check_predictions(
     // on a pool this thread belongs to (`threads::init_pool`) when the
     // counts agree.
     let own = (p.machine.threads != rayon::current_num_threads())
-        .then(|| rayon::ThreadPoolBuilder::new().num_threads(p.machine.threads).build())
+        .then(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(p.machine.threads)
+                .build()
+        })
         .transpose()?;
     for (k, r) in top.iter().enumerate() {
         let predicted = p.predict(&run.space, &r.arch);
@@ -222,6 +229,8 @@ fn check_predictions(
             100.0 * recorded
         );
     }
-    Ok(serde_json::json!({"rows": rows, "mean_rel_error": mean, "worst_rel_error": worst,
-        "recorded_heldout_p95_rel_error": recorded, "flagged": flagged}))
+    Ok(
+        serde_json::json!({"rows": rows, "mean_rel_error": mean, "worst_rel_error": worst,
+        "recorded_heldout_p95_rel_error": recorded, "flagged": flagged}),
+    )
 }

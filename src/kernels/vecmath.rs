@@ -67,7 +67,10 @@ fn exp_v<S: Simd>(s: S, x: S::f32s) -> S::f32s {
 #[inline(always)]
 fn erf_v<S: Simd>(s: S, x: S::f32s) -> S::f32s {
     let a = s.abs_f32s(x);
-    let t = s.div_f32s(s.splat_f32s(1.0), s.mul_add_e_f32s(s.splat_f32s(ERF_P), a, s.splat_f32s(1.0)));
+    let t = s.div_f32s(
+        s.splat_f32s(1.0),
+        s.mul_add_e_f32s(s.splat_f32s(ERF_P), a, s.splat_f32s(1.0)),
+    );
     let mut poly = s.mul_add_e_f32s(s.splat_f32s(ERF_A[4]), t, s.splat_f32s(ERF_A[3]));
     poly = s.mul_add_e_f32s(poly, t, s.splat_f32s(ERF_A[2]));
     poly = s.mul_add_e_f32s(poly, t, s.splat_f32s(ERF_A[1]));
@@ -82,7 +85,11 @@ fn erf_v<S: Simd>(s: S, x: S::f32s) -> S::f32s {
 #[inline(always)]
 fn cdf_v<S: Simd>(s: S, u: S::f32s) -> S::f32s {
     let half = s.splat_f32s(0.5);
-    s.mul_add_e_f32s(half, erf_v(s, s.mul_f32s(u, s.splat_f32s(FRAC_1_SQRT_2))), half)
+    s.mul_add_e_f32s(
+        half,
+        erf_v(s, s.mul_f32s(u, s.splat_f32s(FRAC_1_SQRT_2))),
+        half,
+    )
 }
 
 #[inline(always)]
@@ -150,7 +157,10 @@ impl WithSimd for GeluBackward<'_> {
             *g = s.mul_f32s(*g, gelu_grad_v(s, u));
         }
         if !ut.is_empty() {
-            let v = s.mul_f32s(s.partial_load_f32s(gt), gelu_grad_v(s, s.partial_load_f32s(ut)));
+            let v = s.mul_f32s(
+                s.partial_load_f32s(gt),
+                gelu_grad_v(s, s.partial_load_f32s(ut)),
+            );
             s.partial_store_f32s(gt, v);
         }
     }
@@ -475,7 +485,9 @@ mod tests {
     }
 
     fn inputs(n: usize) -> Vec<f32> {
-        (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.0173).collect()
+        (0..n)
+            .map(|i| (i as f32 - n as f32 / 2.0) * 0.0173)
+            .collect()
     }
 
     const ODD_LENGTHS: [usize; 9] = [0, 1, 3, 7, 15, 17, 31, 33, 1003];
@@ -501,7 +513,11 @@ mod tests {
             for (&x, &y) in x.iter().zip(&y) {
                 let want = (x as f64).exp();
                 let rel = (y as f64 - want).abs() / want;
-                assert!(rel <= 4e-7, "{:?}: exp({x}) = {y}, want {want}", isa.level());
+                assert!(
+                    rel <= 4e-7,
+                    "{:?}: exp({x}) = {y}, want {want}",
+                    isa.level()
+                );
             }
         }
     }
@@ -521,11 +537,16 @@ mod tests {
                     let want = x64 * cdf;
                     let want_d = 1.5
                         * (cdf
-                            + x64 * (-0.5 * x64 * x64).exp()
-                                / (2.0 * std::f64::consts::PI).sqrt());
+                            + x64 * (-0.5 * x64 * x64).exp() / (2.0 * std::f64::consts::PI).sqrt());
                     let l = isa.level();
-                    assert!((y as f64 - want).abs() < 1e-6, "{l} n {n}: gelu({x}) = {y}, want {want}");
-                    assert!((d as f64 - want_d).abs() < 2e-6, "{l} n {n}: gelu'({x}) = {d}, want {want_d}");
+                    assert!(
+                        (y as f64 - want).abs() < 1e-6,
+                        "{l} n {n}: gelu({x}) = {y}, want {want}"
+                    );
+                    assert!(
+                        (d as f64 - want_d).abs() < 2e-6,
+                        "{l} n {n}: gelu'({x}) = {d}, want {want_d}"
+                    );
                 }
             }
         }
@@ -535,14 +556,19 @@ mod tests {
     fn softmax_rows_match_f64_at_every_level_and_length() {
         for isa in isas() {
             for n in ODD_LENGTHS.into_iter().filter(|&n| n > 0) {
-                let mut row: Vec<f32> = (0..n).map(|i| ((i * 7) % 11) as f32 * 0.9 - 30.0).collect();
+                let mut row: Vec<f32> =
+                    (0..n).map(|i| ((i * 7) % 11) as f32 * 0.9 - 30.0).collect();
                 let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
                 let e: Vec<f64> = row.iter().map(|&x| ((x as f64 - m) * 0.5).exp()).collect();
                 let sum: f64 = e.iter().sum();
                 isa.run(Softmax(&mut row, 0.5));
                 for (g, w) in row.iter().zip(&e) {
                     let w = w / sum;
-                    assert!((*g as f64 - w).abs() < 1e-6, "{} n {n}: {g} vs {w}", isa.level());
+                    assert!(
+                        (*g as f64 - w).abs() < 1e-6,
+                        "{} n {n}: {g} vs {w}",
+                        isa.level()
+                    );
                 }
             }
         }
@@ -552,17 +578,37 @@ mod tests {
     fn norm_rows_and_their_backward_match_f64_at_every_level_and_length() {
         for isa in isas() {
             for d in ODD_LENGTHS.into_iter().filter(|&n| n > 0) {
-                let x: Vec<f32> = (0..d).map(|i| ((i * 13) % 17) as f32 * 0.31 + 2.0).collect();
+                let x: Vec<f32> = (0..d)
+                    .map(|i| ((i * 13) % 17) as f32 * 0.31 + 2.0)
+                    .collect();
                 let g: Vec<f32> = (0..d).map(|i| 1.0 + (i % 5) as f32 * 0.1).collect();
                 let b: Vec<f32> = (0..d).map(|i| (i % 3) as f32 * 0.2 - 0.2).collect();
                 let dy: Vec<f32> = (0..d).map(|i| ((i * 5) % 7) as f32 * 0.3 - 0.9).collect();
                 let eps = 1e-5;
                 let (mut y, mut xh) = (vec![0.0; d], vec![0.0; d]);
-                let rstd = isa.run(NormRow { x: &x, g: &g, b: &b, eps, y: &mut y, xhat: &mut xh });
+                let rstd = isa.run(NormRow {
+                    x: &x,
+                    g: &g,
+                    b: &b,
+                    eps,
+                    y: &mut y,
+                    xhat: &mut xh,
+                });
                 let mut dx = vec![0.25; d];
-                isa.run(NormRowBackward { dy: &dy, xhat: &xh, g: &g, rstd, dx: &mut dx });
+                isa.run(NormRowBackward {
+                    dy: &dy,
+                    xhat: &xh,
+                    g: &g,
+                    rstd,
+                    dx: &mut dx,
+                });
                 let (mut dg, mut db) = (vec![1.0; d], vec![-1.0; d]);
-                isa.run(NormParamGrads { dy: &dy, xhat: &xh, dg: &mut dg, db: &mut db });
+                isa.run(NormParamGrads {
+                    dy: &dy,
+                    xhat: &xh,
+                    dg: &mut dg,
+                    db: &mut db,
+                });
                 // f64 reference
                 let n = d as f64;
                 let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
@@ -570,7 +616,11 @@ mod tests {
                 let var = x64.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
                 let r = 1.0 / (var + eps as f64).sqrt();
                 let h: Vec<f64> = x64.iter().map(|v| (v - mean) * r).collect();
-                let t: Vec<f64> = dy.iter().zip(&g).map(|(&a, &b)| a as f64 * b as f64).collect();
+                let t: Vec<f64> = dy
+                    .iter()
+                    .zip(&g)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .collect();
                 let c1 = t.iter().sum::<f64>() / n;
                 let c2 = t.iter().zip(&h).map(|(a, b)| a * b).sum::<f64>() / n;
                 let l = isa.level();
@@ -579,7 +629,11 @@ mod tests {
                     let want_y = h[i] * g[i] as f64 + b[i] as f64;
                     assert!((y[i] as f64 - want_y).abs() < 1e-5, "{l} d {d}: y[{i}]");
                     let want_dx = 0.25 + r * (t[i] - c1 - h[i] * c2);
-                    assert!((dx[i] as f64 - want_dx).abs() < 1e-4, "{l} d {d}: dx[{i}] {} vs {want_dx}", dx[i]);
+                    assert!(
+                        (dx[i] as f64 - want_dx).abs() < 1e-4,
+                        "{l} d {d}: dx[{i}] {} vs {want_dx}",
+                        dx[i]
+                    );
                     assert!((dg[i] as f64 - (1.0 + dy[i] as f64 * h[i])).abs() < 1e-5);
                     assert!((db[i] as f64 - (-1.0 + dy[i] as f64)).abs() < 1e-6);
                 }
@@ -605,7 +659,13 @@ mod tests {
                 let m0: Vec<f32> = (0..n).map(|i| (i % 4) as f32 * 0.01).collect();
                 let v0: Vec<f32> = (0..n).map(|i| (i % 3) as f32 * 0.001).collect();
                 let (mut w, mut m, mut v) = (w0.clone(), m0.clone(), v0.clone());
-                isa.run(AdamW { w: &mut w, m: &mut m, v: &mut v, g: &g, c });
+                isa.run(AdamW {
+                    w: &mut w,
+                    m: &mut m,
+                    v: &mut v,
+                    g: &g,
+                    c,
+                });
                 for i in 0..n {
                     let gi = g[i] as f64 * c.clip as f64;
                     // (1 − β) as the f32 code rounds it
@@ -618,7 +678,11 @@ mod tests {
                     assert!((m[i] as f64 - mi).abs() < 1e-7, "{l} n {n}: m[{i}]");
                     assert!((v[i] as f64 - vi).abs() < 1e-8, "{l} n {n}: v[{i}]");
                     let tol = 1e-6 * wi.abs().max(1.0);
-                    assert!((w[i] as f64 - wi).abs() < tol, "{l} n {n}: w[{i}] {} vs {wi}", w[i]);
+                    assert!(
+                        (w[i] as f64 - wi).abs() < tol,
+                        "{l} n {n}: w[{i}] {} vs {wi}",
+                        w[i]
+                    );
                 }
             }
         }

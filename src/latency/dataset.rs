@@ -21,7 +21,8 @@ use std::io::Write;
 use std::path::Path;
 
 pub const FORMAT: &str = "vitnas-latency-dataset/1";
-const COLUMNS: &str = "index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,mean_ms,std_ms,median_ms";
+const COLUMNS: &str =
+    "index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,mean_ms,std_ms,median_ms";
 /// Candidates drawn per architecture kept, before stratifying by FLOPs.
 const POOL_FACTOR: usize = 10;
 /// FLOPs strata.
@@ -85,9 +86,11 @@ impl Header {
             }
         }
         let get = |k: &str| {
-            kv.get(k)
-                .cloned()
-                .ok_or_else(|| bad(format!("header line `# {k}:` is missing: not a latency dataset")))
+            kv.get(k).cloned().ok_or_else(|| {
+                bad(format!(
+                    "header line `# {k}:` is missing: not a latency dataset"
+                ))
+            })
         };
         let num = |k: &str| -> Result<u64> {
             get(k)?
@@ -209,7 +212,8 @@ pub fn measure(
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        std::fs::write(out, format!("{}{COLUMNS}\n", header.to_text())).map_err(|e| Error::io(out, e))?;
+        std::fs::write(out, format!("{}{COLUMNS}\n", header.to_text()))
+            .map_err(|e| Error::io(out, e))?;
         HashSet::new()
     };
     let archs = plan(space, opts.n, opts.seed);

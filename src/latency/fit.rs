@@ -32,7 +32,10 @@ const HIDDEN_LAYERS: usize = 4;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Model {
     /// `Σ weights[k] · cost[k]` ([`features::COST`]).
-    Additive { features: Vec<String>, weights: Vec<f64> },
+    Additive {
+        features: Vec<String>,
+        weights: Vec<f64>,
+    },
     /// HAT's MLP on [`features::HAT`] / `input_scale`; output × `output_scale`.
     HatMlp {
         features: Vec<String>,
@@ -253,7 +256,10 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
 /// HAT's MLP, trained with Adam (lr 1e-3, batch 128) for `steps` steps.
 fn fit_mlp(space: &Space, train: &[&Sample], seed: u64, steps: usize) -> Result<Model> {
     let dev = Device::Cpu;
-    let feats: Vec<Vec<f64>> = train.iter().map(|s| features::hat(space, &s.arch)).collect();
+    let feats: Vec<Vec<f64>> = train
+        .iter()
+        .map(|s| features::hat(space, &s.arch))
+        .collect();
     let nf = features::HAT.len();
     let input_scale: Vec<f64> = (0..nf)
         .map(|j| feats.iter().map(|r| r[j]).fold(0.0, f64::max).max(1e-12))
@@ -274,9 +280,8 @@ fn fit_mlp(space: &Space, train: &[&Sample], seed: u64, steps: usize) -> Result<
     for w in dims.windows(2) {
         let (n_in, n_out) = (w[0], w[1]);
         let bound = 1.0 / (n_in as f32).sqrt();
-        let mut draw = |n: usize| -> Vec<f32> {
-            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-        };
+        let mut draw =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
         let wt = Tensor::from_vec(draw(n_out * n_in), (n_out, n_in), &dev)?;
         let bt = Tensor::from_vec(draw(n_out), n_out, &dev)?;
         vars.push((Var::from_tensor(&wt)?, Var::from_tensor(&bt)?));
@@ -296,7 +301,9 @@ fn fit_mlp(space: &Space, train: &[&Sample], seed: u64, steps: usize) -> Result<
     let forward = |x: &Tensor| -> Result<Tensor> {
         let mut h = x.clone();
         for (k, (w, b)) in vars.iter().enumerate() {
-            h = h.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
+            h = h
+                .matmul(&w.as_tensor().t()?)?
+                .broadcast_add(b.as_tensor())?;
             if k + 1 < vars.len() {
                 h = h.relu()?;
             }
@@ -341,9 +348,16 @@ mod tests {
 
     #[test]
     fn solve_recovers_a_known_solution() {
-        let a = vec![vec![4.0, 1.0, 0.5], vec![1.0, 3.0, 0.2], vec![0.5, 0.2, 2.0]];
+        let a = vec![
+            vec![4.0, 1.0, 0.5],
+            vec![1.0, 3.0, 0.2],
+            vec![0.5, 0.2, 2.0],
+        ];
         let x = [1.0, -2.0, 0.5];
-        let b: Vec<f64> = a.iter().map(|r| r.iter().zip(&x).map(|(a, x)| a * x).sum()).collect();
+        let b: Vec<f64> = a
+            .iter()
+            .map(|r| r.iter().zip(&x).map(|(a, x)| a * x).sum())
+            .collect();
         for (g, w) in solve(a, b).iter().zip(x) {
             assert!((g - w).abs() < 1e-12);
         }

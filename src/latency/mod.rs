@@ -192,7 +192,12 @@ impl Errors {
             .get(((rel.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
             .copied()
             .unwrap_or(0.0);
-        let mse = pred.iter().zip(truth).map(|(p, t)| (p - t).powi(2)).sum::<f64>() / n as f64;
+        let mse = pred
+            .iter()
+            .zip(truth)
+            .map(|(p, t)| (p - t).powi(2))
+            .sum::<f64>()
+            / n as f64;
         Errors {
             mean_rel: rel.iter().sum::<f64>() / n as f64,
             p95_rel: p95,
@@ -250,7 +255,10 @@ impl Predictor {
 
     /// The space it was fitted on.
     pub fn space(&self) -> Result<Space> {
-        Space::from_toml_str(&self.space_toml, &format!("predictor of {}", self.space_name))
+        Space::from_toml_str(
+            &self.space_toml,
+            &format!("predictor of {}", self.space_name),
+        )
     }
 
     /// Refuses `space` unless it is the predictor's; returns warnings about

@@ -258,7 +258,12 @@ impl Report {
             .entries
             .iter()
             .filter(|e| e.standalone_test_per_reference.len() >= 2)
-            .map(|e| (e.standalone_test_per_reference[0], e.standalone_test_per_reference[1]))
+            .map(|e| {
+                (
+                    e.standalone_test_per_reference[0],
+                    e.standalone_test_per_reference[1],
+                )
+            })
             .unzip();
         self.noise_ceiling_test = (a.len() >= 2).then(|| PairStats::of(&a, &b, k));
         self.complete = self
@@ -450,7 +455,11 @@ fn reuse_references(cfg: &RankConfig, entries: &mut [Entry]) -> Result<()> {
         e.standalone_val = mean(&vals);
         e.standalone_test = mean(&tests);
         e.standalone_test_per_reference = tests;
-        e.standalone_dir = refs[0].0.parent().map(Path::to_path_buf).unwrap_or_default();
+        e.standalone_dir = refs[0]
+            .0
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
     }
     Ok(())
 }

@@ -52,7 +52,10 @@ pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TrainData> {
         i.channels,
     )?;
     full.check_fits(space)?;
-    let (mut train_idx, val_idx) = full.validation_indices(recipe.data.val_size, recipe.data.split_seed.unwrap_or(recipe.seed))?;
+    let (mut train_idx, val_idx) = full.validation_indices(
+        recipe.data.val_size,
+        recipe.data.split_seed.unwrap_or(recipe.seed),
+    )?;
     if let Some(n) = recipe.data.train_limit {
         train_idx.truncate(n);
     }
