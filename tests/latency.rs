@@ -47,23 +47,7 @@ fn predictor(dir: &std::path::Path) -> (Predictor, std::path::PathBuf) {
     dataset::measure(&s, &quick(60), &csv, |_, _| {}).unwrap();
     let d = dataset::read(&csv).unwrap();
     let f = fit::fit(&d.space, &d.samples, 0.2, 0, 30, "test").unwrap();
-    let p = Predictor {
-        format: latency::PREDICTOR_FORMAT.into(),
-        space_name: d.header.space_name.clone(),
-        space_hash: d.header.space_hash.clone(),
-        space_toml: d.header.space_toml.clone(),
-        machine: d.header.machine.clone(),
-        batch: 1,
-        samples: d.samples.len(),
-        range_ms: [0.0, 1.0],
-        heldout: f
-            .models
-            .iter()
-            .map(|(m, e)| (m.name().to_string(), *e))
-            .collect(),
-        chosen_because: f.why.clone(),
-        model: f.models[0].0.clone(),
-    };
+    let p = Predictor::from_fit(&d, &f);
     let path = dir.join("predictor.json");
     p.save(&path).unwrap();
     (Predictor::load(&path).unwrap(), path)

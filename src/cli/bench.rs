@@ -58,10 +58,6 @@ pub enum BenchCmd {
     },
 }
 
-fn set_threads(n: usize) {
-    super::threads::init_pool(n);
-}
-
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     let out = match cmd {
         BenchCmd::Train {
@@ -70,11 +66,11 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             threads,
             candle_autograd,
         } => {
-            set_threads(threads);
+            super::threads::init_pool(threads);
             bench::train(steps, batch, threads, candle_autograd)?
         }
         BenchCmd::Gemm { n, threads } => {
-            set_threads(threads);
+            super::threads::init_pool(threads);
             serde_json::json!({"mode": "gemm", "n": n, "threads": threads,
                 "gflops": bench::gemm_peak(n, threads)})
         }
@@ -84,7 +80,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             threads,
             candle,
         } => {
-            set_threads(threads);
+            super::threads::init_pool(threads);
             bench::infer(batch, iters, threads, candle)?
         }
         BenchCmd::Search {
@@ -92,7 +88,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             images,
             threads,
         } => {
-            set_threads(threads);
+            super::threads::init_pool(threads);
             bench::search(archs, images, threads)?
         }
         BenchCmd::Data { batch, iters } => bench::data(batch, iters)?,

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
-use vitnas::latency::{self, dataset, fit, Predictor, Protocol, PREDICTOR_FORMAT};
+use vitnas::latency::{self, dataset, fit, Predictor, Protocol};
 use vitnas::{Arch, Space};
 
 #[derive(Debug, Subcommand)]
@@ -141,29 +141,8 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                 a.mlp_steps,
                 &origin,
             )?;
-            let (lo, hi) = d
-                .samples
-                .iter()
-                .fold((f64::MAX, 0f64), |(lo, hi), s| (lo.min(s.ms), hi.max(s.ms)));
-            let heldout = fitted
-                .models
-                .iter()
-                .map(|(m, e)| (m.name().to_string(), *e))
-                .collect();
-            let best = fitted.models[0].0.clone();
-            let p = Predictor {
-                format: PREDICTOR_FORMAT.into(),
-                space_name: d.header.space_name.clone(),
-                space_hash: d.header.space_hash.clone(),
-                space_toml: d.header.space_toml.clone(),
-                machine: d.header.machine.clone(),
-                batch: d.header.batch,
-                samples: d.samples.len(),
-                range_ms: [lo, hi],
-                heldout,
-                chosen_because: fitted.why.clone(),
-                model: best,
-            };
+            let p = Predictor::from_fit(&d, &fitted);
+            let [lo, hi] = p.range_ms;
             p.save(&a.out)?;
             let report: Vec<serde_json::Value> = fitted
                 .models

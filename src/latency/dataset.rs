@@ -261,7 +261,10 @@ fn row(space: &Space, i: usize, a: &Arch, t: &Timing) -> Result<String> {
 /// indices, after dropping a last row cut short.
 fn resume(path: &Path, want: &Header) -> Result<HashSet<usize>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let have = Header::parse(&text, path)?;
+    // A kill mid-row leaves a last line without its newline: only whole
+    // lines count.
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    let (have, rows) = read_rows(whole, path)?;
     let mismatch = |what: &str, a: String, b: String| Error::Latency {
         path: path.into(),
         message: format!(
@@ -297,12 +300,9 @@ fn resume(path: &Path, want: &Header) -> Result<HashSet<usize>> {
             format!("{:?}", want.protocol),
         ));
     }
-    // A kill mid-row leaves a last line without its newline: drop it.
-    if !text.ends_with('\n') {
-        let keep = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        std::fs::write(path, &text[..keep]).map_err(|e| Error::io(path, e))?;
+    if whole.len() < text.len() {
+        std::fs::write(path, whole).map_err(|e| Error::io(path, e))?;
     }
-    let (_, rows) = read_rows(&text[..text.rfind('\n').map(|i| i + 1).unwrap_or(0)], path)?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 

@@ -229,6 +229,31 @@ pub struct Predictor {
 }
 
 impl Predictor {
+    /// The predictor of `fitted` (its best model) on dataset `d`.
+    pub fn from_fit(d: &dataset::Dataset, fitted: &fit::Fitted) -> Predictor {
+        let (lo, hi) = d
+            .samples
+            .iter()
+            .fold((f64::MAX, 0f64), |(lo, hi), s| (lo.min(s.ms), hi.max(s.ms)));
+        Predictor {
+            format: PREDICTOR_FORMAT.into(),
+            space_name: d.header.space_name.clone(),
+            space_hash: d.header.space_hash.clone(),
+            space_toml: d.header.space_toml.clone(),
+            machine: d.header.machine.clone(),
+            batch: d.header.batch,
+            samples: d.samples.len(),
+            range_ms: [lo, hi],
+            heldout: fitted
+                .models
+                .iter()
+                .map(|(m, e)| (m.name().to_string(), *e))
+                .collect(),
+            chosen_because: fitted.why.clone(),
+            model: fitted.models[0].0.clone(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Predictor> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let p: Predictor = serde_json::from_str(&text).map_err(|e| Error::Json {
