@@ -98,7 +98,7 @@ fn logits_match_net(space: &Space, net: &vitnas::Supernet, params: &Params) {
     let cfg = Config::from_supernet(net);
     let x = images(&space, 3, 1);
     let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let classes = space.input.num_classes;
+    let classes = space.image().num_classes;
     for arch in archs(&space) {
         w.check(&cfg, &arch).unwrap();
         let want = net.forward(&x, &arch, false).unwrap();
@@ -142,7 +142,7 @@ fn gradients_match_net(space: &Space, net: &vitnas::Supernet, params: &Params) {
     let b = 5;
     let x = images(&space, b, 2);
     let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let r = uniform(&[b, space.input.num_classes], 9, 1.0);
+    let r = uniform(&[b, space.image().num_classes], 9, 1.0);
     let dl = r.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     for arch in archs(&space) {
         let logits = net.forward(&x, &arch, true).unwrap();

@@ -67,6 +67,7 @@ fn uniform_subnet_is_written_as_a_hugging_face_vit() {
         depth: 4,
         num_heads: vec![3; 4],
         mlp_ratio: vec![3.0; 4],
+        mlp_dim: vec![],
     };
     let d = tmp("hf");
     let note = export(&net.extract(&arch).unwrap(), &s, &arch, None, &d).unwrap();
@@ -109,6 +110,7 @@ fn hf_padding_keeps_outputs_and_makes_the_subnet_representable() {
         depth: 4,
         num_heads: vec![2, 4, 3, 4],
         mlp_ratio: vec![2.0, 4.0, 3.0, 2.0],
+        mlp_dim: vec![],
     };
     let m = net.extract(&arch).unwrap();
     assert!(hf_obstacle(&m.config).unwrap().contains("heads differ"));
@@ -122,6 +124,7 @@ fn hf_padding_keeps_outputs_and_makes_the_subnet_representable() {
         depth: 4,
         num_heads: vec![2, 4, 2, 2],
         mlp_ratio: vec![2.0; 4],
+        mlp_dim: vec![],
     };
     let p = pad_uniform(&net.extract(&small).unwrap()).unwrap();
     assert!(hf_obstacle(&p.config)
@@ -204,6 +207,7 @@ fn representable_exports_load_in_candle_transformers_vit() {
         depth: 5,
         num_heads: vec![4; 5],
         mlp_ratio: vec![2.0; 5],
+        mlp_dim: vec![],
     };
     let d = tmp("ct-uniform");
     assert!(export(&net.extract(&arch).unwrap(), &s, &arch, None, &d)
@@ -218,6 +222,7 @@ fn representable_exports_load_in_candle_transformers_vit() {
         depth: 4,
         num_heads: vec![2, 4, 3, 4],
         mlp_ratio: vec![2.0, 3.0, 4.0, 2.0],
+        mlp_dim: vec![],
     };
     let d2 = tmp("ct-padded");
     let padded = pad_uniform(&net.extract(&arch).unwrap()).unwrap();
@@ -401,6 +406,7 @@ fn folded_scaling_layers_export_to_a_plain_vit_with_the_supernet_outputs() {
         depth: 5,
         num_heads: vec![2, 4, 3, 4, 2],
         mlp_ratio: vec![2.0, 3.0, 4.0, 2.0, 3.0],
+        mlp_dim: vec![],
     };
     let x = images(&s, 3, 7);
     let want = net.forward(&x, &arch, false).unwrap();

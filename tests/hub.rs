@@ -49,6 +49,7 @@ fn hf_arch() -> Arch {
         depth: 3,
         num_heads: vec![3; 3],
         mlp_ratio: vec![2.0; 3],
+        mlp_dim: vec![],
     }
 }
 

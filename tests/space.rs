@@ -20,13 +20,13 @@ fn presets_carry_the_published_ranges() {
         (t.supernet.embed_dim, t.supernet.num_heads, t.supernet.depth),
         (256, 4, 14)
     );
-    assert_eq!((t.supernet.mlp_ratio, t.supernet.head_dim), (4.0, 64));
+    assert_eq!((t.supernet.mlp_ratio, t.supernet.head_dim), (Some(4.0), 64));
     assert_eq!(
         (
-            t.input.image_size,
-            t.input.channels,
-            t.input.patch_size,
-            t.input.num_classes
+            t.image().image_size,
+            t.image().channels,
+            t.image().patch_size,
+            t.image().num_classes
         ),
         (224, 3, 16, 1000)
     );
@@ -51,10 +51,10 @@ fn presets_carry_the_published_ranges() {
     assert_eq!(f.supernet.head_dim, 32);
     assert_eq!(
         (
-            f.input.image_size,
-            f.input.channels,
-            f.input.patch_size,
-            f.input.num_classes
+            f.image().image_size,
+            f.image().channels,
+            f.image().patch_size,
+            f.image().num_classes
         ),
         (28, 1, 4, 10)
     );

@@ -36,36 +36,49 @@ pub fn run(cmd: SpaceCmd) -> anyhow::Result<()> {
             }
             let c = &space.choices;
             let s = &space.supernet;
-            let i = &space.input;
             println!("space      {}  ({})", space.name, file.display());
+            match space.modality() {
+                vitnas::space::Modality::Image(i) => println!(
+                    "input      {}×{}×{}, patch {}, {} tokens, {} classes",
+                    i.image_size,
+                    i.image_size,
+                    i.channels,
+                    i.patch_size,
+                    space.seq_len(),
+                    i.num_classes
+                ),
+                vitnas::space::Modality::Text(t) => println!(
+                    "text       vocab {}, up to {} positions, costs stated at {} tokens, \
+                     {:?} pooling, {} classes",
+                    t.vocab_size, t.max_position_embeddings, t.seq_len, t.pooling, t.num_classes
+                ),
+            }
+            let mlp = match (s.mlp_ratio, s.mlp_dim) {
+                (Some(r), _) => format!("MLP ratio {r}"),
+                _ => "MLP".to_string(),
+            };
             println!(
-                "input      {}×{}×{}, patch {}, {} tokens, {} classes",
-                i.image_size,
-                i.image_size,
-                i.channels,
-                i.patch_size,
-                space.seq_len(),
-                i.num_classes
-            );
-            println!(
-                "supernet   embed {}, depth {}, heads {} × {}, MLP ratio {} (width {})",
+                "supernet   embed {}, depth {}, heads {} × {}, {mlp} (width {})",
                 s.embed_dim,
                 s.depth,
                 s.num_heads,
                 s.head_dim,
-                s.mlp_ratio,
                 space.supernet_mlp_width()
             );
             println!("embed_dim  {:?}", c.embed_dim);
             println!("depth      {:?}", c.depth);
             println!("num_heads  {:?} (per layer)", c.num_heads);
-            println!("mlp_ratio  {:?} (per layer)", c.mlp_ratio);
+            match space.mlp_is_dim() {
+                true => println!("mlp_dim    {:?} (per layer)", c.mlp_dim),
+                false => println!("mlp_ratio  {:?} (per layer)", c.mlp_ratio),
+            }
             for o in &space.layer {
                 println!(
-                    "layer {:<4} num_heads {:?}, mlp_ratio {:?}",
+                    "layer {:<4} num_heads {:?}, mlp {:?}{:?}",
                     o.index,
                     space.heads_choices(o.index),
-                    space.mlp_choices(o.index)
+                    space.mlp_choices(o.index),
+                    space.mlp_dim_choices(o.index)
                 );
             }
             match space.size() {
@@ -80,7 +93,7 @@ pub fn run(cmd: SpaceCmd) -> anyhow::Result<()> {
                 p_hi as f64 / 1e6
             );
             println!(
-                "FLOPs      {} .. {} multiply-adds per image ({:.1}M .. {:.1}M)",
+                "FLOPs      {} .. {} multiply-adds per input ({:.1}M .. {:.1}M)",
                 f_lo,
                 f_hi,
                 f_lo as f64 / 1e6,

@@ -188,7 +188,7 @@ impl Dataset {
 
     /// Checks that the images and labels fit a space's input.
     pub fn check_fits(&self, space: &Space) -> Result<()> {
-        let i = &space.input;
+        let i = &space.image();
         if self.channels != i.channels || self.height != i.image_size || self.width != i.image_size
         {
             return Err(Error::Data {

@@ -27,11 +27,11 @@ pub struct Config {
 impl Config {
     pub fn from_space(space: &Space) -> Self {
         Self {
-            channels: space.input.channels,
-            image_size: space.input.image_size,
-            patch: space.input.patch_size,
+            channels: space.image().channels,
+            image_size: space.image().image_size,
+            patch: space.image().patch_size,
             head_dim: space.supernet.head_dim,
-            classes: space.input.num_classes,
+            classes: space.image().num_classes,
             eps: space.supernet.layer_norm_eps as f32,
             scaling: None,
         }

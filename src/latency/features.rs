@@ -39,7 +39,7 @@ pub const COST: [&str; 9] = [
 
 /// The engine's work for one image of `arch`, by kind (see the module docs).
 pub fn cost(space: &Space, arch: &Arch) -> Vec<f64> {
-    let i = &space.input;
+    let i = &space.image();
     let e = arch.embed_dim as f64;
     let t = space.seq_len() as f64;
     let mut f = [0f64; 9];

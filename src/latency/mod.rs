@@ -158,7 +158,7 @@ pub fn time_arch(
     protocol: &Protocol,
 ) -> Result<Timing> {
     let model = crate::engine::Model::from_vit(&net.extract(arch)?)?;
-    let i = &net.space.input;
+    let i = &net.space.image();
     let x = candle_core::Tensor::zeros(
         (batch, i.channels, i.image_size, i.image_size),
         candle_core::DType::F32,

@@ -29,10 +29,10 @@ pub const MAX_LAYERS: usize = 1 << 10;
 impl VitConfig {
     pub fn from_arch(space: &Space, arch: &Arch) -> Self {
         Self {
-            image_size: space.input.image_size,
-            patch_size: space.input.patch_size,
-            num_channels: space.input.channels,
-            num_labels: space.input.num_classes,
+            image_size: space.image().image_size,
+            patch_size: space.image().patch_size,
+            num_channels: space.image().channels,
+            num_labels: space.image().num_classes,
             hidden_size: arch.embed_dim,
             head_dim: space.supernet.head_dim,
             num_heads: arch.num_heads.clone(),
@@ -44,16 +44,15 @@ impl VitConfig {
     /// The architecture this config describes (MLP ratios recovered from
     /// the widths: `mlp_width(hidden, width / hidden) == width`).
     pub fn arch(&self) -> Arch {
-        Arch {
-            embed_dim: self.hidden_size,
-            depth: self.num_heads.len(),
-            num_heads: self.num_heads.clone(),
-            mlp_ratio: self
-                .intermediate_sizes
+        Arch::with_ratios(
+            self.hidden_size,
+            self.num_heads.len(),
+            self.num_heads.clone(),
+            self.intermediate_sizes
                 .iter()
                 .map(|&m| m as f64 / self.hidden_size.max(1) as f64)
                 .collect(),
-        }
+        )
     }
 
     pub fn seq_len(&self) -> usize {

@@ -15,8 +15,13 @@ pub struct Arch {
     pub depth: usize,
     /// Heads of each active layer (`depth` entries).
     pub num_heads: Vec<usize>,
-    /// MLP ratio of each active layer (`depth` entries).
+    /// MLP ratio of each active layer (`depth` entries; spaces of ratios).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mlp_ratio: Vec<f64>,
+    /// MLP width of each active layer (`depth` entries; spaces of widths,
+    /// e.g. BERT's `intermediate_size`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mlp_dim: Vec<usize>,
 }
 
 impl Arch {
@@ -35,7 +40,42 @@ impl Arch {
 
     /// MLP hidden width of layer `i`.
     pub fn mlp_width(&self, i: usize) -> usize {
-        mlp_width(self.embed_dim, self.mlp_ratio[i])
+        match self.mlp_dim.get(i) {
+            Some(&m) => m,
+            None => mlp_width(self.embed_dim, self.mlp_ratio[i]),
+        }
+    }
+
+    /// A ViT-style architecture: MLP widths as ratios of `embed_dim`.
+    pub fn with_ratios(
+        embed_dim: usize,
+        depth: usize,
+        num_heads: Vec<usize>,
+        mlp_ratio: Vec<f64>,
+    ) -> Self {
+        Arch {
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio,
+            mlp_dim: Vec::new(),
+        }
+    }
+
+    /// A BERT-style architecture: MLP widths in neurons.
+    pub fn with_dims(
+        embed_dim: usize,
+        depth: usize,
+        num_heads: Vec<usize>,
+        mlp_dim: Vec<usize>,
+    ) -> Self {
+        Arch {
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio: Vec::new(),
+            mlp_dim,
+        }
     }
 
     /// Checks that every value is one of the space's choices.
@@ -74,6 +114,19 @@ impl Arch {
                         self.num_heads[l]
                     ),
                 ));
+            }
+            if space.mlp_is_dim() {
+                let ms = space.mlp_dim_choices(l);
+                if !ms.contains(&self.mlp_dim[l]) {
+                    return Err(bad(
+                        format!("mlp_dim[{l}]"),
+                        format!(
+                            "{} is not among layer {l}'s choices {ms:?}",
+                            self.mlp_dim[l]
+                        ),
+                    ));
+                }
+                continue;
             }
             let rs = space.mlp_choices(l);
             if !rs.contains(&self.mlp_ratio[l]) {
@@ -129,6 +182,19 @@ impl Arch {
                     ),
                 ));
             }
+            if space.mlp_is_dim() {
+                let m = self.mlp_dim[l];
+                if m == 0 || m > space.supernet_mlp_width() {
+                    return Err(bad(
+                        format!("mlp_dim[{l}]"),
+                        format!(
+                            "{m} is outside 1..={} (the supernet's mlp_dim)",
+                            space.supernet_mlp_width()
+                        ),
+                    ));
+                }
+                continue;
+            }
             let r = self.mlp_ratio[l];
             let m = if r.is_finite() && r > 0.0 {
                 self.mlp_width(l)
@@ -150,10 +216,28 @@ impl Arch {
     }
 
     fn check_lengths(&self, space: &Space) -> Result<()> {
-        for (field, len) in [
-            ("num_heads", self.num_heads.len()),
-            ("mlp_ratio", self.mlp_ratio.len()),
-        ] {
+        let (mlp_field, mlp_len, other_field, other_len) = match space.mlp_is_dim() {
+            true => (
+                "mlp_dim",
+                self.mlp_dim.len(),
+                "mlp_ratio",
+                self.mlp_ratio.len(),
+            ),
+            false => (
+                "mlp_ratio",
+                self.mlp_ratio.len(),
+                "mlp_dim",
+                self.mlp_dim.len(),
+            ),
+        };
+        if other_len != 0 {
+            return Err(Error::InvalidArch {
+                space: space.name.clone(),
+                field: other_field.into(),
+                message: format!("this space's MLP choices are `{mlp_field}`, not `{other_field}`"),
+            });
+        }
+        for (field, len) in [("num_heads", self.num_heads.len()), (mlp_field, mlp_len)] {
             if len != self.depth {
                 return Err(Error::InvalidArch {
                     space: space.name.clone(),
@@ -177,11 +261,14 @@ impl Arch {
         genes[1] = idx(&space.choices.depth, self.depth);
         for l in 0..self.depth {
             genes[2 + l] = idx(space.heads_choices(l), self.num_heads[l]);
-            genes[2 + n + l] = space
-                .mlp_choices(l)
-                .iter()
-                .position(|&r| r == self.mlp_ratio[l])
-                .unwrap();
+            genes[2 + n + l] = match space.mlp_is_dim() {
+                true => idx(space.mlp_dim_choices(l), self.mlp_dim[l]),
+                false => space
+                    .mlp_choices(l)
+                    .iter()
+                    .position(|&r| r == self.mlp_ratio[l])
+                    .unwrap(),
+            };
         }
         Ok(genes)
     }
@@ -211,15 +298,27 @@ impl Arch {
         }
         let n = space.max_depth();
         let depth = space.choices.depth[genes[1]];
-        Ok(Arch {
-            embed_dim: space.choices.embed_dim[genes[0]],
-            depth,
-            num_heads: (0..depth)
-                .map(|l| space.heads_choices(l)[genes[2 + l]])
-                .collect(),
-            mlp_ratio: (0..depth)
-                .map(|l| space.mlp_choices(l)[genes[2 + n + l]])
-                .collect(),
+        let embed_dim = space.choices.embed_dim[genes[0]];
+        let num_heads = (0..depth)
+            .map(|l| space.heads_choices(l)[genes[2 + l]])
+            .collect();
+        Ok(match space.mlp_is_dim() {
+            true => Arch::with_dims(
+                embed_dim,
+                depth,
+                num_heads,
+                (0..depth)
+                    .map(|l| space.mlp_dim_choices(l)[genes[2 + n + l]])
+                    .collect(),
+            ),
+            false => Arch::with_ratios(
+                embed_dim,
+                depth,
+                num_heads,
+                (0..depth)
+                    .map(|l| space.mlp_choices(l)[genes[2 + n + l]])
+                    .collect(),
+            ),
         })
     }
 }
@@ -229,7 +328,7 @@ pub fn gene_cardinalities(space: &Space) -> Vec<usize> {
     let n = space.max_depth();
     let mut card = vec![space.choices.embed_dim.len(), space.choices.depth.len()];
     card.extend((0..n).map(|l| space.heads_choices(l).len()));
-    card.extend((0..n).map(|l| space.mlp_choices(l).len()));
+    card.extend((0..n).map(|l| space.mlp_choice_count(l)));
     card
 }
 
@@ -250,26 +349,50 @@ impl Space {
     /// The largest architecture: every choice at its maximum.
     pub fn largest(&self) -> Arch {
         let depth = max_usize(&self.choices.depth);
-        Arch {
-            embed_dim: max_usize(&self.choices.embed_dim),
-            depth,
-            num_heads: (0..depth)
-                .map(|l| max_usize(self.heads_choices(l)))
-                .collect(),
-            mlp_ratio: (0..depth).map(|l| max_f64(self.mlp_choices(l))).collect(),
+        let embed_dim = max_usize(&self.choices.embed_dim);
+        let heads = (0..depth)
+            .map(|l| max_usize(self.heads_choices(l)))
+            .collect();
+        match self.mlp_is_dim() {
+            true => Arch::with_dims(
+                embed_dim,
+                depth,
+                heads,
+                (0..depth)
+                    .map(|l| max_usize(self.mlp_dim_choices(l)))
+                    .collect(),
+            ),
+            false => Arch::with_ratios(
+                embed_dim,
+                depth,
+                heads,
+                (0..depth).map(|l| max_f64(self.mlp_choices(l))).collect(),
+            ),
         }
     }
 
     /// The smallest architecture: every choice at its minimum.
     pub fn smallest(&self) -> Arch {
         let depth = min_usize(&self.choices.depth);
-        Arch {
-            embed_dim: min_usize(&self.choices.embed_dim),
-            depth,
-            num_heads: (0..depth)
-                .map(|l| min_usize(self.heads_choices(l)))
-                .collect(),
-            mlp_ratio: (0..depth).map(|l| min_f64(self.mlp_choices(l))).collect(),
+        let embed_dim = min_usize(&self.choices.embed_dim);
+        let heads = (0..depth)
+            .map(|l| min_usize(self.heads_choices(l)))
+            .collect();
+        match self.mlp_is_dim() {
+            true => Arch::with_dims(
+                embed_dim,
+                depth,
+                heads,
+                (0..depth)
+                    .map(|l| min_usize(self.mlp_dim_choices(l)))
+                    .collect(),
+            ),
+            false => Arch::with_ratios(
+                embed_dim,
+                depth,
+                heads,
+                (0..depth).map(|l| min_f64(self.mlp_choices(l))).collect(),
+            ),
         }
     }
 

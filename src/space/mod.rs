@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The input the supernet reads and the labels it predicts.
+/// The images a ViT supernet reads (`[input]`) and the labels it predicts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
@@ -21,6 +21,48 @@ pub struct Input {
     pub num_classes: usize,
 }
 
+/// How a text encoder's token states become the classifier's input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// BERT's pooler: the `[CLS]` state through a dense layer and tanh
+    /// (`BertForSequenceClassification`).
+    #[default]
+    Pooler,
+    /// The mean of the token states over the attention mask
+    /// (sentence-transformers).
+    Mean,
+}
+
+/// The token sequences a BERT supernet reads (`[text]`) and the labels it
+/// predicts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextInput {
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "two")]
+    pub type_vocab_size: usize,
+    pub num_classes: usize,
+    /// The sequence length (tokens, special tokens included) at which FLOPs
+    /// and latency are stated; batches themselves are as long as their
+    /// longest sequence.
+    pub seq_len: usize,
+    #[serde(default)]
+    pub pooling: Pooling,
+}
+
+fn two() -> usize {
+    2
+}
+
+/// What a space's supernet reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Modality<'a> {
+    Image(&'a Input),
+    Text(&'a TextInput),
+}
+
 /// The supernet's largest dimensions: the shapes its weights are allocated with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,7 +70,12 @@ pub struct SupernetDims {
     pub embed_dim: usize,
     pub depth: usize,
     pub num_heads: usize,
-    pub mlp_ratio: f64,
+    /// MLP width as a multiple of the embedding dim (ViT spaces) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_ratio: Option<f64>,
+    /// ... or as a number of neurons (text spaces: BERT's `intermediate_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_dim: Option<usize>,
     /// Fixed per-head dimension (AutoFormer: 64); q/k/v width = heads × head_dim.
     pub head_dim: usize,
     #[serde(default = "default_layer_norm_eps")]
@@ -39,14 +86,19 @@ fn default_layer_norm_eps() -> f64 {
     1e-6
 }
 
-/// The global choices and the default per-layer choices.
+/// The global choices and the default per-layer choices. The MLP choice is
+/// a list of ratios (`mlp_ratio`, ViT spaces) or of widths (`mlp_dim`, text
+/// spaces), the same kind as the supernet's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Choices {
     pub embed_dim: Vec<usize>,
     pub depth: Vec<usize>,
     pub num_heads: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mlp_ratio: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mlp_dim: Vec<usize>,
 }
 
 /// A layer with its own choice lists (`[[layer]]` tables in the file).
@@ -58,13 +110,20 @@ pub struct LayerOverride {
     pub num_heads: Option<Vec<usize>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlp_ratio: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_dim: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Space {
     pub name: String,
-    pub input: Input,
+    /// Images (ViT spaces); a space has this or `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Input>,
+    /// Token sequences (text spaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextInput>,
     pub supernet: SupernetDims,
     pub choices: Choices,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -99,47 +158,105 @@ impl Space {
         toml::to_string_pretty(self).expect("a Space always serializes")
     }
 
-    /// Checks that the space is usable: non-empty choice lists, every choice
-    /// within the supernet's maximum, sensible input geometry.
+    /// Checks that the space is usable: one kind of input, non-empty choice
+    /// lists, every choice within the supernet's maximum, sensible input
+    /// geometry.
     pub fn validate(&self, file: &str) -> Result<()> {
         let bad = |field: &str, message: String| Error::InvalidSpace {
             file: file.to_string(),
             field: field.to_string(),
             message,
         };
-        let i = &self.input;
         let s = &self.supernet;
         if self.name.trim().is_empty() {
             return Err(bad("name", "must not be empty".into()));
         }
-        for (field, v) in [
-            ("input.image_size", i.image_size),
-            ("input.patch_size", i.patch_size),
-            ("input.channels", i.channels),
-            ("input.num_classes", i.num_classes),
+        let mut positive = vec![
             ("supernet.embed_dim", s.embed_dim),
             ("supernet.depth", s.depth),
             ("supernet.num_heads", s.num_heads),
             ("supernet.head_dim", s.head_dim),
-        ] {
+        ];
+        match (&self.input, &self.text) {
+            (Some(i), None) => {
+                positive.extend([
+                    ("input.image_size", i.image_size),
+                    ("input.patch_size", i.patch_size),
+                    ("input.channels", i.channels),
+                    ("input.num_classes", i.num_classes),
+                ]);
+            }
+            (None, Some(t)) => {
+                positive.extend([
+                    ("text.vocab_size", t.vocab_size),
+                    ("text.max_position_embeddings", t.max_position_embeddings),
+                    ("text.type_vocab_size", t.type_vocab_size),
+                    ("text.num_classes", t.num_classes),
+                    ("text.seq_len", t.seq_len),
+                ]);
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "text",
+                    "a space reads images ([input]) or text ([text]), not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(bad(
+                    "input",
+                    "missing: an image space needs [input], a text space [text]".into(),
+                ))
+            }
+        }
+        for (field, v) in positive {
             if v == 0 {
                 return Err(bad(field, "must be positive".into()));
             }
         }
-        if !i.image_size.is_multiple_of(i.patch_size) {
-            return Err(bad(
-                "input.patch_size",
-                format!(
-                    "{} does not divide the image size {}",
-                    i.patch_size, i.image_size
-                ),
-            ));
+        if let Some(i) = &self.input {
+            if !i.image_size.is_multiple_of(i.patch_size) {
+                return Err(bad(
+                    "input.patch_size",
+                    format!(
+                        "{} does not divide the image size {}",
+                        i.patch_size, i.image_size
+                    ),
+                ));
+            }
         }
-        if !(s.mlp_ratio.is_finite() && s.mlp_ratio > 0.0) {
-            return Err(bad(
-                "supernet.mlp_ratio",
-                format!("{} is not a positive number", s.mlp_ratio),
-            ));
+        if let Some(t) = &self.text {
+            if t.seq_len > t.max_position_embeddings {
+                return Err(bad(
+                    "text.seq_len",
+                    format!(
+                        "{} exceeds text.max_position_embeddings {}",
+                        t.seq_len, t.max_position_embeddings
+                    ),
+                ));
+            }
+        }
+        match (s.mlp_ratio, s.mlp_dim) {
+            (Some(r), None) => {
+                if !(r.is_finite() && r > 0.0) {
+                    return Err(bad(
+                        "supernet.mlp_ratio",
+                        format!("{r} is not a positive number"),
+                    ));
+                }
+            }
+            (None, Some(m)) => {
+                if m == 0 {
+                    return Err(bad("supernet.mlp_dim", "must be positive".into()));
+                }
+            }
+            _ => {
+                return Err(bad(
+                    "supernet.mlp_ratio",
+                    "give exactly one of supernet.mlp_ratio (MLP width = ratio × embed_dim) \
+                     and supernet.mlp_dim (MLP width in neurons)"
+                        .into(),
+                ))
+            }
         }
         if !(s.layer_norm_eps.is_finite() && s.layer_norm_eps > 0.0) {
             return Err(bad(
@@ -179,7 +296,15 @@ impl Space {
                 }
             })
         };
+        let ratios = s.mlp_ratio.is_some();
         let mlp_ok = |field: &str, rs: &[f64]| {
+            if !ratios {
+                return Err(bad(
+                    field,
+                    "the supernet gives mlp_dim: MLP choices are widths (mlp_dim), not ratios"
+                        .into(),
+                ));
+            }
             check_list(&bad, field, rs, |&r| {
                 if !(r.is_finite() && r > 0.0) {
                     Some(format!("{r} is not a positive number"))
@@ -194,8 +319,29 @@ impl Space {
                 }
             })
         };
+        let dims_ok = |field: &str, ms: &[usize]| {
+            if ratios {
+                return Err(bad(
+                    field,
+                    "the supernet gives mlp_ratio: MLP choices are ratios (mlp_ratio), not widths"
+                        .into(),
+                ));
+            }
+            check_list(&bad, field, ms, |&m| {
+                if m == 0 || m > super_mlp {
+                    Some(format!("{m} is outside 1..={super_mlp} (supernet.mlp_dim)"))
+                } else {
+                    None
+                }
+            })
+        };
         heads_ok("choices.num_heads", &c.num_heads)?;
-        mlp_ok("choices.mlp_ratio", &c.mlp_ratio)?;
+        if ratios || !c.mlp_ratio.is_empty() {
+            mlp_ok("choices.mlp_ratio", &c.mlp_ratio)?;
+        }
+        if !ratios || !c.mlp_dim.is_empty() {
+            dims_ok("choices.mlp_dim", &c.mlp_dim)?;
+        }
         let mut seen = std::collections::HashSet::new();
         for (k, o) in self.layer.iter().enumerate() {
             if o.index >= s.depth {
@@ -220,6 +366,9 @@ impl Space {
             if let Some(rs) = &o.mlp_ratio {
                 mlp_ok(&format!("layer[{k}].mlp_ratio"), rs)?;
             }
+            if let Some(ms) = &o.mlp_dim {
+                dims_ok(&format!("layer[{k}].mlp_dim"), ms)?;
+            }
         }
         self.check_size(&bad)
     }
@@ -228,16 +377,32 @@ impl Space {
     /// would overflow, naming the field that makes it so (checked before
     /// anything is allocated).
     fn check_size(&self, bad: &impl Fn(&str, String) -> Error) -> Result<()> {
-        let (i, s) = (&self.input, &self.supernet);
-        for (field, v, max) in [
-            ("input.image_size", i.image_size, 1 << 14),
-            ("input.channels", i.channels, 1 << 10),
-            ("input.num_classes", i.num_classes, 1 << 20),
+        let s = &self.supernet;
+        let mut limits = vec![
             ("supernet.embed_dim", s.embed_dim, 1 << 16),
             ("supernet.depth", s.depth, 1 << 10),
             ("supernet.num_heads", s.num_heads, 1 << 10),
             ("supernet.head_dim", s.head_dim, 1 << 12),
-        ] {
+            ("supernet.mlp_dim", s.mlp_dim.unwrap_or(0), 1 << 22),
+        ];
+        match self.modality() {
+            Modality::Image(i) => limits.extend([
+                ("input.image_size", i.image_size, 1 << 14),
+                ("input.channels", i.channels, 1 << 10),
+                ("input.num_classes", i.num_classes, 1 << 20),
+            ]),
+            Modality::Text(t) => limits.extend([
+                ("text.vocab_size", t.vocab_size, 1 << 24),
+                (
+                    "text.max_position_embeddings",
+                    t.max_position_embeddings,
+                    1 << 16,
+                ),
+                ("text.type_vocab_size", t.type_vocab_size, 1 << 16),
+                ("text.num_classes", t.num_classes, 1 << 20),
+            ]),
+        }
+        for (field, v, max) in limits {
             if v > max {
                 return Err(bad(field, format!("{v} exceeds the limit {max}")));
             }
@@ -252,24 +417,39 @@ impl Space {
                 ),
             ));
         }
-        if self.supernet.mlp_ratio.is_nan() || self.supernet.mlp_ratio > 64.0 {
-            return Err(bad(
-                "supernet.mlp_ratio",
-                format!("{} exceeds the limit 64", self.supernet.mlp_ratio),
-            ));
+        if let Some(r) = s.mlp_ratio {
+            if r.is_nan() || r > 64.0 {
+                return Err(bad(
+                    "supernet.mlp_ratio",
+                    format!("{r} exceeds the limit 64"),
+                ));
+            }
         }
         // Parameters of the full supernet, in f64 (no overflow), by part.
         let (e, t) = (s.embed_dim as f64, self.seq_len() as f64);
         let q = (s.num_heads * s.head_dim) as f64;
         let m = self.supernet_mlp_width() as f64;
-        let patch = (i.channels * i.patch_size * i.patch_size) as f64;
+        let (stem_field, stem, head_field, classes) = match self.modality() {
+            Modality::Image(i) => (
+                "input.patch_size",
+                (i.channels * i.patch_size * i.patch_size) as f64 * e + t * e,
+                "input.num_classes",
+                i.num_classes,
+            ),
+            Modality::Text(x) => (
+                "text.vocab_size",
+                (x.vocab_size + x.max_position_embeddings + x.type_vocab_size) as f64 * e,
+                "text.num_classes",
+                x.num_classes,
+            ),
+        };
         let parts = [
-            ("input.patch_size", patch * e + t * e),
+            (stem_field, stem),
             (
                 "supernet.depth",
                 s.depth as f64 * (4.0 * e * q + 2.0 * e * m),
             ),
-            ("input.num_classes", e * i.num_classes as f64),
+            (head_field, e * classes as f64 + e * e),
         ];
         let total: f64 = parts.iter().map(|p| p.1).sum();
         // Weights, gradients and two AdamW moments in f32.
@@ -283,7 +463,8 @@ impl Space {
             return Err(bad(
                 field,
                 format!(
-                    "the supernet would hold {total:.3e} parameters, {:.0} GiB to train                      (weights, gradients, AdamW moments in f32); the limit is 64 GiB",
+                    "the supernet would hold {total:.3e} parameters, {:.0} GiB to train \
+                     (weights, gradients, AdamW moments in f32); the limit is 64 GiB",
                     train_bytes / (1u64 << 30) as f64
                 ),
             ));
@@ -293,15 +474,55 @@ impl Space {
         if macs > (1u64 << 60) as f64 {
             return Err(bad(
                 "supernet.depth",
-                format!("{macs:.3e} multiply-adds per image exceed the limit 2^60"),
+                format!("{macs:.3e} multiply-adds per input exceed the limit 2^60"),
             ));
         }
         Ok(())
     }
 
+    /// What the supernet reads: images or token sequences.
+    pub fn modality(&self) -> Modality<'_> {
+        match (&self.input, &self.text) {
+            (Some(i), _) => Modality::Image(i),
+            (None, Some(t)) => Modality::Text(t),
+            (None, None) => unreachable!("validated: a space has [input] or [text]"),
+        }
+    }
+
+    /// Whether the space's supernet reads token sequences.
+    pub fn is_text(&self) -> bool {
+        self.text.is_some()
+    }
+
+    /// The image input of a ViT space. Panics for a text space: callers
+    /// check [`Space::modality`] first (image-only code paths refuse text
+    /// spaces with an error before reaching here).
+    pub fn image(&self) -> &Input {
+        self.input
+            .as_ref()
+            .expect("an image space (text spaces are refused before image-only code)")
+    }
+
+    /// The text input of a text space (see [`Space::image`]).
+    pub fn text_input(&self) -> &TextInput {
+        self.text
+            .as_ref()
+            .expect("a text space (image spaces are refused before text-only code)")
+    }
+
+    pub fn num_classes(&self) -> usize {
+        match self.modality() {
+            Modality::Image(i) => i.num_classes,
+            Modality::Text(t) => t.num_classes,
+        }
+    }
+
     /// Width of the supernet's MLP hidden layer.
     pub fn supernet_mlp_width(&self) -> usize {
-        mlp_width(self.supernet.embed_dim, self.supernet.mlp_ratio)
+        match (self.supernet.mlp_dim, self.supernet.mlp_ratio) {
+            (Some(m), _) => m,
+            (None, r) => mlp_width(self.supernet.embed_dim, r.unwrap_or(0.0)),
+        }
     }
 
     /// Width of the supernet's q/k/v projections (all heads).
@@ -309,14 +530,24 @@ impl Space {
         self.supernet.num_heads * self.supernet.head_dim
     }
 
+    /// Image patches (0 for a text space).
     pub fn num_patches(&self) -> usize {
-        let g = self.input.image_size / self.input.patch_size;
-        g * g
+        match self.modality() {
+            Modality::Image(i) => {
+                let g = i.image_size / i.patch_size;
+                g * g
+            }
+            Modality::Text(_) => 0,
+        }
     }
 
-    /// Tokens per image: the patches plus the cls token.
+    /// Tokens per input: the patches plus the cls token for images, the
+    /// stated sequence length for text.
     pub fn seq_len(&self) -> usize {
-        self.num_patches() + 1
+        match self.modality() {
+            Modality::Image(_) => self.num_patches() + 1,
+            Modality::Text(t) => t.seq_len,
+        }
     }
 
     /// Deepest architecture the choices allow (layers past it are never used).
@@ -335,10 +566,31 @@ impl Space {
             .unwrap_or(&self.choices.num_heads)
     }
 
+    /// Whether MLP choices are widths (`mlp_dim`) rather than ratios.
+    pub fn mlp_is_dim(&self) -> bool {
+        self.supernet.mlp_dim.is_some()
+    }
+
+    /// Layer `layer`'s MLP ratio choices (empty in a space of widths).
     pub fn mlp_choices(&self, layer: usize) -> &[f64] {
         self.override_for(layer)
             .and_then(|o| o.mlp_ratio.as_deref())
             .unwrap_or(&self.choices.mlp_ratio)
+    }
+
+    /// Layer `layer`'s MLP width choices (empty in a space of ratios).
+    pub fn mlp_dim_choices(&self, layer: usize) -> &[usize] {
+        self.override_for(layer)
+            .and_then(|o| o.mlp_dim.as_deref())
+            .unwrap_or(&self.choices.mlp_dim)
+    }
+
+    /// Number of MLP choices of layer `layer`.
+    pub fn mlp_choice_count(&self, layer: usize) -> usize {
+        match self.mlp_is_dim() {
+            true => self.mlp_dim_choices(layer).len(),
+            false => self.mlp_choices(layer).len(),
+        }
     }
 
     fn override_for(&self, layer: usize) -> Option<&LayerOverride> {
@@ -352,7 +604,7 @@ impl Space {
         let mut total: u128 = 0;
         for &d in &self.choices.depth {
             let per_layers = (0..d).try_fold(1u128, |a, l| {
-                a.checked_mul((self.heads_choices(l).len() * self.mlp_choices(l).len()) as u128)
+                a.checked_mul((self.heads_choices(l).len() * self.mlp_choice_count(l)) as u128)
             })?;
             total = total.checked_add(e.checked_mul(per_layers)?)?;
         }

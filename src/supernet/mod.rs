@@ -62,7 +62,7 @@ impl Supernet {
     ) -> Result<Self> {
         let rows = scaling.rows(space);
         let s = &space.supernet;
-        let i = &space.input;
+        let i = &space.image();
         let vit = vb.pp("vit");
         let embeddings = elastic_embeddings(
             i.channels,
@@ -106,7 +106,7 @@ impl Supernet {
     }
 
     fn check_input(&self, images: &Tensor) -> Result<()> {
-        let i = &self.space.input;
+        let i = &self.space.image();
         let ok = matches!(images.dims(), &[_, c, h, w] if c == i.channels && h == i.image_size && w == i.image_size);
         if !ok {
             return Err(Error::Tensor {

@@ -43,7 +43,7 @@ fn data_dir(recipe: &Recipe) -> Result<PathBuf> {
 /// the normalisation in use and the split's indices.
 pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TrainData> {
     let dir = data_dir(recipe)?;
-    let i = &space.input;
+    let i = &space.image();
     let full = data::load(
         recipe.data.format,
         &dir,
@@ -95,7 +95,7 @@ pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TrainData> {
 /// The test split, for final reports only.
 pub fn load_test(recipe: &Recipe, space: &Space) -> Result<Dataset> {
     let dir = data_dir(recipe)?;
-    let i = &space.input;
+    let i = &space.image();
     let test = data::load(
         recipe.data.format,
         &dir,

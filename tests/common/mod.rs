@@ -41,7 +41,7 @@ pub const SWITCHES: [Switch; 3] = [Switch::Depth, Switch::Shared, Switch::LayerC
 
 /// Seeded uniform [0, 1) images `[b, C, H, W]` for a space.
 pub fn images(space: &Space, b: usize, seed: u64) -> Tensor {
-    let i = &space.input;
+    let i = &space.image();
     let n = b * i.channels * i.image_size * i.image_size;
     let mut rng = StdRng::seed_from_u64(seed);
     let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
