@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod export;
 pub mod layers;
+pub mod names;
 pub mod text;
 pub mod vit;
 
