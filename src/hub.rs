@@ -157,7 +157,50 @@ pub fn load_vit_into(params: &Params, dir: &Path, head_dim: usize) -> Result<Loa
         });
     }
     let file = dir.join("model.safetensors");
-    let (mut tensors, _) = read_weights(&file, &Device::Cpu)?;
+    let (tensors, _) = read_weights(&file, &Device::Cpu)?;
+    fill(params, &file, tensors)
+}
+
+/// Copies a pretrained Hugging Face BERT (`dir`: config.json +
+/// model.safetensors; `bert.`-prefixed names as `BertForSequenceClassification`
+/// saves them, or bare names as sentence-transformers' all-MiniLM-L6-v2) into
+/// a BERT supernet's variables, each tensor into the leading slice of the
+/// same-named supernet tensor. Another head size, or a tensor larger than the
+/// supernet's, is an error naming it.
+pub fn load_bert_into(params: &Params, dir: &Path, head_dim: usize) -> Result<LoadReport> {
+    let config = dir.join("config.json");
+    let cfg = crate::models::bert::BertConfig::from_hf_config_file(&config)?;
+    if cfg.head_dim != head_dim {
+        return Err(Error::InvalidConfig {
+            file: config.display().to_string(),
+            field: "hidden_size / num_attention_heads".into(),
+            message: format!(
+                "pretrained head size {} differs from the space's head_dim {head_dim}",
+                cfg.head_dim
+            ),
+        });
+    }
+    let file = dir.join("model.safetensors");
+    let (tensors, _) = read_weights(&file, &Device::Cpu)?;
+    let tensors = tensors
+        .into_iter()
+        .map(
+            |(n, t)| match n.starts_with("bert.") || n.starts_with("classifier.") {
+                true => (n, t),
+                false => (format!("bert.{n}"), t),
+            },
+        )
+        .collect();
+    fill(params, &file, tensors)
+}
+
+/// Fills each variable of `params` from the same-named tensor of `file`
+/// (its leading slice when the pretrained tensor is smaller).
+fn fill(
+    params: &Params,
+    file: &Path,
+    mut tensors: std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<LoadReport> {
     let mut report = LoadReport::default();
     for (name, var) in params.names.iter().zip(&params.vars) {
         let Some(src) = tensors.remove(name) else {

@@ -27,6 +27,11 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     /// Classification labels (`BertForSequenceClassification`), if any.
     pub num_labels: Option<usize>,
+    /// What the classifier reads: BERT's pooler on `[CLS]` (Hugging Face's
+    /// layout) or the masked mean of the token states (vitnas subnets of a
+    /// mean-pooling space).
+    #[serde(default)]
+    pub pooling: crate::space::Pooling,
 }
 
 /// The fields vitnas reads from a Hugging Face BERT `config.json`.
@@ -181,6 +186,7 @@ impl BertConfig {
             type_vocab_size: c.type_vocab_size,
             layer_norm_eps: c.layer_norm_eps,
             num_labels,
+            pooling: crate::space::Pooling::Pooler,
         })
     }
 }
@@ -202,7 +208,7 @@ pub struct BertLayer {
 /// Multi-head attention over `[B·T, H·D]` projections with an additive key
 /// mask `[B, 1, 1, T]` (0 for tokens, a large negative for padding), as
 /// transformers' BERT computes it.
-fn masked_attention(
+pub(crate) fn masked_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -309,12 +315,15 @@ impl Bert {
                 head_dim: c.head_dim,
             });
         }
-        let (pooler, classifier) = match c.num_labels {
-            Some(n) => (
+        let (pooler, classifier) = match (c.num_labels, c.pooling) {
+            (Some(n), crate::space::Pooling::Pooler) => (
                 Some(Linear::load(e, e, base.pp("pooler").pp("dense"))?),
                 Some(Linear::load(e, n, vb.pp("classifier"))?),
             ),
-            None => (None, None),
+            (Some(n), crate::space::Pooling::Mean) => {
+                (None, Some(Linear::load(e, n, vb.pp("classifier"))?))
+            }
+            (None, _) => (None, None),
         };
         Ok(Self {
             config: c.clone(),
@@ -400,6 +409,9 @@ impl Bert {
             (Some(p), Some(cl)) => {
                 let cls = x.reshape((b, t, e))?.i((.., 0))?.contiguous()?;
                 Some(cl.forward(&p.forward(&cls)?.tanh()?)?)
+            }
+            (None, Some(cl)) => {
+                Some(cl.forward(&mean_pool(&x.reshape((b, t, e))?, attention_mask)?)?)
             }
             _ => None,
         };

@@ -5,6 +5,8 @@
 //! are folded away by [`Supernet::extract`].
 
 pub mod attention;
+pub mod bert;
+pub mod bert_layer;
 pub mod block;
 pub mod embeddings;
 pub mod head;
@@ -13,6 +15,7 @@ pub mod linear;
 pub mod mlp;
 pub mod patch_embed;
 pub mod scaling;
+pub mod text_embeddings;
 
 use crate::error::{Error, Result};
 use crate::init::InitScheme;

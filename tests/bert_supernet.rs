@@ -1,0 +1,233 @@
+//! The elastic BERT supernet: extraction equals the supernet, every
+//! parameter gets exactly its gradient, and all-MiniLM-L6-v2 fills the
+//! largest subnet so that it computes the pretrained model.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use common::{max_abs_diff, repo_path};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use vitnas::init::{seeded_var_builder, InitScheme};
+use vitnas::models::bert::Bert;
+use vitnas::space::{Arch, Space};
+use vitnas::supernet::bert::{BertSupernet, Tokens};
+use vitnas::train::step::Params;
+
+fn tiny(pooling: &str) -> Space {
+    Space::from_toml_str(
+        &format!(
+            r#"
+            name = "tiny-bert"
+            [text]
+            vocab_size = 50
+            max_position_embeddings = 16
+            num_classes = 3
+            seq_len = 12
+            pooling = "{pooling}"
+            [supernet]
+            embed_dim = 32
+            depth = 3
+            num_heads = 4
+            head_dim = 8
+            mlp_dim = 64
+            layer_norm_eps = 1e-12
+            [choices]
+            embed_dim = [16, 24, 32]
+            depth = [2, 3]
+            num_heads = [2, 3, 4]
+            mlp_dim = [16, 40, 64]
+            "#
+        ),
+        "tiny-bert.toml",
+    )
+    .unwrap()
+}
+
+fn build(space: &Space, seed: u64) -> (BertSupernet, VarMap) {
+    let vm = VarMap::new();
+    let vb = seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu);
+    (
+        BertSupernet::with_init(space, InitScheme::TruncNormal002, vb).unwrap(),
+        vm,
+    )
+}
+
+/// `[b, t]` ids (first token 1 as a [CLS] stand-in) and a mask whose odd
+/// rows end in padding.
+fn tokens(b: usize, t: usize, vocab: u32, seed: u64) -> (Tensor, Tensor) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for r in 0..b {
+        for j in 0..t {
+            let pad = r % 2 == 1 && j >= t - t / 3;
+            ids.push(if pad { 0 } else { rng.random_range(1..vocab) });
+            mask.push(u32::from(!pad));
+        }
+    }
+    (
+        Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
+        Tensor::from_vec(mask, (b, t), &Device::Cpu).unwrap(),
+    )
+}
+
+#[test]
+fn extracted_text_subnet_matches_supernet_logits_with_padding() {
+    for pooling in ["pooler", "mean"] {
+        let space = tiny(pooling);
+        let (net, _vm) = build(&space, 3);
+        let (ids, mask) = tokens(4, 10, 50, 1);
+        let x = Tokens {
+            ids: &ids,
+            mask: &mask,
+        };
+        let mut rng = StdRng::seed_from_u64(7);
+        for arch in [space.largest(), space.smallest(), space.sample(&mut rng)] {
+            let logits = net.forward(x, &arch, false).unwrap();
+            assert_eq!(logits.dims(), &[4, 3]);
+            let sub = net.extract(&arch).unwrap();
+            let out = sub.forward(&ids, &mask).unwrap().logits.unwrap();
+            let d = max_abs_diff(&logits, &out);
+            assert!(d < 1e-5, "{pooling} {}: differs by {d}", arch.to_json());
+        }
+    }
+}
+
+#[test]
+fn every_text_supernet_parameter_gets_exactly_its_slice_gradient() {
+    let space = tiny("pooler");
+    let (net, vm) = build(&space, 5);
+    let params = Params::from_varmap(&vm);
+    let (ids, mask) = tokens(3, 9, 50, 2);
+    let x = Tokens {
+        ids: &ids,
+        mask: &mask,
+    };
+    // The largest subnet reaches every parameter (word rows: those used).
+    let loss = net
+        .forward(x, &space.largest(), true)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in params.names.iter().zip(&params.vars) {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let n = g
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(n > 0.0, "{name}: zero gradient");
+    }
+    // A small subnet: nothing outside its slices moves.
+    let arch = Arch::with_dims(16, 2, vec![2, 3], vec![16, 40]);
+    let loss = net
+        .forward(x, &arch, true)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in params.names.iter().zip(&params.vars) {
+        let Some(g) = grads.get(var.as_tensor()) else {
+            assert!(name.contains("layer.2."), "{name}: no gradient");
+            continue;
+        };
+        let g = g.to_dtype(DType::F32).unwrap();
+        let dims = g.dims().to_vec();
+        // Columns past the hidden size 16 carry no gradient in any tensor
+        // whose last dim is the hidden size.
+        // The dimension of each tensor that is the hidden size.
+        let hidden_dims: Vec<usize> = if name.contains("LayerNorm")
+            || name.contains("attention.output.dense")
+            || (name.contains(".output.dense") && !name.contains("attention"))
+        {
+            vec![0]
+        } else if name.ends_with("bias") && !name.contains("pooler") {
+            vec![]
+        } else if name.contains("pooler.dense.weight") {
+            vec![0, 1]
+        } else if name.contains("pooler") {
+            vec![0]
+        } else {
+            vec![dims.len() - 1]
+        };
+        if name.contains("layer.2.") {
+            assert_no_gradient(name, &g);
+            continue;
+        }
+        for hd in hidden_dims {
+            let rest = g.narrow(hd, 16, 16).unwrap();
+            let n = rest
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(
+                n, 0.0,
+                "{name}: gradient outside the hidden slice (dim {hd})"
+            );
+        }
+    }
+}
+
+/// An unused tensor: its gradient, when candle made one, is all zero.
+fn assert_no_gradient(name: &str, g: &Tensor) {
+    {
+        let n = g
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(n, 0.0, "{name}: an unused layer has a gradient");
+    }
+}
+
+fn minilm() -> std::path::PathBuf {
+    let d = repo_path("../shared/models/all-MiniLM-L6-v2");
+    assert!(
+        d.join("model.safetensors").is_file(),
+        "{} is missing: the repository expects ../shared beside it",
+        d.display()
+    );
+    d
+}
+
+#[test]
+fn all_minilm_l6_v2_fills_the_largest_subnet_exactly() {
+    let space = Space::from_file(repo_path("search_spaces/bert-minilm.toml")).unwrap();
+    let (net, vm) = build(&space, 0);
+    let params = Params::from_varmap(&vm);
+    let report = vitnas::hub::load_bert_into(&params, &minilm(), 32).unwrap();
+    // Everything but the new classifier comes from the checkpoint.
+    assert_eq!(
+        report.initialised,
+        vec!["classifier.bias", "classifier.weight"]
+    );
+    assert!(
+        report.ignored.iter().all(|n| n.contains("position_ids")),
+        "{report}"
+    );
+    let reference = Bert::load_dir(&minilm()).unwrap();
+    let (ids, mask) = tokens(2, 20, 30522, 3);
+    let want = reference.forward(&ids, &mask).unwrap();
+    let sub = net.extract(&space.largest()).unwrap();
+    let got = sub.forward(&ids, &mask).unwrap();
+    let d = max_abs_diff(
+        want.hidden_states.last().unwrap(),
+        got.hidden_states.last().unwrap(),
+    );
+    assert!(d < 1e-5, "last hidden state differs by {d}");
+}
