@@ -90,6 +90,15 @@ pub enum Error {
         message: String,
     },
 
+    /// One line of a data file that cannot be used: the file, the 1-based
+    /// line (where a CSV record starts) and what is wrong with it.
+    #[error("{path}:{line}: {message}")]
+    DataLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

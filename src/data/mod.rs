@@ -1,11 +1,13 @@
 //! Datasets: 8-bit images in memory, read from IDX (MNIST / Fashion-MNIST),
 //! CIFAR-10/100 binary, or an image folder; seeded splits; batching with
-//! normalisation and light augmentation.
+//! normalisation and light augmentation. Text classification data (JSON
+//! lines or CSV, tokenized, padded per batch) is in [`text`].
 
 pub mod batch;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub mod text;
 
 use crate::error::{Error, Result};
 use crate::space::Space;
