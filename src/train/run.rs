@@ -9,7 +9,7 @@ use super::gradient::{self, Agreement};
 use super::loss;
 use super::optim::{lr_at, AdamW};
 use super::recipe::{NonFinite, Recipe};
-use super::step::{accumulate_groups, Batch, Forward, Params, Path as StepPath, StepLosses};
+use super::step::{accumulate_groups, Batch, Forward, Input, Params, Path as StepPath, StepLosses};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::trainee::{RunKind, Trainee};
 use super::{standalone, step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
@@ -133,7 +133,7 @@ pub(crate) fn run(
             },
         };
         let batch = Batch {
-            images: &x,
+            input: Input::Images(&x),
             labels: &y,
             label_smoothing: recipe.loss.label_smoothing,
             distill: distill.as_deref(),

@@ -13,6 +13,7 @@ use crate::engine::{self, Weights};
 use crate::error::Result;
 use crate::models::vit::Vit;
 use crate::space::Arch;
+use crate::supernet::bert::{BertSupernet, Tokens};
 use crate::supernet::Supernet;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -73,17 +74,49 @@ impl Params {
     }
 }
 
+/// What a step's models read: images, or token sequences with their mask.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    /// `[B, C, H, W]` f32.
+    Images(&'a Tensor),
+    Tokens(Tokens<'a>),
+}
+
+impl<'a> Input<'a> {
+    /// The images, or an error naming what the model reads instead.
+    pub fn images(self) -> Result<&'a Tensor> {
+        match self {
+            Input::Images(x) => Ok(x),
+            Input::Tokens(_) => Err(crate::error::Error::Tensor {
+                name: "input".into(),
+                message: "an image model was given token sequences".into(),
+            }),
+        }
+    }
+
+    /// The token sequences, or an error naming what the model reads instead.
+    pub fn tokens(self) -> Result<Tokens<'a>> {
+        match self {
+            Input::Tokens(x) => Ok(x),
+            Input::Images(_) => Err(crate::error::Error::Tensor {
+                name: "input".into(),
+                message: "a text model was given images".into(),
+            }),
+        }
+    }
+}
+
 /// What a step trains: logits of architecture `arch` in training mode.
 pub trait Forward {
-    fn forward_train(&self, images: &Tensor, arch: &Arch) -> Result<Tensor>;
+    fn forward_train(&self, input: Input, arch: &Arch) -> Result<Tensor>;
     /// The shapes the [`engine`] needs to run this model's forward and
     /// backward itself; `None` leaves the step to candle's autograd.
     fn engine_config(&self) -> Option<engine::Config>;
 }
 
 impl Forward for Supernet {
-    fn forward_train(&self, images: &Tensor, arch: &Arch) -> Result<Tensor> {
-        self.forward(images, arch, true)
+    fn forward_train(&self, input: Input, arch: &Arch) -> Result<Tensor> {
+        self.forward(input.images()?, arch, true)
     }
     fn engine_config(&self) -> Option<engine::Config> {
         Some(engine::Config::from_supernet(self))
@@ -92,11 +125,22 @@ impl Forward for Supernet {
 
 /// A static model has one architecture: `arch` only labels it.
 impl Forward for Vit {
-    fn forward_train(&self, images: &Tensor, _arch: &Arch) -> Result<Tensor> {
-        Ok(Vit::forward(self, images)?)
+    fn forward_train(&self, input: Input, _arch: &Arch) -> Result<Tensor> {
+        Ok(Vit::forward(self, input.images()?)?)
     }
     fn engine_config(&self) -> Option<engine::Config> {
         Some(engine::Config::from_vit(&self.config))
+    }
+}
+
+/// The BERT supernet trains through candle's autograd (the engine does not
+/// run text models yet).
+impl Forward for BertSupernet {
+    fn forward_train(&self, input: Input, arch: &Arch) -> Result<Tensor> {
+        self.forward(input.tokens()?, arch, true)
+    }
+    fn engine_config(&self) -> Option<engine::Config> {
+        None
     }
 }
 
@@ -147,7 +191,7 @@ pub enum Path<'a> {
 /// What a step trains on and how each subnet's loss is made.
 #[derive(Clone, Copy)]
 pub struct Batch<'a> {
-    pub images: &'a Tensor,
+    pub input: Input<'a>,
     pub labels: &'a Tensor,
     pub label_smoothing: f64,
     /// In-place distillation of the subnets after the plan's teacher.
@@ -169,7 +213,7 @@ pub fn accumulate(
     backend: Backend,
 ) -> Result<StepLosses> {
     let batch = Batch {
-        images,
+        input: Input::Images(images),
         labels,
         label_smoothing,
         distill,
@@ -210,7 +254,7 @@ pub fn accumulate_on_engine(
         config: cfg,
     };
     let batch = Batch {
-        images,
+        input: Input::Images(images),
         labels,
         label_smoothing,
         distill,
@@ -232,14 +276,14 @@ pub fn accumulate_groups(
     assert_eq!(group_of.len(), plan.archs.len(), "one group per subnet");
     match path {
         Path::Engine { weights, config } => {
-            let mut pass = EnginePass::new(weights, config, batch.images)?;
+            let mut pass = EnginePass::new(weights, config, batch.input.images()?)?;
             run_subnets(&mut pass, plan, batch, group_of, groups)
         }
         Path::Autograd { net, params } => {
             let mut pass = AutogradPass {
                 net,
                 params,
-                images: batch.images,
+                input: batch.input,
             };
             run_subnets(&mut pass, plan, batch, group_of, groups)
         }
@@ -398,12 +442,12 @@ impl Pass for EnginePass<'_> {
 struct AutogradPass<'a> {
     net: &'a dyn Forward,
     params: &'a Params,
-    images: &'a Tensor,
+    input: Input<'a>,
 }
 
 impl Pass for AutogradPass<'_> {
     fn forward(&mut self, arch: &Arch) -> Result<Tensor> {
-        self.net.forward_train(self.images, arch)
+        self.net.forward_train(self.input, arch)
     }
 
     fn backward(
