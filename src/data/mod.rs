@@ -47,6 +47,9 @@ pub enum Format {
     Cifar100,
     /// `<root>/<split>/<class>/*.{png,jpg}`, resized to the space's image size.
     Folder,
+    /// Text classification: `<root>/{train,test}.{jsonl,csv}[.gz]` with a
+    /// text and a label field ([`text`]); read by the text trainer.
+    Text,
 }
 
 /// Where Fashion-MNIST (the four IDX `.gz` files) is looked for when a
@@ -120,6 +123,10 @@ pub fn load(
         Format::Cifar10 => cifar::load_split(dir, split, false),
         Format::Cifar100 => cifar::load_split(dir, split, true),
         Format::Folder => folder::load_split(dir, split, image_size, channels),
+        Format::Text => Err(Error::Data {
+            source_name: dir.display().to_string(),
+            message: "text data is not images: a text space and recipe read it".into(),
+        }),
     }
 }
 

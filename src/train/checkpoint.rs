@@ -189,27 +189,7 @@ impl Checkpointer<'_> {
         state: &TrainState,
     ) -> Result<()> {
         let weights = params.tensors();
-        let mut all = weights.clone();
-        let dev = Device::Cpu;
-        for (k, name) in params.names.iter().enumerate() {
-            let shape = params.vars[k].shape().clone();
-            all.push((
-                format!("optimizer.m.{name}"),
-                Tensor::from_slice(&opt.m[k], shape.clone(), &dev)?,
-            ));
-            all.push((
-                format!("optimizer.v.{name}"),
-                Tensor::from_slice(&opt.v[k], shape, &dev)?,
-            ));
-        }
-        let state_json = serde_json::to_string(state).expect("state serializes");
-        let meta = [(STATE_KEY.to_string(), state_json.clone())]
-            .into_iter()
-            .collect();
-        write_atomic(
-            &self.dir.join(CHECKPOINT_FILE),
-            &to_safetensors_bytes(&all, Some(meta))?,
-        )?;
+        let state_json = write_checkpoint(self.dir, params, opt, state)?;
         match trainee {
             Trainee::Supernet { .. } => {
                 let meta = [("vitnas.recipe".to_string(), self.recipe.name.clone())]
@@ -226,6 +206,38 @@ impl Checkpointer<'_> {
         }
         write_atomic(&self.dir.join(STATE_FILE), state_json.as_bytes())
     }
+}
+
+/// Writes `checkpoint.safetensors` in `dir`: the weights, AdamW's moments
+/// and the state (as metadata); returns the state as JSON.
+pub(crate) fn write_checkpoint(
+    dir: &Path,
+    params: &Params,
+    opt: &AdamW,
+    state: &TrainState,
+) -> Result<String> {
+    let mut all = params.tensors();
+    let dev = Device::Cpu;
+    for (k, name) in params.names.iter().enumerate() {
+        let shape = params.vars[k].shape().clone();
+        all.push((
+            format!("optimizer.m.{name}"),
+            Tensor::from_slice(&opt.m[k], shape.clone(), &dev)?,
+        ));
+        all.push((
+            format!("optimizer.v.{name}"),
+            Tensor::from_slice(&opt.v[k], shape, &dev)?,
+        ));
+    }
+    let state_json = serde_json::to_string(state).expect("state serializes");
+    let meta = [(STATE_KEY.to_string(), state_json.clone())]
+        .into_iter()
+        .collect();
+    write_atomic(
+        &dir.join(CHECKPOINT_FILE),
+        &to_safetensors_bytes(&all, Some(meta))?,
+    )?;
+    Ok(state_json)
 }
 
 /// Restores weights and AdamW moments from a checkpoint's tensors.

@@ -29,6 +29,7 @@ mod session;
 pub mod standalone;
 pub mod step;
 pub mod summary;
+pub mod text;
 mod trained;
 mod trainee;
 
@@ -81,5 +82,8 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<Summary> {
         return resume(&recipe.output_dir, opts);
     }
     let space = Space::from_file(&recipe.space)?;
+    if space.is_text() {
+        return text::start(recipe, &space, opts);
+    }
     start(recipe, &space, RunKind::Supernet, opts)
 }

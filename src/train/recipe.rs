@@ -73,6 +73,29 @@ pub struct DataConfig {
     pub normalize: Option<Normalize>,
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
+    /// Text data (`format = "text"`): fields, tokenizer and length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextDataConfig>,
+}
+
+/// How text examples are read and tokenised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextDataConfig {
+    /// The text and label field (JSON key or CSV column) names.
+    #[serde(default)]
+    pub fields: crate::data::text::TextFields,
+    /// Sequences are truncated to this many tokens (special tokens
+    /// included); batches are padded to their longest sequence.
+    pub max_len: usize,
+    /// The `tokenizer.json` to use, or a model directory / hub id holding
+    /// one; when absent, the tokenizer of `init_from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// DynaBERT rewiring before training: heads and FFN neurons reordered
+    /// by importance measured on this many training batches (0: none).
+    #[serde(default)]
+    pub rewire_batches: usize,
 }
 
 fn default_eval_batch() -> usize {

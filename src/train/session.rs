@@ -64,6 +64,9 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
             message: "not found: nothing to resume (is this a run directory?)".into(),
         });
     }
+    if Space::from_file(dir.join(SPACE_FILE))?.is_text() {
+        return super::text::resume(dir, opts);
+    }
     let _lock = RunLock::acquire(dir)?;
     let mut recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
     recipe.output_dir = dir.to_path_buf();
@@ -98,7 +101,7 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
 }
 
 /// Drops metric lines written after the checkpoint a run resumes from.
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+pub(crate) fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let kept: String = text
         .lines()
