@@ -8,7 +8,7 @@ use vitnas::data::batch::Normalize;
 use vitnas::data::{idx, Split};
 use vitnas::latency::{self, dataset, fit, Machine, Predictor, Protocol};
 use vitnas::search::config::SearchConfig;
-use vitnas::search::{self, Evaluator};
+use vitnas::search::{self, Evaluator, ImageJudge};
 
 fn tmp(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("vitnas-latency-{tag}-{}", std::process::id()));
@@ -168,11 +168,14 @@ fn a_latency_constrained_search_predicts_and_times_no_candidate() {
     };
     cfg.constraints.latency_ms_max = Some(budget);
     cfg.constraints.latency_predictor = Some(path);
-    let ev = Evaluator {
+    let judge = ImageJudge {
         net: &net,
         val: &val,
         norm: &norm,
         device: Device::Cpu,
+    };
+    let ev = Evaluator {
+        judge: &judge,
         predictor: Some(&p),
     };
     let state = search::run(&s, cfg, &ev, &dir.join("out"), false, false).unwrap();

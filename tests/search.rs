@@ -9,7 +9,7 @@ use vitnas::data::batch::Normalize;
 use vitnas::data::{idx, Split};
 use vitnas::search::config::{Algorithm, SearchConfig, SETTINGS_SOURCE};
 use vitnas::search::pareto::{front, Measure};
-use vitnas::search::{self, Evaluator, Record, STATE_FILE};
+use vitnas::search::{self, Evaluator, ImageJudge, Record, STATE_FILE};
 use vitnas::space::{params, Space};
 
 fn config() -> SearchConfig {
@@ -36,11 +36,14 @@ fn with_evaluator<T>(f: impl FnOnce(&Space, &Evaluator) -> T) -> T {
         mean: vec![0.286],
         std: vec![0.353],
     };
-    let ev = Evaluator {
+    let judge = ImageJudge {
         net: &net,
         val: &val,
         norm: &norm,
         device: Device::Cpu,
+    };
+    let ev = Evaluator {
+        judge: &judge,
         predictor: None,
     };
     f(&s, &ev)

@@ -7,7 +7,8 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::latency::{self, Machine, Predictor};
 use vitnas::search::config::Algorithm;
-use vitnas::search::{self, Evaluator};
+use vitnas::search::{self, Evaluator, ImageJudge, Judge};
+use vitnas::train::text::{TextJudge, TextRun};
 use vitnas::train::TrainedRun;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -64,9 +65,22 @@ pub struct SearchArgs {
     top_k: usize,
 }
 
+/// A trained supernet of either modality.
+enum Loaded {
+    Image(TrainedRun),
+    Text(TextRun),
+}
+
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
-    let run = TrainedRun::load(&a.run)?;
-    let mut cfg = run.recipe.search.clone();
+    let loaded = match TextRun::is_text_run(&a.run) {
+        true => Loaded::Text(TextRun::load(&a.run)?),
+        false => Loaded::Image(TrainedRun::load(&a.run)?),
+    };
+    let (recipe, space) = match &loaded {
+        Loaded::Image(r) => (&r.recipe, &r.space),
+        Loaded::Text(r) => (&r.recipe, &r.space),
+    };
+    let mut cfg = recipe.search.clone();
     if let Some(alg) = a.algorithm {
         cfg.algorithm = match alg {
             AlgorithmArg::Evolution => Algorithm::Evolution,
@@ -102,9 +116,30 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         cfg.constraints.latency_predictor = saved.config.constraints.latency_predictor;
     }
     cfg.validate()?;
-    let (val, norm) = run.validation()?;
-    let space = &run.space;
+    let (image_val, text_val);
+    let judge: Box<dyn Judge + '_> = match &loaded {
+        Loaded::Image(run) => {
+            image_val = run.validation()?;
+            Box::new(ImageJudge {
+                net: &run.net,
+                val: &image_val.0,
+                norm: &image_val.1,
+                device: Device::Cpu,
+            })
+        }
+        Loaded::Text(run) => {
+            text_val = run.validation()?;
+            Box::new(TextJudge {
+                net: &run.net,
+                val: &text_val,
+            })
+        }
+    };
     let predictor = match &cfg.constraints.latency_predictor {
+        Some(_) if space.is_text() => anyhow::bail!(
+            "latency predictors are fitted for image spaces only so far; bound the measured \
+             latency of a text supernet with --latency-ms-max alone"
+        ),
         Some(path) => {
             let p = Predictor::load(path)?;
             // The top-k are measured at the end with the predictor's thread count.
@@ -139,10 +174,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         std::process::exit(super::train::EXIT_INTERRUPTED);
     })?;
     let ev = Evaluator {
-        net: &run.net,
-        val: &val,
-        norm: &norm,
-        device: Device::Cpu,
+        judge: judge.as_ref(),
         predictor: predictor.as_ref(),
     };
     let started = std::time::Instant::now();
@@ -156,7 +188,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     }
     let best = top.first().context("no architecture was evaluated")?;
     let check = match &predictor {
-        Some(p) => check_predictions(p, &run, &top)?,
+        Some(p) => check_predictions(p, space, judge.as_ref(), &top)?,
         None => serde_json::Value::Null,
     };
     println!(
@@ -177,7 +209,8 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
 /// predictor whose error on them exceeds its recorded held-out error.
 fn check_predictions(
     p: &Predictor,
-    run: &TrainedRun,
+    space: &vitnas::Space,
+    judge: &dyn Judge,
     top: &[&search::Record],
 ) -> anyhow::Result<serde_json::Value> {
     let recorded = p.error().map(|e| e.p95_rel).unwrap_or(0.0);
@@ -200,8 +233,8 @@ fn check_predictions(
         })
         .transpose()?;
     for (k, r) in top.iter().enumerate() {
-        let predicted = p.predict(&run.space, &r.arch);
-        let time = || search::measure_latency(&run.net, &r.arch, p.batch);
+        let predicted = p.predict(space, &r.arch);
+        let time = || judge.latency_ms(&r.arch, p.batch);
         let measured = match &own {
             Some(pool) => pool.install(time)?,
             None => time()?,

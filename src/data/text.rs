@@ -245,6 +245,26 @@ impl TokenizedDataset {
         self.label_names.len()
     }
 
+    /// The examples at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> TokenizedDataset {
+        TokenizedDataset {
+            ids: indices.iter().map(|&i| self.ids[i].clone()).collect(),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            ..self.clone_empty()
+        }
+    }
+
+    fn clone_empty(&self) -> TokenizedDataset {
+        TokenizedDataset {
+            ids: Vec::new(),
+            labels: Vec::new(),
+            label_names: self.label_names.clone(),
+            pad_id: self.pad_id,
+            max_len: self.max_len,
+            source: self.source.clone(),
+        }
+    }
+
     /// The examples at `indices`, padded to the longest of them.
     pub fn batch(&self, indices: &[usize], device: &Device) -> Result<TextBatch> {
         let err = |message: String| Error::Data {

@@ -13,7 +13,7 @@ pub mod pareto;
 use crate::data::batch::Normalize;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::eval::evaluate;
+use crate::eval::{evaluate, EvalResult};
 use crate::space::arch::gene_cardinalities;
 use crate::space::{flops, params, Arch, Space};
 use crate::supernet::Supernet;
@@ -68,12 +68,50 @@ pub struct SearchState {
     pub eval_seconds: f64,
 }
 
-/// What the search evaluates with.
-pub struct Evaluator<'a> {
+/// How a search scores candidates: inherited-weight accuracy on a
+/// validation set, and measured latency. One implementation per input
+/// modality ([`ImageJudge`], [`crate::train::text::TextJudge`]).
+pub trait Judge: Sync {
+    /// Examples of the validation set.
+    fn examples(&self) -> usize;
+    /// Accuracy and loss of `arch` (inherited weights) on the validation
+    /// examples `range`, in batches of `batch`.
+    fn score(&self, arch: &Arch, range: std::ops::Range<usize>, batch: usize)
+        -> Result<EvalResult>;
+    /// Measured latency (ms) of the extracted subnet at batch `batch`,
+    /// HAT's protocol.
+    fn latency_ms(&self, arch: &Arch, batch: usize) -> Result<f64>;
+}
+
+/// Images: the ViT supernet on a validation [`Dataset`].
+pub struct ImageJudge<'a> {
     pub net: &'a Supernet,
     pub val: &'a Dataset,
     pub norm: &'a Normalize,
     pub device: Device,
+}
+
+impl Judge for ImageJudge<'_> {
+    fn examples(&self) -> usize {
+        self.val.len()
+    }
+
+    fn score(&self, arch: &Arch, range: std::ops::Range<usize>, batch: usize) -> Result<EvalResult> {
+        let model = crate::engine::Model::from_vit(&self.net.extract(arch)?)?;
+        let idx: Vec<usize> = range.collect();
+        evaluate(&self.val.subset(&idx), self.norm, batch, &self.device, |x| {
+            model.logits(x)
+        })
+    }
+
+    fn latency_ms(&self, arch: &Arch, batch: usize) -> Result<f64> {
+        measure_latency(self.net, arch, batch)
+    }
+}
+
+/// What the search evaluates with.
+pub struct Evaluator<'a> {
+    pub judge: &'a dyn Judge,
     /// Bounds latency by prediction instead of timing candidates.
     pub predictor: Option<&'a crate::latency::Predictor>,
 }
@@ -228,7 +266,7 @@ impl<'a> Search<'a> {
             let lat = match self.latency.get(genes) {
                 Some(&l) => l,
                 None => {
-                    let l = measure_latency(ev.net, &arch, c.latency_batch.unwrap_or(1))?;
+                    let l = ev.judge.latency_ms(&arch, c.latency_batch.unwrap_or(1))?;
                     self.latency.insert(genes.to_vec(), l);
                     l
                 }
@@ -288,14 +326,9 @@ impl<'a> Search<'a> {
         }
         let cfg = &self.state.config;
         let arch = Arch::from_genes(self.space, genes)?;
-        let n = cfg.val_subset.min(ev.val.len());
+        let n = cfg.val_subset.min(ev.judge.examples());
         let started = Instant::now();
-        let model = crate::engine::Model::from_vit(&ev.net.extract(&arch)?)?;
-        let run = |ds: &Dataset| {
-            evaluate(ds, ev.norm, cfg.eval_batch_size, &ev.device, |x| {
-                model.logits(x)
-            })
-        };
+        let run = |r: std::ops::Range<usize>| ev.judge.score(&arch, r, cfg.eval_batch_size);
         let early = cfg.early_reject_images.min(n);
         let mut images = 0;
         let mut rejected = false;
@@ -306,15 +339,14 @@ impl<'a> Search<'a> {
             // only if it reaches the k-th best's score on those same images
             // (a paired comparison, far less noisy than two independent
             // estimates).
-            let r1 = run(&ev.val.head(early))?;
+            let r1 = run(0..early)?;
             images += early;
             screen = Some(r1.accuracy);
             if self.kth_screen_bar().is_some_and(|bar| r1.accuracy < bar) {
                 rejected = true;
                 (r1, early)
             } else {
-                let rest: Vec<usize> = (early..n).collect();
-                let r2 = run(&ev.val.subset(&rest))?;
+                let r2 = run(early..n)?;
                 images += n - early;
                 let w = |a: f64, b: f64| (a * early as f64 + b * (n - early) as f64) / n as f64;
                 let r = crate::eval::EvalResult {
@@ -326,7 +358,7 @@ impl<'a> Search<'a> {
             }
         } else {
             images += n;
-            (run(&ev.val.head(n))?, n)
+            (run(0..n)?, n)
         };
         self.state.images_evaluated += images;
         self.state.eval_seconds += started.elapsed().as_secs_f64();

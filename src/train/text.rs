@@ -546,3 +546,88 @@ fn line(path: &Path, v: serde_json::Value) -> Result<()> {
         .map_err(|e| Error::io(path, e))?;
     writeln!(f, "{v}").map_err(|e| Error::io(path, e))
 }
+
+/// A trained text supernet, loaded from its run directory.
+pub struct TextRun {
+    pub dir: PathBuf,
+    pub recipe: Recipe,
+    pub space: Space,
+    pub net: BertSupernet,
+    /// Label names in id order (`labels.json`).
+    pub labels: Vec<String>,
+}
+
+impl TextRun {
+    /// Whether `dir` (a run directory, or a file inside one) holds a text run.
+    pub fn is_text_run(path: &Path) -> bool {
+        let dir = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
+        Space::from_file(dir.join(SPACE_FILE)).is_ok_and(|s| s.is_text())
+    }
+
+    /// Loads a run directory, or a supernet `.safetensors` file inside one.
+    pub fn load(path: &Path) -> Result<Self> {
+        let (dir, file) = if path.is_dir() {
+            (path.to_path_buf(), path.join(SUPERNET_FILE))
+        } else {
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            (dir, path.to_path_buf())
+        };
+        let recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
+        let space = Space::from_file(dir.join(SPACE_FILE))?;
+        let labels_path = dir.join(LABELS_FILE);
+        let text = std::fs::read_to_string(&labels_path).map_err(|e| Error::io(&labels_path, e))?;
+        let labels: Vec<String> = serde_json::from_str(&text).map_err(|error| Error::Json {
+            path: labels_path.clone(),
+            error,
+        })?;
+        let (tensors, _) = read_weights(&file, &Device::Cpu)?;
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let net = BertSupernet::with_init(&space, recipe.init, vb).map_err(|e| Error::Checkpoint {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { dir, recipe, space, net, labels })
+    }
+
+    /// The run's tokenizer (`tokenizer.json` in the run directory).
+    pub fn tokenizer(&self) -> Result<TextTokenizer> {
+        TextTokenizer::from_file(&self.dir.join(TOKENIZER_FILE), text_config(&self.recipe)?.max_len)
+    }
+
+    /// The run's validation split, tokenised.
+    pub fn validation(&self) -> Result<TokenizedDataset> {
+        Ok(load_train_val(&self.recipe, &self.space)?.val)
+    }
+
+    /// The test split, tokenised.
+    pub fn test(&self) -> Result<TokenizedDataset> {
+        load_test(&self.recipe, &self.labels, &self.tokenizer()?)
+    }
+}
+
+/// Text: the BERT supernet on a tokenised validation set; latency of the
+/// extracted static BERT on `batch` sequences of the space's stated length.
+pub struct TextJudge<'a> {
+    pub net: &'a BertSupernet,
+    pub val: &'a TokenizedDataset,
+}
+
+impl crate::search::Judge for TextJudge<'_> {
+    fn examples(&self) -> usize {
+        self.val.len()
+    }
+
+    fn score(&self, arch: &Arch, range: std::ops::Range<usize>, batch: usize) -> Result<EvalResult> {
+        let idx: Vec<usize> = range.collect();
+        evaluate_text(&self.net.extract(arch)?, &self.val.subset(&idx), batch)
+    }
+
+    fn latency_ms(&self, arch: &Arch, batch: usize) -> Result<f64> {
+        let model = self.net.extract(arch)?;
+        let t = self.net.space.seq_len();
+        let ids = Tensor::ones((batch, t), DType::U32, &Device::Cpu)?;
+        let mask = Tensor::ones((batch, t), DType::U32, &Device::Cpu)?;
+        let p = crate::latency::Protocol::default();
+        Ok(crate::latency::time(&p, || model.forward(&ids, &mask).map(|_| ()))?.mean_ms)
+    }
+}
