@@ -6,6 +6,8 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::eval::evaluate;
 use vitnas::space::{flops, params};
+use vitnas::models::export_bert;
+use vitnas::train::text::{evaluate_text, TextRun};
 use vitnas::train::{self, TrainedRun};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -49,6 +51,12 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    if let Some(m) = a.model.as_deref().filter(|m| export_bert::is_bert_dir(m)) {
+        return eval_text_model(m, a.data.as_deref(), a.limit);
+    }
+    if let Some(run) = a.supernet.as_deref().filter(|s| TextRun::is_text_run(s)) {
+        return eval_text_supernet(run, &a);
+    }
     if let Some(m) = &a.model {
         return eval_model(
             m,
@@ -147,6 +155,66 @@ fn eval_model(
     println!(
         "{}",
         serde_json::json!({"model": dir, "split": split_name, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss, "params": model.num_params()})
+    );
+    Ok(())
+}
+
+/// A trained text supernet's subnet on its validation or test split.
+fn eval_text_supernet(path: &std::path::Path, a: &EvalArgs) -> anyhow::Result<()> {
+    let mut run = TextRun::load(path)?;
+    if let Some(d) = &a.data {
+        run.recipe.data.path = Some(d.clone());
+    }
+    let arch = run.space.arch_from_spec(&a.arch, a.off_grid)?;
+    let (split, ds) = match a.split.unwrap_or(SplitArg::Val) {
+        SplitArg::Val => ("val", run.validation()?),
+        SplitArg::Test => ("test", run.test()?),
+    };
+    let r = evaluate_text(&run.net.extract(&arch)?, &ds, run.recipe.data.eval_batch_size)?;
+    let space = &run.space;
+    println!(
+        "{}",
+        serde_json::json!({
+            "split": split, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
+            "arch": arch, "params": params(space, &arch), "flops_macs": flops(space, &arch),
+            "flops_at_tokens": space.seq_len(),
+        })
+    );
+    Ok(())
+}
+
+/// An exported BERT on a JSON-lines or CSV file (`--data`: the file, or a
+/// directory holding test.jsonl / test.csv), labels by the model's names.
+fn eval_text_model(
+    dir: &std::path::Path,
+    data: Option<&std::path::Path>,
+    limit: Option<usize>,
+) -> anyhow::Result<()> {
+    let (model, labels) = export_bert::load_dir(dir)?;
+    let data = data.context("--model needs --data <JSONL or CSV file, or a directory with test.jsonl>")?;
+    let file = match data.is_dir() {
+        true => vitnas::train::text::split_file(data, "test")?,
+        false => data.to_path_buf(),
+    };
+    // The length the model was trained at (the exported recipe), else its
+    // position table's.
+    let max_len = vitnas::train::recipe::Recipe::from_file(dir.join(vitnas::train::RECIPE_FILE))
+        .ok()
+        .and_then(|r| r.data.text.map(|t| t.max_len))
+        .unwrap_or(model.config.max_position_embeddings);
+    let tok = vitnas::models::text::TextTokenizer::from_file(&dir.join("tokenizer.json"), max_len)?;
+    let fields = vitnas::data::text::TextFields::default();
+    let mut texts = vitnas::data::text::load_text(&file, &fields, Some(&labels))?;
+    if let Some(n) = limit {
+        let idx: Vec<usize> = (0..n.min(texts.len())).collect();
+        texts = texts.subset(&idx);
+    }
+    let ds = vitnas::data::text::TokenizedDataset::new(&texts, &tok)?;
+    let r = evaluate_text(&model, &ds, 64)?;
+    println!(
+        "{}",
+        serde_json::json!({"model": dir, "data": file, "examples": r.examples,
+            "accuracy": r.accuracy, "loss": r.loss})
     );
     Ok(())
 }

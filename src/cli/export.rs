@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use vitnas::models::export;
 use vitnas::rundir;
 use vitnas::space::flops;
+use vitnas::train::text::TextRun;
 use vitnas::train::TrainedRun;
 
 #[derive(Debug, Args)]
@@ -35,6 +36,9 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     rundir::check_distinct(&a.supernet, &a.out)?;
     rundir::check_output(&a.out, rundir::Artifact::ExportedModel, a.force)?;
+    if TextRun::is_text_run(&a.supernet) {
+        return export_text(&a);
+    }
     let run = TrainedRun::load(&a.supernet)?;
     let (space, net) = (&run.space, &run.net);
     let arch = run.arch(&a.arch, a.off_grid)?;
@@ -71,6 +75,42 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         None => println!("exported {} (Hugging Face ViTForImageClassification layout)", a.out.display()),
         Some(o) => println!(
             "exported {} (vitnas layout; not representable as a Hugging Face ViT: {o}; --hf-pad makes it one when heads × head_dim can equal the hidden size)",
+            a.out.display()
+        ),
+    }
+    Ok(())
+}
+
+/// A text subnet in `BertForSequenceClassification` layout, with the run's
+/// tokenizer and label names.
+fn export_text(a: &ExportArgs) -> anyhow::Result<()> {
+    use vitnas::models::export_bert;
+    let run = TextRun::load(&a.supernet)?;
+    let space = &run.space;
+    let arch = space.arch_from_spec(&a.arch, a.off_grid)?;
+    let mut model = run.net.extract(&arch)?;
+    if a.hf_pad && export_bert::hf_obstacle(&model.config).is_some() {
+        model = export_bert::pad_uniform(&model)?;
+        let c = &model.config;
+        eprintln!(
+            "--hf-pad: padded to {} heads and FFN width {} in every layer",
+            c.num_heads[0], c.intermediate_sizes[0]
+        );
+    }
+    let tokenizer = run.dir.join(vitnas::train::text::TOKENIZER_FILE);
+    let note = export_bert::export(&model, space, &arch, &run.labels, &tokenizer, &a.out)?;
+    vitnas::train::checkpoint::write_atomic(
+        &a.out.join(vitnas::train::RECIPE_FILE),
+        run.recipe.to_toml_string().as_bytes(),
+    )?;
+    match note {
+        None => println!(
+            "exported {} (Hugging Face BertForSequenceClassification layout)",
+            a.out.display()
+        ),
+        Some(o) => println!(
+            "exported {} (vitnas layout; transformers cannot load it: {o}; --hf-pad makes it \
+             loadable when the hidden size holds every layer's heads)",
             a.out.display()
         ),
     }

@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod export;
+pub mod export_bert;
 pub mod layers;
 pub mod names;
 pub mod text;
