@@ -14,6 +14,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod mlp;
 pub mod patch_embed;
+pub mod rewire;
 pub mod scaling;
 pub mod text_embeddings;
 
