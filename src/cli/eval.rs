@@ -5,8 +5,8 @@ use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::eval::evaluate;
-use vitnas::space::{flops, params};
 use vitnas::models::export_bert;
+use vitnas::space::{flops, params};
 use vitnas::train::text::{evaluate_text, TextRun};
 use vitnas::train::{self, TrainedRun};
 
@@ -170,7 +170,11 @@ fn eval_text_supernet(path: &std::path::Path, a: &EvalArgs) -> anyhow::Result<()
         SplitArg::Val => ("val", run.validation()?),
         SplitArg::Test => ("test", run.test()?),
     };
-    let r = evaluate_text(&run.net.extract(&arch)?, &ds, run.recipe.data.eval_batch_size)?;
+    let r = evaluate_text(
+        &run.net.extract(&arch)?,
+        &ds,
+        run.recipe.data.eval_batch_size,
+    )?;
     let space = &run.space;
     println!(
         "{}",
@@ -191,7 +195,8 @@ fn eval_text_model(
     limit: Option<usize>,
 ) -> anyhow::Result<()> {
     let (model, labels) = export_bert::load_dir(dir)?;
-    let data = data.context("--model needs --data <JSONL or CSV file, or a directory with test.jsonl>")?;
+    let data =
+        data.context("--model needs --data <JSONL or CSV file, or a directory with test.jsonl>")?;
     let file = match data.is_dir() {
         true => vitnas::train::text::split_file(data, "test")?,
         false => data.to_path_buf(),

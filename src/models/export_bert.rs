@@ -32,7 +32,10 @@ pub fn hf_obstacle(c: &BertConfig) -> Option<String> {
         return Some(format!("heads differ across layers {:?}", c.num_heads));
     }
     if c.intermediate_sizes.iter().any(|&m| m != m0) {
-        return Some(format!("FFN widths differ across layers {:?}", c.intermediate_sizes));
+        return Some(format!(
+            "FFN widths differ across layers {:?}",
+            c.intermediate_sizes
+        ));
     }
     if h0 * c.head_dim != c.hidden_size {
         return Some(format!(
@@ -49,7 +52,9 @@ pub fn hf_obstacle(c: &BertConfig) -> Option<String> {
 pub fn pad_uniform(m: &Bert) -> Result<Bert> {
     let c = &m.config;
     let hmax = *c.num_heads.iter().max().unwrap_or(&0);
-    if c.head_dim == 0 || !c.hidden_size.is_multiple_of(c.head_dim) || hmax * c.head_dim > c.hidden_size
+    if c.head_dim == 0
+        || !c.hidden_size.is_multiple_of(c.head_dim)
+        || hmax * c.head_dim > c.hidden_size
     {
         return Err(Error::InvalidArch {
             space: "export".into(),
@@ -62,7 +67,10 @@ pub fn pad_uniform(m: &Bert) -> Result<Bert> {
         });
     }
     let heads = c.hidden_size / c.head_dim;
-    let (q, mmax) = (c.hidden_size, *c.intermediate_sizes.iter().max().unwrap_or(&0));
+    let (q, mmax) = (
+        c.hidden_size,
+        *c.intermediate_sizes.iter().max().unwrap_or(&0),
+    );
     let pad = |t: &Tensor, dim: usize, n: usize| -> candle_core::Result<Tensor> {
         let extra = n - t.dim(dim)?;
         if extra == 0 {
@@ -94,17 +102,28 @@ pub fn named_tensors(m: &Bert) -> Vec<(String, Tensor)> {
     let fam = Family::Bert;
     let s = fam.stem();
     let mut out = vec![
-        (format!("{}.weight", s.word_embeddings), m.word_embeddings.clone()),
-        (format!("{}.weight", s.position_embeddings), m.position_embeddings.clone()),
-        (format!("{}.weight", s.token_type_embeddings), m.token_type_embeddings.clone()),
+        (
+            format!("{}.weight", s.word_embeddings),
+            m.word_embeddings.clone(),
+        ),
+        (
+            format!("{}.weight", s.position_embeddings),
+            m.position_embeddings.clone(),
+        ),
+        (
+            format!("{}.weight", s.token_type_embeddings),
+            m.token_type_embeddings.clone(),
+        ),
     ];
-    m.embeddings_layer_norm.push_tensors(&s.embeddings_norm, &mut out);
+    m.embeddings_layer_norm
+        .push_tensors(&s.embeddings_norm, &mut out);
     for (i, l) in m.layers.iter().enumerate() {
         let n = fam.layer(i);
         l.query.push_tensors(&n.query, &mut out);
         l.key.push_tensors(&n.key, &mut out);
         l.value.push_tensors(&n.value, &mut out);
-        l.attention_output.push_tensors(&n.attention_output, &mut out);
+        l.attention_output
+            .push_tensors(&n.attention_output, &mut out);
         l.attention_layer_norm.push_tensors(&n.norm1, &mut out);
         l.intermediate.push_tensors(&n.intermediate, &mut out);
         l.output.push_tensors(&n.output, &mut out);
@@ -156,6 +175,8 @@ pub fn export(
         "max_position_embeddings": c.max_position_embeddings,
         "type_vocab_size": c.type_vocab_size,
         "layer_norm_eps": c.layer_norm_eps,
+        "initializer_range": 0.02,
+        "classifier_dropout": null,
         "position_embedding_type": "absolute",
         "pad_token_id": 0,
         "num_labels": labels.len(),
@@ -199,18 +220,20 @@ pub fn is_bert_dir(dir: &Path) -> bool {
 pub fn load_dir(dir: &Path) -> Result<(Bert, Vec<String>)> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|error| Error::Json { path: path.clone(), error })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|error| Error::Json {
+        path: path.clone(),
+        error,
+    })?;
     let model = match v.get("vitnas").and_then(|b| b.get("config")) {
         Some(c) => {
-            let config: BertConfig = serde_json::from_value(c.clone()).map_err(|error| {
-                Error::Json {
+            let config: BertConfig =
+                serde_json::from_value(c.clone()).map_err(|error| Error::Json {
                     path: path.clone(),
                     error,
-                }
-            })?;
+                })?;
             let file = dir.join("model.safetensors");
-            let (tensors, _) = crate::train::checkpoint::read_weights(&file, &candle_core::Device::Cpu)?;
+            let (tensors, _) =
+                crate::train::checkpoint::read_weights(&file, &candle_core::Device::Cpu)?;
             let vb = candle_nn::VarBuilder::from_tensors(
                 tensors,
                 candle_core::DType::F32,

@@ -96,12 +96,21 @@ impl Judge for ImageJudge<'_> {
         self.val.len()
     }
 
-    fn score(&self, arch: &Arch, range: std::ops::Range<usize>, batch: usize) -> Result<EvalResult> {
+    fn score(
+        &self,
+        arch: &Arch,
+        range: std::ops::Range<usize>,
+        batch: usize,
+    ) -> Result<EvalResult> {
         let model = crate::engine::Model::from_vit(&self.net.extract(arch)?)?;
         let idx: Vec<usize> = range.collect();
-        evaluate(&self.val.subset(&idx), self.norm, batch, &self.device, |x| {
-            model.logits(x)
-        })
+        evaluate(
+            &self.val.subset(&idx),
+            self.norm,
+            batch,
+            &self.device,
+            |x| model.logits(x),
+        )
     }
 
     fn latency_ms(&self, arch: &Arch, batch: usize) -> Result<f64> {

@@ -530,12 +530,24 @@ fn rewire(
     dir: &Path,
     progress: bool,
 ) -> Result<()> {
-    let _ = (net, params, data, recipe, n, dir, progress);
-    Err(Error::InvalidRecipe {
-        file: format!("recipe `{}`", recipe.name),
-        field: "data.text.rewire_batches".into(),
-        message: "rewiring is not built yet".into(),
-    })
+    let bs = recipe.train.batch_size;
+    let order = epoch_order(data.train.len(), recipe.seed, 0);
+    let batches = order
+        .chunks(bs)
+        .take(n)
+        .map(|c| data.train.batch(c, &Device::Cpu))
+        .collect::<Result<Vec<_>>>()?;
+    let imp = crate::supernet::rewire::importance(net, &batches)?;
+    let report = crate::supernet::rewire::rewire(net, params, &imp)?;
+    report.write(dir)?;
+    let path = dir.join("rewire-report.json");
+    if progress {
+        eprintln!(
+            "rewired heads and FFN neurons by importance on {n} batches ({})",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn line(path: &Path, v: serde_json::Value) -> Result<()> {
@@ -560,7 +572,11 @@ pub struct TextRun {
 impl TextRun {
     /// Whether `dir` (a run directory, or a file inside one) holds a text run.
     pub fn is_text_run(path: &Path) -> bool {
-        let dir = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
+        let dir = if path.is_dir() {
+            path
+        } else {
+            path.parent().unwrap_or(Path::new("."))
+        };
         Space::from_file(dir.join(SPACE_FILE)).is_ok_and(|s| s.is_text())
     }
 
@@ -569,7 +585,10 @@ impl TextRun {
         let (dir, file) = if path.is_dir() {
             (path.to_path_buf(), path.join(SUPERNET_FILE))
         } else {
-            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
             (dir, path.to_path_buf())
         };
         let recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
@@ -582,16 +601,26 @@ impl TextRun {
         })?;
         let (tensors, _) = read_weights(&file, &Device::Cpu)?;
         let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let net = BertSupernet::with_init(&space, recipe.init, vb).map_err(|e| Error::Checkpoint {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(Self { dir, recipe, space, net, labels })
+        let net =
+            BertSupernet::with_init(&space, recipe.init, vb).map_err(|e| Error::Checkpoint {
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            dir,
+            recipe,
+            space,
+            net,
+            labels,
+        })
     }
 
     /// The run's tokenizer (`tokenizer.json` in the run directory).
     pub fn tokenizer(&self) -> Result<TextTokenizer> {
-        TextTokenizer::from_file(&self.dir.join(TOKENIZER_FILE), text_config(&self.recipe)?.max_len)
+        TextTokenizer::from_file(
+            &self.dir.join(TOKENIZER_FILE),
+            text_config(&self.recipe)?.max_len,
+        )
     }
 
     /// The run's validation split, tokenised.
@@ -617,7 +646,12 @@ impl crate::search::Judge for TextJudge<'_> {
         self.val.len()
     }
 
-    fn score(&self, arch: &Arch, range: std::ops::Range<usize>, batch: usize) -> Result<EvalResult> {
+    fn score(
+        &self,
+        arch: &Arch,
+        range: std::ops::Range<usize>,
+        batch: usize,
+    ) -> Result<EvalResult> {
         let idx: Vec<usize> = range.collect();
         evaluate_text(&self.net.extract(arch)?, &self.val.subset(&idx), batch)
     }

@@ -1,0 +1,316 @@
+//! Text supernets end to end through the binary, as a user runs them: train
+//! on the bundled SpamAssassin sample, resume bit-exactly, search, export in
+//! `BertForSequenceClassification` layout (loaded by candle-transformers'
+//! BERT), evaluate the export on a JSON-lines file. A tiny space keeps it
+//! fast; the tokenizer is all-MiniLM-L6-v2's (in ../shared).
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{max_abs_diff, repo_path};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn vitnas(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitnas"))
+        .args(args)
+        .current_dir(repo_path(""))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn tokenizer() -> PathBuf {
+    let t = repo_path("../shared/models/all-MiniLM-L6-v2/tokenizer.json");
+    assert!(
+        t.is_file(),
+        "{} is missing: the repository expects ../shared beside it",
+        t.display()
+    );
+    t
+}
+
+/// A tiny text space and a one-epoch recipe on the bundled sample, in a
+/// fresh directory.
+fn setup(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vitnas-text-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("space.toml"),
+        r#"
+name = "tiny-text"
+[text]
+vocab_size = 30522
+max_position_embeddings = 64
+num_classes = 2
+seq_len = 32
+[supernet]
+embed_dim = 32
+depth = 2
+num_heads = 4
+head_dim = 8
+mlp_dim = 64
+layer_norm_eps = 1e-12
+[choices]
+embed_dim = [16, 32]
+depth = [1, 2]
+num_heads = [2, 4]
+mlp_dim = [32, 64]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("recipe.toml"),
+        format!(
+            r#"
+name = "tiny-text"
+space = "{space}"
+seed = 0
+output_dir = "{out}"
+init = "trunc_normal_0.02"
+[data]
+format = "text"
+path = "{data}"
+val_size = 100
+eval_batch_size = 50
+[data.text]
+max_len = 32
+tokenizer = "{tok}"
+[sampler]
+kind = "sandwich"
+num_random = 1
+[loss]
+label_smoothing = 0.0
+distill = {{ kind = "kl" }}
+[optimizer]
+lr = 1e-3
+min_lr = 1e-5
+warmup_lr = 1e-5
+warmup_epochs = 0.1
+weight_decay = 0.01
+clip_grad_norm = 1.0
+[train]
+epochs = 1
+batch_size = 16
+checkpoint_every = 5
+log_every = 5
+"#,
+            space = dir.join("space.toml").display(),
+            out = dir.join("run").display(),
+            data = repo_path("data/spam-sample").display(),
+            tok = tokenizer().display(),
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn text_supernet_trains_resumes_bit_exactly_searches_and_exports() {
+    let dir = setup("e2e");
+    let recipe = dir.join("recipe.toml");
+    let run = dir.join("run");
+    let (ok, out, err) = vitnas(&["train", s(&recipe)]);
+    assert!(ok, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["steps"], 18, "{out}");
+    for which in ["test_largest", "test_smallest"] {
+        let a = summary[which]["accuracy"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&a) && summary[which]["examples"] == 200,
+            "{out}"
+        );
+    }
+    for f in [
+        "labels.json",
+        "tokenizer.json",
+        "supernet.safetensors",
+        "checkpoint.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+
+    // Interrupted after 7 steps, resumed: the same weights, byte for byte.
+    let half = dir.join("half");
+    let (ok, _, err) = vitnas(&[
+        "train",
+        s(&recipe),
+        "--output-dir",
+        s(&half),
+        "--max-steps",
+        "7",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = vitnas(&["train", "--resume", s(&half)]);
+    assert!(ok, "{err}");
+    let a = std::fs::read(run.join("supernet.safetensors")).unwrap();
+    let b = std::fs::read(half.join("supernet.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "a resumed text run differs from an uninterrupted one"
+    );
+
+    // Search under a FLOPs bound: every record within it.
+    let (ok, out, err) = vitnas(&[
+        "search",
+        s(&run),
+        "--generations",
+        "2",
+        "--population",
+        "12",
+        "--val-subset",
+        "40",
+        "--flops-max",
+        "300000",
+        "--top-k",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    let res: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(res["best"]["flops"].as_u64().unwrap() <= 300_000, "{out}");
+    let arch1 = run.join("search-evolution/arch-1.json");
+    assert!(arch1.is_file());
+
+    // The largest (4 heads × 8 = hidden 32): transformers' layout, loaded
+    // by candle-transformers' BERT with the same hidden states.
+    let exp = dir.join("export");
+    let (ok, out, err) = vitnas(&[
+        "export",
+        "--supernet",
+        s(&run),
+        "--arch",
+        "largest",
+        "--out",
+        s(&exp),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("BertForSequenceClassification layout"),
+        "{out}"
+    );
+    let (ours, _) = vitnas::models::export_bert::load_dir(&exp).unwrap();
+    let ids = Tensor::new(
+        &[
+            [101u32, 7592, 2088, 102, 0, 0],
+            [101, 2023, 2003, 1037, 3231, 102],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], &Device::Cpu).unwrap();
+    let want = ours.forward(&ids, &mask).unwrap();
+    let theirs = candle_transformers_hidden(&exp, &ids, &mask);
+    // Padded positions differ by convention only where masked: compare
+    // the tokens.
+    let d = max_abs_diff(
+        &want.hidden_states.last().unwrap().narrow(1, 0, 4).unwrap(),
+        &theirs.narrow(1, 0, 4).unwrap(),
+    );
+    assert!(d < 1e-4, "candle-transformers differs by {d}");
+
+    // The export evaluated on the test file gives the supernet's accuracy
+    // of the same subnet.
+    let (ok, out, err) = vitnas(&[
+        "eval",
+        "--model",
+        s(&exp),
+        "--data",
+        "data/spam-sample/test.jsonl",
+    ]);
+    assert!(ok, "{err}");
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (ok, out2, err) = vitnas(&[
+        "eval",
+        "--supernet",
+        s(&run),
+        "--arch",
+        "largest",
+        "--split",
+        "test",
+    ]);
+    assert!(ok, "{err}");
+    let e2: serde_json::Value = serde_json::from_str(&out2).unwrap();
+    assert_eq!(e["accuracy"], e2["accuracy"], "{out} vs {out2}");
+    assert_eq!(e["examples"], 200);
+
+    // A searched (non-uniform) subnet: vitnas layout, or with --hf-pad
+    // transformers' layout computing the same logits.
+    let padded = dir.join("padded");
+    let (ok, _, err) = vitnas(&[
+        "export",
+        "--supernet",
+        s(&run),
+        "--arch",
+        s(&arch1),
+        "--out",
+        s(&padded),
+        "--hf-pad",
+    ]);
+    assert!(ok || err.contains("no padding makes this"), "{err}");
+    if ok {
+        let plain = dir.join("plain");
+        let (ok, _, err) = vitnas(&[
+            "export",
+            "--supernet",
+            s(&run),
+            "--arch",
+            s(&arch1),
+            "--out",
+            s(&plain),
+        ]);
+        assert!(ok, "{err}");
+        let (p, _) = vitnas::models::export_bert::load_dir(&padded).unwrap();
+        let (q, _) = vitnas::models::export_bert::load_dir(&plain).unwrap();
+        let d = max_abs_diff(
+            &p.forward(&ids, &mask).unwrap().logits.unwrap(),
+            &q.forward(&ids, &mask).unwrap().logits.unwrap(),
+        );
+        assert!(d < 1e-5, "padding changed the logits by {d}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn candle_transformers_hidden(dir: &Path, ids: &Tensor, mask: &Tensor) -> Tensor {
+    use candle_transformers::models::bert::{BertModel, Config};
+    let cfg: Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let model = BertModel::load(vb, &cfg).unwrap();
+    let types = ids.zeros_like().unwrap();
+    model.forward(ids, &types, Some(mask)).unwrap()
+}
+
+#[test]
+fn text_recipe_errors_name_the_field_or_file() {
+    let dir = setup("errors");
+    let recipe = dir.join("recipe.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    // No [data.text] section.
+    let bad = dir.join("no-text.toml");
+    let cut = text
+        .replace("[data.text]\nmax_len = 32\n", "")
+        .replace(&format!("tokenizer = \"{}\"\n", tokenizer().display()), "");
+    std::fs::write(&bad, cut).unwrap();
+    let (ok, _, err) = vitnas(&["train", s(&bad)]);
+    assert!(!ok && err.contains("data.text"), "{err}");
+    // A data directory without a train file.
+    let (ok, _, err) = vitnas(&["train", s(&recipe), "--data", s(&dir)]);
+    assert!(!ok && err.contains("no train file"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
