@@ -52,7 +52,7 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(m) = a.model.as_deref().filter(|m| export_bert::is_bert_dir(m)) {
-        return eval_text_model(m, a.data.as_deref(), a.limit);
+        return eval_text_model(m, a.data.as_deref(), a.limit, a.dump.as_deref());
     }
     if let Some(run) = a.supernet.as_deref().filter(|s| TextRun::is_text_run(s)) {
         return eval_text_supernet(run, &a);
@@ -193,6 +193,7 @@ fn eval_text_model(
     dir: &std::path::Path,
     data: Option<&std::path::Path>,
     limit: Option<usize>,
+    dump: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let (model, labels) = export_bert::load_dir(dir)?;
     let data =
@@ -216,6 +217,24 @@ fn eval_text_model(
     }
     let ds = vitnas::data::text::TokenizedDataset::new(&texts, &tok)?;
     let r = evaluate_text(&model, &ds, 64)?;
+    if let Some(path) = dump {
+        // One padded batch of every example: ids, mask and logits.
+        let idx: Vec<usize> = (0..ds.len()).collect();
+        let b = ds.batch(&idx, &Device::Cpu)?;
+        let logits = model
+            .forward(&b.ids, &b.attention_mask)?
+            .logits
+            .context("the model has no classifier")?;
+        let tensors = vec![
+            ("input_ids".to_string(), b.ids.to_dtype(candle_core::DType::I64)?),
+            ("attention_mask".to_string(), b.attention_mask.to_dtype(candle_core::DType::I64)?),
+            ("logits".to_string(), logits),
+        ];
+        vitnas::train::checkpoint::write_atomic(
+            path,
+            &vitnas::train::checkpoint::to_safetensors_bytes(&tensors, None)?,
+        )?;
+    }
     println!(
         "{}",
         serde_json::json!({"model": dir, "data": file, "examples": r.examples,

@@ -101,6 +101,13 @@ pub fn resolve_dir(path: Option<&Path>, candidates: &[&str]) -> Result<PathBuf> 
             }
         }
     }
+    if looked.is_empty() {
+        return Err(Error::Data {
+            source_name: "data".into(),
+            message: "no data directory given: set data.path in the recipe or pass --data <dir>"
+                .into(),
+        });
+    }
     Err(Error::Data {
         source_name: "data".into(),
         message: format!(
