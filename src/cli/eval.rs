@@ -226,8 +226,14 @@ fn eval_text_model(
             .logits
             .context("the model has no classifier")?;
         let tensors = vec![
-            ("input_ids".to_string(), b.ids.to_dtype(candle_core::DType::I64)?),
-            ("attention_mask".to_string(), b.attention_mask.to_dtype(candle_core::DType::I64)?),
+            (
+                "input_ids".to_string(),
+                b.ids.to_dtype(candle_core::DType::I64)?,
+            ),
+            (
+                "attention_mask".to_string(),
+                b.attention_mask.to_dtype(candle_core::DType::I64)?,
+            ),
             ("logits".to_string(), logits),
         ];
         vitnas::train::checkpoint::write_atomic(

@@ -58,11 +58,11 @@ pub fn build_scaled_supernet(
 /// The model being trained, built from a [`RunKind`].
 pub(crate) enum Trainee {
     Supernet {
-        net: Supernet,
+        net: Box<Supernet>,
         sampler: Box<dyn Sampler>,
     },
     Standalone {
-        model: Vit,
+        model: Box<Vit>,
         arch: Arch,
     },
 }
@@ -83,21 +83,33 @@ impl Trainee {
                 let (net, _vm, params) =
                     build_scaled_supernet(space, seed, recipe.init, &recipe.scaling)?;
                 let sampler = sampler::from_config(&recipe.sampler);
-                (Trainee::Supernet { net, sampler }, params)
+                (
+                    Trainee::Supernet {
+                        net: Box::new(net),
+                        sampler,
+                    },
+                    params,
+                )
             }
             RunKind::Standalone { arch, init: origin } => {
                 let init = init.unwrap_or_else(|| origin.clone());
                 let (model, _vm, params) = standalone::build(space, arch, seed, &init)?;
                 let arch = arch.clone();
-                (Trainee::Standalone { model, arch }, params)
+                (
+                    Trainee::Standalone {
+                        model: Box::new(model),
+                        arch,
+                    },
+                    params,
+                )
             }
         })
     }
 
     pub(crate) fn net(&self) -> &dyn Forward {
         match self {
-            Trainee::Supernet { net, .. } => net,
-            Trainee::Standalone { model, .. } => model,
+            Trainee::Supernet { net, .. } => net.as_ref(),
+            Trainee::Standalone { model, .. } => model.as_ref(),
         }
     }
 
