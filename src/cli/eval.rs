@@ -48,6 +48,11 @@ pub struct EvalArgs {
     /// Override the data directory of the run's recipe.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Text supernets: also time the extracted subnet at batch 1 on a
+    /// sequence of the space's stated length (HAT's protocol: 5 warm-up
+    /// runs, 20 timed, top and bottom 10 % trimmed).
+    #[arg(long)]
+    latency: bool,
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
