@@ -3,6 +3,7 @@
 //! `ViTForImageClassification`.
 
 use super::layers::{LayerNorm, Linear};
+use super::names::Family;
 use crate::ops;
 use crate::space::{Arch, Space};
 use candle_core::{IndexOp, Result, Tensor};
@@ -114,36 +115,34 @@ impl Vit {
     pub fn load(config: &VitConfig, vb: VarBuilder) -> Result<Self> {
         let c = config;
         let e = c.hidden_size;
-        let emb = vb.pp("vit").pp("embeddings");
-        let proj = emb.pp("patch_embeddings").pp("projection");
-        let enc = vb.pp("vit").pp("encoder").pp("layer");
+        let (fam, stem) = (Family::Vit, Family::Vit.stem());
+        let proj = vb.pp(&stem.patch_projection);
         let mut layers = Vec::with_capacity(c.num_heads.len());
         for (i, (&h, &m)) in c.num_heads.iter().zip(&c.intermediate_sizes).enumerate() {
-            let lb = enc.pp(i);
+            let n = fam.layer(i);
             let q = h * c.head_dim;
-            let att = lb.pp("attention");
             layers.push(VitLayer {
-                layernorm_before: LayerNorm::load(e, c.layer_norm_eps, lb.pp("layernorm_before"))?,
-                query: Linear::load(e, q, att.pp("attention").pp("query"))?,
-                key: Linear::load(e, q, att.pp("attention").pp("key"))?,
-                value: Linear::load(e, q, att.pp("attention").pp("value"))?,
-                attention_output: Linear::load(q, e, att.pp("output").pp("dense"))?,
-                layernorm_after: LayerNorm::load(e, c.layer_norm_eps, lb.pp("layernorm_after"))?,
-                intermediate: Linear::load(e, m, lb.pp("intermediate").pp("dense"))?,
-                output: Linear::load(m, e, lb.pp("output").pp("dense"))?,
+                layernorm_before: LayerNorm::load(e, c.layer_norm_eps, vb.pp(&n.norm1))?,
+                query: Linear::load(e, q, vb.pp(&n.query))?,
+                key: Linear::load(e, q, vb.pp(&n.key))?,
+                value: Linear::load(e, q, vb.pp(&n.value))?,
+                attention_output: Linear::load(q, e, vb.pp(&n.attention_output))?,
+                layernorm_after: LayerNorm::load(e, c.layer_norm_eps, vb.pp(&n.norm2))?,
+                intermediate: Linear::load(e, m, vb.pp(&n.intermediate))?,
+                output: Linear::load(m, e, vb.pp(&n.output))?,
                 num_heads: h,
                 head_dim: c.head_dim,
             });
         }
         Ok(Self {
             config: config.clone(),
-            cls_token: emb.get((1, 1, e), "cls_token")?,
-            position_embeddings: emb.get((1, c.seq_len(), e), "position_embeddings")?,
+            cls_token: vb.get((1, 1, e), &stem.cls_token)?,
+            position_embeddings: vb.get((1, c.seq_len(), e), &stem.position_embeddings)?,
             patch_weight: proj.get((e, c.num_channels, c.patch_size, c.patch_size), "weight")?,
             patch_bias: proj.get(e, "bias")?,
             layers,
-            layernorm: LayerNorm::load(e, c.layer_norm_eps, vb.pp("vit").pp("layernorm"))?,
-            classifier: Linear::load(e, c.num_labels, vb.pp("classifier"))?,
+            layernorm: LayerNorm::load(e, c.layer_norm_eps, vb.pp(&stem.final_norm))?,
+            classifier: Linear::load(e, c.num_labels, vb.pp(&stem.classifier))?,
         })
     }
 
@@ -185,45 +184,36 @@ impl Vit {
 
     /// Every tensor with its Hugging Face name, in a stable order.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let (fam, stem) = (Family::Vit, Family::Vit.stem());
         let mut out = vec![
+            (stem.cls_token.clone(), self.cls_token.clone()),
             (
-                "vit.embeddings.cls_token".to_string(),
-                self.cls_token.clone(),
-            ),
-            (
-                "vit.embeddings.position_embeddings".to_string(),
+                stem.position_embeddings.clone(),
                 self.position_embeddings.clone(),
             ),
             (
-                "vit.embeddings.patch_embeddings.projection.weight".to_string(),
+                format!("{}.weight", stem.patch_projection),
                 self.patch_weight.clone(),
             ),
             (
-                "vit.embeddings.patch_embeddings.projection.bias".to_string(),
+                format!("{}.bias", stem.patch_projection),
                 self.patch_bias.clone(),
             ),
         ];
         for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("vit.encoder.layer.{i}");
-            l.layernorm_before
-                .push_tensors(&format!("{p}.layernorm_before"), &mut out);
-            l.query
-                .push_tensors(&format!("{p}.attention.attention.query"), &mut out);
-            l.key
-                .push_tensors(&format!("{p}.attention.attention.key"), &mut out);
-            l.value
-                .push_tensors(&format!("{p}.attention.attention.value"), &mut out);
+            let n = fam.layer(i);
+            l.layernorm_before.push_tensors(&n.norm1, &mut out);
+            l.query.push_tensors(&n.query, &mut out);
+            l.key.push_tensors(&n.key, &mut out);
+            l.value.push_tensors(&n.value, &mut out);
             l.attention_output
-                .push_tensors(&format!("{p}.attention.output.dense"), &mut out);
-            l.layernorm_after
-                .push_tensors(&format!("{p}.layernorm_after"), &mut out);
-            l.intermediate
-                .push_tensors(&format!("{p}.intermediate.dense"), &mut out);
-            l.output
-                .push_tensors(&format!("{p}.output.dense"), &mut out);
+                .push_tensors(&n.attention_output, &mut out);
+            l.layernorm_after.push_tensors(&n.norm2, &mut out);
+            l.intermediate.push_tensors(&n.intermediate, &mut out);
+            l.output.push_tensors(&n.output, &mut out);
         }
-        self.layernorm.push_tensors("vit.layernorm", &mut out);
-        self.classifier.push_tensors("classifier", &mut out);
+        self.layernorm.push_tensors(&stem.final_norm, &mut out);
+        self.classifier.push_tensors(&stem.classifier, &mut out);
         out
     }
 

@@ -6,6 +6,7 @@
 
 use super::linear::{elastic_linear, ElasticLinear};
 use crate::init::InitScheme;
+use crate::models::names::LayerNames;
 use crate::ops;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -19,22 +20,22 @@ pub struct ElasticAttention {
     pub head_dim: usize,
 }
 
-/// `vb` is the layer's `attention` prefix (HF: `attention.attention.*`,
-/// `attention.output.dense`).
+/// Named by the layer's `names` (query, key, value, attention output);
+/// `vb` at the root.
 pub fn elastic_attention(
     max_embed: usize,
     max_heads: usize,
     head_dim: usize,
     init: InitScheme,
+    names: &LayerNames,
     vb: VarBuilder,
 ) -> Result<ElasticAttention> {
     let q = max_heads * head_dim;
-    let a = vb.pp("attention");
     Ok(ElasticAttention {
-        query: elastic_linear(max_embed, q, init, a.pp("query"))?,
-        key: elastic_linear(max_embed, q, init, a.pp("key"))?,
-        value: elastic_linear(max_embed, q, init, a.pp("value"))?,
-        output: elastic_linear(q, max_embed, init, vb.pp("output").pp("dense"))?,
+        query: elastic_linear(max_embed, q, init, vb.pp(&names.query))?,
+        key: elastic_linear(max_embed, q, init, vb.pp(&names.key))?,
+        value: elastic_linear(max_embed, q, init, vb.pp(&names.value))?,
+        output: elastic_linear(q, max_embed, init, vb.pp(&names.attention_output))?,
         head_dim,
     })
 }

@@ -8,6 +8,7 @@ use super::layer_norm::{elastic_layer_norm, ElasticLayerNorm};
 use super::mlp::{elastic_mlp, ElasticMlp};
 use super::scaling::{fold, ElasticScaling};
 use crate::init::InitScheme;
+use crate::models::names::LayerNames;
 use crate::models::vit::VitLayer;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -37,7 +38,9 @@ pub struct BlockDims {
 }
 
 /// The block without scaling tables (the supernet adds them when it has
-/// scaling layers, under the block's `scaling` prefix).
+/// scaling layers, under the block's `scaling` prefix), named by `names`;
+/// `vb` at the root.
+#[allow(clippy::too_many_arguments)]
 pub fn elastic_block(
     max_embed: usize,
     max_heads: usize,
@@ -45,13 +48,14 @@ pub fn elastic_block(
     max_mlp: usize,
     eps: f64,
     init: InitScheme,
+    names: &LayerNames,
     vb: VarBuilder,
 ) -> Result<ElasticBlock> {
     Ok(ElasticBlock {
-        layernorm_before: elastic_layer_norm(max_embed, eps, vb.pp("layernorm_before"))?,
-        attention: elastic_attention(max_embed, max_heads, head_dim, init, vb.pp("attention"))?,
-        layernorm_after: elastic_layer_norm(max_embed, eps, vb.pp("layernorm_after"))?,
-        mlp: elastic_mlp(max_embed, max_mlp, init, vb.clone())?,
+        layernorm_before: elastic_layer_norm(max_embed, eps, vb.pp(&names.norm1))?,
+        attention: elastic_attention(max_embed, max_heads, head_dim, init, names, vb.clone())?,
+        layernorm_after: elastic_layer_norm(max_embed, eps, vb.pp(&names.norm2))?,
+        mlp: elastic_mlp(max_embed, max_mlp, init, names, vb)?,
         scaling: None,
     })
 }

@@ -4,6 +4,7 @@
 use super::linear::detached_copy;
 use super::patch_embed::{elastic_patch_embed, ElasticPatchEmbed};
 use crate::init::InitScheme;
+use crate::models::names::StemNames;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -14,20 +15,21 @@ pub struct ElasticEmbeddings {
     pub patch_embeddings: ElasticPatchEmbed,
 }
 
-/// `vb` is `vit.embeddings`.
+/// Named by `names`; `vb` at the root.
 pub fn elastic_embeddings(
     channels: usize,
     patch_size: usize,
     seq_len: usize,
     max_embed: usize,
     init: InitScheme,
+    names: &StemNames,
     vb: VarBuilder,
 ) -> Result<ElasticEmbeddings> {
     Ok(ElasticEmbeddings {
-        cls_token: vb.get_with_hints((1, 1, max_embed), "cls_token", init.cls_token())?,
+        cls_token: vb.get_with_hints((1, 1, max_embed), &names.cls_token, init.cls_token())?,
         position_embeddings: vb.get_with_hints(
             (1, seq_len, max_embed),
-            "position_embeddings",
+            &names.position_embeddings,
             init.position_embeddings(),
         )?,
         patch_embeddings: elastic_patch_embed(
@@ -35,7 +37,7 @@ pub fn elastic_embeddings(
             patch_size,
             max_embed,
             init,
-            vb.pp("patch_embeddings").pp("projection"),
+            vb.pp(&names.patch_projection),
         )?,
     })
 }

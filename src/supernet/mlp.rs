@@ -3,6 +3,7 @@
 
 use super::linear::{elastic_linear, ElasticLinear};
 use crate::init::InitScheme;
+use crate::models::names::LayerNames;
 use crate::ops;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -13,21 +14,17 @@ pub struct ElasticMlp {
     pub output: ElasticLinear,
 }
 
-/// `vb` is the layer's prefix (HF: `intermediate.dense`, `output.dense`).
+/// Named by the layer's `names` (`intermediate`, `output`); `vb` at the root.
 pub fn elastic_mlp(
     max_embed: usize,
     max_width: usize,
     init: InitScheme,
+    names: &LayerNames,
     vb: VarBuilder,
 ) -> Result<ElasticMlp> {
     Ok(ElasticMlp {
-        intermediate: elastic_linear(
-            max_embed,
-            max_width,
-            init,
-            vb.pp("intermediate").pp("dense"),
-        )?,
-        output: elastic_linear(max_width, max_embed, init, vb.pp("output").pp("dense"))?,
+        intermediate: elastic_linear(max_embed, max_width, init, vb.pp(&names.intermediate))?,
+        output: elastic_linear(max_width, max_embed, init, vb.pp(&names.output))?,
     })
 }
 

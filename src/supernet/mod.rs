@@ -20,6 +20,7 @@ pub mod text_embeddings;
 
 use crate::error::{Error, Result};
 use crate::init::InitScheme;
+use crate::models::names::Family;
 use crate::models::vit::{Vit, VitConfig};
 use crate::space::{Arch, Space};
 use block::{elastic_block, BlockDims, ElasticBlock};
@@ -66,19 +67,31 @@ impl Supernet {
     ) -> Result<Self> {
         let rows = scaling.rows(space);
         let s = &space.supernet;
-        let i = &space.image();
-        let vit = vb.pp("vit");
+        let i = match space.modality() {
+            crate::space::Modality::Image(i) => i,
+            crate::space::Modality::Text(_) => {
+                return Err(Error::InvalidSpace {
+                    file: space.name.clone(),
+                    field: "input".into(),
+                    message: "a ViT supernet needs an image space ([input]); this one reads \
+                              text (its supernet is supernet::bert::BertSupernet)"
+                        .into(),
+                })
+            }
+        };
+        let (fam, stem) = (Family::Vit, Family::Vit.stem());
         let embeddings = elastic_embeddings(
             i.channels,
             i.patch_size,
             space.seq_len(),
             s.embed_dim,
             init,
-            vit.pp("embeddings"),
+            &stem,
+            vb.clone(),
         )?;
-        let enc = vit.pp("encoder").pp("layer");
         let layers = (0..s.depth)
             .map(|l| {
+                let names = fam.layer(l);
                 let mut block = elastic_block(
                     s.embed_dim,
                     s.num_heads,
@@ -86,14 +99,15 @@ impl Supernet {
                     space.supernet_mlp_width(),
                     s.layer_norm_eps,
                     init,
-                    enc.pp(l),
+                    &names,
+                    vb.clone(),
                 )?;
                 if let Some(r) = &rows {
                     block.scaling = Some(elastic_scaling(
                         r.height(l),
                         s.embed_dim,
                         scaling.init,
-                        enc.pp(l).pp("scaling"),
+                        vb.pp(&names.scaling),
                     )?);
                 }
                 Ok(block)
@@ -103,8 +117,8 @@ impl Supernet {
             space: space.clone(),
             embeddings,
             layers,
-            layernorm: elastic_layer_norm(s.embed_dim, s.layer_norm_eps, vit.pp("layernorm"))?,
-            classifier: elastic_head(s.embed_dim, i.num_classes, init, vb.pp("classifier"))?,
+            layernorm: elastic_layer_norm(s.embed_dim, s.layer_norm_eps, vb.pp(&stem.final_norm))?,
+            classifier: elastic_head(s.embed_dim, i.num_classes, init, vb.pp(&stem.classifier))?,
             scaling: rows,
         })
     }
