@@ -217,3 +217,47 @@ fn empty_and_malformed_datasets_are_clear_errors() {
         assert!(e.contains("bad.csv") && e.contains(want), "{e}");
     }
 }
+
+#[test]
+fn a_text_space_is_measured_at_its_stated_length_and_fitted() {
+    let dir = tmp("text");
+    let s = vitnas::Space::from_toml_str(
+        r#"
+        name = "tiny-text"
+        [text]
+        vocab_size = 100
+        max_position_embeddings = 32
+        num_classes = 2
+        seq_len = 24
+        [supernet]
+        embed_dim = 32
+        depth = 3
+        num_heads = 4
+        head_dim = 8
+        mlp_dim = 64
+        [choices]
+        embed_dim = [16, 32]
+        depth = [1, 2, 3]
+        num_heads = [2, 4]
+        mlp_dim = [16, 64]
+        "#,
+        "tiny-text.toml",
+    )
+    .unwrap();
+    let csv = dir.join("lat.csv");
+    assert_eq!(
+        dataset::measure(&s, &quick(60), &csv, |_, _| {}).unwrap(),
+        60
+    );
+    let d = dataset::read(&csv).unwrap();
+    assert_eq!(d.samples.len(), 60);
+    // The MLP column holds the widths of a text space.
+    let row = &data_rows(&csv)[0];
+    let widths = row.split(',').nth(5).unwrap();
+    assert!(widths.split(' ').all(|w| w == "16" || w == "64"), "{row}");
+    let f = fit::fit(&d.space, &d.samples, 0.2, 0, 30, "text").unwrap();
+    let p = Predictor::from_fit(&d, &f);
+    let (lo, hi) = (p.predict(&s, &s.smallest()), p.predict(&s, &s.largest()));
+    assert!(lo.is_finite() && hi.is_finite() && hi > lo, "{lo} {hi}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -136,10 +136,6 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         }
     };
     let predictor = match &cfg.constraints.latency_predictor {
-        Some(_) if space.is_text() => anyhow::bail!(
-            "latency predictors are fitted for image spaces only so far; bound the measured \
-             latency of a text supernet with --latency-ms-max alone"
-        ),
         Some(path) => {
             let p = Predictor::load(path)?;
             // The top-k are measured at the end with the predictor's thread count.

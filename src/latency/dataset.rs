@@ -6,13 +6,14 @@
 //! machine, batch, seed, count and timing protocol. Then one row per
 //! architecture:
 //! `index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,mean_ms,std_ms,median_ms`
-//! (`genes`, `num_heads` and `mlp_ratio` space-separated). Rows are
+//! (`genes`, `num_heads` and `mlp_ratio` space-separated; a text space's
+//! `mlp_ratio` column holds its MLP widths, `mlp_dim`). Rows are
 //! appended and flushed one by one; a resumed measurement checks that the
 //! header matches, drops a row cut short by a kill, and times only the
 //! indices not in the file.
 
 use super::fit::Sample;
-use super::{space_hash, time_arch, Machine, Protocol, Timing};
+use super::{space_hash, Machine, Protocol, Timing};
 use crate::error::{Error, Result};
 use crate::space::{flops, params, Arch, Space};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -217,7 +218,7 @@ pub fn measure(
         HashSet::new()
     };
     let archs = plan(space, opts.n, opts.seed);
-    let (net, _vm, _) = crate::train::build_supernet(space, opts.seed, Default::default())?;
+    let net = super::Timed::build(space, opts.seed)?;
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(out)
@@ -229,7 +230,7 @@ pub fn measure(
         if done.contains(&i) {
             continue;
         }
-        let t = time_arch(&net, arch, opts.batch, &opts.protocol)?;
+        let t = net.time(arch, opts.batch, &opts.protocol)?;
         let row = row(space, i, arch, &t)?;
         file.write_all(row.as_bytes())
             .and_then(|_| file.flush())
@@ -248,7 +249,10 @@ fn row(space: &Space, i: usize, a: &Arch, t: &Timing) -> Result<String> {
         a.embed_dim,
         a.depth,
         join(a.num_heads.iter().map(|h| h.to_string()).collect()),
-        join(a.mlp_ratio.iter().map(|r| r.to_string()).collect()),
+        match space.mlp_is_dim() {
+            true => join(a.mlp_dim.iter().map(|m| m.to_string()).collect()),
+            false => join(a.mlp_ratio.iter().map(|r| r.to_string()).collect()),
+        },
         params(space, a),
         flops(space, a),
         t.mean_ms,

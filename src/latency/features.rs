@@ -11,7 +11,7 @@
 //!   queries, output projection and MLP count one token there.
 
 use crate::space::cost::{embedding_macs, head_macs};
-use crate::space::{Arch, Space};
+use crate::space::{Arch, Modality, Pooling, Space, TextInput};
 
 /// Names of [`hat`]'s features.
 pub const HAT: [&str; 4] = ["embed_dim", "depth", "mean_heads", "mean_mlp_width"];
@@ -38,7 +38,12 @@ pub const COST: [&str; 9] = [
 ];
 
 /// The engine's work for one image of `arch`, by kind (see the module docs).
+/// Text spaces: one sequence of the stated length, every token through
+/// every layer, no stem work (a table lookup), the pooler and classifier.
 pub fn cost(space: &Space, arch: &Arch) -> Vec<f64> {
+    if let Modality::Text(t) = space.modality() {
+        return text_cost(space, t, arch);
+    }
     let i = &space.image();
     let e = arch.embed_dim as f64;
     let t = space.seq_len() as f64;
@@ -60,6 +65,31 @@ pub fn cost(space: &Space, arch: &Arch) -> Vec<f64> {
         (i.channels * i.patch_size * i.patch_size) as u64,
         arch.embed_dim as u64,
     ) + head_macs(arch.embed_dim as u64, i.num_classes as u64)) as f64;
+    f[8] = 1.0;
+    f.to_vec()
+}
+
+fn text_cost(space: &Space, t: &TextInput, arch: &Arch) -> Vec<f64> {
+    let e = arch.embed_dim as f64;
+    let n = t.seq_len as f64;
+    let mut f = [0f64; 9];
+    for l in 0..arch.depth {
+        let q = (arch.num_heads[l] * space.supernet.head_dim) as f64;
+        let m = arch.mlp_width(l) as f64;
+        f[0] += 4.0 * n * e * q;
+        f[1] += 2.0 * n * n * q;
+        f[2] += 2.0 * n * e * m;
+        f[3] += n * m;
+        f[4] += n * e;
+        f[5] += arch.num_heads[l] as f64;
+        f[6] += 1.0;
+    }
+    let pooler = if t.pooling == Pooling::Pooler {
+        e * e
+    } else {
+        0.0
+    };
+    f[7] = pooler + head_macs(arch.embed_dim as u64, t.num_classes as u64) as f64 + n * e;
     f[8] = 1.0;
     f.to_vec()
 }

@@ -149,6 +149,54 @@ pub fn time(p: &Protocol, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
     })
 }
 
+/// A supernet of either modality, whose subnets are timed.
+pub enum Timed {
+    Image(crate::Supernet),
+    Text(crate::supernet::bert::BertSupernet),
+}
+
+impl Timed {
+    /// The seeded supernet of `space` (timing does not depend on values).
+    pub fn build(space: &Space, seed: u64) -> Result<Timed> {
+        Ok(match space.is_text() {
+            false => Timed::Image(crate::train::build_supernet(space, seed, Default::default())?.0),
+            true => {
+                let vm = candle_nn::VarMap::new();
+                let vb = crate::init::seeded_var_builder(
+                    &vm,
+                    seed,
+                    candle_core::DType::F32,
+                    &candle_core::Device::Cpu,
+                );
+                Timed::Text(crate::supernet::bert::BertSupernet::with_init(
+                    space,
+                    Default::default(),
+                    vb,
+                )?)
+            }
+        })
+    }
+
+    /// Timing of `arch` extracted as the static model `eval` and export
+    /// run: images of zeros, or token sequences of the space's stated
+    /// length, `batch` of them.
+    pub fn time(&self, arch: &Arch, batch: usize, protocol: &Protocol) -> Result<Timing> {
+        match self {
+            Timed::Image(net) => time_arch(net, arch, batch, protocol),
+            Timed::Text(net) => {
+                let model = net.extract(arch)?;
+                let t = net.space.seq_len();
+                let ids = candle_core::Tensor::ones(
+                    (batch, t),
+                    candle_core::DType::U32,
+                    &candle_core::Device::Cpu,
+                )?;
+                time(protocol, || model.forward(&ids, &ids).map(|_| ()))
+            }
+        }
+    }
+}
+
 /// Timing of `arch` extracted from `net` as the static engine model that
 /// `eval` and export run, on zero images of `batch`.
 pub fn time_arch(
