@@ -49,6 +49,11 @@ pub struct MeasureArgs {
     /// Timed runs per architecture (the top and bottom 10 % are dropped).
     #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// Text spaces: time sequences of this many tokens instead of the
+    /// space's stated `text.seq_len` (the dataset then records the space
+    /// with this length).
+    #[arg(long)]
+    seq_len: Option<usize>,
     /// Output CSV.
     #[arg(long)]
     out: PathBuf,
@@ -84,7 +89,15 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
     match cmd {
         LatencyCmd::Measure(a) => {
             super::threads::init_pool(a.threads);
-            let space = Space::from_file(&a.space)?;
+            let mut space = Space::from_file(&a.space)?;
+            if let Some(l) = a.seq_len {
+                let t = space
+                    .text
+                    .as_mut()
+                    .context("--seq-len applies to text spaces only")?;
+                t.seq_len = l;
+                space.validate(&format!("{} with --seq-len {l}", a.space.display()))?;
+            }
             let opts = dataset::MeasureOptions {
                 n: a.n,
                 batch: a.batch,
