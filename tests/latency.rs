@@ -174,6 +174,7 @@ fn a_latency_constrained_search_predicts_and_times_no_candidate() {
         norm: &norm,
         device: Device::Cpu,
         predictor: Some(&p),
+        collective: &vitnas::dist::Single,
     };
     let state = search::run(&s, cfg, &ev, &dir.join("out"), false, false).unwrap();
     assert!(!state.records.is_empty());

@@ -42,6 +42,7 @@ fn with_evaluator<T>(f: impl FnOnce(&Space, &Evaluator) -> T) -> T {
         norm: &norm,
         device: Device::Cpu,
         predictor: None,
+        collective: &vitnas::dist::Single,
     };
     f(&s, &ev)
 }

@@ -19,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod data;
+mod data_parallel;
 pub mod gradient;
 pub mod loss;
 pub mod optim;
@@ -33,12 +34,14 @@ mod trained;
 mod trainee;
 
 pub use data::{load_test, load_train_val, DataSplit, TrainData};
+pub use data_parallel::GRAD_BUCKET_ELEMS;
 pub use session::resume;
 pub(crate) use session::start;
-pub use summary::Summary;
+pub use summary::{DataParallelReport, Summary};
 pub use trained::TrainedRun;
 pub use trainee::{build_scaled_supernet, build_supernet, RunKind};
 
+use crate::dist::Collective;
 use crate::error::Result;
 use crate::space::Space;
 use rand::{rngs::StdRng, SeedableRng};
@@ -72,6 +75,10 @@ pub struct RunOptions<'a> {
     /// Start a run in a non-empty directory that is not a run (never over
     /// an existing run).
     pub force: bool,
+    /// The ranks that train together ([`crate::dist::Single`] for an
+    /// ordinary run): each takes its share of every batch, rank 0 writes
+    /// the run directory (see `data_parallel.rs`).
+    pub collective: &'a dyn Collective,
 }
 
 /// Starts a supernet run from a recipe: creates the run directory with the

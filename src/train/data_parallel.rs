@@ -1,0 +1,182 @@
+//! What data-parallel training (`mpirun -np N vitnas train`) adds to the
+//! training loop, on the run's [`Collective`]:
+//!
+//! - each rank takes its shard of every global batch (rank `r` of `N`: the
+//!   examples `r·B/N .. (r+1)·B/N`), so the global batch is the recipe's at
+//!   any `N`; `N` must divide the batch size;
+//! - every rank samples the same subnets: every random draw comes from the
+//!   step's RNG `(seed, step)`, and each rank draws the augmentation of the
+//!   whole batch (keeping only its shard's), so the sampler's draws follow
+//!   the same state everywhere;
+//! - each rank's loss is the mean over its shard, so the mean over ranks of
+//!   the shard gradients is the gradient of the global batch's mean loss:
+//!   one all-reduce (sum, then `1/N`) per gradient group, before the
+//!   gradient strategy combines the groups, and before the optimizer's
+//!   global-norm clipping, which then sees the global gradient on every
+//!   rank;
+//! - the ranks agree on each step's losses (the mean over ranks), on a
+//!   non-finite loss (any rank's) and on a stop request (any rank's);
+//! - rank 0 alone writes checkpoints, metrics and progress; the ranks
+//!   compare a checksum of their weights at every checkpoint.
+//!
+//! With one rank every function here returns its input unchanged: an
+//! ordinary run computes exactly what it computed before.
+
+use super::recipe::Recipe;
+use super::step::StepLosses;
+use crate::dist::{self, Collective};
+use crate::error::{Error, Result};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Gradient values per all-reduce bucket (0: the whole gradient in one
+/// bucket). Chosen by measurement (evaluate/README.md, "Data-parallel
+/// training on MPI"): with the all-reduce after the backward pass there is
+/// no compute to overlap, and one bucket was fastest.
+pub const GRAD_BUCKET_ELEMS: usize = 0;
+
+/// The data-parallel side of a run: the collective and what it measured.
+pub(crate) struct DataParallel<'a> {
+    c: &'a dyn Collective,
+    /// Seconds spent in the gradient all-reduce, and calls.
+    pub(crate) allreduce_s: f64,
+    pub(crate) allreduces: usize,
+}
+
+impl<'a> DataParallel<'a> {
+    /// Refuses a batch size the ranks cannot share equally.
+    pub(crate) fn new(c: &'a dyn Collective, recipe: &Recipe) -> Result<Self> {
+        let (n, bs) = (c.size(), recipe.train.batch_size);
+        if !bs.is_multiple_of(n) {
+            return Err(Error::InvalidRecipe {
+                file: format!("recipe `{}`", recipe.name),
+                field: "train.batch_size".into(),
+                message: format!(
+                    "{bs} is not a multiple of the {n} ranks: every rank takes an equal share \
+                     of each batch (the global batch is the recipe's at any number of ranks); \
+                     choose a batch size divisible by {n}, or another number of ranks"
+                ),
+            });
+        }
+        Ok(DataParallel {
+            c,
+            allreduce_s: 0.0,
+            allreduces: 0,
+        })
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.c.size()
+    }
+
+    /// Rank 0 writes the run's files and reports progress.
+    pub(crate) fn is_root(&self) -> bool {
+        dist::is_root(self.c)
+    }
+
+    /// This rank's positions in a global batch of `batch` examples.
+    pub(crate) fn shard(&self, batch: usize) -> Range<usize> {
+        let (r, n) = (self.c.rank(), self.c.size());
+        batch * r / n..batch * (r + 1) / n
+    }
+
+    /// The step's losses as all ranks agree on them (each subnet's mean
+    /// over the ranks; the first subnet whose loss is non-finite on any
+    /// rank), and whether any rank has been asked to stop (`None` with one
+    /// rank: the caller reads its flag when it decides).
+    pub(crate) fn agree(
+        &self,
+        out: StepLosses,
+        subnets: usize,
+        stop: &AtomicBool,
+    ) -> Result<(StepLosses, Option<bool>)> {
+        let n = self.c.size();
+        if n == 1 {
+            return Ok((out, None));
+        }
+        let stop = stop.load(Ordering::SeqCst);
+        // A subnet a rank did not reach (it stopped at a non-finite loss)
+        // counts as non-finite: NaN poisons the sum.
+        let mut v = vec![f64::NAN; subnets + 1];
+        for (k, &l) in out.losses.iter().enumerate() {
+            v[k] = l as f64;
+        }
+        v[subnets] = f64::from(u8::from(stop));
+        self.c.all_reduce_sum_f64(&mut v)?;
+        let stop = v[subnets] > 0.0;
+        let means: Vec<f32> = v[..subnets].iter().map(|s| (s / n as f64) as f32).collect();
+        let nonfinite = means.iter().position(|l| !l.is_finite());
+        let losses = match nonfinite {
+            Some(k) => means[..=k].to_vec(),
+            None => means,
+        };
+        Ok((StepLosses { losses, nonfinite }, Some(stop)))
+    }
+
+    /// Replaces each group's gradients by their mean over the ranks.
+    pub(crate) fn average(&mut self, groups: &mut [Vec<Vec<f32>>]) -> Result<()> {
+        if self.c.size() == 1 {
+            return Ok(());
+        }
+        let t = Instant::now();
+        for g in groups.iter_mut() {
+            dist::all_reduce_mean(self.c, g, GRAD_BUCKET_ELEMS)?;
+            self.allreduces += 1;
+        }
+        self.allreduce_s += t.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Waits until rank 0 has written its checkpoint (or validated), then
+    /// checks that every rank holds the same weights after `step` steps.
+    pub(crate) fn check_weights(&self, step: usize, weights: &[Vec<f32>]) -> Result<()> {
+        if self.c.size() == 1 {
+            return Ok(());
+        }
+        self.c.wait_for_all()?;
+        let sum = dist::checksum_f32(weights);
+        tracing::info!(
+            "rank {} of {}: weights checksum {sum:016x} after step {step}",
+            self.c.rank(),
+            self.c.size()
+        );
+        dist::check_same(
+            self.c,
+            &format!("set of weights after step {step}"),
+            &sum.to_le_bytes(),
+            "the ranks have diverged (different builds, SIMD levels or data?)",
+        )
+    }
+
+    /// What the run measured, for its summary (`None` with one rank).
+    pub(crate) fn report(&self, steps: usize) -> Option<super::summary::DataParallelReport> {
+        (self.c.size() > 1).then(|| super::summary::DataParallelReport {
+            world_size: self.c.size(),
+            allreduce_s: self.allreduce_s,
+            allreduces: self.allreduces,
+            steps,
+        })
+    }
+}
+
+/// Refuses to start unless every rank runs the same build on the same
+/// resolved recipe and space (compared by hash; rank 0's is broadcast).
+pub(crate) fn check_same_run(c: &dyn Collective, recipe: &Recipe, space_toml: &str) -> Result<()> {
+    if c.size() == 1 {
+        return Ok(());
+    }
+    c.wait_for_all()?;
+    let what = format!(
+        "{}\n{}\n{space_toml}",
+        dist::build_identity(),
+        recipe.to_toml_string()
+    );
+    dist::check_same(
+        c,
+        "build, resolved recipe or space",
+        what.as_bytes(),
+        "every rank must run the same vitnas build (same SIMD level) with the same recipe, \
+         overrides and data (`mpirun -np N vitnas train <recipe>`)",
+    )
+}
