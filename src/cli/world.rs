@@ -81,9 +81,8 @@ impl World {
             Err(e) => e,
         };
         if let Some(super::Exit(code)) = err.downcast_ref::<super::Exit>() {
-            let code = *code;
-            drop(self);
-            return ExitCode::from(code);
+            // `self` (MPI) is finalized on returning.
+            return ExitCode::from(*code);
         }
         let c = self.collective();
         if c.size() == 1 {

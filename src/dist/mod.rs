@@ -4,7 +4,7 @@
 //! [`Collective`] is the interface: sums over ranks in place, broadcast from
 //! a root, barriers. Two implementations: [`Single`], the one process of an
 //! ordinary run (every operation is the identity), and, with the cargo
-//! feature `mpi`, [`Mpi`] on an MPI library (OpenMPI, MPICH) through rsmpi,
+//! feature `mpi`, `Mpi` on an MPI library (OpenMPI, MPICH) through rsmpi,
 //! for runs started by `mpirun -np N vitnas …`.
 //!
 //! Callers receive the collective as a value (`RunOptions::collective`,
@@ -14,10 +14,10 @@
 //!
 //! What happens when a rank fails: every command that runs under `mpirun`
 //! ends the whole job when a rank returns an error (the binary calls
-//! [`Mpi::abort`]), and OpenMPI's `mpirun` ends the job when a rank exits
+//! `Mpi::abort`), and OpenMPI's `mpirun` ends the job when a rank exits
 //! abnormally (killed, non-zero status, no `MPI_Finalize`). A rank that
 //! neither dies nor answers is caught by the watchdog of the per-step
-//! collectives ([`Mpi::init`]'s timeout). Measured in evaluate/README.md.
+//! collectives (`Mpi::init`'s timeout). Measured in evaluate/README.md.
 
 #[cfg(feature = "mpi")]
 mod mpi;
@@ -38,7 +38,7 @@ pub trait Collective {
     /// The number of ranks.
     fn size(&self) -> usize;
     /// Replaces `buf` on every rank by the element-wise sum over the ranks.
-    /// Bounded by the watchdog (see [`Mpi::init`]).
+    /// Bounded by the watchdog of `Mpi` (see `Mpi::init`).
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
     /// [`Collective::all_reduce_sum`] in f64.
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;

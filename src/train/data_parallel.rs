@@ -47,18 +47,7 @@ pub(crate) struct DataParallel<'a> {
 impl<'a> DataParallel<'a> {
     /// Refuses a batch size the ranks cannot share equally.
     pub(crate) fn new(c: &'a dyn Collective, recipe: &Recipe) -> Result<Self> {
-        let (n, bs) = (c.size(), recipe.train.batch_size);
-        if !bs.is_multiple_of(n) {
-            return Err(Error::InvalidRecipe {
-                file: format!("recipe `{}`", recipe.name),
-                field: "train.batch_size".into(),
-                message: format!(
-                    "{bs} is not a multiple of the {n} ranks: every rank takes an equal share \
-                     of each batch (the global batch is the recipe's at any number of ranks); \
-                     choose a batch size divisible by {n}, or another number of ranks"
-                ),
-            });
-        }
+        check_batch(c, recipe)?;
         Ok(DataParallel {
             c,
             allreduce_s: 0.0,
@@ -158,6 +147,24 @@ impl<'a> DataParallel<'a> {
             steps,
         })
     }
+}
+
+/// Refuses a batch size the ranks of `c` cannot share equally (the rule:
+/// the number of ranks divides `train.batch_size`).
+pub(crate) fn check_batch(c: &dyn Collective, recipe: &Recipe) -> Result<()> {
+    let (n, bs) = (c.size(), recipe.train.batch_size);
+    if bs.is_multiple_of(n) {
+        return Ok(());
+    }
+    Err(Error::InvalidRecipe {
+        file: format!("recipe `{}`", recipe.name),
+        field: "train.batch_size".into(),
+        message: format!(
+            "{bs} is not a multiple of the {n} ranks: every rank takes an equal share of each \
+             batch (the global batch is the recipe's at any number of ranks); choose a batch \
+             size divisible by {n}, or another number of ranks"
+        ),
+    })
 }
 
 /// Refuses to start unless every rank runs the same build on the same

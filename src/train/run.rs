@@ -154,7 +154,7 @@ pub(crate) fn run(
                 groups[..n_groups].iter_mut().map(|g| &mut g[..]).collect();
             accumulate_groups(path, &plan, batch, &group_of, &mut targets)?
         };
-        let (out, agreed_stop) = dp.agree(out, plan.archs.len(), &opts.stop)?;
+        let (out, agreed_stop) = dp.agree(out, plan.archs.len(), opts.stop)?;
         let lr = schedule.lr(step, recipe);
         match out.nonfinite {
             Some(k) => {

@@ -6,7 +6,7 @@
 
 use super::checkpoint::{read_weights, write_atomic, TrainState, STATE_KEY};
 use super::data::load_train_val;
-use super::data_parallel::check_same_run;
+use super::data_parallel::{check_batch, check_same_run};
 use super::recipe::Recipe;
 use super::run::run;
 use super::summary::Summary;
@@ -37,6 +37,7 @@ pub(crate) fn start(
         "recipe `{}` (with command-line overrides)",
         recipe.name
     )))?;
+    check_batch(opts.collective, recipe)?;
     let root = dist::is_root(opts.collective);
     if root {
         rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
@@ -93,6 +94,7 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
     let _lock = root.then(|| RunLock::acquire(dir)).transpose()?;
     let mut recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
     recipe.output_dir = dir.to_path_buf();
+    check_batch(opts.collective, &recipe)?;
     let space = Space::from_file(dir.join(SPACE_FILE))?;
     let data = load_train_val(&recipe, &space)?;
     let ckpt = dir.join(CHECKPOINT_FILE);
