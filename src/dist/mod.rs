@@ -24,7 +24,7 @@ mod mpi;
 mod single;
 
 #[cfg(feature = "mpi")]
-pub use self::mpi::Mpi;
+pub use self::mpi::{Mpi, WATCHDOG_EXIT};
 pub use single::Single;
 
 use crate::error::{Error, Result};
