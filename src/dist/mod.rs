@@ -72,9 +72,8 @@ pub fn is_root(c: &dyn Collective) -> bool {
 }
 
 /// Sums `buffers` (e.g. one gradient per parameter) over the ranks and
-/// divides by the number of ranks: the mean, in place. The buffers are
-/// packed into contiguous buckets of at most `bucket_elems` values (0: one
-/// bucket), one all-reduce per bucket. With one rank nothing is touched.
+/// divides by the number of ranks: the mean, in place, by
+/// [`all_reduce_buffers`]. With one rank nothing is touched.
 pub fn all_reduce_mean(
     c: &dyn Collective,
     buffers: &mut [Vec<f32>],
@@ -92,60 +91,75 @@ pub fn all_reduce_mean(
     Ok(())
 }
 
-/// The sum over ranks of every buffer of `buffers`, in place, packed into
-/// buckets of at most `bucket_elems` values (0: one bucket).
+/// The sum over ranks of every buffer of `buffers`, in place: see
+/// [`all_reduce_slices`].
 pub fn all_reduce_buffers(
     c: &dyn Collective,
     buffers: &mut [Vec<f32>],
     bucket_elems: usize,
 ) -> Result<()> {
-    let total: usize = buffers.iter().map(Vec::len).sum();
-    let cap = if bucket_elems == 0 {
-        total
-    } else {
-        bucket_elems
+    let mut views: Vec<&mut [f32]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
+    all_reduce_slices(c, &mut views, bucket_elems)
+}
+
+/// The sum over ranks of every slice of `slices`, in place. The slices are
+/// packed, in order, into contiguous buckets of at most `bucket_elems`
+/// values (0: all in one bucket), one all-reduce per bucket; a slice may
+/// span two buckets.
+pub fn all_reduce_slices(
+    c: &dyn Collective,
+    slices: &mut [&mut [f32]],
+    bucket_elems: usize,
+) -> Result<()> {
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let cap = match bucket_elems {
+        0 => total,
+        b => b,
     };
     let mut packed = Vec::with_capacity(cap.min(total));
-    // Buffers [first, next) are in `packed`, the first from `offset` on.
+    // The bucket in `packed` starts at slice `first`, value `offset`.
     let (mut first, mut offset) = (0, 0);
-    let flush = |packed: &mut Vec<f32>,
-                 buffers: &mut [Vec<f32>],
-                 first: usize,
-                 offset: usize|
-     -> Result<()> {
-        if packed.is_empty() {
-            return Ok(());
-        }
-        c.all_reduce_sum(packed)?;
-        let mut src = &packed[..];
-        let mut off = offset;
-        for b in &mut buffers[first..] {
-            if src.is_empty() {
-                break;
-            }
-            let k = (b.len() - off).min(src.len());
-            b[off..off + k].copy_from_slice(&src[..k]);
-            src = &src[k..];
-            off = 0;
-        }
-        packed.clear();
-        Ok(())
-    };
-    for i in 0..buffers.len() {
+    for i in 0..slices.len() {
         let mut start = 0;
-        while start < buffers[i].len() {
+        while start < slices[i].len() {
             if packed.is_empty() {
                 (first, offset) = (i, start);
             }
-            let k = (cap - packed.len()).min(buffers[i].len() - start);
-            packed.extend_from_slice(&buffers[i][start..start + k]);
+            let k = (cap - packed.len()).min(slices[i].len() - start);
+            packed.extend_from_slice(&slices[i][start..start + k]);
             start += k;
             if packed.len() == cap {
-                flush(&mut packed, buffers, first, offset)?;
+                reduce_bucket(c, &mut packed, &mut slices[first..], offset)?;
             }
         }
     }
-    flush(&mut packed, buffers, first, offset)
+    reduce_bucket(c, &mut packed, &mut slices[first..], offset)
+}
+
+/// Sums `packed` over the ranks and copies it back into `slices`, from
+/// value `offset` of the first on; empties `packed`.
+fn reduce_bucket(
+    c: &dyn Collective,
+    packed: &mut Vec<f32>,
+    slices: &mut [&mut [f32]],
+    mut offset: usize,
+) -> Result<()> {
+    if packed.is_empty() {
+        return Ok(());
+    }
+    c.all_reduce_sum(packed)?;
+    let mut src = &packed[..];
+    for s in slices.iter_mut() {
+        if src.is_empty() {
+            break;
+        }
+        let k = (s.len() - offset).min(src.len());
+        s[offset..offset + k].copy_from_slice(&src[..k]);
+        src = &src[k..];
+        offset = 0;
+    }
+    packed.clear();
+    Ok(())
 }
 
 /// FNV-1a, 64 bits: a stable hash (the same on every machine and build)

@@ -10,12 +10,13 @@
 //!   the same state everywhere;
 //! - each rank's loss is the mean over its shard, so the mean over ranks of
 //!   the shard gradients is the gradient of the global batch's mean loss:
-//!   one all-reduce (sum, then `1/N`) per gradient group, before the
-//!   gradient strategy combines the groups, and before the optimizer's
-//!   global-norm clipping, which then sees the global gradient on every
-//!   rank;
-//! - the ranks agree on each step's losses (the mean over ranks), on a
-//!   non-finite loss (any rank's) and on a stop request (any rank's);
+//!   one all-reduce per step (sum, then `1/N`) of every gradient group,
+//!   before the gradient strategy combines the groups and before the
+//!   optimizer's global-norm clipping, which then see the global gradient
+//!   on every rank;
+//! - the same all-reduce carries each step's losses and stop requests: the
+//!   ranks agree on the losses (the mean over ranks), on a non-finite loss
+//!   (any rank's) and on stopping (any rank asked);
 //! - rank 0 alone writes checkpoints, metrics and progress; the ranks
 //!   compare a checksum of their weights at every checkpoint.
 //!
@@ -39,7 +40,8 @@ pub const GRAD_BUCKET_ELEMS: usize = 0;
 /// The data-parallel side of a run: the collective and what it measured.
 pub(crate) struct DataParallel<'a> {
     c: &'a dyn Collective,
-    /// Seconds spent in the gradient all-reduce, and calls.
+    /// Seconds spent in the step's all-reduce (packing, the sum, the mean),
+    /// and calls.
     pub(crate) allreduce_s: f64,
     pub(crate) allreduces: usize,
 }
@@ -70,13 +72,18 @@ impl<'a> DataParallel<'a> {
         batch * r / n..batch * (r + 1) / n
     }
 
-    /// The step's losses as all ranks agree on them (each subnet's mean
-    /// over the ranks; the first subnet whose loss is non-finite on any
-    /// rank), and whether any rank has been asked to stop (`None` with one
-    /// rank: the caller reads its flag when it decides).
-    pub(crate) fn agree(
-        &self,
+    /// The one all-reduce of a step: every gradient group and the step's
+    /// losses and stop request, in one sum over the ranks. Returns the
+    /// losses as all ranks agree on them (each subnet's mean over the
+    /// ranks; the first subnet whose loss is non-finite on any rank: then
+    /// the gradients are to be discarded) and whether any rank has been
+    /// asked to stop (`None` with one rank, where nothing is touched: the
+    /// caller reads its flag when it decides). The gradients become their
+    /// mean over the ranks.
+    pub(crate) fn reduce_step(
+        &mut self,
         out: StepLosses,
+        groups: &mut [Vec<Vec<f32>>],
         subnets: usize,
         stop: &AtomicBool,
     ) -> Result<(StepLosses, Option<bool>)> {
@@ -84,37 +91,35 @@ impl<'a> DataParallel<'a> {
         if n == 1 {
             return Ok((out, None));
         }
-        let stop = stop.load(Ordering::SeqCst);
+        let t = Instant::now();
         // A subnet a rank did not reach (it stopped at a non-finite loss)
         // counts as non-finite: NaN poisons the sum.
-        let mut v = vec![f64::NAN; subnets + 1];
-        for (k, &l) in out.losses.iter().enumerate() {
-            v[k] = l as f64;
+        let mut tail = vec![f32::NAN; subnets + 1];
+        tail[..out.losses.len()].copy_from_slice(&out.losses);
+        tail[subnets] = f32::from(u8::from(stop.load(Ordering::SeqCst)));
+        {
+            let mut views: Vec<&mut [f32]> = groups
+                .iter_mut()
+                .flat_map(|g| g.iter_mut().map(|b| &mut b[..]))
+                .chain(std::iter::once(&mut tail[..]))
+                .collect();
+            dist::all_reduce_slices(self.c, &mut views, GRAD_BUCKET_ELEMS)?;
         }
-        v[subnets] = f64::from(u8::from(stop));
-        self.c.all_reduce_sum_f64(&mut v)?;
-        let stop = v[subnets] > 0.0;
-        let means: Vec<f32> = v[..subnets].iter().map(|s| (s / n as f64) as f32).collect();
+        let scale = 1.0 / n as f32;
+        let means: Vec<f32> = tail[..subnets].iter().map(|s| s * scale).collect();
         let nonfinite = means.iter().position(|l| !l.is_finite());
+        if nonfinite.is_none() {
+            for b in groups.iter_mut().flat_map(|g| g.iter_mut()) {
+                b.iter_mut().for_each(|x| *x *= scale);
+            }
+        }
+        self.allreduce_s += t.elapsed().as_secs_f64();
+        self.allreduces += 1;
         let losses = match nonfinite {
             Some(k) => means[..=k].to_vec(),
             None => means,
         };
-        Ok((StepLosses { losses, nonfinite }, Some(stop)))
-    }
-
-    /// Replaces each group's gradients by their mean over the ranks.
-    pub(crate) fn average(&mut self, groups: &mut [Vec<Vec<f32>>]) -> Result<()> {
-        if self.c.size() == 1 {
-            return Ok(());
-        }
-        let t = Instant::now();
-        for g in groups.iter_mut() {
-            dist::all_reduce_mean(self.c, g, GRAD_BUCKET_ELEMS)?;
-            self.allreduces += 1;
-        }
-        self.allreduce_s += t.elapsed().as_secs_f64();
-        Ok(())
+        Ok((StepLosses { losses, nonfinite }, Some(tail[subnets] > 0.0)))
     }
 
     /// Waits until rank 0 has written its checkpoint (or validated), then

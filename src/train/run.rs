@@ -154,7 +154,9 @@ pub(crate) fn run(
                 groups[..n_groups].iter_mut().map(|g| &mut g[..]).collect();
             accumulate_groups(path, &plan, batch, &group_of, &mut targets)?
         };
-        let (out, agreed_stop) = dp.agree(out, plan.archs.len(), opts.stop)?;
+        let subnets = plan.archs.len();
+        let (out, agreed_stop) =
+            dp.reduce_step(out, &mut groups[..n_groups], subnets, opts.stop)?;
         let lr = schedule.lr(step, recipe);
         match out.nonfinite {
             Some(k) => {
@@ -162,7 +164,6 @@ pub(crate) fn run(
                 on_nonfinite(recipe, &metrics, &mut state, &out, k, arch, last_checkpoint)?;
             }
             None => {
-                dp.average(&mut groups[..n_groups])?;
                 if let Some(a) = strategy.combine(&mut groups[..n_groups], epoch) {
                     state
                         .agreement

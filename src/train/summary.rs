@@ -70,9 +70,10 @@ pub struct Summary {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DataParallelReport {
     pub world_size: usize,
-    /// Seconds in the gradient all-reduce (packing, the sum, the mean).
+    /// Seconds in the step's all-reduce (packing, the sum, the mean).
     pub allreduce_s: f64,
-    /// All-reduce calls (one per gradient group per step).
+    /// All-reduce calls (one per step: every gradient group and the
+    /// losses together).
     pub allreduces: usize,
     /// Steps this invocation ran.
     pub steps: usize,
