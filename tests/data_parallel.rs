@@ -190,9 +190,10 @@ fn assert_two_ranks_match_one(r: &Recipe, tag: &str) {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        // AdamW divides by the root of the second moment: a value whose
-        // gradient is near 0 moves by up to lr per step on a rounding.
-        assert!(diff < 2e-3, "{name}: max difference {diff}");
+        // Measured: 5e-5 at most after 20 quickstart steps, on the key
+        // biases (gradient near 0, so AdamW's normalised step amplifies a
+        // rounding); the bound leaves a factor 10.
+        assert!(diff < 5e-4, "{name}: max difference {diff}");
     }
     let _ = std::fs::remove_dir_all(one);
     let _ = std::fs::remove_dir_all(two);

@@ -223,7 +223,7 @@ fn two_mpi_ranks_train_what_one_process_trains_on_the_same_global_batch() {
     assert_eq!(wa.len(), wb.len());
     for (name, ta) in &wa {
         let diff = max_diff(ta, &wb[name]);
-        assert!(diff < 2e-3, "{name}: max difference {diff}");
+        assert!(diff < 5e-4, "{name}: max difference {diff}");
     }
     let _ = std::fs::remove_dir_all(d);
 }

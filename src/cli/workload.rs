@@ -313,6 +313,9 @@ pub fn allreduce(
         ("1M values", 1 << 20),
         ("256K values", 1 << 18),
         ("64K values", 1 << 16),
+        ("32K values", 1 << 15),
+        ("16K values", 1 << 14),
+        ("4K values", 1 << 12),
     ] {
         let ms = time(&mut || all_reduce_buffers(c, &mut grads, bucket))?;
         rows.push(json!({"bucketing": name, "bucket_values": bucket, "ms": ms}));
