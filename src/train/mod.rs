@@ -9,13 +9,17 @@
 //!   validate, checkpoint;
 //! - [`step`]: one step's forward and backward over the sampled subnets;
 //!   [`sampler`], [`gradient`], [`loss`] and [`optim`] are its strategies;
+//! - `data_parallel.rs`: what training on several ranks adds (a shard of
+//!   each batch, the step's one all-reduce, rank 0 writes), on the
+//!   [`RunOptions::collective`] the caller passes;
 //! - [`checkpoint`]: atomic checkpoint files and their restore;
 //! - [`summary`]: what a run returns; [`TrainedRun`]: a run loaded for use.
 //!
 //! Every source of randomness is derived from the recipe seed: the
 //! initialisation, the per-epoch data order `(seed, epoch)`, and per step
 //! `(seed, step)` the augmentation and the sampled subnets. A resumed run
-//! therefore replays exactly what an uninterrupted run would have done.
+//! therefore replays exactly what an uninterrupted run would have done, and
+//! every rank of a data-parallel run samples the same subnets.
 
 pub mod checkpoint;
 pub mod data;
