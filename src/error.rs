@@ -99,6 +99,11 @@ pub enum Error {
         message: String,
     },
 
+    /// The ranks of a distributed job (`mpirun`) disagree, or the job
+    /// cannot run as asked: what differs, and what to do.
+    #[error("distributed run: {message}")]
+    Distributed { message: String },
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -63,6 +63,7 @@
 //! ```
 
 pub mod data;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod eval;

@@ -16,11 +16,14 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     cli::init_logging(args.verbose);
-    match cli::run(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    // One process, or the ranks of an `mpirun` job.
+    let world = match cli::world::World::from_env() {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            return std::process::ExitCode::FAILURE;
         }
-    }
+    };
+    let result = cli::run(args, &world);
+    world.finish(result)
 }

@@ -469,3 +469,29 @@ fn latency_measure_fit_and_predict_from_the_command_line() {
         "{err}"
     );
 }
+
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn under_an_mpi_launcher_a_build_without_mpi_refuses_and_says_how_to_build_it() {
+    let out_dir = std::env::temp_dir().join(format!("vitnas-nompi-{}", std::process::id()));
+    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vitnas"))
+            .args(["train", "recipes/quickstart.toml", "--output-dir"])
+            .arg(&out_dir)
+            .env(var, "2")
+            .current_dir(repo_path(""))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&format!("{var}=2"))
+                && err.contains("cargo build --release --features mpi"),
+            "{err}"
+        );
+        assert!(!out_dir.exists(), "nothing is written");
+    }
+    // One process under a launcher is an ordinary run.
+    let (ok, _, err) = vitnas(&["space", "show", "search_spaces/fmnist-tiny.toml"]);
+    assert!(ok, "{err}");
+}

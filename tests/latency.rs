@@ -177,6 +177,7 @@ fn a_latency_constrained_search_predicts_and_times_no_candidate() {
     let ev = Evaluator {
         judge: &judge,
         predictor: Some(&p),
+        collective: &vitnas::dist::Single,
     };
     let state = search::run(&s, cfg, &ev, &dir.join("out"), false, false).unwrap();
     assert!(!state.records.is_empty());

@@ -45,6 +45,7 @@ fn with_evaluator<T>(f: impl FnOnce(&Space, &Evaluator) -> T) -> T {
     let ev = Evaluator {
         judge: &judge,
         predictor: None,
+        collective: &vitnas::dist::Single,
     };
     f(&s, &ev)
 }

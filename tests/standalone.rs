@@ -46,6 +46,7 @@ fn opts(flag: &AtomicBool, resume: bool, max_steps: Option<usize>) -> RunOptions
         progress: false,
         max_steps,
         force: false,
+        collective: &vitnas::dist::Single,
     }
 }
 
@@ -259,6 +260,7 @@ fn rank_harness_runs_end_to_end_and_skips_finished_work() {
     let o = rank::Options {
         stop: &flag,
         progress: false,
+        collective: &vitnas::dist::Single,
     };
     // Trains the missing supernet first, then everything else.
     let rep = rank::run(&cfg, &o).unwrap();

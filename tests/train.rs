@@ -52,6 +52,7 @@ fn run(r: &Recipe, resume: bool, max_steps: Option<usize>, stop: bool) -> vitnas
         progress: false,
         max_steps,
         force: false,
+        collective: &vitnas::dist::Single,
     };
     if resume {
         train::resume(&r.output_dir, &opts)
@@ -584,6 +585,7 @@ fn a_new_run_refuses_a_non_empty_directory_that_is_not_a_run_unless_forced() {
         progress: false,
         max_steps: Some(1),
         force: true,
+        collective: &vitnas::dist::Single,
     };
     train::train(&small_recipe(&d), &opts).unwrap();
     assert_eq!(

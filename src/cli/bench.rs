@@ -4,6 +4,8 @@
 
 use super::workload as bench;
 use clap::Subcommand;
+use std::path::PathBuf;
+use vitnas::dist::Collective;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
@@ -49,6 +51,19 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// The gradient all-reduce of data-parallel training, under `mpirun`:
+    /// the supernet's flat gradient buffer summed over the ranks, per
+    /// bucketing (one bucket, one call per tensor, fixed bucket sizes), and
+    /// the latency of a one-value all-reduce.
+    Allreduce {
+        /// The search space whose supernet's gradient is reduced.
+        #[arg(long, default_value = "search_spaces/fmnist-tiny.toml")]
+        space: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
     /// Batch assembly alone (bytes to normalised, augmented tensors).
     Data {
         #[arg(long, default_value_t = 64)]
@@ -58,7 +73,7 @@ pub enum BenchCmd {
     },
 }
 
-pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
     let out = match cmd {
         BenchCmd::Train {
             steps,
@@ -92,6 +107,18 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             bench::search(archs, images, threads)?
         }
         BenchCmd::Data { batch, iters } => bench::data(batch, iters)?,
+        BenchCmd::Allreduce {
+            space,
+            iters,
+            threads,
+        } => {
+            super::threads::init_pool(threads);
+            let out = bench::allreduce(&space, iters, c)?;
+            if !vitnas::dist::is_root(c) {
+                return Ok(());
+            }
+            out
+        }
     };
     let mut out = out;
     if let Some(o) = out.as_object_mut() {

@@ -67,7 +67,7 @@ fn load(path: &PathBuf) -> anyhow::Result<RankConfig> {
     })
 }
 
-pub fn run(c: EvaluateCmd) -> anyhow::Result<()> {
+pub fn run(c: EvaluateCmd, collective: &dyn vitnas::dist::Collective) -> anyhow::Result<()> {
     let EvaluateCmd::Rank(a) = c;
     let mut cfg = load(&a.config)?;
     if let Some(k) = a.k {
@@ -98,8 +98,12 @@ pub fn run(c: EvaluateCmd) -> anyhow::Result<()> {
         &rank::Options {
             stop,
             progress: true,
+            collective,
         },
     )?;
+    if !vitnas::dist::is_root(collective) {
+        return Ok(());
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({

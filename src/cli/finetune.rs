@@ -31,10 +31,10 @@ pub struct FinetuneArgs {
     run: RunArgs,
 }
 
-pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
-    let opts = a.run.options(a.resume.is_some())?;
+pub fn run(a: FinetuneArgs, c: &dyn vitnas::dist::Collective) -> anyhow::Result<()> {
+    let opts = a.run.options(a.resume.is_some(), c)?;
     if let Some(dir) = &a.resume {
-        return report(&train::resume(dir, &opts)?, "finetune");
+        return report(&train::resume(dir, &opts)?, "finetune", c);
     }
     let model = a.model.expect("clap requires --model");
     let mut recipe = match &a.recipe {
@@ -69,5 +69,6 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
     report(
         &standalone::finetune(&model, &recipe, out, &opts)?,
         "finetune",
+        c,
     )
 }

@@ -15,6 +15,7 @@ mod space;
 pub mod threads;
 mod train;
 mod workload;
+pub mod world;
 
 use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +66,20 @@ pub enum Command {
     Bench(bench::BenchCmd),
 }
 
+/// Ends the process with this exit code once the command has cleaned up
+/// (e.g. [`train::EXIT_INTERRUPTED`]); carried as an error so that every
+/// rank of an MPI job finalizes MPI first.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit with status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// The flag Ctrl-C sets: training finishes its step, checkpoints and returns.
@@ -95,7 +110,26 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command among the ranks of `world` (one, unless started by
+/// `mpirun`; then only the commands that share their work over ranks run).
+pub fn run(cli: Cli, world: &world::World) -> anyhow::Result<()> {
+    let c = world.collective();
+    let shared = matches!(
+        cli.command,
+        Command::Train(_)
+            | Command::Retrain(_)
+            | Command::Finetune(_)
+            | Command::Search(_)
+            | Command::Evaluate(_)
+            | Command::Bench(bench::BenchCmd::Allreduce { .. })
+    );
+    if c.size() > 1 && !shared {
+        anyhow::bail!(
+            "this command runs in one process: start it without mpirun (under mpirun: train, \
+             retrain and finetune train data-parallel, search and evaluate rank share their \
+             evaluations and trainings, bench allreduce times the gradient all-reduce)"
+        );
+    }
     // `bench` and `latency measure` size the pool from their --threads.
     let own_threads = matches!(
         cli.command,
@@ -107,15 +141,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Space(c) => space::run(c),
         Command::Arch(c) => arch::run(c),
-        Command::Train(a) => train::run(a),
-        Command::Retrain(a) => retrain::run(a),
-        Command::Finetune(a) => finetune::run(a),
+        Command::Train(a) => train::run(a, c),
+        Command::Retrain(a) => retrain::run(a, c),
+        Command::Finetune(a) => finetune::run(a, c),
         Command::Eval(a) => eval::run(a),
-        Command::Bench(c) => bench::run(c),
+        Command::Bench(b) => bench::run(b, c),
         Command::Latency(c) => latency::run(c),
-        Command::Search(a) => search::run(a),
+        Command::Search(a) => search::run(a, c),
         Command::Export(a) => export::run(a),
         Command::Embed(a) => embed::run(a),
-        Command::Evaluate(c) => evaluate::run(c),
+        Command::Evaluate(e) => evaluate::run(e, c),
     }
 }

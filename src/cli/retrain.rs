@@ -41,10 +41,10 @@ pub struct RetrainArgs {
     run: RunArgs,
 }
 
-pub fn run(a: RetrainArgs) -> anyhow::Result<()> {
-    let opts = a.run.options(a.resume.is_some())?;
+pub fn run(a: RetrainArgs, c: &dyn vitnas::dist::Collective) -> anyhow::Result<()> {
+    let opts = a.run.options(a.resume.is_some(), c)?;
     if let Some(dir) = &a.resume {
-        return report(&train::resume(dir, &opts)?, "retrain");
+        return report(&train::resume(dir, &opts)?, "retrain", c);
     }
     let space = Space::from_file(a.space.as_ref().expect("clap requires --space"))?;
     let spec = a.arch.as_deref().expect("clap requires --arch");
@@ -67,5 +67,6 @@ pub fn run(a: RetrainArgs) -> anyhow::Result<()> {
     report(
         &standalone::retrain(&space, &arch, &recipe, out, &opts)?,
         "retrain",
+        c,
     )
 }

@@ -5,6 +5,7 @@ use anyhow::Context;
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
+use vitnas::dist::{self, Collective};
 use vitnas::latency::{self, Machine, Predictor};
 use vitnas::search::config::Algorithm;
 use vitnas::search::{self, Evaluator, ImageJudge, Judge};
@@ -71,7 +72,8 @@ enum Loaded {
     Text(TextRun),
 }
 
-pub fn run(a: SearchArgs) -> anyhow::Result<()> {
+pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
+    let root = dist::is_root(world);
     let loaded = match TextRun::is_text_run(&a.run) {
         true => Loaded::Text(TextRun::load(&a.run)?),
         false => Loaded::Image(TrainedRun::load(&a.run)?),
@@ -110,8 +112,9 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     if a.top_k == 0 {
         anyhow::bail!("--top-k must be positive");
     }
-    if a.resume {
-        // A resumed search keeps its own settings, the predictor included.
+    if a.resume && root {
+        // A resumed search keeps its own settings, the predictor included
+        // (rank 0's: the other ranks evaluate what it hands out).
         let saved = search::Search::load_state(&out.join(search::STATE_FILE))?;
         cfg.constraints.latency_predictor = saved.config.constraints.latency_predictor;
     }
@@ -120,6 +123,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let judge: Box<dyn Judge + '_> = match &loaded {
         Loaded::Image(run) => {
             image_val = run.validation()?;
+            check_same_inputs(world, run, &image_val.0)?;
             Box::new(ImageJudge {
                 net: &run.net,
                 val: &image_val.0,
@@ -128,6 +132,12 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
             })
         }
         Loaded::Text(run) => {
+            if world.size() > 1 {
+                anyhow::bail!(
+                    "searching a text supernet on several ranks is not supported yet: run \
+                     `vitnas search` in one process"
+                );
+            }
             text_val = run.validation()?;
             Box::new(TextJudge {
                 net: &run.net,
@@ -167,14 +177,18 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     );
     ctrlc::set_handler(move || {
         eprintln!("{hint}");
-        std::process::exit(super::train::EXIT_INTERRUPTED);
+        std::process::exit(super::train::EXIT_INTERRUPTED.into());
     })?;
     let ev = Evaluator {
         judge: judge.as_ref(),
         predictor: predictor.as_ref(),
+        collective: world,
     };
     let started = std::time::Instant::now();
     let state = search::run(space, cfg, &ev, &out, a.resume, true)?;
+    if !root {
+        return Ok(());
+    }
     let s = search::Search::from_state(space, state);
     let top = s.ranking(a.top_k);
     for (k, r) in top.iter().enumerate() {
@@ -197,6 +211,36 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
             "best": best, "latency_check": check,
         }))?
     );
+    Ok(())
+}
+
+/// Refuses a search whose ranks run different builds, or hold a different
+/// supernet or validation split (a no-op on one rank).
+fn check_same_inputs(
+    c: &dyn Collective,
+    run: &TrainedRun,
+    val: &vitnas::data::Dataset,
+) -> anyhow::Result<()> {
+    if c.size() == 1 {
+        return Ok(());
+    }
+    let file = run.dir.join(vitnas::train::SUPERNET_FILE);
+    let weights = std::fs::read(&file).with_context(|| file.display().to_string())?;
+    let labels: Vec<u8> = val.labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+    let data = dist::fnv1a(&labels, dist::fnv1a(&val.images, dist::FNV_START));
+    let what = format!(
+        "{}\nsupernet {:016x}\nvalidation {data:016x}",
+        dist::build_identity(),
+        dist::fnv1a(&weights, dist::FNV_START)
+    );
+    c.wait_for_all()?;
+    dist::check_same(
+        c,
+        "build, supernet or validation split",
+        what.as_bytes(),
+        "every rank must run the same vitnas build on the same run directory and data \
+         (`mpirun -np N vitnas search <run dir>`)",
+    )?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 use clap::Args;
 use std::path::PathBuf;
+use vitnas::dist::Collective;
 use vitnas::train::{self, recipe::Recipe, RunOptions, Summary};
 
 #[derive(Debug, Args)]
@@ -57,20 +58,26 @@ impl RunArgs {
         }
     }
 
-    /// Run options with Ctrl-C handling and --max-steps.
-    pub fn options(&self, resume: bool) -> anyhow::Result<RunOptions<'static>> {
+    /// Run options with Ctrl-C handling and --max-steps, training on the
+    /// ranks of `collective`.
+    pub fn options<'a>(
+        &self,
+        resume: bool,
+        collective: &'a dyn Collective,
+    ) -> anyhow::Result<RunOptions<'a>> {
         Ok(RunOptions {
             resume,
             stop: super::stop_flag()?,
             progress: true,
             max_steps: self.max_steps,
             force: self.force,
+            collective,
         })
     }
 }
 
-pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let opts = a.run.options(a.resume.is_some())?;
+pub fn run(a: TrainArgs, c: &dyn Collective) -> anyhow::Result<()> {
+    let opts = a.run.options(a.resume.is_some(), c)?;
     let summary = match &a.resume {
         Some(dir) => train::resume(dir, &opts)?,
         None => {
@@ -89,25 +96,34 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             train::train(&r, &opts)?
         }
     };
-    report(&summary, "train")
+    report(&summary, "train", c)
 }
 
 /// The exit code of a run stopped by Ctrl-C after writing its checkpoint
 /// (EX_TEMPFAIL: resumable), so that scripts tell it from a finished run.
-pub const EXIT_INTERRUPTED: i32 = 75;
+pub const EXIT_INTERRUPTED: u8 = 75;
 
-/// Prints a run's summary, and how to continue it when interrupted (then
-/// exits with [`EXIT_INTERRUPTED`]).
-pub fn report(summary: &Summary, command: &str) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(summary)?);
+/// Prints a run's summary (rank 0), and how to continue it when
+/// interrupted (then every rank exits with [`EXIT_INTERRUPTED`]).
+pub fn report(summary: &Summary, command: &str, c: &dyn Collective) -> anyhow::Result<()> {
+    let root = vitnas::dist::is_root(c);
+    if root {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+    }
     if summary.interrupted {
-        eprintln!(
-            "interrupted at step {}/{}: continue with `vitnas {command} --resume {}`",
-            summary.steps,
-            summary.total_steps,
-            summary.run_dir.display()
-        );
-        std::process::exit(EXIT_INTERRUPTED);
+        if root {
+            let mpirun = match c.size() {
+                1 => String::new(),
+                n => format!("mpirun -np {n} "),
+            };
+            eprintln!(
+                "interrupted at step {}/{}: continue with `{mpirun}vitnas {command} --resume {}`",
+                summary.steps,
+                summary.total_steps,
+                summary.run_dir.display()
+            );
+        }
+        return Err(super::Exit(EXIT_INTERRUPTED).into());
     }
     Ok(())
 }

@@ -276,3 +276,62 @@ pub fn data(batch: usize, iters: usize) -> Result<Value> {
         json!({"mode": "data", "batch": batch, "ms_per_batch": 1e3 * dt / iters as f64, "images_per_s": (batch * iters) as f64 / dt}),
     )
 }
+
+/// The gradient all-reduce of a data-parallel step on the ranks of `c`:
+/// the flat gradient buffer of `space`'s supernet (one `Vec<f32>` per
+/// parameter, as the trainer holds it) summed over the ranks `iters` times
+/// per bucketing, mean milliseconds per all-reduce; and the mean time of a
+/// one-value all-reduce (the per-message latency).
+pub fn allreduce(
+    space: &std::path::Path,
+    iters: usize,
+    c: &dyn vitnas::dist::Collective,
+) -> Result<Value> {
+    use vitnas::dist::all_reduce_buffers;
+    let space = Space::from_file(space)?;
+    let (_net, _vm, params) = build_supernet(&space, 0, Default::default())?;
+    let mut grads = params.zero_grads();
+    let mut rng = StdRng::seed_from_u64(c.rank() as u64);
+    for g in &mut grads {
+        g.iter_mut().for_each(|x| *x = rng.random::<f32>() - 0.5);
+    }
+    let elems: usize = grads.iter().map(Vec::len).sum();
+    let iters = iters.max(1);
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        c.barrier()?;
+        let t = Instant::now();
+        for _ in 0..iters {
+            f()?;
+        }
+        c.barrier()?;
+        Ok(t.elapsed().as_secs_f64() * 1e3 / iters as f64)
+    };
+    let mut rows = Vec::new();
+    for (name, bucket) in [
+        ("one bucket", 0usize),
+        ("1M values", 1 << 20),
+        ("256K values", 1 << 18),
+        ("64K values", 1 << 16),
+        ("32K values", 1 << 15),
+        ("16K values", 1 << 14),
+        ("4K values", 1 << 12),
+    ] {
+        let ms = time(&mut || all_reduce_buffers(c, &mut grads, bucket))?;
+        rows.push(json!({"bucketing": name, "bucket_values": bucket, "ms": ms}));
+    }
+    let ms = time(&mut || {
+        for g in grads.iter_mut() {
+            c.all_reduce_sum(g)?;
+        }
+        Ok(())
+    })?;
+    rows.push(json!({"bucketing": "one call per tensor", "calls": grads.len(), "ms": ms}));
+    let mut one = [1f32];
+    let latency_us = time(&mut || c.all_reduce_sum(&mut one))? * 1e3;
+    Ok(json!({
+        "mode": "allreduce", "space": space.name, "ranks": c.size(),
+        "tensors": grads.len(), "values": elems, "mb": elems as f64 * 4.0 / 1e6,
+        "iters": iters, "rows": rows, "one_value_us": latency_us,
+    }))
+}

@@ -47,8 +47,24 @@ pub fn make_batch(
     aug: Option<(&Augment, &mut StdRng)>,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
+    make_batch_part(ds, indices, 0..indices.len(), norm, aug, device)
+}
+
+/// The examples `part` (positions in `indices`) of the batch
+/// [`make_batch`] makes of `indices`, with the same augmentation: every
+/// example's augmentation is still drawn from `aug`'s RNG, in order, so the
+/// RNG ends where it would after the whole batch (a rank's shard of a
+/// data-parallel step).
+pub fn make_batch_part(
+    ds: &Dataset,
+    indices: &[usize],
+    part: std::ops::Range<usize>,
+    norm: &Normalize,
+    aug: Option<(&Augment, &mut StdRng)>,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let (c, h, w) = (ds.channels, ds.height, ds.width);
-    let mut out = vec![0f32; indices.len() * c * h * w];
+    let mut out = vec![0f32; part.len() * c * h * w];
     let scale: Vec<f32> = norm.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
     let shift: Vec<f32> = norm
         .mean
@@ -68,6 +84,10 @@ pub fn make_batch(
             }
             flip = a.hflip && rng.random::<bool>();
         }
+        if !part.contains(&b) {
+            continue;
+        }
+        let b = b - part.start;
         for ch in 0..c {
             let src = &img[ch * h * w..(ch + 1) * h * w];
             let dst = &mut out[((b * c + ch) * h * w)..((b * c + ch + 1) * h * w)];
@@ -86,8 +106,11 @@ pub fn make_batch(
             }
         }
     }
-    let images = Tensor::from_vec(out, (indices.len(), c, h, w), device)?;
-    let labels: Vec<u32> = indices.iter().map(|&i| ds.labels[i]).collect();
-    let labels = Tensor::from_vec(labels, indices.len(), device)?;
+    let images = Tensor::from_vec(out, (part.len(), c, h, w), device)?;
+    let labels: Vec<u32> = indices[part.clone()]
+        .iter()
+        .map(|&i| ds.labels[i])
+        .collect();
+    let labels = Tensor::from_vec(labels, part.len(), device)?;
     Ok((images, labels))
 }

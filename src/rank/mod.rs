@@ -9,12 +9,19 @@
 //! Spearman ρ, Pearson r and top-k overlap compare the two. Everything is
 //! written to the output directory as it completes (`rank.json`), so an
 //! interrupted harness continues where it stopped and skips what is done.
+//!
+//! Under `mpirun` the supernet trains data-parallel on all ranks, and the
+//! inherited evaluations and standalone trainings are shared out
+//! (architecture `i` of those left on rank `i % N`, each training alone);
+//! rank 0 writes the report once every rank is done. The output directory
+//! must then be one all ranks see (one machine, or a shared filesystem).
 
 pub mod plot;
 pub mod stats;
 
 use crate::data::batch::Normalize;
 use crate::data::Dataset;
+use crate::dist::{self, Collective, Single};
 use crate::error::{Error, Result};
 use crate::eval::evaluate;
 use crate::models::export::load_dir;
@@ -348,40 +355,71 @@ pub fn stratified(space: &Space, k: usize, seed: u64) -> Vec<Arch> {
 pub struct Options<'a> {
     pub stop: &'a AtomicBool,
     pub progress: bool,
+    /// The ranks that share the work ([`Single`]: this process alone).
+    pub collective: &'a dyn Collective,
 }
 
 impl<'a> Options<'a> {
-    /// Options of a training run the harness starts or resumes.
-    fn run_options(&self, resume: bool) -> RunOptions<'a> {
+    /// Options of a training run the harness starts or resumes on the
+    /// ranks of `collective`.
+    fn run_options(&self, resume: bool, collective: &'a dyn Collective) -> RunOptions<'a> {
         RunOptions {
             resume,
             stop: self.stop,
-            progress: self.progress,
+            progress: self.progress && dist::is_root(collective),
             max_steps: None,
             force: false,
+            collective,
         }
     }
 }
 
 fn say(opts: &Options, msg: String) {
-    if opts.progress {
-        eprintln!("{msg}");
+    let c = opts.collective;
+    match (opts.progress, c.size()) {
+        (false, _) => {}
+        (true, 1) => eprintln!("{msg}"),
+        (true, n) => eprintln!("rank {} of {n}: {msg}", c.rank()),
     }
 }
 
-/// Trains (or resumes to completion) the supernet run of `recipe`; false
-/// when interrupted.
+/// Trains (or resumes to completion) the supernet run of `recipe`, on
+/// every rank together; false when interrupted.
 fn ensure_supernet(recipe: &Recipe, opts: &Options) -> Result<bool> {
     let dir = &recipe.output_dir;
-    if !dir.join(CHECKPOINT_FILE).exists() {
-        say(opts, format!("training the supernet {}", dir.display()));
-        return Ok(!train::train(recipe, &opts.run_options(false))?.interrupted);
+    let c = opts.collective;
+    // Rank 0 decides from what it sees: 0 train, 1 resume, 2 done.
+    let decide = || -> Result<u8> {
+        Ok(if !dir.join(CHECKPOINT_FILE).exists() {
+            0
+        } else if run_state(dir)?.is_some_and(|s| s.step < s.total_steps) {
+            1
+        } else {
+            2
+        })
+    };
+    let mine = if dist::is_root(c) {
+        Some(decide()?)
+    } else {
+        None
+    };
+    let todo = dist::broadcast_json(c, mine.as_ref())?;
+    let root_say = |msg: String| {
+        if dist::is_root(c) {
+            say(opts, msg);
+        }
+    };
+    match todo {
+        0 => {
+            root_say(format!("training the supernet {}", dir.display()));
+            Ok(!train::train(recipe, &opts.run_options(false, c))?.interrupted)
+        }
+        1 => {
+            root_say(format!("resuming the supernet {}", dir.display()));
+            Ok(!train::resume(dir, &opts.run_options(true, c))?.interrupted)
+        }
+        _ => Ok(true),
     }
-    if run_state(dir)?.is_some_and(|s| s.step < s.total_steps) {
-        say(opts, format!("resuming the supernet {}", dir.display()));
-        return Ok(!train::resume(dir, &opts.run_options(true))?.interrupted);
-    }
-    Ok(true)
 }
 
 /// The `state.json` of a run directory, if it has one.
@@ -479,8 +517,12 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         noise_ceiling_test: None,
         complete: false,
     };
+    let c = opts.collective;
+    let root = dist::is_root(c);
     if !ensure_supernet(&recipe, opts)? {
-        report.save(out)?;
+        if root {
+            report.save(out)?;
+        }
         return Ok(report);
     }
     let run = TrainedRun::load(&recipe.output_dir)?;
@@ -503,46 +545,24 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
             standalone_test_per_reference: Vec::new(),
         })
         .collect();
-    if !cfg.reference.is_empty() {
-        reuse_references(cfg, &mut report.entries)?;
+    if root {
+        prepare_entries(cfg, out, &mut report.entries)?;
     }
-    // What an earlier run of the same experiment already measured.
-    if let Ok(text) = std::fs::read_to_string(out.join(REPORT_FILE)) {
-        if let Ok(old) = serde_json::from_str::<Report>(&text) {
-            for (e, o) in report.entries.iter_mut().zip(&old.entries) {
-                if o.arch == e.arch && o.standalone_dir == e.standalone_dir {
-                    *e = o.clone();
-                }
-            }
-        }
-    }
-    // Before anything is written: the output directory must not hold
-    // standalone runs of another sample (another seed or k).
-    for e in &report.entries {
-        let other = run_state(&e.standalone_dir)?.and_then(|s| s.arch);
-        if let Some(other) = other.filter(|a| *a != e.arch) {
-            return Err(Error::Data {
-                source_name: e.standalone_dir.display().to_string(),
-                message: format!(
-                    "holds a standalone run of another architecture ({}); this output_dir belongs to another experiment (other seed or k): choose another output_dir",
-                    other.to_json()
-                ),
-            });
-        }
-    }
-    for e in &report.entries {
-        let path = out.join("archs").join(format!("arch-{:02}.json", e.index));
-        std::fs::create_dir_all(path.parent().expect("has a parent"))
-            .map_err(|err| Error::io(out, err))?;
-        write_atomic(&path, e.arch.to_json().as_bytes())?;
-    }
+    report.entries = dist::broadcast_json(c, root.then_some(&report.entries))?;
     let (val, norm) = run.validation()?;
     let test = train::load_test(&run.recipe, space)?;
     let bs = run.recipe.data.eval_batch_size;
-    for i in 0..report.entries.len() {
-        if report.entries[i].inherited_test.is_some() {
-            continue;
-        }
+    let save = |report: &mut Report| if root { report.save(out) } else { Ok(()) };
+    // Inherited accuracies of the architectures left (validation, test).
+    let left: Vec<usize> = (0..report.entries.len())
+        .filter(|&i| report.entries[i].inherited_test.is_none())
+        .collect();
+    let apply = |report: &mut Report, i: usize, v: &[f64]| {
+        report.entries[i].inherited_val = Some(v[0]);
+        report.entries[i].inherited_test = Some(v[1]);
+    };
+    let shared = dist::share(c, left.len(), 2, |j| {
+        let i = left[j];
         let arch = report.entries[i].arch.clone();
         let model = crate::engine::Model::from_vit(&run.net.extract(&arch)?)?;
         let fwd = |x: &candle_core::Tensor| model.logits(x);
@@ -557,56 +577,48 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
                 t
             ),
         );
-        report.entries[i].inherited_val = Some(v);
-        report.entries[i].inherited_test = Some(t);
-        report.save(out)?;
+        if c.size() == 1 {
+            apply(&mut report, i, &[v, t]);
+            save(&mut report)?;
+        }
+        Ok(Some(vec![v, t]))
+    })?;
+    if c.size() > 1 {
+        for (j, v) in shared.iter().enumerate() {
+            apply(
+                &mut report,
+                left[j],
+                v.as_deref().expect("every evaluation is done"),
+            );
+        }
+        save(&mut report)?;
     }
     // The supernet's resolved recipe: same data, split and normalisation.
     let sa_recipe = cfg.standalone_recipe(&run.recipe);
-    for i in 0..report.entries.len() {
-        if report.entries[i].standalone_test.is_some() {
-            continue;
+    let left: Vec<usize> = (0..report.entries.len())
+        .filter(|&i| report.entries[i].standalone_test.is_none())
+        .collect();
+    let apply = |report: &mut Report, i: usize, v: &[f64]| {
+        let entry = &mut report.entries[i];
+        entry.standalone_val = Some(v[0]);
+        entry.standalone_test = Some(v[1]);
+        // NaN: not trained in one go by this invocation.
+        if v[2].is_finite() {
+            entry.standalone_wall_s = Some(v[2]);
         }
+    };
+    let shared = dist::share(c, left.len(), 3, |j| {
+        let i = left[j];
         if opts.stop.load(Ordering::SeqCst) {
-            break;
+            return Ok(None);
         }
         let e = report.entries[i].clone();
-        let dir = e.standalone_dir.clone();
-        let state = run_state(&dir)?;
         let started = std::time::Instant::now();
-        let finished = match &state {
-            Some(s) if s.step >= s.total_steps => true,
-            Some(_) if dir.join(CHECKPOINT_FILE).exists() => {
-                say(opts, format!("arch {i:02}: resuming {}", dir.display()));
-                !train::resume(&dir, &opts.run_options(true))?.interrupted
-            }
-            _ => {
-                say(
-                    opts,
-                    format!(
-                        "arch {i:02}: training standalone ({} epochs) in {}",
-                        cfg.standalone.epochs,
-                        dir.display()
-                    ),
-                );
-                if dir.exists() && !dir.join(CHECKPOINT_FILE).exists() {
-                    // A start that died before its first checkpoint.
-                    std::fs::remove_dir_all(&dir).map_err(|err| Error::io(&dir, err))?;
-                }
-                !standalone::retrain(
-                    space,
-                    &e.arch,
-                    &sa_recipe,
-                    dir.clone(),
-                    &opts.run_options(false),
-                )?
-                .interrupted
-            }
+        let Some(in_one_go) = standalone_run(cfg, space, &e, &sa_recipe, opts)? else {
+            return Ok(None);
         };
-        if !finished {
-            break;
-        }
-        let (model, _) = load_dir(&dir)?;
+        let dir = &e.standalone_dir;
+        let (model, _) = load_dir(dir)?;
         let model = crate::engine::Model::from_vit(&model)?;
         let fwd = |x: &candle_core::Tensor| model.logits(x);
         let v = accuracy(&val, &norm, bs, fwd)?;
@@ -615,15 +627,109 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
             opts,
             format!("arch {i:02}: standalone val {v:.4} test {t:.4}"),
         );
-        let entry = &mut report.entries[i];
-        entry.standalone_val = Some(v);
-        entry.standalone_test = Some(t);
-        if state.is_none() {
-            // Trained in one go by this invocation.
-            entry.standalone_wall_s = Some(started.elapsed().as_secs_f64());
+        let wall = match in_one_go {
+            true => started.elapsed().as_secs_f64(),
+            false => f64::NAN,
+        };
+        let values = vec![v, t, wall];
+        if c.size() == 1 {
+            apply(&mut report, i, &values);
+            save(&mut report)?;
         }
-        report.save(out)?;
+        Ok(Some(values))
+    })?;
+    if c.size() > 1 {
+        for (j, v) in shared.iter().enumerate() {
+            if let Some(v) = v {
+                apply(&mut report, left[j], v);
+            }
+        }
     }
-    report.save(out)?;
+    save(&mut report)?;
     Ok(report)
+}
+
+/// Rank 0, before anything is trained: the standalone results of
+/// references and of an earlier run of the experiment, a check that the
+/// output directory holds no other experiment, and the architecture files.
+fn prepare_entries(cfg: &RankConfig, out: &Path, entries: &mut [Entry]) -> Result<()> {
+    if !cfg.reference.is_empty() {
+        reuse_references(cfg, entries)?;
+    }
+    // What an earlier run of the same experiment already measured.
+    if let Ok(text) = std::fs::read_to_string(out.join(REPORT_FILE)) {
+        if let Ok(old) = serde_json::from_str::<Report>(&text) {
+            for (e, o) in entries.iter_mut().zip(&old.entries) {
+                if o.arch == e.arch && o.standalone_dir == e.standalone_dir {
+                    *e = o.clone();
+                }
+            }
+        }
+    }
+    // Before anything is written: the output directory must not hold
+    // standalone runs of another sample (another seed or k).
+    for e in entries.iter() {
+        let other = run_state(&e.standalone_dir)?.and_then(|s| s.arch);
+        if let Some(other) = other.filter(|a| *a != e.arch) {
+            return Err(Error::Data {
+                source_name: e.standalone_dir.display().to_string(),
+                message: format!(
+                    "holds a standalone run of another architecture ({}); this output_dir belongs to another experiment (other seed or k): choose another output_dir",
+                    other.to_json()
+                ),
+            });
+        }
+    }
+    for e in entries.iter() {
+        let path = out.join("archs").join(format!("arch-{:02}.json", e.index));
+        std::fs::create_dir_all(path.parent().expect("has a parent"))
+            .map_err(|err| Error::io(out, err))?;
+        write_atomic(&path, e.arch.to_json().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Trains (or resumes to completion) the standalone run of entry `e` in
+/// this process alone: `Some(true)` when trained in one go now,
+/// `Some(false)` when it was done before or resumed, `None` when
+/// interrupted.
+fn standalone_run(
+    cfg: &RankConfig,
+    space: &Space,
+    e: &Entry,
+    sa_recipe: &Recipe,
+    opts: &Options,
+) -> Result<Option<bool>> {
+    let (i, dir) = (e.index, e.standalone_dir.clone());
+    let state = run_state(&dir)?;
+    let finished = match &state {
+        Some(s) if s.step >= s.total_steps => true,
+        Some(_) if dir.join(CHECKPOINT_FILE).exists() => {
+            say(opts, format!("arch {i:02}: resuming {}", dir.display()));
+            !train::resume(&dir, &opts.run_options(true, &Single))?.interrupted
+        }
+        _ => {
+            say(
+                opts,
+                format!(
+                    "arch {i:02}: training standalone ({} epochs) in {}",
+                    cfg.standalone.epochs,
+                    dir.display()
+                ),
+            );
+            if dir.exists() && !dir.join(CHECKPOINT_FILE).exists() {
+                // A start that died before its first checkpoint.
+                std::fs::remove_dir_all(&dir).map_err(|err| Error::io(&dir, err))?;
+            }
+            !standalone::retrain(
+                space,
+                &e.arch,
+                sa_recipe,
+                dir.clone(),
+                &opts.run_options(false, &Single),
+            )?
+            .interrupted
+        }
+    };
+    Ok(finished.then_some(state.is_none()))
 }

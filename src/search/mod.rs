@@ -6,12 +6,17 @@
 //! `(seed, g)`, and the state (every evaluated architecture and the current
 //! population) is written atomically after each generation, so a resumed
 //! search replays exactly what an uninterrupted one does.
+//!
+//! Under `mpirun` the evaluations are shared over the ranks and rank 0
+//! runs the evolution (`shared.rs`): the same records as on one rank.
 
 pub mod config;
 pub mod pareto;
+mod shared;
 
 use crate::data::batch::Normalize;
 use crate::data::Dataset;
+use crate::dist::{self, Collective};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult};
 use crate::space::arch::gene_cardinalities;
@@ -123,6 +128,20 @@ pub struct Evaluator<'a> {
     pub judge: &'a dyn Judge,
     /// Bounds latency by prediction instead of timing candidates.
     pub predictor: Option<&'a crate::latency::Predictor>,
+    /// The ranks that share the evaluations ([`dist::Single`]: this
+    /// process alone).
+    pub collective: &'a dyn Collective,
+}
+
+/// What evaluating one candidate measured: the whole validation subset, or
+/// the screening images first and then, unless rejected, the rest.
+#[derive(Debug, Clone, Copy)]
+enum Measured {
+    Whole(crate::eval::EvalResult),
+    Screened {
+        screen: crate::eval::EvalResult,
+        rest: Option<crate::eval::EvalResult>,
+    },
 }
 
 fn gen_rng(seed: u64, generation: usize) -> StdRng {
@@ -328,49 +347,72 @@ impl<'a> Search<'a> {
             .and_then(|r| r.screen_accuracy)
     }
 
+    /// The validation images a candidate is scored on, and how many of
+    /// them screen it first (0: no screening).
+    fn subset_sizes(&self, ev: &Evaluator) -> (usize, usize) {
+        let cfg = &self.state.config;
+        let n = cfg.val_subset.min(ev.judge.examples());
+        let early = cfg.early_reject_images.min(n);
+        (n, if early > 0 && early < n { early } else { 0 })
+    }
+
     /// Evaluates `genes` (cached) and returns its record index.
     fn evaluate(&mut self, ev: &Evaluator, genes: &[usize]) -> Result<usize> {
         if let Some(&i) = self.index.get(genes) {
             return Ok(i);
         }
-        let cfg = &self.state.config;
+        let batch = self.state.config.eval_batch_size;
         let arch = Arch::from_genes(self.space, genes)?;
-        let n = cfg.val_subset.min(ev.judge.examples());
+        let (n, early) = self.subset_sizes(ev);
         let started = Instant::now();
-        let run = |r: std::ops::Range<usize>| ev.judge.score(&arch, r, cfg.eval_batch_size);
-        let early = cfg.early_reject_images.min(n);
-        let mut images = 0;
-        let mut rejected = false;
-        let mut screen = None;
-        let (r, measured) = if early > 0 && early < n {
+        let run = |r: std::ops::Range<usize>| ev.judge.score(&arch, r, batch);
+        let measured = if early > 0 {
             // Successive halving in two rungs: every candidate is scored on
             // the same first `early` images; it sees the rest of the subset
             // only if it reaches the k-th best's score on those same images
             // (a paired comparison, far less noisy than two independent
             // estimates).
-            let r1 = run(0..early)?;
-            images += early;
-            screen = Some(r1.accuracy);
-            if self.kth_screen_bar().is_some_and(|bar| r1.accuracy < bar) {
-                rejected = true;
-                (r1, early)
-            } else {
-                let r2 = run(early..n)?;
-                images += n - early;
+            let screen = run(0..early)?;
+            let rest = match self.kth_screen_bar() {
+                Some(bar) if screen.accuracy < bar => None,
+                _ => Some(run(early..n)?),
+            };
+            Measured::Screened { screen, rest }
+        } else {
+            Measured::Whole(run(0..n)?)
+        };
+        self.state.eval_seconds += started.elapsed().as_secs_f64();
+        Ok(self.record(genes, arch, measured, (n, early)))
+    }
+
+    /// Records what evaluating `genes` measured (on `n` images, the first
+    /// `early` of them screening) and returns the record's index.
+    fn record(
+        &mut self,
+        genes: &[usize],
+        arch: Arch,
+        measured: Measured,
+        (n, early): (usize, usize),
+    ) -> usize {
+        let (r, images, rejected, screen) = match measured {
+            Measured::Whole(r) => (r, n, false, None),
+            Measured::Screened { screen, rest: None } => {
+                (screen, early, true, Some(screen.accuracy))
+            }
+            Measured::Screened {
+                screen: r1,
+                rest: Some(r2),
+            } => {
                 let w = |a: f64, b: f64| (a * early as f64 + b * (n - early) as f64) / n as f64;
                 let r = crate::eval::EvalResult {
                     accuracy: w(r1.accuracy, r2.accuracy),
                     loss: w(r1.loss, r2.loss),
                     examples: n,
                 };
-                (r, n)
+                (r, n, false, Some(r1.accuracy))
             }
-        } else {
-            images += n;
-            (run(0..n)?, n)
         };
         self.state.images_evaluated += images;
-        self.state.eval_seconds += started.elapsed().as_secs_f64();
         let rec = Record {
             genes: genes.to_vec(),
             params: params(self.space, &arch),
@@ -380,7 +422,7 @@ impl<'a> Search<'a> {
             arch,
             accuracy: r.accuracy,
             loss: r.loss,
-            images: measured,
+            images,
             rejected_early: rejected,
             screen_accuracy: screen,
             generation: self.state.generation,
@@ -388,7 +430,7 @@ impl<'a> Search<'a> {
         self.state.records.push(rec);
         let i = self.state.records.len() - 1;
         self.index.insert(genes.to_vec(), i);
-        Ok(i)
+        i
     }
 
     fn mutate(
@@ -487,8 +529,12 @@ impl<'a> Search<'a> {
                 next
             }
         };
-        for g in &pop {
-            self.evaluate(ev, g)?;
+        if ev.collective.size() == 1 {
+            for g in &pop {
+                self.evaluate(ev, g)?;
+            }
+        } else {
+            self.evaluate_shared(ev, &pop)?;
         }
         self.state.population = pop;
         self.state.generation += 1;
@@ -538,6 +584,12 @@ pub fn run(
     resume: bool,
     progress: bool,
 ) -> Result<SearchState> {
+    let c = ev.collective;
+    if !dist::is_root(c) {
+        // Evaluate what rank 0 hands out; end with its final state.
+        shared::serve(space, ev)?;
+        return dist::broadcast_json(c, None);
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let state_path = out.join(STATE_FILE);
     let mut search = if resume {
@@ -583,6 +635,10 @@ pub fn run(
     }
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    if c.size() > 1 {
+        shared::dispatch(c, None)?;
+        dist::broadcast_json(c, Some(&search.state))?;
     }
     let title = format!(
         "{} search on {}",

@@ -9,16 +9,21 @@
 //!   validate, checkpoint;
 //! - [`step`]: one step's forward and backward over the sampled subnets;
 //!   [`sampler`], [`gradient`], [`loss`] and [`optim`] are its strategies;
+//! - `data_parallel.rs`: what training on several ranks adds (a shard of
+//!   each batch, the step's one all-reduce, rank 0 writes), on the
+//!   [`RunOptions::collective`] the caller passes;
 //! - [`checkpoint`]: atomic checkpoint files and their restore;
 //! - [`summary`]: what a run returns; [`TrainedRun`]: a run loaded for use.
 //!
 //! Every source of randomness is derived from the recipe seed: the
 //! initialisation, the per-epoch data order `(seed, epoch)`, and per step
 //! `(seed, step)` the augmentation and the sampled subnets. A resumed run
-//! therefore replays exactly what an uninterrupted run would have done.
+//! therefore replays exactly what an uninterrupted run would have done, and
+//! every rank of a data-parallel run samples the same subnets.
 
 pub mod checkpoint;
 pub mod data;
+mod data_parallel;
 pub mod gradient;
 pub mod loss;
 pub mod optim;
@@ -34,12 +39,14 @@ mod trained;
 mod trainee;
 
 pub use data::{load_test, load_train_val, DataSplit, TrainData};
+pub use data_parallel::GRAD_BUCKET_ELEMS;
 pub use session::resume;
 pub(crate) use session::start;
-pub use summary::Summary;
+pub use summary::{DataParallelReport, Summary};
 pub use trained::TrainedRun;
 pub use trainee::{build_scaled_supernet, build_supernet, RunKind};
 
+use crate::dist::Collective;
 use crate::error::Result;
 use crate::space::Space;
 use rand::{rngs::StdRng, SeedableRng};
@@ -73,6 +80,10 @@ pub struct RunOptions<'a> {
     /// Start a run in a non-empty directory that is not a run (never over
     /// an existing run).
     pub force: bool,
+    /// The ranks that train together ([`crate::dist::Single`] for an
+    /// ordinary run): each takes its share of every batch, rank 0 writes
+    /// the run directory (see `data_parallel.rs`).
+    pub collective: &'a dyn Collective,
 }
 
 /// Starts a supernet run from a recipe: creates the run directory with the

@@ -5,6 +5,7 @@
 
 use super::checkpoint::{self, Checkpointer, TrainState};
 use super::data::load_test;
+use super::data_parallel::DataParallel;
 use super::gradient::{self, Agreement};
 use super::loss;
 use super::optim::{lr_at, AdamW};
@@ -13,7 +14,7 @@ use super::step::{accumulate_groups, Batch, Forward, Input, Params, Path as Step
 use super::summary::{EvalSplit, Reported, Summary};
 use super::trainee::{RunKind, Trainee};
 use super::{standalone, step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
-use crate::data::batch::{epoch_order, make_batch, Normalize};
+use crate::data::batch::{epoch_order, make_batch_part, Normalize};
 use crate::data::Dataset;
 use crate::engine::{Config as EngineConfig, Weights};
 use crate::error::{Error, Result};
@@ -53,6 +54,10 @@ pub(crate) fn run(
         .map(|_| standalone::Init::Scratch(recipe.init));
     let (trainee, params) = Trainee::build(&kind, space, recipe, origin)?;
     let schedule = Schedule::new(recipe, train)?;
+    // Several ranks (mpirun): each its shard of every batch; rank 0 alone
+    // writes. One rank: nothing changes.
+    let mut dp = DataParallel::new(opts.collective, recipe)?;
+    let root = dp.is_root();
     let mut opt = AdamW::new(&params.names, &params.sizes(), recipe.optimizer.clone());
     let mut state = TrainState {
         step: 0,
@@ -79,7 +84,8 @@ pub(crate) fn run(
         }
         None => {
             if let (Some(spec), RunKind::Supernet) = (&recipe.init_from, &kind) {
-                init_from_pretrained(spec, dir, &params, space, opts.progress)?;
+                let say = opts.progress && root;
+                init_from_pretrained(spec, root.then_some(dir), &params, space, say)?;
             }
         }
     }
@@ -95,13 +101,18 @@ pub(crate) fn run(
         space,
         norm: &norm,
     };
-    let metrics = Metrics(dir.join(METRICS_FILE));
+    let metrics = Metrics(root.then(|| dir.join(METRICS_FILE)));
     let end = opts
         .max_steps
         .or(recipe.train.max_steps)
         .map_or(schedule.total, |m| m.min(schedule.total));
-    let mut progress = Progress::new(opts.progress, &schedule, state.step, recipe);
-    let mut batches = Batches::new(train, &norm, recipe);
+    let mut progress = Progress::new(opts.progress && root, &schedule, state.step, recipe);
+    let shard = dp.shard(recipe.train.batch_size);
+    let mut batches = Batches::new(train, &norm, recipe, shard);
+    if dp.size() > 1 {
+        dp.check_weights(state.step, &flat.values(&params)?)?;
+    }
+    let first_step = state.step;
     let started = Instant::now();
     let strategy = gradient::from_config(&recipe.gradient);
     // One set of gradient buffers per group of the strategy; group 0 holds
@@ -143,6 +154,9 @@ pub(crate) fn run(
                 groups[..n_groups].iter_mut().map(|g| &mut g[..]).collect();
             accumulate_groups(path, &plan, batch, &group_of, &mut targets)?
         };
+        let subnets = plan.archs.len();
+        let (out, agreed_stop) =
+            dp.reduce_step(out, &mut groups[..n_groups], subnets, opts.stop)?;
         let lr = schedule.lr(step, recipe);
         match out.nonfinite {
             Some(k) => {
@@ -176,27 +190,34 @@ pub(crate) fn run(
                 r["strategy"] = json!(recipe.gradient);
                 r
             });
-            last_val = validate(
-                &trainee,
-                space,
-                val,
-                &norm,
-                recipe,
-                &metrics,
-                (state.step, epoch),
-                agreement,
-                &progress,
-            )?;
+            if root {
+                last_val = validate(
+                    &trainee,
+                    space,
+                    val,
+                    &norm,
+                    recipe,
+                    &metrics,
+                    (state.step, epoch),
+                    agreement,
+                    &progress,
+                )?;
+            }
         }
-        let stop = opts.stop.load(Ordering::SeqCst);
+        let stop = agreed_stop.unwrap_or_else(|| opts.stop.load(Ordering::SeqCst));
         if epoch_end
             || state.step.is_multiple_of(recipe.train.checkpoint_every)
             || stop
             || state.step == end
         {
             flat.sync(&params)?;
-            ckpt.save(&trainee, &params, &opt, &state)?;
+            if root {
+                ckpt.save(&trainee, &params, &opt, &state)?;
+            }
             last_checkpoint = Some(state.step);
+            if dp.size() > 1 {
+                dp.check_weights(state.step, &flat.values(&params)?)?;
+            }
         }
         if stop {
             interrupted = true;
@@ -211,10 +232,11 @@ pub(crate) fn run(
     summary.skipped_steps = state.skipped_steps;
     summary.wall_s = started.elapsed().as_secs_f64();
     summary.interrupted = interrupted;
+    summary.data_parallel = dp.report(state.step - first_step);
     for (which, r) in last_val {
         summary.set(EvalSplit::Val, which, r);
     }
-    if state.step == schedule.total && !interrupted {
+    if state.step == schedule.total && !interrupted && root {
         test(&trainee, space, recipe, &norm, &metrics, &mut summary, opts)?;
     }
     Ok(summary)
@@ -252,6 +274,18 @@ impl FlatWeights {
                 Ok(norm)
             }
             None => Ok(opt.step(&params.vars, grads, lr)?),
+        }
+    }
+
+    /// The current weights, flat, in the order of the parameters.
+    fn values(&self, params: &Params) -> Result<Vec<Vec<f32>>> {
+        match &self.engine {
+            Some((w, _)) => Ok(w.data.clone()),
+            None => params
+                .vars
+                .iter()
+                .map(|v| Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
+                .collect(),
         }
     }
 
@@ -322,25 +356,33 @@ impl Schedule {
     }
 }
 
-/// The batches of a run: a seeded order per epoch, augmentation per step.
+/// The batches of a run: a seeded order per epoch, augmentation per step;
+/// this rank's `shard` of each (all of it with one rank).
 struct Batches<'a> {
     train: &'a Dataset,
     norm: &'a Normalize,
     recipe: &'a Recipe,
     order: Option<(usize, Vec<usize>)>,
+    shard: std::ops::Range<usize>,
 }
 
 impl<'a> Batches<'a> {
-    fn new(train: &'a Dataset, norm: &'a Normalize, recipe: &'a Recipe) -> Self {
+    fn new(
+        train: &'a Dataset,
+        norm: &'a Normalize,
+        recipe: &'a Recipe,
+        shard: std::ops::Range<usize>,
+    ) -> Self {
         Batches {
             train,
             norm,
             recipe,
             order: None,
+            shard,
         }
     }
 
-    /// Images and labels of step `step`.
+    /// Images and labels of this rank's shard of step `step`.
     fn get(&mut self, step: usize, rng: &mut rand::rngs::StdRng) -> Result<(Tensor, Tensor)> {
         let bs = self.recipe.train.batch_size;
         let spe = self.train.len() / bs;
@@ -352,9 +394,10 @@ impl<'a> Batches<'a> {
             ));
         }
         let order = &self.order.as_ref().expect("set above").1;
-        make_batch(
+        make_batch_part(
             self.train,
             &order[pos * bs..(pos + 1) * bs],
+            self.shard.clone(),
             self.norm,
             Some((&self.recipe.data.augment, rng)),
             &Device::Cpu,
@@ -362,12 +405,14 @@ impl<'a> Batches<'a> {
     }
 }
 
-/// Appends JSON lines to a run's metrics.jsonl.
-struct Metrics(PathBuf);
+/// Appends JSON lines to a run's metrics.jsonl (none on ranks other than 0).
+struct Metrics(Option<PathBuf>);
 
 impl Metrics {
     fn line(&self, v: serde_json::Value) -> Result<()> {
-        let path = &self.0;
+        let Some(path) = &self.0 else {
+            return Ok(());
+        };
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -447,16 +492,20 @@ impl Progress {
 }
 
 /// Loads a pretrained Hugging Face ViT into the supernet's leading slices
-/// and records what was loaded in `init-report.txt`.
+/// and records what was loaded in `dir`'s `init-report.txt` (rank 0's; the
+/// other ranks of a data-parallel run load the same weights, silently).
 fn init_from_pretrained(
     spec: &str,
-    dir: &Path,
+    dir: Option<&Path>,
     params: &Params,
     space: &Space,
     progress: bool,
 ) -> Result<()> {
     let model_dir = crate::hub::resolve(spec)?;
     let report = crate::hub::load_vit_into(params, &model_dir, space.supernet.head_dim)?;
+    let Some(dir) = dir else {
+        return Ok(());
+    };
     let path = dir.join("init-report.txt");
     std::fs::write(&path, report.to_string()).map_err(|e| Error::io(&path, e))?;
     if progress {

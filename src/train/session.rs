@@ -1,14 +1,19 @@
 //! Starting a run directory, and resuming one. Both hold the directory's
-//! [`RunLock`] for as long as they train.
+//! [`RunLock`] for as long as they train. In a data-parallel run (several
+//! ranks) rank 0 alone checks, locks and writes the directory; every rank
+//! reads the data (and, resuming, the checkpoint), and they refuse to start
+//! unless they hold the same build, resolved recipe and space.
 
 use super::checkpoint::{read_weights, write_atomic, TrainState, STATE_KEY};
 use super::data::load_train_val;
+use super::data_parallel::{check_batch, check_same_run};
 use super::recipe::Recipe;
 use super::run::run;
 use super::summary::Summary;
 use super::trainee::RunKind;
 use super::{standalone, RunOptions};
 use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE, SPLIT_FILE};
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::rundir::{self, Artifact, RunLock};
 use crate::space::Space;
@@ -32,26 +37,47 @@ pub(crate) fn start(
         "recipe `{}` (with command-line overrides)",
         recipe.name
     )))?;
-    rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
+    check_batch(opts.collective, recipe)?;
+    let root = dist::is_root(opts.collective);
+    if root {
+        rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
+    }
     let data = load_train_val(recipe, space)?;
     let mut resolved = recipe.clone();
     resolved.data.normalize = Some(data.norm.clone());
     // The data directory as found, so that a resume from anywhere reads
     // the same files.
     resolved.data.path = Some(data.split.data_dir.clone());
+    check_same_run(opts.collective, &resolved, &space.to_toml_string())?;
+    let _lock = match root {
+        true => Some(write_run_dir(dir, &resolved, space, &data.split, opts)?),
+        false => None,
+    };
+    run(&resolved, space, kind, &data.train, &data.val, None, opts)
+}
+
+/// Creates the run directory under its lock and writes the resolved
+/// recipe, the space, the data split and an empty metrics file.
+fn write_run_dir(
+    dir: &Path,
+    resolved: &Recipe,
+    space: &Space,
+    split: &super::DataSplit,
+    opts: &RunOptions,
+) -> Result<RunLock> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let _lock = RunLock::acquire(dir)?;
+    let lock = RunLock::acquire(dir)?;
     // Checked again under the lock: another process may have started here.
     if dir.join(CHECKPOINT_FILE).exists() || dir.join(METRICS_FILE).exists() {
         rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
     }
     write_atomic(&dir.join(RECIPE_FILE), resolved.to_toml_string().as_bytes())?;
     write_atomic(&dir.join(SPACE_FILE), space.to_toml_string().as_bytes())?;
-    let split = serde_json::to_string(&data.split).expect("a split serializes");
+    let split = serde_json::to_string(split).expect("a split serializes");
     write_atomic(&dir.join(SPLIT_FILE), split.as_bytes())?;
     std::fs::write(dir.join(METRICS_FILE), b"")
         .map_err(|e| Error::io(dir.join(METRICS_FILE), e))?;
-    run(&resolved, space, kind, &data.train, &data.val, None, opts)
+    Ok(lock)
 }
 
 /// Continues the run in `dir` from its last checkpoint, writing into `dir`
@@ -67,9 +93,11 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
     if Space::from_file(dir.join(SPACE_FILE))?.is_text() {
         return super::text::resume(dir, opts);
     }
-    let _lock = RunLock::acquire(dir)?;
+    let root = dist::is_root(opts.collective);
+    let _lock = root.then(|| RunLock::acquire(dir)).transpose()?;
     let mut recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
     recipe.output_dir = dir.to_path_buf();
+    check_batch(opts.collective, &recipe)?;
     let space = Space::from_file(dir.join(SPACE_FILE))?;
     let data = load_train_val(&recipe, &space)?;
     let ckpt = dir.join(CHECKPOINT_FILE);
@@ -81,7 +109,10 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
             path: ckpt.clone(),
             message: format!("metadata `{STATE_KEY}` missing or invalid"),
         })?;
-    truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
+    check_same_run(opts.collective, &recipe, &space.to_toml_string())?;
+    if root {
+        truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
+    }
     let kind = match &state.arch {
         None => RunKind::Supernet,
         Some(arch) => RunKind::Standalone {

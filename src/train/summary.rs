@@ -60,6 +60,23 @@ pub struct Summary {
     /// or unusable).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_error: Option<String>,
+    /// Runs on several ranks (`mpirun`): the ranks and the gradient
+    /// all-reduce's share of the time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_parallel: Option<DataParallelReport>,
+}
+
+/// What a data-parallel run measured on its rank (rank 0's is reported).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DataParallelReport {
+    pub world_size: usize,
+    /// Seconds in the step's all-reduce (packing, the sum, the mean).
+    pub allreduce_s: f64,
+    /// All-reduce calls (one per step: every gradient group and the
+    /// losses together).
+    pub allreduces: usize,
+    /// Steps this invocation ran.
+    pub steps: usize,
 }
 
 impl Summary {
@@ -79,6 +96,7 @@ impl Summary {
             val_model: None,
             test_model: None,
             test_error: None,
+            data_parallel: None,
         }
     }
 

@@ -186,6 +186,7 @@ pub fn evaluate_text(
 
 /// Starts a text supernet run in `recipe.output_dir` (or resumes it).
 pub fn start(recipe: &Recipe, space: &Space, opts: &RunOptions) -> Result<Summary> {
+    single_process(opts)?;
     let dir = &recipe.output_dir;
     if opts.resume {
         return resume(dir, opts);
@@ -214,6 +215,7 @@ pub fn start(recipe: &Recipe, space: &Space, opts: &RunOptions) -> Result<Summar
 
 /// Continues the text run in `dir` from its last checkpoint.
 pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
+    single_process(opts)?;
     let ckpt = dir.join(CHECKPOINT_FILE);
     if !ckpt.is_file() {
         return Err(Error::Checkpoint {
@@ -236,6 +238,20 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
         })?;
     super::session::truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
     run(&recipe, &space, &data, Some((tensors, state)), opts)
+}
+
+/// Text runs train in one process (data-parallel ranks are the image
+/// trainer's so far).
+fn single_process(opts: &RunOptions) -> Result<()> {
+    match opts.collective.size() {
+        1 => Ok(()),
+        n => Err(Error::Distributed {
+            message: format!(
+                "text supernets train in one process so far, not on {n} ranks: run `vitnas train` \
+                 without mpirun"
+            ),
+        }),
+    }
 }
 
 /// The seeded BERT supernet of a text space and its sorted parameters.

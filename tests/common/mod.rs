@@ -74,3 +74,26 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     max_abs(&(a - b).unwrap())
 }
+
+/// Quickstart, small: 256 training images, batch 32 (8 steps an epoch),
+/// 64 validation images, crop and flip augmentation, sandwich with one
+/// random subnet, gradient clipping at 1, a checkpoint every 3 steps;
+/// written to `out`.
+pub fn small_quickstart(out: &std::path::Path) -> vitnas::train::recipe::Recipe {
+    use vitnas::train::recipe::{Recipe, SamplerConfig};
+    let text = std::fs::read_to_string(repo_path("recipes/quickstart.toml")).unwrap();
+    let mut r = Recipe::from_toml_str(&text, std::path::Path::new("quickstart.toml")).unwrap();
+    r.space = repo_path("search_spaces/fmnist-tiny.toml");
+    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
+    r.data.val_size = 64;
+    r.data.train_limit = Some(256);
+    r.data.augment.crop_padding = 2;
+    r.data.augment.hflip = true;
+    r.train.batch_size = 32;
+    r.sampler = SamplerConfig::Sandwich { num_random: 1 };
+    r.train.epochs = 2;
+    r.train.checkpoint_every = 3;
+    r.optimizer.clip_grad_norm = Some(1.0);
+    r.output_dir = out.to_path_buf();
+    r
+}
