@@ -181,12 +181,23 @@ fn eval_text_supernet(path: &std::path::Path, a: &EvalArgs) -> anyhow::Result<()
         run.recipe.data.eval_batch_size,
     )?;
     let space = &run.space;
+    let latency = match a.latency {
+        true => {
+            let judge = vitnas::train::text::TextJudge {
+                net: &run.net,
+                val: &ds,
+            };
+            Some(vitnas::search::Judge::latency_ms(&judge, &arch, 1)?)
+        }
+        false => None,
+    };
     println!(
         "{}",
         serde_json::json!({
             "split": split, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
             "arch": arch, "params": params(space, &arch), "flops_macs": flops(space, &arch),
-            "flops_at_tokens": space.seq_len(),
+            "flops_at_tokens": space.seq_len(), "latency_ms_batch1": latency,
+            "threads": rayon::current_num_threads(),
         })
     );
     Ok(())
