@@ -152,7 +152,7 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
             .iter()
             .map(|a| {
                 if backend == Backend::Engine {
-                    vitnas::engine::forward_macs(&ecfg, a)
+                    vitnas::engine::forward_macs(&ecfg, a, space.seq_len())
                 } else {
                     flops(&space, a)
                 }
@@ -204,7 +204,7 @@ pub fn infer(batch: usize, iters: usize, threads: usize, candle: bool) -> Result
     let executed = if candle {
         flops(&space, &arch)
     } else {
-        vitnas::engine::forward_macs(&model.cfg, &arch)
+        vitnas::engine::forward_macs(&model.cfg, &arch, space.seq_len())
     };
     let gflops = 2.0 * executed as f64 * (batch * iters) as f64 / dt / 1e9;
     Ok(json!({
