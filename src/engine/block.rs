@@ -76,7 +76,7 @@ impl Tape {
         self.input.as_deref().unwrap_or(&self.norm1.y)
     }
     /// The MLP's input.
-    fn mlp_input<'t>(&'t self, post_norm: bool) -> &'t [f32] {
+    fn mlp_input(&self, post_norm: bool) -> &[f32] {
         if post_norm {
             &self.norm1.y
         } else {
