@@ -246,70 +246,98 @@ pub fn forward(x: Vec<f32>, w: &Weights, li: &LayerIdx, d: &Dims) -> (Vec<f32>, 
     (out, tape)
 }
 
-/// Inference of one sequence (`batch = 1`, a dense layout, not
-/// `first_only`) with its token rows split in two halves, one per thread:
-/// the attention's input and projections of each half, then attention of
-/// each half's queries over all keys, attention output and MLP. Two
-/// fork-joins per block instead of one per op; call it inside the thread
-/// pool so the joins stay on its workers.
+/// Inference of one sequence (`batch = 1`, a dense layout) split over two
+/// threads by heads and MLP columns (Megatron's tensor parallelism): each
+/// thread projects queries, keys and values for its half of the heads,
+/// attends with them, and multiplies its columns of the attention output
+/// into a partial sum; then each computes its half of the MLP's hidden
+/// units and their partial output. The two partial sums are added with the
+/// biases, residuals and norms on the calling thread. Each thread reads
+/// half of every weight and all token rows: one sequence is few rows, and
+/// this way gemm packs each weight once, not once per thread. Two
+/// fork-joins per block; call it inside the thread pool so the joins stay
+/// on its workers.
 pub fn forward_split(x: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> Vec<f32> {
-    assert!(d.layout.batch() == 1 && d.layout.is_dense() && !d.first_only);
-    let (e, qd, t) = (d.embed, d.qd(), d.layout.rows());
-    let half = t / 2;
-    let (wk, bk) = lin(w, li.key, qd, e);
-    let (wv, bv) = lin(w, li.value, qd, e);
-    let (wq, bq) = lin(w, li.query, qd, e);
-    let (mut q, mut k, mut v) = (vec![0f32; t * qd], vec![0f32; t * qd], vec![0f32; t * qd]);
-    {
-        let project = |x: &[f32], q: &mut [f32], k: &mut [f32], v: &mut [f32]| {
-            serial(|| {
-                let n1 = (!d.post_norm).then(|| layer_norm(x, w, li.norm1, d).y);
-                let h = n1.as_deref().unwrap_or(x);
-                blas::forward_into(h, wq, bq, q);
-                blas::forward_into(h, wk, bk, k);
-                blas::forward_into(h, wv, bv, v);
-            })
-        };
-        let (x0, x1) = x.split_at(half * e);
-        let (q0, q1) = q.split_at_mut(half * qd);
-        let (k0, k1) = k.split_at_mut(half * qd);
-        let (v0, v1) = v.split_at_mut(half * qd);
-        rayon::join(|| project(x0, q0, k0, v0), || project(x1, q1, k1, v1));
-    }
-    let (wo, bo) = lin(w, li.output, e, qd);
+    assert!(d.layout.batch() == 1 && d.layout.is_dense());
+    let (e, hd, qd) = (d.embed, d.head_dim, d.qd());
+    let tq = if d.first_only { 1 } else { d.layout.rows() };
     let scales = scales(w, li, d);
-    let rest = |x: &[f32], q: &[f32], out: &mut [f32]| {
+    let n1 = (!d.post_norm).then(|| layer_norm(x, w, li.norm1, d).y);
+    let h = n1.as_deref().unwrap_or(x);
+    let hq = &h[..tq * e];
+    // attention: heads [h0, h1) on one thread, their share of the output
+    // projection summed into a [tq, e] partial
+    let attend_heads = |h0: usize, h1: usize| {
         serial(|| {
-            let ad = attention::Dims {
-                tq: Some(x.len() / e),
-                ..d.attention()
+            let mut y = vec![0f32; tq * e];
+            if h1 == h0 {
+                return y;
+            }
+            let c = h0 * hd..h1 * hd;
+            let proj = |p: Pair, x: &[f32]| {
+                let wm = w.mat(p.0, qd, e).rows(c.clone());
+                blas::forward(x, wm, &w.data[p.1][c.clone()])
             };
-            let (ctx, _) = attention::forward(q, &k, &v, ad);
-            let mut r = blas::forward(&ctx, wo, bo);
-            if let Some((sa, _)) = scales {
-                scale_rows(&mut r, sa);
-            }
-            add_into(&mut r, x);
-            let h = layer_norm(&r, w, if d.post_norm { li.norm1 } else { li.norm2 }, d).y;
-            let (_, _, mut m) = mlp(&h, w, li, d);
-            if let Some((_, sm)) = scales {
-                scale_rows(&mut m, sm);
-            }
-            if d.post_norm {
-                add_into(&mut m, &h);
-                out.copy_from_slice(&layer_norm(&m, w, li.norm2, d).y);
-            } else {
-                add_into(&mut m, &r);
-                out.copy_from_slice(&m);
-            }
+            let (q, k, v) = (proj(li.query, hq), proj(li.key, h), proj(li.value, h));
+            let ad = attention::Dims {
+                layout: d.layout,
+                heads: h1 - h0,
+                head_dim: hd,
+                tq: Some(tq),
+            };
+            let (ctx, _) = attention::forward(&q, &k, &v, ad);
+            blas::product(&ctx, w.mat(li.output.0, e, qd).cols(c), &mut y);
+            y
         })
     };
-    let mut out = vec![0f32; t * e];
-    let (x0, x1) = x.split_at(half * e);
-    let (q0, q1) = q.split_at(half * qd);
-    let (o0, o1) = out.split_at_mut(half * e);
-    rayon::join(|| rest(x0, q0, o0), || rest(x1, q1, o1));
-    out
+    let half = d.heads / 2;
+    let (mut r, r1) = rayon::join(|| attend_heads(0, half), || attend_heads(half, d.heads));
+    add_into(&mut r, &r1);
+    for row in r.chunks_mut(e) {
+        add_into(row, &w.data[li.output.1][..e]);
+    }
+    if let Some((sa, _)) = scales {
+        scale_rows(&mut r, sa);
+    }
+    add_into(&mut r, &x[..tq * e]);
+    // MLP: hidden units [m0, m1) on one thread, their share of the output
+    let m_in = match d.post_norm {
+        true => layer_norm(&r, w, li.norm1, d).y,
+        false => layer_norm(&r, w, li.norm2, d).y,
+    };
+    let mlp_cols = |m0: usize, m1: usize| {
+        serial(|| {
+            let mut y = vec![0f32; tq * e];
+            if m1 == m0 {
+                return y;
+            }
+            let w1 = w.mat(li.fc1.0, d.mlp, e).rows(m0..m1);
+            let u = blas::forward(&m_in, w1, &w.data[li.fc1.1][m0..m1]);
+            let mut a = vec![0f32; u.len()];
+            gelu(&u, &mut a);
+            blas::product(&a, w.mat(li.fc2.0, e, d.mlp).cols(m0..m1), &mut y);
+            y
+        })
+    };
+    let half = d.mlp / 2;
+    let (mut out, o1) = rayon::join(|| mlp_cols(0, half), || mlp_cols(half, d.mlp));
+    add_into(&mut out, &o1);
+    for row in out.chunks_mut(e) {
+        add_into(row, &w.data[li.fc2.1][..e]);
+    }
+    if let Some((_, sm)) = scales {
+        scale_rows(&mut out, sm);
+    }
+    match d.post_norm {
+        true => {
+            add_into(&mut out, &m_in);
+            layer_norm(&out, w, li.norm2, d).y
+        }
+        false => {
+            add_into(&mut out, &r);
+            out
+        }
+    }
 }
 
 /// Two distinct gradient buffers at once.

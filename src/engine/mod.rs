@@ -172,9 +172,9 @@ pub fn forward_with(
     (logits, tape)
 }
 
-/// Logits of one sequence with each block's token rows split over two
-/// threads (see [`block::forward_split`]); the last block computes the
-/// first token alone under a first-token head. A sequence with masked
+/// Logits of one sequence with each block split over two threads by heads
+/// and MLP columns (see [`block::forward_split`]); the last block computes
+/// the first token alone under a first-token head. A sequence with masked
 /// tokens that stay (see [`Layout`]) runs unsplit.
 fn infer_one_split(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> Vec<f32> {
     let e = arch.embed_dim;
@@ -187,11 +187,7 @@ fn infer_one_split(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> Vec<
         let first_only = first_token && arch.depth > 0;
         for l in 0..arch.depth {
             let d = block_dims(cfg, arch, l, &layout, first_only);
-            h = if d.first_only {
-                serial(|| block::forward(h, w, &w.idx.layers[l], &d).0)
-            } else {
-                block::forward_split(&h, w, &w.idx.layers[l], &d)
-            };
+            h = block::forward_split(&h, w, &w.idx.layers[l], &d);
         }
         if first_token && !first_only {
             h = layout.gather_first(&h, e);
