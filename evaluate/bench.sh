@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs the benchmark workload of ../shared/README.md on vitnas and on the
-# PyTorch peer (../shared/bench/torch_reference.py), one right after the
-# other on this machine, and prints the ratios.
+# Runs the benchmark workloads of ../shared/README.md on vitnas and on the
+# PyTorch peers (../shared/bench/torch_reference.py for the ViT workload,
+# ../shared/bench/torch_bert_reference.py for the text one), one right
+# after the other on this machine, and prints the ratios.
 #
 #   evaluate/bench.sh [path/to/python-with-torch]
 #   VITNAS=/path/to/other/vitnas evaluate/bench.sh ...   # a before/after pair
+#   PART=vit|text evaluate/bench.sh ...  # one workload only (default: both)
 #   SIMD=avx2 evaluate/bench.sh ...     # what an AVX2-only CPU runs, both sides
 #   SIMD=scalar evaluate/bench.sh ...   # no vector math (report only)
 #
@@ -22,6 +24,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-../torchenv/bin/python}
 PEER=../shared/bench/torch_reference.py
+PEER_BERT=../shared/bench/torch_bert_reference.py
+PART=${PART:-all}
+case "$PART" in vit|text|all) ;; *) echo "PART must be vit, text or all, not $PART" >&2; exit 2 ;; esac
 SIMD=${SIMD:-native}
 case "$SIMD" in
   native) FEATURES=() ;;
@@ -34,15 +39,16 @@ case "$SIMD" in
   *) echo "SIMD must be native, avx2 or scalar, not $SIMD" >&2; exit 2 ;;
 esac
 # VITNAS=<binary> benchmarks another build (e.g. the one before a change).
+TARGET=${CARGO_TARGET_DIR:-target}
 if [ -z "${VITNAS:-}" ]; then
   cargo build --release --quiet ${FEATURES[@]+"${FEATURES[@]}"}
   if [ "$SIMD" != native ]; then
-    cp target/release/vitnas target/release/vitnas-no-avx512
+    cp "$TARGET/release/vitnas" "$TARGET/release/vitnas-no-avx512"
     cargo build --release --quiet   # the default build back in place
   fi
 fi
-V=${VITNAS:-target/release/vitnas}
-if [ -z "${VITNAS:-}" ] && [ "$SIMD" != native ]; then V=target/release/vitnas-no-avx512; fi
+V=${VITNAS:-$TARGET/release/vitnas}
+if [ -z "${VITNAS:-}" ] && [ "$SIMD" != native ]; then V=$TARGET/release/vitnas-no-avx512; fi
 # What each side runs at, as the libraries report it.
 echo "SIMD=$SIMD: vitnas $($V bench gemm --n 64 --threads 1 | python3 -c 'import json,sys; d=json.load(sys.stdin); print("vector math", d["simd"], "/ gemm AVX-512 kernels", "built in" if d["gemm_avx512"] else "left out")')"
 MKL_VERBOSE=1 ONEDNN_VERBOSE=1 $PY - <<'PYEOF' 2>&1 | grep -E "^(ATen|MKL_VERBOSE oneMKL|onednn_verbose,v1,info,cpu,isa)" | sed 's/^/  PyTorch: /' | head -3 || true
@@ -53,6 +59,7 @@ a @ a  # MKL sgemm: the linear layers of the workload
 torch.nn.functional.conv2d(torch.rand(8, 16, 32, 32), torch.rand(16, 16, 3, 3))  # oneDNN
 PYEOF
 run() { echo "$1" >&2; eval "$1"; }
+if [ "$PART" != text ]; then
 # Peak RSS of the training runs (kB), by GNU time.
 T=/usr/bin/time
 vt=$(run "$T -f %M -o /tmp/vitnas-rss $V bench train --steps 30 --batch 64 --threads 2")
@@ -81,3 +88,24 @@ print(f"gemm peak (1024^3, 2 threads): vitnas's gemm {vg['gflops']:.0f} GFLOP/s,
 print(f"vitnas training: {vt['gflops']:.1f} GFLOP/s executed ({vt['full_model_gflops']:.1f} counting the full model's FLOPs as the peer computes them)"
       f" = {100*vt['gflops']/vg['gflops']:.0f}% of the measured gemm peak, {100*vt.get('reference_peak_fraction', vt.get('issue_peak_fraction', 0)):.0f}% of the 170 GFLOP/s AVX2 reference peak")
 PYEOF
+fi
+if [ "$PART" != vit ]; then
+# The text workload: sandwich steps at batch 32 x 128 tokens, inference of
+# the largest subnet at batch 1 and 64 x 128 tokens.
+tt=$(run "$V bench bert-train --steps 10 --batch 32 --seq 128 --threads 2")
+pt=$(run "$PY $PEER_BERT train --steps 10 --batch 32 --seq 128 --threads 2")
+t1=$(run "$V bench bert-infer --batch 1 --seq 128 --iters 100 --threads 2")
+p1=$(run "$PY $PEER_BERT infer --batch 1 --seq 128 --iters 100 --threads 2")
+t64=$(run "$V bench bert-infer --batch 64 --seq 128 --iters 5 --threads 2")
+p64=$(run "$PY $PEER_BERT infer --batch 64 --seq 128 --iters 5 --threads 2")
+python3 - "$tt" "$pt" "$t1" "$p1" "$t64" "$p64" <<'PYEOF'
+import json, sys
+tt, pt, t1, p1, t64, p64 = (json.loads(a) for a in sys.argv[1:7])
+print(f"text workload (bert-minilm supernet, mean pooling, 128 tokens; vitnas vector math {tt['simd']})")
+print(f"{'workload':38} {'vitnas':>10} {'pytorch':>10} {'ratio':>8}  target")
+print(f"{'train sandwich steps/s (batch 32)':38} {tt['steps_per_s']:10.3f} {pt['steps_per_s']:10.3f} {tt['steps_per_s']/pt['steps_per_s']:7.2f}x  >= 1.3x")
+print(f"{'infer batch 1 ms (lower is better)':38} {t1['ms_per_batch']:10.2f} {p1['ms_per_batch']:10.2f} {t1['ms_per_batch']/p1['ms_per_batch']:7.2f}x  <= 0.5x")
+print(f"{'infer batch 64 sequences/s':38} {t64['sequences_per_s']:10.1f} {p64['sequences_per_s']:10.1f} {t64['sequences_per_s']/p64['sequences_per_s']:7.2f}x  >= 1.2x")
+print(f"vitnas text training: {tt['gflops']:.1f} GFLOP/s executed (padding is not computed)")
+PYEOF
+fi

@@ -8,7 +8,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::{images, max_abs, max_abs_diff, scaled_supernet, space, supernet, uniform, SWITCHES};
 use rand::{rngs::StdRng, SeedableRng};
-use vitnas::engine::{self, Config, Weights};
+use vitnas::engine::{self, Config, Input, Weights};
 use vitnas::supernet::scaling::Switch;
 use vitnas::train::gradient::{GradientStrategy, Nasvit};
 use vitnas::train::loss::{AlphaDivergence, Distill, Kl};
@@ -103,7 +103,7 @@ fn logits_match_net(space: &Space, net: &vitnas::Supernet, params: &Params) {
         w.check(&cfg, &arch).unwrap();
         let want = net.forward(&x, &arch, false).unwrap();
         for cls_only in [true, false] {
-            let (l, _) = engine::forward_with(&w, &cfg, &arch, &flat, 3, cls_only);
+            let (l, _) = engine::forward_with(&w, &cfg, &arch, Input::Images(&flat), cls_only);
             let got = Tensor::from_vec(l, (3, classes), &Device::Cpu).unwrap();
             let d = max_abs_diff(&got, &want);
             assert!(
@@ -153,7 +153,7 @@ fn gradients_match_net(space: &Space, net: &vitnas::Supernet, params: &Params) {
             .backward()
             .unwrap();
         for cls_only in [true, false] {
-            let (_, tape) = engine::forward_with(&w, &cfg, &arch, &flat, b, cls_only);
+            let (_, tape) = engine::forward_with(&w, &cfg, &arch, Input::Images(&flat), cls_only);
             let mut grads = w.zero_grads();
             engine::backward(&w, &cfg, &arch, &tape, &dl, &mut grads);
             for ((name, var), got) in params.names.iter().zip(&params.vars).zip(&grads) {
@@ -194,7 +194,7 @@ fn every_parameter_of_the_largest_subnet_gets_a_gradient() {
         .to_vec1::<f32>()
         .unwrap();
     let arch = space.largest();
-    let (_, tape) = engine::forward(&w, &cfg, &arch, &x, 2);
+    let (_, tape) = engine::forward(&w, &cfg, &arch, Input::Images(&x));
     let mut grads = w.zero_grads();
     engine::backward(&w, &cfg, &arch, &tape, &[1.0; 20], &mut grads);
     for (name, g) in w.names.iter().zip(&grads) {

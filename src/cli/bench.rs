@@ -1,4 +1,4 @@
-//! `vitnas bench train|infer|search|data`: the benchmark workload
+//! `vitnas bench train|infer|search|data|bert-train|bert-infer`: the benchmark workload
 //! ([`vitnas::bench`]), printed as one JSON line, the form the PyTorch peer
 //! of evaluate/bench.sh prints too.
 
@@ -64,6 +64,31 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// Text: sandwich training steps on the entangled BERT supernet of the
+    /// bert-minilm space with mean pooling (largest, smallest, 2 random;
+    /// CE + KL; AdamW), random ids with every second sequence padded.
+    BertTrain {
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Text: inference of the largest subnet of that supernet.
+    BertInfer {
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 100)]
+        iters: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Batch assembly alone (bytes to normalised, augmented tensors).
     Data {
         #[arg(long, default_value_t = 64)]
@@ -105,6 +130,24 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
         } => {
             super::threads::init_pool(threads);
             bench::search(archs, images, threads)?
+        }
+        BenchCmd::BertTrain {
+            steps,
+            batch,
+            seq,
+            threads,
+        } => {
+            super::threads::init_pool(threads);
+            bench::bert_train(steps, batch, seq, threads)?
+        }
+        BenchCmd::BertInfer {
+            batch,
+            seq,
+            iters,
+            threads,
+        } => {
+            super::threads::init_pool(threads);
+            bench::bert_infer(batch, seq, iters, threads)?
         }
         BenchCmd::Data { batch, iters } => bench::data(batch, iters)?,
         BenchCmd::Allreduce {

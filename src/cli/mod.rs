@@ -61,7 +61,7 @@ pub enum Command {
     /// Latency datasets and learned latency predictors (HAT) for hardware-aware search.
     #[command(subcommand)]
     Latency(latency::LatencyCmd),
-    /// Time the benchmark workload (fmnist-tiny supernet, random inputs; see evaluate/README.md).
+    /// Time the benchmark workloads (fmnist-tiny ViT supernet; bert-minilm text supernet; random inputs; see evaluate/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
 }

@@ -6,17 +6,27 @@
 //! and 256, on 2 threads. A PyTorch implementation of the same workload
 //! (an AutoFormer-style entangled supernet) is the peer evaluate/bench.sh
 //! compares with.
+//!
+//! The text workload: the entangled BERT supernet of the bert-minilm space
+//! (search_spaces/bert-minilm.toml, largest = all-MiniLM-L6-v2's shape)
+//! with mean pooling, on random token ids in 1000..vocab with the last
+//! quarter of every second sequence padded: sandwich steps at batch
+//! 32 × 128 tokens, inference of the largest subnet at batch 1 and 64 ×
+//! 128; the PyTorch peer is an entangled BERT supernet written directly in
+//! PyTorch.
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::time::Instant;
 use vitnas::data::batch::{make_batch, Augment, Normalize};
 use vitnas::data::Dataset;
+use vitnas::engine::{self, Input, Model, Weights};
 use vitnas::error::Result;
-use vitnas::space::{flops, Space};
+use vitnas::models::names::Family;
+use vitnas::space::{flops, Arch, Pooling, Space};
 use vitnas::train::build_supernet;
-use vitnas::train::loss::Kl;
+use vitnas::train::loss::{cross_entropy, Distill, Kl};
 use vitnas::train::optim::AdamW;
 use vitnas::train::recipe::OptimizerConfig;
 use vitnas::train::sampler::{Plan, Sampler, Sandwich};
@@ -152,7 +162,7 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
             .iter()
             .map(|a| {
                 if backend == Backend::Engine {
-                    vitnas::engine::forward_macs(&ecfg, a)
+                    vitnas::engine::forward_macs(&ecfg, a, space.seq_len())
                 } else {
                     flops(&space, a)
                 }
@@ -204,7 +214,7 @@ pub fn infer(batch: usize, iters: usize, threads: usize, candle: bool) -> Result
     let executed = if candle {
         flops(&space, &arch)
     } else {
-        vitnas::engine::forward_macs(&model.cfg, &arch)
+        vitnas::engine::forward_macs(&model.cfg, &arch, space.seq_len())
     };
     let gflops = 2.0 * executed as f64 * (batch * iters) as f64 / dt / 1e9;
     Ok(json!({
@@ -333,5 +343,239 @@ pub fn allreduce(
         "mode": "allreduce", "space": space.name, "ranks": c.size(),
         "tensors": grads.len(), "values": elems, "mb": elems as f64 * 4.0 / 1e6,
         "iters": iters, "rows": rows, "one_value_us": latency_us,
+    }))
+}
+
+/// The text benchmark space: search_spaces/bert-minilm.toml with mean
+/// pooling (the PyTorch peer's head).
+pub fn bert_space() -> Space {
+    let mut space = Space::from_toml_str(
+        include_str!("../../search_spaces/bert-minilm.toml"),
+        "search_spaces/bert-minilm.toml",
+    )
+    .expect("the bundled space is valid");
+    if let Some(t) = space.text.as_mut() {
+        t.pooling = Pooling::Mean;
+    }
+    space
+}
+
+/// The entangled BERT supernet of a text space as engine weights: every
+/// tensor at its largest shape under the `Family::Bert` names, seeded
+/// BERT-style initialisation (normal(0, 0.02) matrices and tables, zero
+/// biases, unit norms).
+pub fn bert_supernet(space: &Space, seed: u64) -> Result<Weights> {
+    use rand_distr::{Distribution, Normal};
+    let (f, s, t) = (Family::Bert, Family::Bert.stem(), space.text_input());
+    let (e, q, m) = (
+        space.supernet.embed_dim,
+        space.supernet_qkv_width(),
+        space.supernet_mlp_width(),
+    );
+    let mut shapes = vec![
+        (
+            format!("{}.weight", s.word_embeddings),
+            vec![t.vocab_size, e],
+        ),
+        (
+            format!("{}.weight", s.position_embeddings),
+            vec![t.max_position_embeddings, e],
+        ),
+        (
+            format!("{}.weight", s.token_type_embeddings),
+            vec![t.type_vocab_size, e],
+        ),
+    ];
+    let norm = |p: &str| {
+        [
+            (format!("{p}.weight"), vec![e]),
+            (format!("{p}.bias"), vec![e]),
+        ]
+    };
+    let lin = |p: &str, out: usize, inp: usize| {
+        [
+            (format!("{p}.weight"), vec![out, inp]),
+            (format!("{p}.bias"), vec![out]),
+        ]
+    };
+    shapes.extend(norm(&s.embeddings_norm));
+    for l in 0..space.supernet.depth {
+        let n = f.layer(l);
+        for p in [&n.query, &n.key, &n.value] {
+            shapes.extend(lin(p, q, e));
+        }
+        shapes.extend(lin(&n.attention_output, e, q));
+        shapes.extend(norm(&n.norm1));
+        shapes.extend(lin(&n.intermediate, m, e));
+        shapes.extend(lin(&n.output, e, m));
+        shapes.extend(norm(&n.norm2));
+    }
+    if t.pooling == Pooling::Pooler {
+        shapes.extend(lin(&s.pooler, e, e));
+    }
+    shapes.extend(lin(&s.classifier, t.num_classes, e));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0f32, 0.02).expect("a valid normal");
+    let named = shapes
+        .into_iter()
+        .map(|(name, dims)| {
+            let n: usize = dims.iter().product();
+            let v: Vec<f32> = match (dims.len(), name.contains("LayerNorm.weight")) {
+                (1, true) => vec![1.0; n],
+                (1, false) => vec![0.0; n],
+                _ => (0..n).map(|_| normal.sample(&mut rng)).collect(),
+            };
+            Ok((name, Tensor::from_vec(v, dims, &Device::Cpu)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Weights::from_tensors(&named)
+}
+
+/// The peer's batch: `batch × seq` ids uniform in 1000..vocab, the last
+/// quarter of every second sequence padded, labels in 0..classes.
+fn token_batch(
+    space: &Space,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let t = space.text_input();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids = (0..batch * seq)
+        .map(|_| rng.random_range(1000..t.vocab_size as u32))
+        .collect();
+    let mask = (0..batch * seq)
+        .map(|i| u32::from(!((i / seq) % 2 == 1 && i % seq >= seq - seq / 4)))
+        .collect();
+    let labels = (0..batch)
+        .map(|_| rng.random_range(0..t.num_classes as u32))
+        .collect();
+    (ids, mask, labels)
+}
+
+/// Multiply-adds the engine executes for `arch` on the batch: each
+/// sequence at its unmasked length.
+fn executed_macs(cfg: &engine::Config, arch: &Arch, mask: &[u32], seq: usize) -> u64 {
+    mask.chunks(seq)
+        .map(|m| engine::forward_macs(cfg, arch, m.iter().filter(|&&v| v != 0).count()))
+        .sum()
+}
+
+/// Sandwich training steps on the text supernet (mean pooling), as the
+/// peer runs them: largest (cross-entropy), smallest and 2 random subnets
+/// (KL to the largest's detached output), AdamW; the engine computes the
+/// forward and backward passes, candle the losses and their gradients
+/// with respect to the logits (as `train::step`'s engine path).
+pub fn bert_train(steps: usize, batch: usize, seq: usize, threads: usize) -> Result<Value> {
+    let space = bert_space();
+    let mut w = bert_supernet(&space, 0)?;
+    let cfg = engine::Config::from_space(&space);
+    let opt_cfg = OptimizerConfig {
+        lr: 5e-5,
+        lr_reference_batch: None,
+        min_lr: 5e-5,
+        warmup_lr: 5e-5,
+        warmup_epochs: 0.0,
+        weight_decay: 0.01,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        clip_grad_norm: None,
+    };
+    let sizes: Vec<usize> = w.data.iter().map(|d| d.len()).collect();
+    let mut opt = AdamW::new(&w.names, &sizes, opt_cfg);
+    let (ids, mask, labels) = token_batch(&space, batch, seq, 0);
+    let y = Tensor::from_vec(labels, batch, &Device::Cpu)?;
+    let input = Input::Tokens {
+        ids: &ids,
+        mask: &mask,
+        t: seq,
+    };
+    engine::check_input(&cfg, &input)?;
+    let chunks = engine::split(batch);
+    let mut grads = w.zero_grads();
+    let mut extra: Vec<Vec<Vec<f32>>> = (1..chunks.len()).map(|_| w.zero_grads()).collect();
+    let sampler = Sandwich { num_random: 2 };
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut step = |w: &mut Weights, plan: &Plan| -> Result<()> {
+        grads.iter_mut().for_each(|g| g.fill(0.0));
+        let mut teacher: Option<Tensor> = None;
+        for arch in &plan.archs {
+            w.check(&cfg, arch)?;
+            let (logits, tapes) = engine::forward_chunks(w, &cfg, arch, input, &chunks, true);
+            let logits = Var::from_vec(logits, (batch, cfg.classes), &Device::Cpu)?;
+            let l = logits.as_tensor();
+            let loss = match &teacher {
+                Some(t) => Kl.loss(l, t)?.0,
+                None => cross_entropy(l, &y, 0.0)?,
+            };
+            if teacher.is_none() && plan.teacher_first {
+                teacher = Some(l.detach());
+            }
+            let g = loss.backward()?;
+            let dl = g.get(l).expect("the loss depends on the logits");
+            let dl = dl.flatten_all()?.to_vec1::<f32>()?;
+            engine::backward_chunks(w, &cfg, arch, &tapes, &dl, &chunks, &mut grads, &mut extra);
+        }
+        for e in &mut extra {
+            for (g, e) in grads.iter_mut().zip(e.iter_mut()) {
+                g.iter_mut().zip(e.iter()).for_each(|(g, e)| *g += e);
+                e.fill(0.0);
+            }
+        }
+        opt.step_flat(&mut w.data, &grads, 5e-5);
+        w.refresh_transposed();
+        Ok(())
+    };
+    for s in 0..2 {
+        step(&mut w, &sampler.plan(&space, s, &mut rng))?;
+    }
+    let mut executed = 0u64;
+    let t0 = Instant::now();
+    for s in 0..steps {
+        let plan = sampler.plan(&space, s, &mut rng);
+        executed += plan
+            .archs
+            .iter()
+            .map(|a| executed_macs(&cfg, a, &mask, seq))
+            .sum::<u64>();
+        step(&mut w, &plan)?;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "mode": "bert-train", "batch": batch, "seq": seq, "threads": threads,
+        "steps_per_s": steps as f64 / dt, "sequences_per_s": (steps * batch) as f64 / dt,
+        "ms_per_step": 1e3 * dt / steps as f64,
+        // training ≈ 3 × forward, 2 FLOPs per multiply-add
+        "gflops": 6.0 * executed as f64 / dt / 1e9,
+    }))
+}
+
+/// Inference of the largest subnet of the text supernet (mean pooling) on
+/// `batch × seq` tokens, by the engine's [`Model`].
+pub fn bert_infer(batch: usize, seq: usize, iters: usize, threads: usize) -> Result<Value> {
+    let space = bert_space();
+    let model = Model {
+        weights: bert_supernet(&space, 0)?,
+        cfg: engine::Config::from_space(&space),
+        arch: space.largest(),
+    };
+    model.weights.check(&model.cfg, &model.arch)?;
+    let (ids, mask, _) = token_batch(&space, batch, seq, 0);
+    let macs = executed_macs(&model.cfg, &model.arch, &mask, seq);
+    let ids = Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?;
+    let mask_t = Tensor::from_vec(mask, (batch, seq), &Device::Cpu)?;
+    for _ in 0..5 {
+        model.token_logits(&ids, &mask_t)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        model.token_logits(&ids, &mask_t)?;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "mode": "bert-infer", "batch": batch, "seq": seq, "threads": threads,
+        "ms_per_batch": 1e3 * dt / iters as f64,
+        "sequences_per_s": (batch * iters) as f64 / dt,
+        "gflops": 2.0 * macs as f64 * iters as f64 / dt / 1e9,
     }))
 }

@@ -1,41 +1,83 @@
-//! Multi-head attention on `[rows, heads · head_dim]` buffers, one task per
-//! (sequence, head): scores, softmax and weighted sum forward; the
-//! probabilities are kept for the backward.
+//! Multi-head attention on `[rows, heads · head_dim]` buffers laid out by a
+//! [`Layout`] (sequences of their own lengths), one task per (sequence,
+//! head): scores, softmax and weighted sum forward; the probabilities are
+//! kept for the backward.
 //!
-//! Queries may be fewer than keys: `tq` query rows per sequence against `t`
-//! key/value rows (`tq = 1` when only the class token is needed).
+//! Queries may be fewer than keys: `tq` query rows per sequence (the first
+//! token alone for a head that reads only it; half the rows when a
+//! sequence is split over threads) against all its key rows. A sequence's
+//! keys are its rows from `key_from` on; a `uniform` sequence (every token
+//! masked) attends with probability 1/len to each of its rows, as the
+//! masked softmax of Hugging Face's BERT does there. The backward is the
+//! softmax's, whatever the probabilities, so it too matches autograd.
 
 use super::blas::mm;
+use super::input::{Layout, Seq};
 use crate::kernels::vecmath;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy)]
-pub struct Dims {
-    pub batch: usize,
+pub struct Dims<'a> {
+    pub layout: &'a Layout,
     pub heads: usize,
     pub head_dim: usize,
-    /// Key / value rows per sequence.
-    pub t: usize,
-    /// Query rows per sequence.
-    pub tq: usize,
+    /// Query rows per sequence, contiguous in the query buffer; `None`:
+    /// every row of the layout is a query.
+    pub tq: Option<usize>,
 }
 
-impl Dims {
+/// One (sequence, head) task's view.
+struct Task {
+    seq: Seq,
+    /// First query row, query rows.
+    q0: usize,
+    tq: usize,
+    /// First key row, key rows.
+    k0: usize,
+    n: usize,
+    /// Offset of its probability block (`tq × n`).
+    p0: usize,
+}
+
+impl Dims<'_> {
     fn width(&self) -> usize {
         self.heads * self.head_dim
     }
     fn scale(&self) -> f32 {
         1.0 / (self.head_dim as f32).sqrt()
     }
-    fn tasks(&self) -> usize {
-        self.batch * self.heads
+    /// Query rows in all.
+    pub fn query_rows(&self) -> usize {
+        match self.tq {
+            Some(tq) => self.layout.batch() * tq,
+            None => self.layout.rows(),
+        }
     }
-    /// Offset of (sequence b, head h) in a buffer with `rows` rows per sequence.
-    fn at(&self, b: usize, h: usize, rows: usize) -> usize {
-        b * rows * self.width() + h * self.head_dim
-    }
-    fn parallel(&self) -> bool {
-        self.tasks() > 1 && super::par_ok(self.tasks() * self.tq * self.t * self.head_dim, 1 << 18)
+    /// Each sequence's task geometry (shared by its heads) and the size of
+    /// the probability buffer.
+    fn tasks(&self) -> (Vec<Task>, usize) {
+        let mut p0 = 0;
+        let tasks = (0..self.layout.batch())
+            .map(|b| {
+                let seq = self.layout.seq(b);
+                let (q0, tq) = match self.tq {
+                    Some(tq) => (b * tq, if seq.len > 0 { tq } else { 0 }),
+                    None => (seq.start, seq.len),
+                };
+                let n = seq.len - seq.key_from;
+                let t = Task {
+                    seq,
+                    q0,
+                    tq,
+                    k0: seq.start + seq.key_from,
+                    n,
+                    p0,
+                };
+                p0 += self.heads * tq * n;
+                t
+            })
+            .collect();
+        (tasks, p0)
     }
 }
 
@@ -45,63 +87,73 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
-fn for_each_task(d: &Dims, f: impl Fn(usize, usize) + Sync + Send) {
-    if d.parallel() {
-        (0..d.tasks())
-            .into_par_iter()
-            .for_each(|i| f(i / d.heads, i % d.heads));
+fn for_each_task(d: &Dims, tasks: &[Task], work: usize, f: impl Fn(&Task, usize) + Sync + Send) {
+    let count = tasks.len() * d.heads;
+    let run = |i: usize| {
+        let t = &tasks[i / d.heads];
+        if t.tq > 0 && t.n > 0 {
+            f(t, i % d.heads)
+        }
+    };
+    if count > 1 && super::par_ok(work, 1 << 18) {
+        (0..count).into_par_iter().for_each(run);
     } else {
-        (0..d.tasks()).for_each(|i| f(i / d.heads, i % d.heads));
+        (0..count).for_each(run);
     }
 }
 
-/// Context `[batch · tq, width]` and probabilities `[batch, heads, tq, t]`.
+/// Context `[query rows, width]` and the probabilities.
 pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
     let w = d.width();
-    assert!(q.len() == d.batch * d.tq * w && k.len() == d.batch * d.t * w && v.len() == k.len());
+    let (tasks, plen) = d.tasks();
+    assert!(q.len() == d.query_rows() * w && k.len() == d.layout.rows() * w && v.len() == k.len());
     let mut ctx = vec![0f32; q.len()];
-    let mut probs = vec![0f32; d.tasks() * d.tq * d.t];
+    let mut probs = vec![0f32; plen];
     let (cp, pp) = (Shared(ctx.as_mut_ptr()), Shared(probs.as_mut_ptr()));
-    let scale = d.scale();
-    for_each_task(&d, |b, h| {
+    let (scale, hd) = (d.scale(), d.head_dim);
+    for_each_task(&d, &tasks, plen * hd, |t, h| {
         let (cp, pp) = (cp, pp);
-        let i = b * d.heads + h;
-        // SAFETY: task (b, h) writes only its probability block and the
-        // head-h columns of sequence b's context rows; reads stay in bounds.
+        // SAFETY: task (sequence, h) writes only its probability block and
+        // the head-h columns of its query rows of the context; reads stay
+        // in bounds (rows from the layout, checked above).
         unsafe {
-            let p = std::slice::from_raw_parts_mut(pp.0.add(i * d.tq * d.t), d.tq * d.t);
+            let p = std::slice::from_raw_parts_mut(pp.0.add(t.p0 + h * t.tq * t.n), t.tq * t.n);
             let (qp, kp, vp) = (
-                q.as_ptr().add(d.at(b, h, d.tq)),
-                k.as_ptr().add(d.at(b, h, d.t)),
-                v.as_ptr().add(d.at(b, h, d.t)),
+                q.as_ptr().add(t.q0 * w + h * hd),
+                k.as_ptr().add(t.k0 * w + h * hd),
+                v.as_ptr().add(t.k0 * w + h * hd),
             );
-            mm(
-                d.tq,
-                d.t,
-                d.head_dim,
-                p.as_mut_ptr(),
-                d.t,
-                false,
-                qp,
-                w,
-                1,
-                kp,
-                1,
-                w,
-                false,
-            );
-            for row in p.chunks_mut(d.t) {
-                vecmath::softmax_row(row, scale);
+            if t.seq.uniform {
+                p.fill(1.0 / t.n as f32);
+            } else {
+                mm(
+                    t.tq,
+                    t.n,
+                    hd,
+                    p.as_mut_ptr(),
+                    t.n,
+                    false,
+                    qp,
+                    w,
+                    1,
+                    kp,
+                    1,
+                    w,
+                    false,
+                );
+                for row in p.chunks_mut(t.n) {
+                    vecmath::softmax_row(row, scale);
+                }
             }
             mm(
-                d.tq,
-                d.head_dim,
-                d.t,
-                cp.0.add(d.at(b, h, d.tq)),
+                t.tq,
+                hd,
+                t.n,
+                cp.0.add(t.q0 * w + h * hd),
                 w,
                 false,
                 p.as_ptr(),
-                d.t,
+                t.n,
                 1,
                 vp,
                 w,
@@ -113,7 +165,8 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>)
     (ctx, probs)
 }
 
-/// `(dq, dk, dv)` from the context gradient.
+/// `(dq, dk, dv)` from the context gradient (rows that are no key get
+/// zero `dk`, `dv`).
 pub fn backward(
     dctx: &[f32],
     q: &[f32],
@@ -123,6 +176,8 @@ pub fn backward(
     d: Dims,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let w = d.width();
+    let (tasks, plen) = d.tasks();
+    assert_eq!(probs.len(), plen);
     let mut dq = vec![0f32; q.len()];
     let mut dk = vec![0f32; k.len()];
     let mut dv = vec![0f32; v.len()];
@@ -131,24 +186,23 @@ pub fn backward(
         Shared(dk.as_mut_ptr()),
         Shared(dv.as_mut_ptr()),
     );
-    let scale = d.scale();
-    for_each_task(&d, |b, h| {
+    let (scale, hd) = (d.scale(), d.head_dim);
+    for_each_task(&d, &tasks, plen * hd, |t, h| {
         let (dqp, dkp, dvp) = (dqp, dkp, dvp);
-        let i = b * d.heads + h;
-        let p = &probs[i * d.tq * d.t..(i + 1) * d.tq * d.t];
-        let mut ds = vec![0f32; d.tq * d.t];
-        let (oq, okv) = (d.at(b, h, d.tq), d.at(b, h, d.t));
-        // SAFETY: task (b, h) writes only the head-h columns of sequence b's
-        // rows of dq, dk, dv; reads stay in bounds.
+        let p = &probs[t.p0 + h * t.tq * t.n..][..t.tq * t.n];
+        let mut ds = vec![0f32; t.tq * t.n];
+        let (oq, okv) = (t.q0 * w + h * hd, t.k0 * w + h * hd);
+        // SAFETY: task (sequence, h) writes only the head-h columns of its
+        // own rows of dq, dk, dv; reads stay in bounds.
         unsafe {
             let go = dctx.as_ptr().add(oq);
             // dP = dO · Vᵀ
             mm(
-                d.tq,
-                d.t,
-                d.head_dim,
+                t.tq,
+                t.n,
+                hd,
                 ds.as_mut_ptr(),
-                d.t,
+                t.n,
                 false,
                 go,
                 w,
@@ -160,22 +214,22 @@ pub fn backward(
             );
             // dV = Pᵀ · dO
             mm(
-                d.t,
-                d.head_dim,
-                d.tq,
+                t.n,
+                hd,
+                t.tq,
                 dvp.0.add(okv),
                 w,
                 false,
                 p.as_ptr(),
                 1,
-                d.t,
+                t.n,
                 go,
                 w,
                 1,
                 false,
             );
             // dS = scale · P ⊙ (dP − Σ_j dP·P)
-            for (dsr, pr) in ds.chunks_mut(d.t).zip(p.chunks(d.t)) {
+            for (dsr, pr) in ds.chunks_mut(t.n).zip(p.chunks(t.n)) {
                 let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
                 for (x, pv) in dsr.iter_mut().zip(pr) {
                     *x = scale * pv * (*x - dot);
@@ -183,14 +237,14 @@ pub fn backward(
             }
             // dQ = dS · K, dK = dSᵀ · Q
             mm(
-                d.tq,
-                d.head_dim,
-                d.t,
+                t.tq,
+                hd,
+                t.n,
                 dqp.0.add(oq),
                 w,
                 false,
                 ds.as_ptr(),
-                d.t,
+                t.n,
                 1,
                 k.as_ptr().add(okv),
                 w,
@@ -198,15 +252,15 @@ pub fn backward(
                 false,
             );
             mm(
-                d.t,
-                d.head_dim,
-                d.tq,
+                t.n,
+                hd,
+                t.tq,
                 dkp.0.add(okv),
                 w,
                 false,
                 ds.as_ptr(),
                 1,
-                d.t,
+                t.n,
                 q.as_ptr().add(oq),
                 w,
                 1,

@@ -25,6 +25,28 @@ pub struct W<'a> {
     pub ld_t: usize,
 }
 
+impl<'a> W<'a> {
+    /// Rows `r` (output features) of the block.
+    pub fn rows(self, r: std::ops::Range<usize>) -> W<'a> {
+        W {
+            data: &self.data[r.start * self.ld..],
+            out: r.len(),
+            t: self.t.map(|t| &t[r.start..]),
+            ..self
+        }
+    }
+
+    /// Columns `c` (input features) of the block.
+    pub fn cols(self, c: std::ops::Range<usize>) -> W<'a> {
+        W {
+            data: &self.data[c.start..],
+            inp: c.len(),
+            t: self.t.map(|t| &t[c.start * self.ld_t..]),
+            ..self
+        }
+    }
+}
+
 fn par(macs: usize) -> Parallelism {
     if super::par_ok(macs, PAR_MIN_MACS) {
         Parallelism::Rayon(rayon::current_num_threads())
@@ -103,16 +125,8 @@ pub fn forward(x: &[f32], w: W, b: &[f32]) -> Vec<f32> {
     y
 }
 
-/// [`forward`] into `y` (`[rows, w.out]`).
-pub fn forward_into(x: &[f32], w: W, b: &[f32], y: &mut [f32]) {
-    for r in y.chunks_exact_mut(w.out.max(1)) {
-        r.copy_from_slice(&b[..w.out]);
-    }
-    product(x, w, y);
-}
-
-/// `y += x · wᵀ`.
-fn product(x: &[f32], w: W, y: &mut [f32]) {
+/// `y += x · wᵀ`: `x` is `[rows, w.inp]`, `y` `[rows, w.out]`.
+pub fn product(x: &[f32], w: W, y: &mut [f32]) {
     let rows = x.len() / w.inp.max(1);
     assert_eq!(y.len(), rows * w.out);
     assert!(w.data.len() >= (w.out.max(1) - 1) * w.ld + w.inp);

@@ -1,5 +1,6 @@
-//! The CPU engine: forward and hand-written backward of a (sub)net of the
-//! ViT supernet on plain f32 buffers, outside candle's autograd.
+//! The CPU engine: forward and hand-written backward of a (sub)net of a
+//! transformer-encoder supernet, ViT or BERT, on plain f32 buffers, outside
+//! candle's autograd.
 //!
 //! Why: on the benchmark workload candle's autograd spent as much time
 //! zeroing, adding and allocating gradient buffers per graph node as the
@@ -7,36 +8,61 @@
 //! slice of its supernet tensor (strided, no copy) and every weight
 //! gradient is added by its `gemm` straight into the same slice of a
 //! full-size gradient buffer; activations are kept once for the backward.
-//! The last block computes only the class token's rows (see
-//! `block.rs`), which the logits depend on.
 //!
-//! The engine computes what [`crate::supernet::Supernet::forward`] and
-//! candle's backward compute, up to float rounding (tested against both to
-//! 1e-4); the architecture is an argument of every call, as everywhere.
-//! A batch is split into one chunk per thread ([`split`]); training steps
-//! (`train::step::accumulate`) and inference ([`Model`]) run here, candle's
-//! autograd stays as the reference and the fallback. Weights are
-//! found by their Hugging Face names, so a supernet and a static
-//! [`crate::models::vit::Vit`] (whose tensors are their own full slices) run
-//! through the same code.
+//! One engine, one block type, settings in [`Config`] (burn's `norm_first`
+//! idea): a model is a family (its Hugging Face tensor names, from
+//! [`crate::models::names`], and its norm placement: pre-norm ViT,
+//! post-norm BERT), a [`Stem`] and a [`Head`]:
+//! - stems: patch embedding + class token + positions (images); word +
+//!   position + token-type-0 embeddings and their layer norm (text: the
+//!   forward gathers the rows of the tables, the backward adds into the
+//!   rows that were read);
+//! - heads: the class token through a final norm (ViT), BERT's pooler
+//!   (first token → dense → tanh), mean pooling over the unmasked tokens;
+//!   then the classifier (a model without classes returns the pooled
+//!   features: sentence embeddings);
+//! - input ([`Input`]): images, or token ids with an attention mask,
+//!   `[batch, t]` with `t` the batch's own length. Padding is masked out
+//!   exactly as Hugging Face's additive `f32::MIN` mask does it, and never
+//!   computed: a batch's rows are its unmasked tokens, each sequence its
+//!   own length ([`Layout`]; fully padded sequences included, without NaN).
+//!
+//! Fast paths: a head that reads the first token alone (class token,
+//! pooler) makes the last block compute the first rows only (see
+//! `block.rs`); a batch is split into one chunk per thread ([`split`]), and
+//! a single dense sequence (batch-1 inference) has its rows split over the
+//! threads instead.
+//!
+//! The engine computes what [`crate::supernet::Supernet::forward`] and the
+//! static [`crate::models::bert::Bert`] compute, and candle's backward
+//! through them, up to float rounding (tested to 1e-4, tests/engine.rs and
+//! tests/engine_text.rs); the architecture is an argument of every call, as
+//! everywhere. Training steps (`train::step::accumulate`) and inference
+//! ([`Model`]) run here, candle's autograd stays as the reference and the
+//! fallback. A supernet and a static model (whose tensors are their own
+//! full slices) run through the same code.
 
 mod attention;
 mod blas;
 mod block;
+mod head;
+mod input;
 mod norm;
 mod parallel;
+mod stem;
 mod weights;
 
+pub use input::{check_input, Input, Layout, Seq};
 pub use parallel::{backward_chunks, forward_chunks, split};
 pub(crate) use parallel::{par_ok, serial};
-pub use weights::{Config, LayerIdx, Pair, Weights};
+pub use weights::{Config, Head, LayerIdx, Pair, Stem, Weights};
 
 use crate::error::{Error, Result};
 use crate::kernels::vecmath;
+use crate::models::bert::Bert;
 use crate::models::vit::Vit;
 use crate::space::Arch;
-use candle_core::Tensor;
-use norm::Normed;
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 /// Element-wise work below this many elements stays on the calling thread.
@@ -64,154 +90,109 @@ fn gelu_backward(u: &[f32], g: &mut [f32]) {
 
 /// What the backward needs of a forward.
 pub struct Tape {
-    batch: usize,
-    patches: Vec<f32>,
+    stem: stem::Tape,
+    layout: Layout,
     layers: Vec<block::Tape>,
-    /// Whether the last block produced class-token rows only.
-    cls_only: bool,
-    norm: Normed,
+    /// Whether the last block produced first-token rows only.
+    first_only: bool,
+    head: head::Tape,
 }
 
-/// Cuts `[B, C, H, W]` images into `[B · patches, C · p · p]` rows in
-/// `(C, p, p)` order, the order of the convolution weight.
-fn patchify(cfg: &Config, images: &[f32], batch: usize) -> Vec<f32> {
-    let (c, p, g, hw) = (cfg.channels, cfg.patch, cfg.grid(), cfg.image_size);
-    let mut out = Vec::with_capacity(batch * cfg.patches() * cfg.patch_len());
-    for b in 0..batch {
-        for gy in 0..g {
-            for gx in 0..g {
-                for ch in 0..c {
-                    for py in 0..p {
-                        let row = ((b * c + ch) * hw + gy * p + py) * hw + gx * p;
-                        out.extend_from_slice(&images[row..row + p]);
-                    }
-                }
-            }
-        }
+impl Tape {
+    /// The classifier's input, `[batch, embed]`: the pooled features.
+    pub fn features(&self) -> &[f32] {
+        &self.head.features
     }
-    out
+
+    /// The rows of the forward's sequences.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
 }
 
-fn block_dims(cfg: &Config, arch: &Arch, l: usize, batch: usize, cls_only: bool) -> block::Dims {
+fn block_dims<'a>(
+    cfg: &Config,
+    arch: &Arch,
+    l: usize,
+    layout: &'a Layout,
+    first_only: bool,
+) -> block::Dims<'a> {
     block::Dims {
-        batch,
-        t: cfg.seq_len(),
+        layout,
         embed: arch.embed_dim,
         heads: arch.num_heads[l],
         head_dim: cfg.head_dim,
         mlp: arch.mlp_width(l),
         eps: cfg.eps,
-        cls_only: cls_only && l + 1 == arch.depth,
+        post_norm: cfg.post_norm(),
+        first_only: first_only && l + 1 == arch.depth,
         scale_row: cfg.scaling.as_ref().and_then(|s| s.row(arch, l)),
     }
 }
 
-/// Logits `[batch, classes]` of `arch` for `images` (`[batch, C, H, W]`,
-/// flat), and the tape for [`backward`]. `arch` must pass
-/// [`Weights::check`].
-pub fn forward(
-    w: &Weights,
-    cfg: &Config,
-    arch: &Arch,
-    images: &[f32],
-    batch: usize,
-) -> (Vec<f32>, Tape) {
-    forward_with(w, cfg, arch, images, batch, true)
+/// Logits `[batch, classes]` of `arch` for `input`, and the tape for
+/// [`backward`]. `arch` must pass [`Weights::check`] and `input`
+/// [`check_input`].
+pub fn forward(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (Vec<f32>, Tape) {
+    forward_with(w, cfg, arch, input, true)
 }
 
-/// [`forward`], choosing whether the last block computes the class token
-/// only (`true`, the default) or every token (for tests).
+/// [`forward`], choosing whether the last block computes the first token
+/// only when the head reads nothing else (`true`, the default) or every
+/// token (for tests).
 pub fn forward_with(
     w: &Weights,
     cfg: &Config,
     arch: &Arch,
-    images: &[f32],
-    batch: usize,
-    cls_only: bool,
+    input: Input,
+    first_only: bool,
 ) -> (Vec<f32>, Tape) {
-    let (e, t, x) = (arch.embed_dim, cfg.seq_len(), &w.idx);
-    let (patches, mut h) = embed(w, cfg, arch, images, batch);
-    let cls_only = cls_only && arch.depth > 0;
+    let e = arch.embed_dim;
+    let first_token = cfg.head.first_token_only();
+    let (mut h, layout, stem) = stem::forward(w, cfg, e, input, first_token);
+    let first_only = first_only && first_token && arch.depth > 0;
     let mut layers = Vec::with_capacity(arch.depth);
     for l in 0..arch.depth {
-        let (out, tape) = block::forward(
-            &h,
-            w,
-            &x.layers[l],
-            &block_dims(cfg, arch, l, batch, cls_only),
-        );
+        let d = block_dims(cfg, arch, l, &layout, first_only);
+        let (out, tape) = block::forward(h, w, &w.idx.layers[l], &d);
         h = out;
         layers.push(tape);
     }
-    if !cls_only {
-        h = block::gather_cls(&h, e, t);
+    if first_token && !first_only {
+        h = layout.gather_first(&h, e);
     }
-    let (norm, logits) = head(w, cfg, arch, &h);
+    let (logits, head) = head::forward(w, cfg, e, &layout, h);
     let tape = Tape {
-        batch,
-        patches,
+        stem,
+        layout,
         layers,
-        cls_only,
-        norm,
+        first_only,
+        head,
     };
     (logits, tape)
 }
 
-/// Patch rows and the token states after the embeddings (`[batch · t, e]`).
-fn embed(
-    w: &Weights,
-    cfg: &Config,
-    arch: &Arch,
-    images: &[f32],
-    batch: usize,
-) -> (Vec<f32>, Vec<f32>) {
-    let (e, t, x) = (arch.embed_dim, cfg.seq_len(), &w.idx);
-    assert_eq!(
-        images.len(),
-        batch * cfg.channels * cfg.image_size * cfg.image_size
-    );
-    let patches = patchify(cfg, images, batch);
-    let wp = w.mat(x.patch.0, e, cfg.patch_len());
-    let yp = blas::forward(&patches, wp, &w.data[x.patch.1]);
-    let (cls, pos, pw) = (&w.data[x.cls], &w.data[x.pos], w.width(x.pos));
-    let mut h = Vec::with_capacity(batch * t * e);
-    for b in 0..batch {
-        h.extend(cls[..e].iter().zip(&pos[..e]).map(|(c, p)| c + p));
-        for j in 0..t - 1 {
-            let y = &yp[(b * (t - 1) + j) * e..][..e];
-            h.extend(y.iter().zip(&pos[(j + 1) * pw..][..e]).map(|(y, p)| y + p));
-        }
-    }
-    (patches, h)
-}
-
-/// Final norm of the class-token rows `h` (`[batch, e]`) and the logits.
-fn head(w: &Weights, cfg: &Config, arch: &Arch, h: &[f32]) -> (Normed, Vec<f32>) {
-    let (e, x) = (arch.embed_dim, &w.idx);
-    let norm = norm::forward(h, e, &w.data[x.norm.0], &w.data[x.norm.1], cfg.eps);
-    let wh = w.mat(x.head.0, cfg.classes, e);
-    let logits = blas::forward(&norm.y, wh, &w.data[x.head.1]);
-    (norm, logits)
-}
-
-/// Logits of one image with each block's token rows split over two
-/// threads (see [`block::forward_split`]); the last block computes the
-/// class token alone.
-fn infer_one_split(w: &Weights, cfg: &Config, arch: &Arch, image: &[f32]) -> Vec<f32> {
+/// Logits of one sequence with each block split over two threads by heads
+/// and MLP columns (see [`block::forward_split`]); the last block computes
+/// the first token alone under a first-token head. A sequence with masked
+/// tokens that stay (see [`Layout`]) runs unsplit.
+fn infer_one_split(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> Vec<f32> {
+    let e = arch.embed_dim;
+    let first_token = cfg.head.first_token_only();
     rayon::scope(|_| {
-        let (_, mut h) = serial(|| embed(w, cfg, arch, image, 1));
+        let (mut h, layout, _) = serial(|| stem::forward(w, cfg, e, input, first_token));
+        if !layout.is_dense() {
+            return forward(w, cfg, arch, input).0;
+        }
+        let first_only = first_token && arch.depth > 0;
         for l in 0..arch.depth {
-            let d = block_dims(cfg, arch, l, 1, true);
-            h = if d.cls_only {
-                serial(|| block::forward(&h, w, &w.idx.layers[l], &d).0)
-            } else {
-                block::forward_split(&h, w, &w.idx.layers[l], &d)
-            };
+            let d = block_dims(cfg, arch, l, &layout, first_only);
+            h = block::forward_split(&h, w, &w.idx.layers[l], &d);
         }
-        if arch.depth == 0 {
-            h = block::gather_cls(&h, arch.embed_dim, cfg.seq_len());
+        if first_token && !first_only {
+            h = layout.gather_first(&h, e);
         }
-        serial(|| head(w, cfg, arch, &h).1)
+        serial(|| head::forward(w, cfg, e, &layout, h).0)
     })
 }
 
@@ -225,60 +206,42 @@ pub fn backward(
     dlogits: &[f32],
     grads: &mut [Vec<f32>],
 ) {
-    let (e, t, x, batch) = (arch.embed_dim, cfg.seq_len(), &w.idx, tape.batch);
+    let (e, layout) = (arch.embed_dim, &tape.layout);
     assert_eq!(grads.len(), w.data.len());
-    let head = w.mat(x.head.0, cfg.classes, e);
-    let (dw, db) = block::pair(grads, x.head);
-    blas::backward_params(dlogits, &tape.norm.y, head, dw, db);
-    let mut dn = vec![0f32; batch * e];
-    blas::backward_input(dlogits, head, &mut dn, false);
-    let mut dh = vec![0f32; batch * e];
-    let (dg, db) = block::pair(grads, x.norm);
-    norm::backward(&dn, &tape.norm, e, &w.data[x.norm.0], &mut dh, dg, db);
-    if !tape.cls_only {
-        let mut full = vec![0f32; batch * t * e];
-        block::scatter_cls_add(&dh, e, t, &mut full);
+    let mut dh = head::backward(w, cfg, e, layout, &tape.head, dlogits, grads);
+    if cfg.head.first_token_only() && !tape.first_only {
+        let mut full = vec![0f32; layout.rows() * e];
+        layout.scatter_first_add(&dh, e, &mut full);
         dh = full;
     }
     for l in (0..arch.depth).rev() {
-        let d = block_dims(cfg, arch, l, batch, tape.cls_only);
-        dh = block::backward(&dh, w, &x.layers[l], &d, &tape.layers[l], grads);
+        let d = block_dims(cfg, arch, l, layout, tape.first_only);
+        dh = block::backward(&dh, w, &w.idx.layers[l], &d, &tape.layers[l], grads);
     }
-    // embeddings: dh is [batch · t, e]
-    let pw = w.width(x.pos);
-    let mut dyp = Vec::with_capacity(batch * (t - 1) * e);
-    for rows in dh.chunks(t * e) {
-        for (j, r) in rows.chunks(e).enumerate() {
-            for (a, v) in grads[x.pos][j * pw..][..e].iter_mut().zip(r) {
-                *a += v;
-            }
-            if j == 0 {
-                for (a, v) in grads[x.cls][..e].iter_mut().zip(r) {
-                    *a += v;
-                }
-            } else {
-                dyp.extend_from_slice(r);
-            }
-        }
-    }
-    let wp = w.mat(x.patch.0, e, cfg.patch_len());
-    let (dw, db) = block::pair(grads, x.patch);
-    blas::backward_params(&dyp, &tape.patches, wp, dw, db);
+    stem::backward(w, cfg, e, &tape.stem, &dh, grads);
 }
 
-/// Multiply-adds the engine executes in one forward of one image: the
-/// class-token-only last block skips the queries, attention output and MLP
-/// of every other token. Compare [`crate::space::flops`], the full count.
-pub fn forward_macs(cfg: &Config, arch: &Arch) -> u64 {
+/// Multiply-adds the engine executes in one forward of one sequence of
+/// `t` tokens (its unmasked ones; images: [`Config::image_seq_len`]): under
+/// a first-token head the last block skips the queries, attention output
+/// and MLP of every other token. Compare [`crate::space::flops`], the full
+/// count.
+pub fn forward_macs(cfg: &Config, arch: &Arch, t: usize) -> u64 {
     use crate::space::cost::{block_macs, embedding_macs, head_macs};
-    let (t, e) = (cfg.seq_len() as u64, arch.embed_dim as u64);
-    let mut f = embedding_macs(t - 1, cfg.patch_len() as u64, e);
+    let (t, e) = (t as u64, arch.embed_dim as u64);
+    let mut f = match cfg.stem {
+        Stem::Patches { .. } => embedding_macs(t - 1, cfg.patch_len() as u64, e),
+        Stem::Tokens { .. } => 0,
+    };
     for l in 0..arch.depth {
         let q = (arch.num_heads[l] * cfg.head_dim) as u64;
         let m = arch.mlp_width(l) as u64;
-        // queries that go on through the block: all tokens, or the class token
-        let tq = if l + 1 == arch.depth { 1 } else { t };
-        f += block_macs(t, tq, e, q, m);
+        // queries that go on through the block: all tokens, or the first
+        let last = l + 1 == arch.depth && cfg.head.first_token_only();
+        f += block_macs(t, if last { 1 } else { t }, e, q, m);
+    }
+    if cfg.head == Head::Pooler {
+        f += e * e;
     }
     f + head_macs(e, cfg.classes as u64)
 }
@@ -287,19 +250,65 @@ pub fn forward_macs(cfg: &Config, arch: &Arch) -> u64 {
 /// otherwise an error naming the expected and the found shape.
 pub fn check_images(cfg: &Config, images: &Tensor) -> Result<usize> {
     let batch = images.dims().first().copied().unwrap_or(0);
-    if images.dims() != [batch, cfg.channels, cfg.image_size, cfg.image_size] {
+    let Stem::Patches {
+        channels,
+        image_size,
+        ..
+    } = cfg.stem
+    else {
+        return Err(Error::Tensor {
+            name: "input images".into(),
+            message: "images given to a text model".into(),
+        });
+    };
+    if images.dims() != [batch, channels, image_size, image_size] {
         return Err(Error::Tensor {
             name: "input images".into(),
             message: format!(
-                "expected shape [batch, {}, {}, {}], found {:?}",
-                cfg.channels,
-                cfg.image_size,
-                cfg.image_size,
+                "expected shape [batch, {channels}, {image_size}, {image_size}], found {:?}",
                 images.dims()
             ),
         });
     }
     Ok(batch)
+}
+
+/// Token ids and attention mask (`[batch, t]` tensors of any integer type)
+/// as the flat u32 buffers of an [`Input::Tokens`], checked against `cfg`
+/// ([`check_input`]): `(ids, mask, t)`.
+pub fn token_buffers(
+    cfg: &Config,
+    ids: &Tensor,
+    mask: &Tensor,
+) -> Result<(Vec<u32>, Vec<u32>, usize)> {
+    let shape_err = |name: &str, t: &Tensor| Error::Tensor {
+        name: name.into(),
+        message: format!("expected shape [batch, tokens], found {:?}", t.dims()),
+    };
+    let (_, t) = ids.dims2().map_err(|_| shape_err("input_ids", ids))?;
+    if mask.dims() != ids.dims() {
+        return Err(Error::Tensor {
+            name: "attention_mask".into(),
+            message: format!(
+                "shape {:?} differs from input_ids {:?}",
+                mask.dims(),
+                ids.dims()
+            ),
+        });
+    }
+    let flat = |x: &Tensor| -> Result<Vec<u32>> {
+        Ok(x.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?)
+    };
+    let (ids, mask) = (flat(ids)?, flat(mask)?);
+    check_input(
+        cfg,
+        &Input::Tokens {
+            ids: &ids,
+            mask: &mask,
+            t,
+        },
+    )?;
+    Ok((ids, mask, t))
 }
 
 /// Logits only (inference), as a `[batch, classes]` tensor.
@@ -308,10 +317,67 @@ pub fn logits(w: &Weights, cfg: &Config, arch: &Arch, images: &Tensor) -> Result
     w.check(cfg, arch)?;
     let x = images
         .flatten_all()?
-        .to_dtype(candle_core::DType::F32)?
+        .to_dtype(DType::F32)?
         .to_vec1::<f32>()?;
-    let (l, _) = forward_chunks(w, cfg, arch, &x, &split(batch), false);
+    let (l, _) = forward_chunks(w, cfg, arch, Input::Images(&x), &split(batch), false);
     Ok(Tensor::from_vec(l, (batch, cfg.classes), images.device())?)
+}
+
+/// The checks of a text model's entry points: its tensors, `arch` and a
+/// classifier when logits are asked for.
+fn check_text(w: &Weights, cfg: &Config, arch: &Arch, need_classes: bool) -> Result<()> {
+    w.check(cfg, arch)?;
+    if need_classes && cfg.classes == 0 {
+        return Err(Error::Tensor {
+            name: cfg.family.stem().classifier,
+            message: "the model has no classifier (no classes): ask for its features".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Logits (inference) of token ids and attention mask (`[batch, t]`), as a
+/// `[batch, classes]` tensor.
+pub fn token_logits(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    ids: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    check_text(w, cfg, arch, true)?;
+    let (i, m, t) = token_buffers(cfg, ids, mask)?;
+    let batch = i.len() / t;
+    let input = Input::Tokens {
+        ids: &i,
+        mask: &m,
+        t,
+    };
+    let (l, _) = forward_chunks(w, cfg, arch, input, &split(batch), false);
+    Ok(Tensor::from_vec(l, (batch, cfg.classes), ids.device())?)
+}
+
+/// The pooled features (the classifier's input: for a mean-pooling model
+/// without classes, its sentence embeddings before normalisation) of token
+/// ids and attention mask, `[batch, embed]`.
+pub fn token_features(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    ids: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    check_text(w, cfg, arch, false)?;
+    let (i, m, t) = token_buffers(cfg, ids, mask)?;
+    let batch = i.len() / t;
+    let input = Input::Tokens {
+        ids: &i,
+        mask: &m,
+        t,
+    };
+    let (_, tapes) = forward_chunks(w, cfg, arch, input, &split(batch), true);
+    let f: Vec<f32> = tapes.iter().flat_map(|t| t.features().to_vec()).collect();
+    Ok(Tensor::from_vec(f, (batch, arch.embed_dim), ids.device())?)
 }
 
 /// A static model ready for repeated inference by the engine: its weights
@@ -334,8 +400,36 @@ impl Model {
         Ok(model)
     }
 
+    /// A static BERT: pooler and classifier when it has labels, else mean
+    /// pooling and features only (see [`Config::from_bert`]).
+    pub fn from_bert(bert: &Bert) -> Result<Self> {
+        let c = &bert.config;
+        let model = Self {
+            weights: Weights::from_bert(bert)?,
+            cfg: Config::from_bert(c),
+            arch: Arch::with_dims(
+                c.hidden_size,
+                c.num_heads.len(),
+                c.num_heads.clone(),
+                c.intermediate_sizes.clone(),
+            ),
+        };
+        model.weights.check(&model.cfg, &model.arch)?;
+        Ok(model)
+    }
+
     /// Logits `[batch, classes]` for images `[batch, C, H, W]`.
     pub fn logits(&self, images: &Tensor) -> Result<Tensor> {
         logits(&self.weights, &self.cfg, &self.arch, images)
+    }
+
+    /// Logits `[batch, classes]` for token ids and attention mask `[batch, t]`.
+    pub fn token_logits(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        token_logits(&self.weights, &self.cfg, &self.arch, ids, mask)
+    }
+
+    /// Pooled features `[batch, embed]` for token ids and attention mask.
+    pub fn token_features(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        token_features(&self.weights, &self.cfg, &self.arch, ids, mask)
     }
 }

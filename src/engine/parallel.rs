@@ -2,7 +2,7 @@
 //! subnets per chunk with single-threaded ops inside), and the switch that
 //! keeps an op on its thread when splitting it would not pay.
 
-use super::{backward, forward, infer_one_split, Config, Tape, Weights};
+use super::{backward, forward, infer_one_split, Config, Input, Tape, Weights};
 use crate::space::Arch;
 use rayon::prelude::*;
 
@@ -50,23 +50,22 @@ pub fn split(batch: usize) -> Vec<std::ops::Range<usize>> {
 
 /// [`forward`] of each chunk of [`split`] on its own thread; the logits of
 /// the whole batch and one tape per chunk (none when `tape` is false, which
-/// lets one image be split over the threads by rows).
+/// lets one sequence be split over the threads by rows).
 pub fn forward_chunks(
     w: &Weights,
     cfg: &Config,
     arch: &Arch,
-    images: &[f32],
+    input: Input,
     chunks: &[std::ops::Range<usize>],
     tape: bool,
 ) -> (Vec<f32>, Vec<Tape>) {
-    let per = cfg.channels * cfg.image_size * cfg.image_size;
     if let [r] = chunks {
-        let run = || forward(w, cfg, arch, &images[r.start * per..r.end * per], r.len());
+        let x = input.slice(cfg, r.clone());
         if !tape && r.len() == 1 && par_ok(2, 2) {
-            let l = infer_one_split(w, cfg, arch, &images[r.start * per..r.end * per]);
-            return (l, Vec::new());
+            return (infer_one_split(w, cfg, arch, x), Vec::new());
         }
-        let work = r.len() * cfg.seq_len() * arch.embed_dim * arch.embed_dim * arch.depth;
+        let run = || forward(w, cfg, arch, x);
+        let work = r.len() * input.seq_len(cfg) * arch.embed_dim * arch.embed_dim * arch.depth;
         let (l, t) = if work < SERIAL_MAX_WORK {
             serial(run)
         } else {
@@ -76,9 +75,9 @@ pub fn forward_chunks(
     }
     let outs: Vec<(Vec<f32>, Tape)> = chunks
         .par_iter()
-        .map(|r| serial(|| forward(w, cfg, arch, &images[r.start * per..r.end * per], r.len())))
+        .map(|r| serial(|| forward(w, cfg, arch, input.slice(cfg, r.clone()))))
         .collect();
-    let mut logits = Vec::with_capacity(images.len() / per * cfg.classes);
+    let mut logits = Vec::with_capacity(input.batch(cfg) * cfg.classes);
     let mut tapes = Vec::with_capacity(outs.len());
     for (l, t) in outs {
         logits.extend(l);

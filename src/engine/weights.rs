@@ -1,21 +1,73 @@
-//! The engine's view of a model: its fixed shapes ([`Config`]) and its
-//! tensors as flat f32 buffers found by Hugging Face name ([`Weights`]).
+//! The engine's view of a model: its fixed shapes and settings
+//! ([`Config`]: family, stem, head) and its tensors as flat f32 buffers
+//! found by their Hugging Face names ([`Weights`], through
+//! [`crate::models::names`]).
 
 use super::blas::W;
 use crate::error::{Error, Result};
+use crate::models::bert::{Bert, BertConfig};
+use crate::models::names::Family;
 use crate::models::vit::VitConfig;
-use crate::space::{Arch, Space};
+use crate::space::{Arch, Modality, Pooling, Space};
 use crate::supernet::scaling::Scaling;
 use crate::supernet::Supernet;
 use candle_core::Tensor;
 
-/// Fixed shapes of the model family (input, head size, classes), and how
-/// subnets pick their rows of the scaling tables when the model has them.
+/// What turns the input into token states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stem {
+    /// Images `[C, H, W]` cut into `patch × patch` patches, projected, a
+    /// class token in front, position embeddings added (ViT).
+    Patches {
+        channels: usize,
+        image_size: usize,
+        patch: usize,
+    },
+    /// Token ids: word + position + token-type (type 0) embeddings, then a
+    /// layer norm (BERT).
+    Tokens {
+        vocab_size: usize,
+        max_positions: usize,
+    },
+}
+
+/// What turns the token states into the classifier's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// The class token's final state through a last layer norm (ViT).
+    ClassToken,
+    /// BERT's pooler: the `[CLS]` (first) state through a dense layer and tanh.
+    Pooler,
+    /// The mean of the states of the unmasked tokens (sentence-transformers).
+    Mean,
+}
+
+impl Head {
+    /// Whether the head reads only the first token's state, so that the
+    /// last block needs no other query.
+    pub fn first_token_only(self) -> bool {
+        self != Head::Mean
+    }
+}
+
+impl From<Pooling> for Head {
+    fn from(p: Pooling) -> Self {
+        match p {
+            Pooling::Pooler => Head::Pooler,
+            Pooling::Mean => Head::Mean,
+        }
+    }
+}
+
+/// Fixed shapes and settings of a model: its family (tensor names, norm
+/// placement), stem, head, head size, classes (0: no classifier, the
+/// head's output is the result), and how subnets pick their rows of the
+/// scaling tables when the model has them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub channels: usize,
-    pub image_size: usize,
-    pub patch: usize,
+    pub family: Family,
+    pub stem: Stem,
+    pub head: Head,
     pub head_dim: usize,
     pub classes: usize,
     pub eps: f32,
@@ -25,13 +77,33 @@ pub struct Config {
 }
 
 impl Config {
+    /// The configuration of a space's supernet, image or text.
     pub fn from_space(space: &Space) -> Self {
+        let (family, stem, head) = match space.modality() {
+            Modality::Image(i) => (
+                Family::Vit,
+                Stem::Patches {
+                    channels: i.channels,
+                    image_size: i.image_size,
+                    patch: i.patch_size,
+                },
+                Head::ClassToken,
+            ),
+            Modality::Text(t) => (
+                Family::Bert,
+                Stem::Tokens {
+                    vocab_size: t.vocab_size,
+                    max_positions: t.max_position_embeddings,
+                },
+                t.pooling.into(),
+            ),
+        };
         Self {
-            channels: space.image().channels,
-            image_size: space.image().image_size,
-            patch: space.image().patch_size,
+            family,
+            stem,
+            head,
             head_dim: space.supernet.head_dim,
-            classes: space.image().num_classes,
+            classes: space.num_classes(),
             eps: space.supernet.layer_norm_eps as f32,
             scaling: None,
         }
@@ -48,9 +120,13 @@ impl Config {
 
     pub fn from_vit(c: &VitConfig) -> Self {
         Self {
-            channels: c.num_channels,
-            image_size: c.image_size,
-            patch: c.patch_size,
+            family: Family::Vit,
+            stem: Stem::Patches {
+                channels: c.num_channels,
+                image_size: c.image_size,
+                patch: c.patch_size,
+            },
+            head: Head::ClassToken,
             head_dim: c.head_dim,
             classes: c.num_labels,
             eps: c.layer_norm_eps as f32,
@@ -58,48 +134,113 @@ impl Config {
         }
     }
 
-    pub(super) fn grid(&self) -> usize {
-        self.image_size / self.patch
+    /// A static BERT: with labels, `BertForSequenceClassification`'s pooler
+    /// and classifier; without, mean pooling and no classifier (the pooled
+    /// states are the result, as sentence-transformers computes them).
+    pub fn from_bert(c: &BertConfig) -> Self {
+        Self {
+            family: Family::Bert,
+            stem: Stem::Tokens {
+                vocab_size: c.vocab_size,
+                max_positions: c.max_position_embeddings,
+            },
+            head: match c.num_labels {
+                Some(_) => Head::Pooler,
+                None => Head::Mean,
+            },
+            head_dim: c.head_dim,
+            classes: c.num_labels.unwrap_or(0),
+            eps: c.layer_norm_eps as f32,
+            scaling: None,
+        }
     }
-    /// Patches per image.
-    pub(super) fn patches(&self) -> usize {
-        self.grid() * self.grid()
+
+    /// Tokens per image (patches + class token); `None` for text, whose
+    /// batches are as long as their longest sequence.
+    pub fn image_seq_len(&self) -> Option<usize> {
+        match self.stem {
+            Stem::Patches {
+                image_size, patch, ..
+            } => Some((image_size / patch).pow(2) + 1),
+            Stem::Tokens { .. } => None,
+        }
     }
-    /// Tokens per image (patches + class token).
-    pub fn seq_len(&self) -> usize {
-        self.patches() + 1
+
+    /// Values per input image (`C · H · W`; 0 for text).
+    pub(super) fn image_len(&self) -> usize {
+        match self.stem {
+            Stem::Patches {
+                channels,
+                image_size,
+                ..
+            } => channels * image_size * image_size,
+            Stem::Tokens { .. } => 0,
+        }
     }
+
+    /// Values per patch (`C · p · p`; 0 for text).
     pub(super) fn patch_len(&self) -> usize {
-        self.channels * self.patch * self.patch
+        match self.stem {
+            Stem::Patches {
+                channels, patch, ..
+            } => channels * patch * patch,
+            Stem::Tokens { .. } => 0,
+        }
+    }
+
+    /// Whether layers normalise after each residual add (BERT) rather than
+    /// before each sub-layer (ViT).
+    pub fn post_norm(&self) -> bool {
+        self.family.post_norm()
     }
 }
 
 /// `(weight, bias)` or `(gamma, beta)` positions in [`Weights`].
 pub type Pair = (usize, usize);
 
-/// Positions of one block's tensors in [`Weights`].
+/// Positions of one block's tensors in [`Weights`]. `norm1` belongs to the
+/// attention sub-layer, `norm2` to the MLP (see
+/// [`crate::models::names::LayerNames`]).
 #[derive(Debug, Clone)]
 pub struct LayerIdx {
-    pub ln1: Pair,
+    pub norm1: Pair,
     pub query: Pair,
     pub key: Pair,
     pub value: Pair,
     pub output: Pair,
-    pub ln2: Pair,
+    pub norm2: Pair,
     pub fc1: Pair,
     pub fc2: Pair,
     /// The scaling tables `(attention, mlp)`, when the model has them.
     pub scaling: Option<Pair>,
 }
 
+/// Positions of the stem's tensors.
+#[derive(Debug, Clone)]
+pub(super) enum StemIdx {
+    Patches {
+        cls: usize,
+        pos: usize,
+        patch: Pair,
+    },
+    Tokens {
+        word: usize,
+        pos: usize,
+        token_type: usize,
+        norm: Pair,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Index {
-    pub cls: usize,
-    pub pos: usize,
-    pub patch: Pair,
+    pub family: Family,
+    pub stem: StemIdx,
     pub layers: Vec<LayerIdx>,
-    pub norm: Pair,
-    pub head: Pair,
+    /// ViT's final layer norm.
+    pub final_norm: Option<Pair>,
+    /// BERT's pooler dense layer.
+    pub pooler: Option<Pair>,
+    pub classifier: Option<Pair>,
 }
 
 /// Copies of a model's tensors as flat f32 buffers, in the caller's order
@@ -114,7 +255,51 @@ pub struct Weights {
     pub(super) idx: Index,
 }
 
+/// The tensors of a static BERT under the `Family::Bert` names.
+fn bert_tensors(bert: &Bert) -> Vec<(String, Tensor)> {
+    let (f, s) = (Family::Bert, Family::Bert.stem());
+    let mut out = vec![
+        (
+            format!("{}.weight", s.word_embeddings),
+            bert.word_embeddings.clone(),
+        ),
+        (
+            format!("{}.weight", s.position_embeddings),
+            bert.position_embeddings.clone(),
+        ),
+        (
+            format!("{}.weight", s.token_type_embeddings),
+            bert.token_type_embeddings.clone(),
+        ),
+    ];
+    bert.embeddings_layer_norm
+        .push_tensors(&s.embeddings_norm, &mut out);
+    for (l, layer) in bert.layers.iter().enumerate() {
+        let n = f.layer(l);
+        layer.query.push_tensors(&n.query, &mut out);
+        layer.key.push_tensors(&n.key, &mut out);
+        layer.value.push_tensors(&n.value, &mut out);
+        layer
+            .attention_output
+            .push_tensors(&n.attention_output, &mut out);
+        layer.attention_layer_norm.push_tensors(&n.norm1, &mut out);
+        layer.intermediate.push_tensors(&n.intermediate, &mut out);
+        layer.output.push_tensors(&n.output, &mut out);
+        layer.output_layer_norm.push_tensors(&n.norm2, &mut out);
+    }
+    if let Some(p) = &bert.pooler {
+        p.push_tensors(&s.pooler, &mut out);
+    }
+    if let Some(c) = &bert.classifier {
+        c.push_tensors(&s.classifier, &mut out);
+    }
+    out
+}
+
 impl Weights {
+    /// Copies `named` tensors; the family (ViT or BERT) is the one whose
+    /// embeddings are among them, and every tensor the engine reads is
+    /// found by its name in [`crate::models::names`].
     pub fn from_tensors(named: &[(String, Tensor)]) -> Result<Self> {
         let mut names = Vec::with_capacity(named.len());
         let mut data = Vec::with_capacity(named.len());
@@ -132,45 +317,7 @@ impl Weights {
                     })?,
             );
         }
-        let find = |name: &str| -> Result<usize> {
-            names
-                .iter()
-                .position(|n| n == name)
-                .ok_or_else(|| Error::Tensor {
-                    name: name.into(),
-                    message: "missing from the model's tensors".into(),
-                })
-        };
-        let pair = |p: &str, a: &str, b: &str| -> Result<Pair> {
-            Ok((find(&format!("{p}.{a}"))?, find(&format!("{p}.{b}"))?))
-        };
-        let lin = |p: &str| pair(p, "weight", "bias");
-        let mut layers = Vec::new();
-        while names
-            .iter()
-            .any(|n| n.starts_with(&format!("vit.encoder.layer.{}.", layers.len())))
-        {
-            let p = format!("vit.encoder.layer.{}", layers.len());
-            layers.push(LayerIdx {
-                ln1: lin(&format!("{p}.layernorm_before"))?,
-                query: lin(&format!("{p}.attention.attention.query"))?,
-                key: lin(&format!("{p}.attention.attention.key"))?,
-                value: lin(&format!("{p}.attention.attention.value"))?,
-                output: lin(&format!("{p}.attention.output.dense"))?,
-                ln2: lin(&format!("{p}.layernorm_after"))?,
-                fc1: lin(&format!("{p}.intermediate.dense"))?,
-                fc2: lin(&format!("{p}.output.dense"))?,
-                scaling: pair(&format!("{p}.scaling"), "attention", "mlp").ok(),
-            });
-        }
-        let idx = Index {
-            cls: find("vit.embeddings.cls_token")?,
-            pos: find("vit.embeddings.position_embeddings")?,
-            patch: lin("vit.embeddings.patch_embeddings.projection")?,
-            layers,
-            norm: lin("vit.layernorm")?,
-            head: lin("classifier")?,
-        };
+        let idx = Index::find(&names)?;
         let mut w = Self {
             transposed: vec![None; names.len()],
             names,
@@ -182,11 +329,28 @@ impl Weights {
         Ok(w)
     }
 
+    /// The tensors of a static BERT.
+    pub fn from_bert(bert: &Bert) -> Result<Self> {
+        Self::from_tensors(&bert_tensors(bert))
+    }
+
+    /// The model family these tensors are named for.
+    pub fn family(&self) -> Family {
+        self.idx.family
+    }
+
     /// Recomputes the transposed copies of the weight matrices after
     /// `data` changed (an optimizer step updates `data` in place).
     pub fn refresh_transposed(&mut self) {
         let x = &self.idx;
-        let mut mats = vec![x.patch.0, x.head.0];
+        let mut mats: Vec<usize> = [x.classifier, x.pooler]
+            .into_iter()
+            .flatten()
+            .map(|p| p.0)
+            .collect();
+        if let StemIdx::Patches { patch, .. } = x.stem {
+            mats.push(patch.0);
+        }
         for l in &x.layers {
             mats.extend([l.query.0, l.key.0, l.value.0, l.output.0, l.fc1.0, l.fc2.0]);
         }
@@ -227,57 +391,123 @@ impl Weights {
         *self.dims[i].last().unwrap_or(&0)
     }
 
-    /// Checks that `arch` fits these tensors; the error names the tensor.
+    fn rows(&self, i: usize) -> usize {
+        self.dims[i].first().copied().unwrap_or(0)
+    }
+
+    /// Checks that `arch` fits these tensors and `cfg` (the family, the
+    /// stem's and head's tensors, every sliced shape); the error names the
+    /// tensor.
     pub fn check(&self, cfg: &Config, arch: &Arch) -> Result<()> {
         let too_small = |i: usize, need: String| Error::Tensor {
             name: self.names[i].clone(),
             message: format!("shape {:?} is too small for {need}", self.dims[i]),
         };
-        let e = arch.embed_dim;
-        if arch.depth > self.idx.layers.len() {
+        let missing = |name: String, why: &str| Error::Tensor {
+            name,
+            message: format!("missing: {why}"),
+        };
+        let (e, x, family) = (arch.embed_dim, &self.idx, cfg.family);
+        if x.family != family {
             return Err(Error::Tensor {
-                name: format!("vit.encoder.layer.{}", self.idx.layers.len()),
-                message: format!("missing: the architecture has depth {}", arch.depth),
+                name: self.names.first().cloned().unwrap_or_default(),
+                message: format!(
+                    "the tensors are named for {:?}, the engine configuration is for {family:?}",
+                    x.family
+                ),
             });
         }
-        let x = &self.idx;
-        for i in [x.cls, x.pos, x.norm.0, x.norm.1] {
-            if self.width(i) < e {
-                return Err(too_small(i, format!("embed dim {e}")));
+        if arch.depth > x.layers.len() {
+            return Err(missing(
+                family.layer_prefix(x.layers.len()),
+                &format!("the architecture has depth {}", arch.depth),
+            ));
+        }
+        let wide = |i: usize| -> Result<()> {
+            match self.width(i) < e {
+                true => Err(too_small(i, format!("embed dim {e}"))),
+                false => Ok(()),
             }
-        }
-        if self.data[x.pos].len() < cfg.seq_len() * self.width(x.pos) {
-            return Err(too_small(x.pos, format!("{} tokens", cfg.seq_len())));
-        }
+        };
         let mat = |p: Pair, out: usize, inp: usize| -> Result<()> {
-            if self.dims[p.0].first().copied().unwrap_or(0) < out
-                || self.row_len(p.0) < inp
-                || self.data[p.1].len() < out
-            {
+            if self.rows(p.0) < out || self.row_len(p.0) < inp || self.data[p.1].len() < out {
                 return Err(too_small(p.0, format!("a {out} x {inp} slice")));
             }
             Ok(())
         };
-        mat(x.patch, e, cfg.patch_len())?;
-        if self.row_len(x.patch.0) != cfg.patch_len() {
-            return Err(too_small(
-                x.patch.0,
-                format!("patches of {}", cfg.patch_len()),
-            ));
+        let norm = |p: Pair| -> Result<()> {
+            mat(p, e, 0)?;
+            wide(p.0)
+        };
+        match (&x.stem, cfg.stem) {
+            (StemIdx::Patches { cls, pos, patch }, Stem::Patches { .. }) => {
+                for i in [*cls, *pos] {
+                    wide(i)?;
+                }
+                let t = cfg.image_seq_len().unwrap_or(0);
+                if self.data[*pos].len() < t * self.width(*pos) {
+                    return Err(too_small(*pos, format!("{t} tokens")));
+                }
+                mat(*patch, e, cfg.patch_len())?;
+                if self.row_len(patch.0) != cfg.patch_len() {
+                    return Err(too_small(
+                        patch.0,
+                        format!("patches of {}", cfg.patch_len()),
+                    ));
+                }
+            }
+            (
+                StemIdx::Tokens {
+                    word,
+                    pos,
+                    token_type,
+                    norm: n,
+                },
+                Stem::Tokens {
+                    vocab_size,
+                    max_positions,
+                },
+            ) => {
+                for (i, rows) in [(*word, vocab_size), (*pos, max_positions), (*token_type, 1)] {
+                    wide(i)?;
+                    if self.rows(i) < rows || self.dims[i].len() != 2 {
+                        return Err(too_small(i, format!("a table of {rows} rows")));
+                    }
+                }
+                norm(*n)?;
+            }
+            _ => unreachable!("the families match, and a family has one stem"),
         }
-        mat(x.head, cfg.classes, e)?;
+        let stem = family.stem();
+        match (cfg.head, x.final_norm, x.pooler) {
+            (Head::ClassToken, None, _) => {
+                return Err(missing(stem.final_norm, "the class-token head needs it"))
+            }
+            (Head::ClassToken, Some(n), _) => norm(n)?,
+            (Head::Pooler, _, None) => {
+                return Err(missing(stem.pooler, "the pooler head needs it"))
+            }
+            (Head::Pooler, _, Some(p)) => mat(p, e, e)?,
+            (Head::Mean, ..) => {}
+        }
+        match (cfg.classes, x.classifier) {
+            (0, _) => {}
+            (_, None) => {
+                return Err(missing(
+                    stem.classifier,
+                    &format!("the configuration has {} classes", cfg.classes),
+                ))
+            }
+            (c, Some(p)) => mat(p, c, e)?,
+        }
         for l in 0..arch.depth {
             let (li, qd, m) = (
                 &x.layers[l],
                 arch.num_heads[l] * cfg.head_dim,
                 arch.mlp_width(l),
             );
-            for p in [li.ln1, li.ln2] {
-                mat((p.0, p.1), e, 0)?;
-                if self.width(p.0) < e {
-                    return Err(too_small(p.0, format!("embed dim {e}")));
-                }
-            }
+            norm(li.norm1)?;
+            norm(li.norm2)?;
             mat(li.query, qd, e)?;
             mat(li.key, qd, e)?;
             mat(li.value, qd, e)?;
@@ -296,8 +526,7 @@ impl Weights {
                         ),
                     })?;
                     for t in [tables.0, tables.1] {
-                        if self.dims[t].first().copied().unwrap_or(0) <= row || self.row_len(t) < e
-                        {
+                        if self.rows(t) <= row || self.row_len(t) < e {
                             return Err(too_small(t, format!("row {row} of width {e}")));
                         }
                     }
@@ -311,10 +540,10 @@ impl Weights {
                     })
                 }
                 (Some(_), None) => {
-                    return Err(Error::Tensor {
-                        name: format!("vit.encoder.layer.{l}.scaling.attention"),
-                        message: "missing, but the engine configuration has scaling layers".into(),
-                    })
+                    return Err(missing(
+                        format!("{}.attention", family.layer(l).scaling),
+                        "the engine configuration has scaling layers",
+                    ))
                 }
             }
         }
@@ -334,5 +563,80 @@ impl Weights {
     /// Zeroed gradient buffers, one per tensor.
     pub fn zero_grads(&self) -> Vec<Vec<f32>> {
         self.data.iter().map(|d| vec![0.0; d.len()]).collect()
+    }
+}
+
+impl Index {
+    /// Finds every tensor by its name: the family is the one whose
+    /// embeddings are present.
+    fn find(names: &[String]) -> Result<Self> {
+        let find = |name: &str| -> Result<usize> {
+            names
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| Error::Tensor {
+                    name: name.into(),
+                    message: "missing from the model's tensors".into(),
+                })
+        };
+        let has = |name: &str| names.iter().any(|n| n == name);
+        let pair = |p: &str, a: &str, b: &str| -> Result<Pair> {
+            Ok((find(&format!("{p}.{a}"))?, find(&format!("{p}.{b}"))?))
+        };
+        let lin = |p: &str| pair(p, "weight", "bias");
+        let family = [Family::Vit, Family::Bert]
+            .into_iter()
+            .find(|f| {
+                let s = f.stem();
+                has(&format!("{}.weight", s.patch_projection))
+                    || has(&format!("{}.weight", s.word_embeddings))
+            })
+            .ok_or_else(|| Error::Tensor {
+                name: "vit.embeddings.patch_embeddings.projection.weight or \
+                       bert.embeddings.word_embeddings.weight"
+                    .into(),
+                message: "missing: the tensors are neither a ViT's nor a BERT's".into(),
+            })?;
+        let s = family.stem();
+        let stem = match family {
+            Family::Vit => StemIdx::Patches {
+                cls: find(&s.cls_token)?,
+                pos: find(&s.position_embeddings)?,
+                patch: lin(&s.patch_projection)?,
+            },
+            Family::Bert => StemIdx::Tokens {
+                word: find(&format!("{}.weight", s.word_embeddings))?,
+                pos: find(&format!("{}.weight", s.position_embeddings))?,
+                token_type: find(&format!("{}.weight", s.token_type_embeddings))?,
+                norm: lin(&s.embeddings_norm)?,
+            },
+        };
+        let mut layers = Vec::new();
+        loop {
+            let prefix = format!("{}.", family.layer_prefix(layers.len()));
+            if !names.iter().any(|n| n.starts_with(&prefix)) {
+                break;
+            }
+            let n = family.layer(layers.len());
+            layers.push(LayerIdx {
+                norm1: lin(&n.norm1)?,
+                query: lin(&n.query)?,
+                key: lin(&n.key)?,
+                value: lin(&n.value)?,
+                output: lin(&n.attention_output)?,
+                norm2: lin(&n.norm2)?,
+                fc1: lin(&n.intermediate)?,
+                fc2: lin(&n.output)?,
+                scaling: pair(&n.scaling, "attention", "mlp").ok(),
+            });
+        }
+        Ok(Index {
+            family,
+            stem,
+            layers,
+            final_norm: lin(&s.final_norm).ok(),
+            pooler: lin(&s.pooler).ok(),
+            classifier: lin(&s.classifier).ok(),
+        })
     }
 }

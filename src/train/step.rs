@@ -393,8 +393,14 @@ impl<'a> EnginePass<'a> {
 impl Pass for EnginePass<'_> {
     fn forward(&mut self, arch: &Arch) -> Result<Tensor> {
         self.w.check(self.cfg, arch)?;
-        let (logits, tapes) =
-            engine::forward_chunks(self.w, self.cfg, arch, &self.x, &self.chunks, true);
+        let (logits, tapes) = engine::forward_chunks(
+            self.w,
+            self.cfg,
+            arch,
+            engine::Input::Images(&self.x),
+            &self.chunks,
+            true,
+        );
         self.tapes = tapes;
         let logits = Var::from_vec(logits, (self.batch, self.cfg.classes), &self.device)?;
         Ok(logits.as_tensor().clone())

@@ -55,7 +55,10 @@ pub fn build_scaled_supernet(
     Ok((net, vm, params))
 }
 
-/// The model being trained, built from a [`RunKind`].
+/// The model being trained, built from a [`RunKind`]. (One per run: the
+/// variants' size difference, grown with the text fields of `Space`, costs
+/// nothing.)
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Trainee {
     Supernet {
         net: Box<Supernet>,
