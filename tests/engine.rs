@@ -13,7 +13,9 @@ use vitnas::supernet::scaling::Switch;
 use vitnas::train::gradient::{GradientStrategy, Nasvit};
 use vitnas::train::loss::{AlphaDivergence, Distill, Kl};
 use vitnas::train::sampler::{Sampler, Sandwich};
-use vitnas::train::step::{accumulate, accumulate_groups, Backend, Batch, Input, Params, Path};
+use vitnas::train::step::{
+    accumulate, accumulate_groups, Backend, Batch, Input as StepInput, Params, Path,
+};
 use vitnas::{Arch, Space};
 
 /// A supernet whose biases and norm parameters are not at their initial
@@ -351,7 +353,7 @@ fn engine_and_autograd_nasvit_steps_agree_with_scaling_layers() {
     let group_of = strategy.groups(&plan);
     assert_eq!(group_of, vec![0, 1, 1, 1]);
     let batch = Batch {
-        input: Input::Images(&x),
+        input: StepInput::Images(&x),
         labels: &y,
         label_smoothing: 0.1,
         distill: Some(&alpha),
@@ -429,7 +431,7 @@ fn nasvit_changes_only_the_conflicting_tensors_of_a_real_step() {
     let y = Tensor::from_vec((0..6u32).map(|i| i % 7).collect(), 6, &Device::Cpu).unwrap();
     let plan = Sandwich { num_random: 2 }.plan(&s, 0, &mut StdRng::seed_from_u64(4));
     let batch = Batch {
-        input: Input::Images(&x),
+        input: StepInput::Images(&x),
         labels: &y,
         label_smoothing: 0.1,
         distill: Some(&Kl),

@@ -165,6 +165,7 @@ fn static_bert(
         type_vocab_size: t.type_vocab_size,
         layer_norm_eps: space.supernet.layer_norm_eps,
         num_labels: pooler.then_some(t.num_classes),
+        pooling: vitnas::space::Pooling::Pooler,
     };
     let tensors = vars
         .iter()
