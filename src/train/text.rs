@@ -2,7 +2,7 @@
 //! in-place distillation, gradient strategies, optimizer, checkpoints and
 //! metrics as the image trainer, on token sequences. Gradients come from
 //! candle's autograd through [`BertSupernet`] (the step loop of
-//! [`super::step`] with [`Path::Autograd`]).
+//! [`super::step`] with [`Path::Autograd`](super::step::Path::Autograd)).
 //!
 //! A run directory holds, besides the image trainer's files, the label
 //! names (`labels.json`) and the tokenizer (`tokenizer.json`), so that
