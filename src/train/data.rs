@@ -42,6 +42,7 @@ fn data_dir(recipe: &Recipe) -> Result<PathBuf> {
 /// Training and validation splits (validation carved from train, seeded),
 /// the normalisation in use and the split's indices.
 pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TrainData> {
+    image_space(recipe, space)?;
     let dir = data_dir(recipe)?;
     let i = &space.image();
     let full = data::load(
@@ -94,6 +95,7 @@ pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TrainData> {
 
 /// The test split, for final reports only.
 pub fn load_test(recipe: &Recipe, space: &Space) -> Result<Dataset> {
+    image_space(recipe, space)?;
     let dir = data_dir(recipe)?;
     let i = &space.image();
     let test = data::load(
@@ -105,4 +107,21 @@ pub fn load_test(recipe: &Recipe, space: &Space) -> Result<Dataset> {
     )?;
     test.check_fits(space)?;
     Ok(test)
+}
+
+/// Image data needs an image space: a text space here is a command that
+/// does not handle text yet (retrain, finetune, evaluate rank).
+fn image_space(recipe: &Recipe, space: &Space) -> Result<()> {
+    match space.is_text() {
+        false => Ok(()),
+        true => Err(Error::InvalidRecipe {
+            file: format!("recipe `{}`", recipe.name),
+            field: "space".into(),
+            message: format!(
+                "`{}` is a text space: `vitnas train`, `search`, `eval` and `export` handle \
+                 text supernets; this command handles image spaces only so far",
+                space.name
+            ),
+        }),
+    }
 }
