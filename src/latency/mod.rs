@@ -183,18 +183,24 @@ impl Timed {
     pub fn time(&self, arch: &Arch, batch: usize, protocol: &Protocol) -> Result<Timing> {
         match self {
             Timed::Image(net) => time_arch(net, arch, batch, protocol),
-            Timed::Text(net) => {
-                let model = net.extract(arch)?;
-                let t = net.space.seq_len();
-                let ids = candle_core::Tensor::ones(
-                    (batch, t),
-                    candle_core::DType::U32,
-                    &candle_core::Device::Cpu,
-                )?;
-                time(protocol, || model.forward(&ids, &ids).map(|_| ()))
-            }
+            Timed::Text(net) => time_text_arch(net, arch, batch, protocol),
         }
     }
+}
+
+/// Timing of the text subnet `arch` extracted from `net` as the static
+/// BERT that `eval` runs, on `batch` sequences of the space's stated
+/// length (no padding).
+pub fn time_text_arch(
+    net: &crate::supernet::bert::BertSupernet,
+    arch: &Arch,
+    batch: usize,
+    protocol: &Protocol,
+) -> Result<Timing> {
+    let model = net.extract(arch)?;
+    let shape = (batch, net.space.seq_len());
+    let ids = candle_core::Tensor::ones(shape, candle_core::DType::U32, &candle_core::Device::Cpu)?;
+    time(protocol, || model.forward(&ids, &ids).map(|_| ()))
 }
 
 /// Timing of `arch` extracted from `net` as the static engine model that

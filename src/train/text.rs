@@ -673,11 +673,7 @@ impl crate::search::Judge for TextJudge<'_> {
     }
 
     fn latency_ms(&self, arch: &Arch, batch: usize) -> Result<f64> {
-        let model = self.net.extract(arch)?;
-        let t = self.net.space.seq_len();
-        let ids = Tensor::ones((batch, t), DType::U32, &Device::Cpu)?;
-        let mask = Tensor::ones((batch, t), DType::U32, &Device::Cpu)?;
         let p = crate::latency::Protocol::default();
-        Ok(crate::latency::time(&p, || model.forward(&ids, &mask).map(|_| ()))?.mean_ms)
+        Ok(crate::latency::time_text_arch(self.net, arch, batch, &p)?.mean_ms)
     }
 }
