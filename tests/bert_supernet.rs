@@ -231,3 +231,85 @@ fn all_minilm_l6_v2_fills_the_largest_subnet_exactly() {
     );
     assert!(d < 1e-5, "last hidden state differs by {d}");
 }
+
+/// The text trainer's step: the engine's forward and backward on the
+/// supernet's flat weights give candle's autograd gradients through the
+/// supernet (sandwich plan with KL distillation, padded batch, both heads).
+#[test]
+fn the_engine_step_on_a_text_supernet_equals_the_autograd_step() {
+    use vitnas::engine::Weights;
+    use vitnas::train::loss::Kl;
+    use vitnas::train::sampler::Plan;
+    use vitnas::train::step::{accumulate_groups, Batch, Forward, Input, Path};
+    for pooling in ["pooler", "mean"] {
+        let space = tiny(pooling);
+        let (net, vm) = build(&space, 11);
+        let params = Params::from_varmap(&vm);
+        let (ids, mask) = tokens(5, 11, 50, 4);
+        let labels = Tensor::from_vec(vec![0u32, 2, 1, 1, 0], 5, &Device::Cpu).unwrap();
+        let mut rng = StdRng::seed_from_u64(9);
+        let plan = Plan {
+            archs: vec![space.largest(), space.smallest(), space.sample(&mut rng)],
+            teacher_first: true,
+        };
+        let batch = Batch {
+            input: Input::Tokens(Tokens {
+                ids: &ids,
+                mask: &mask,
+            }),
+            labels: &labels,
+            label_smoothing: 0.1,
+            distill: Some(&Kl),
+        };
+        let cfg = net
+            .engine_config()
+            .expect("the BERT supernet runs on the engine");
+        let weights = Weights::from_tensors(&params.tensors()).unwrap();
+        let group_of = vec![0; plan.archs.len()];
+        let mut by_engine = params.zero_grads();
+        let mut by_autograd = params.zero_grads();
+        let e = accumulate_groups(
+            Path::Engine {
+                weights: &weights,
+                config: &cfg,
+            },
+            &plan,
+            batch,
+            &group_of,
+            &mut [&mut by_engine[..]],
+        )
+        .unwrap();
+        let a = accumulate_groups(
+            Path::Autograd {
+                net: &net,
+                params: &params,
+            },
+            &plan,
+            batch,
+            &group_of,
+            &mut [&mut by_autograd[..]],
+        )
+        .unwrap();
+        for (x, y) in e.losses.iter().zip(&a.losses) {
+            assert!((x - y).abs() < 1e-5, "{pooling}: losses {x} vs {y}");
+        }
+        let mut moved = 0;
+        for ((name, ge), ga) in params.names.iter().zip(&by_engine).zip(&by_autograd) {
+            let scale = ga.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let d = ge
+                .iter()
+                .zip(ga)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                d / scale < 1e-4,
+                "{pooling} {name}: gradients differ by {d} (scale {scale})"
+            );
+            moved += usize::from(ga.iter().any(|v| *v != 0.0));
+        }
+        assert_eq!(
+            moved,
+            params.names.len(),
+            "{pooling}: every parameter gets a gradient"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use vitnas::eval::evaluate;
 use vitnas::models::export_bert;
 use vitnas::space::{flops, params};
-use vitnas::train::text::{evaluate_text, TextRun};
+use vitnas::train::text::{evaluate_model, TextRun};
 use vitnas::train::{self, TrainedRun};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -175,16 +175,12 @@ fn eval_text_supernet(path: &std::path::Path, a: &EvalArgs) -> anyhow::Result<()
         SplitArg::Val => ("val", run.validation()?),
         SplitArg::Test => ("test", run.test()?),
     };
-    let r = evaluate_text(
-        &run.net.extract(&arch)?,
-        &ds,
-        run.recipe.data.eval_batch_size,
-    )?;
+    let r = run.evaluate(&arch, &ds)?;
     let space = &run.space;
     let latency = match a.latency {
         true => {
             let judge = vitnas::train::text::TextJudge {
-                net: &run.net,
+                run: &run,
                 val: &ds,
             };
             Some(vitnas::search::Judge::latency_ms(&judge, &arch, 1)?)
@@ -232,15 +228,13 @@ fn eval_text_model(
         texts = texts.subset(&idx);
     }
     let ds = vitnas::data::text::TokenizedDataset::new(&texts, &tok)?;
-    let r = evaluate_text(&model, &ds, 64)?;
+    let engine_model = vitnas::engine::Model::from_bert(&model)?;
+    let r = evaluate_model(&engine_model, &ds, 64)?;
     if let Some(path) = dump {
         // One padded batch of every example: ids, mask and logits.
         let idx: Vec<usize> = (0..ds.len()).collect();
         let b = ds.batch(&idx, &Device::Cpu)?;
-        let logits = model
-            .forward(&b.ids, &b.attention_mask)?
-            .logits
-            .context("the model has no classifier")?;
+        let logits = engine_model.token_logits(&b.ids, &b.attention_mask)?;
         let tensors = vec![
             (
                 "input_ids".to_string(),

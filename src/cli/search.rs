@@ -140,7 +140,7 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
             }
             text_val = run.validation()?;
             Box::new(TextJudge {
-                net: &run.net,
+                run,
                 val: &text_val,
             })
         }

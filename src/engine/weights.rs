@@ -134,9 +134,10 @@ impl Config {
         }
     }
 
-    /// A static BERT: with labels, `BertForSequenceClassification`'s pooler
-    /// and classifier; without, mean pooling and no classifier (the pooled
-    /// states are the result, as sentence-transformers computes them).
+    /// A static BERT: with labels, its classifier on the pooler
+    /// (`BertForSequenceClassification`) or on the masked mean (a subnet of
+    /// a mean-pooling space); without, mean pooling and no classifier (the
+    /// pooled states are the result, as sentence-transformers computes them).
     pub fn from_bert(c: &BertConfig) -> Self {
         Self {
             family: Family::Bert,
@@ -145,7 +146,7 @@ impl Config {
                 max_positions: c.max_position_embeddings,
             },
             head: match c.num_labels {
-                Some(_) => Head::Pooler,
+                Some(_) => c.pooling.into(),
                 None => Head::Mean,
             },
             head_dim: c.head_dim,

@@ -189,18 +189,18 @@ impl Timed {
 }
 
 /// Timing of the text subnet `arch` extracted from `net` as the static
-/// BERT that `eval` runs, on `batch` sequences of the space's stated
-/// length (no padding).
+/// engine model that `eval` and export run, on `batch` sequences of the
+/// space's stated length (no padding).
 pub fn time_text_arch(
     net: &crate::supernet::bert::BertSupernet,
     arch: &Arch,
     batch: usize,
     protocol: &Protocol,
 ) -> Result<Timing> {
-    let model = net.extract(arch)?;
+    let model = crate::engine::Model::from_bert(&net.extract(arch)?)?;
     let shape = (batch, net.space.seq_len());
     let ids = candle_core::Tensor::ones(shape, candle_core::DType::U32, &candle_core::Device::Cpu)?;
-    time(protocol, || model.forward(&ids, &ids).map(|_| ()))
+    time(protocol, || model.token_logits(&ids, &ids).map(|_| ()))
 }
 
 /// Timing of `arch` extracted from `net` as the static engine model that

@@ -24,6 +24,7 @@
 pub mod checkpoint;
 pub mod data;
 mod data_parallel;
+mod flat;
 pub mod gradient;
 pub mod loss;
 pub mod optim;

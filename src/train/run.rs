@@ -6,17 +6,17 @@
 use super::checkpoint::{self, Checkpointer, TrainState};
 use super::data::load_test;
 use super::data_parallel::DataParallel;
+use super::flat::FlatWeights;
 use super::gradient::{self, Agreement};
 use super::loss;
 use super::optim::{lr_at, AdamW};
 use super::recipe::{NonFinite, Recipe};
-use super::step::{accumulate_groups, Batch, Forward, Input, Params, Path as StepPath, StepLosses};
+use super::step::{accumulate_groups, Batch, Input, Params, Path as StepPath, StepLosses};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::trainee::{RunKind, Trainee};
 use super::{standalone, step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
 use crate::data::batch::{epoch_order, make_batch_part, Normalize};
 use crate::data::Dataset;
-use crate::engine::{Config as EngineConfig, Weights};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult};
 use crate::space::{flops, Arch, Space};
@@ -240,63 +240,6 @@ pub(crate) fn run(
         test(&trainee, space, recipe, &norm, &metrics, &mut summary, opts)?;
     }
     Ok(summary)
-}
-
-/// The engine's flat copy of the weights, when the engine runs the model,
-/// and whether candle's variables lag behind it.
-struct FlatWeights {
-    engine: Option<(Weights, EngineConfig)>,
-    vars_stale: bool,
-}
-
-impl FlatWeights {
-    fn new(params: &Params, net: &dyn Forward) -> Result<Self> {
-        Ok(FlatWeights {
-            engine: params.engine_weights(net)?,
-            vars_stale: false,
-        })
-    }
-
-    /// One AdamW update: in place on the flat weights (then their
-    /// transposed copies), or on candle's variables.
-    fn optimizer_step(
-        &mut self,
-        opt: &mut AdamW,
-        params: &Params,
-        grads: &[Vec<f32>],
-        lr: f64,
-    ) -> Result<f64> {
-        match &mut self.engine {
-            Some((w, _)) => {
-                let norm = opt.step_flat(&mut w.data, grads, lr);
-                w.refresh_transposed();
-                self.vars_stale = true;
-                Ok(norm)
-            }
-            None => Ok(opt.step(&params.vars, grads, lr)?),
-        }
-    }
-
-    /// The current weights, flat, in the order of the parameters.
-    fn values(&self, params: &Params) -> Result<Vec<Vec<f32>>> {
-        match &self.engine {
-            Some((w, _)) => Ok(w.data.clone()),
-            None => params
-                .vars
-                .iter()
-                .map(|v| Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
-                .collect(),
-        }
-    }
-
-    /// Brings candle's variables up to date with the flat weights.
-    fn sync(&mut self, params: &Params) -> Result<()> {
-        if let (true, Some((w, _))) = (self.vars_stale, &self.engine) {
-            params.store(&w.data)?;
-            self.vars_stale = false;
-        }
-        Ok(())
-    }
 }
 
 /// Steps per epoch, total steps, warmup and peak learning rate of a run.

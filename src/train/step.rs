@@ -133,14 +133,12 @@ impl Forward for Vit {
     }
 }
 
-/// The BERT supernet trains through candle's autograd (the engine does not
-/// run text models yet).
 impl Forward for BertSupernet {
     fn forward_train(&self, input: Input, arch: &Arch) -> Result<Tensor> {
         self.forward(input.tokens()?, arch, true)
     }
     fn engine_config(&self) -> Option<engine::Config> {
-        None
+        Some(engine::Config::from_space(&self.space))
     }
 }
 
@@ -276,7 +274,7 @@ pub fn accumulate_groups(
     assert_eq!(group_of.len(), plan.archs.len(), "one group per subnet");
     match path {
         Path::Engine { weights, config } => {
-            let mut pass = EnginePass::new(weights, config, batch.input.images()?)?;
+            let mut pass = EnginePass::new(weights, config, batch.input)?;
             run_subnets(&mut pass, plan, batch, group_of, groups)
         }
         Path::Autograd { net, params } => {
@@ -359,13 +357,32 @@ fn run_subnets(
     })
 }
 
+/// A step's input as flat buffers the engine reads.
+enum Flat {
+    Images(Vec<f32>),
+    Tokens {
+        ids: Vec<u32>,
+        mask: Vec<u32>,
+        t: usize,
+    },
+}
+
+impl Flat {
+    fn input(&self) -> engine::Input<'_> {
+        match self {
+            Flat::Images(x) => engine::Input::Images(x),
+            Flat::Tokens { ids, mask, t } => engine::Input::Tokens { ids, mask, t: *t },
+        }
+    }
+}
+
 /// The engine's pass: the batch split into chunks, one per thread.
 struct EnginePass<'a> {
     w: &'a Weights,
     cfg: &'a engine::Config,
     device: Device,
     batch: usize,
-    x: Vec<f32>,
+    x: Flat,
     chunks: Vec<std::ops::Range<usize>>,
     tapes: Vec<engine::Tape>,
     /// Gradients of chunks 1.. (chunk 0 adds into the group's buffers),
@@ -374,15 +391,29 @@ struct EnginePass<'a> {
 }
 
 impl<'a> EnginePass<'a> {
-    fn new(w: &'a Weights, cfg: &'a engine::Config, images: &Tensor) -> Result<Self> {
-        let batch = engine::check_images(cfg, images)?;
+    fn new(w: &'a Weights, cfg: &'a engine::Config, input: Input) -> Result<Self> {
+        let (batch, x, device) = match input {
+            Input::Images(images) => (
+                engine::check_images(cfg, images)?,
+                Flat::Images(images.flatten_all()?.to_vec1::<f32>()?),
+                images.device().clone(),
+            ),
+            Input::Tokens(tok) => {
+                let (ids, mask, t) = engine::token_buffers(cfg, tok.ids, tok.mask)?;
+                (
+                    ids.len() / t,
+                    Flat::Tokens { ids, mask, t },
+                    tok.ids.device().clone(),
+                )
+            }
+        };
         let chunks = engine::split(batch);
         Ok(EnginePass {
             w,
             cfg,
-            device: images.device().clone(),
+            device,
             batch,
-            x: images.flatten_all()?.to_vec1::<f32>()?,
+            x,
             extra: (1..chunks.len()).map(|_| w.zero_grads()).collect(),
             chunks,
             tapes: Vec::new(),
@@ -393,14 +424,8 @@ impl<'a> EnginePass<'a> {
 impl Pass for EnginePass<'_> {
     fn forward(&mut self, arch: &Arch) -> Result<Tensor> {
         self.w.check(self.cfg, arch)?;
-        let (logits, tapes) = engine::forward_chunks(
-            self.w,
-            self.cfg,
-            arch,
-            engine::Input::Images(&self.x),
-            &self.chunks,
-            true,
-        );
+        let (logits, tapes) =
+            engine::forward_chunks(self.w, self.cfg, arch, self.x.input(), &self.chunks, true);
         self.tapes = tapes;
         let logits = Var::from_vec(logits, (self.batch, self.cfg.classes), &self.device)?;
         Ok(logits.as_tensor().clone())

@@ -1,14 +1,17 @@
 //! Training a text (BERT) supernet: the same recipe sections, samplers,
 //! in-place distillation, gradient strategies, optimizer, checkpoints and
-//! metrics as the image trainer, on token sequences. Gradients come from
-//! candle's autograd through [`BertSupernet`] (the step loop of
-//! [`super::step`] with [`Path::Autograd`](super::step::Path::Autograd)).
+//! metrics as the image trainer, on token sequences. The [`crate::engine`]
+//! computes every subnet's forward and backward on the supernet's flat
+//! weights (the step loop of [`super::step`] with
+//! [`Path::Engine`](super::step::Path::Engine)), and evaluates subnets on
+//! them without extracting a copy.
 //!
 //! A run directory holds, besides the image trainer's files, the label
 //! names (`labels.json`) and the tokenizer (`tokenizer.json`), so that
 //! search, evaluation and export need nothing else.
 
 use super::checkpoint::{read_weights, write_atomic, write_checkpoint, TrainState, STATE_KEY};
+use super::flat::FlatWeights;
 use super::gradient::{self, Agreement};
 use super::loss::{self, cross_entropy};
 use super::optim::{lr_at, AdamW};
@@ -20,10 +23,10 @@ use super::{step_rng, RunOptions};
 use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE, STATE_FILE, SUPERNET_FILE};
 use crate::data::batch::epoch_order;
 use crate::data::text::{load_text, TextDataset, TokenizedDataset};
+use crate::engine::{self, Weights};
 use crate::error::{Error, Result};
 use crate::eval::EvalResult;
 use crate::init::seeded_var_builder;
-use crate::models::bert::Bert;
 use crate::models::text::TextTokenizer;
 use crate::rundir::{self, Artifact, RunLock};
 use crate::space::{flops, Arch, Space};
@@ -150,9 +153,13 @@ fn check_classes(data: &TextDataset, space: &Space) -> Result<()> {
     Ok(())
 }
 
-/// Accuracy and mean cross-entropy of `model` on every example of `data`.
+/// Accuracy and mean cross-entropy of subnet `arch` of the engine weights
+/// `w` (a supernet's, or a static model's own: see [`engine::Model`]) on
+/// every example of `data`.
 pub fn evaluate_text(
-    model: &Bert,
+    w: &Weights,
+    cfg: &engine::Config,
+    arch: &Arch,
     data: &TokenizedDataset,
     batch_size: usize,
 ) -> Result<EvalResult> {
@@ -160,13 +167,7 @@ pub fn evaluate_text(
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(batch_size.max(1)) {
         let b = data.batch(chunk, &Device::Cpu)?;
-        let logits = model
-            .forward(&b.ids, &b.attention_mask)?
-            .logits
-            .ok_or_else(|| Error::Tensor {
-                name: "classifier".into(),
-                message: "the model has no classification head".into(),
-            })?;
+        let logits = engine::token_logits(w, cfg, arch, &b.ids, &b.attention_mask)?;
         correct += logits
             .argmax(D::Minus1)?
             .eq(&b.labels)?
@@ -182,6 +183,15 @@ pub fn evaluate_text(
         loss: loss_sum / n,
         examples: data.len(),
     })
+}
+
+/// [`evaluate_text`] of a static model.
+pub fn evaluate_model(
+    model: &engine::Model,
+    data: &TokenizedDataset,
+    batch_size: usize,
+) -> Result<EvalResult> {
+    evaluate_text(&model.weights, &model.cfg, &model.arch, data, batch_size)
 }
 
 /// Starts a text supernet run in `recipe.output_dir` (or resumes it).
@@ -327,6 +337,10 @@ fn run(
             }
         }
     }
+    // The engine's flat weights own the values between steps (see
+    // `FlatWeights`); candle's variables are refreshed for checkpoints.
+    let mut flat = FlatWeights::new(&params, &net)?;
+    engine_of(&flat)?;
     let sampler = sampler::from_config(&recipe.sampler);
     let distill = loss::from_config(&recipe.loss.distill);
     let strategy = gradient::from_config(&recipe.gradient);
@@ -367,10 +381,8 @@ fn run(
             label_smoothing: recipe.loss.label_smoothing,
             distill: distill.as_deref(),
         };
-        let path = StepPath::Autograd {
-            net: &net,
-            params: &params,
-        };
+        let (weights, config) = engine_of(&flat)?;
+        let path = StepPath::Engine { weights, config };
         let out = {
             let mut targets: Vec<&mut [Vec<f32>]> =
                 groups[..n_groups].iter_mut().map(|g| &mut g[..]).collect();
@@ -404,7 +416,7 @@ fn run(
                         .get_or_insert_with(Agreement::default)
                         .add(&a);
                 }
-                let grad_norm = opt.step(&params.vars, &groups[0], lr)?;
+                let grad_norm = flat.optimizer_step(&mut opt, &params, &groups[0], lr)?;
                 state.adam_t = opt.t;
                 let flops: Vec<u64> = plan.archs.iter().map(|a| flops(space, a)).collect();
                 line(
@@ -431,7 +443,7 @@ fn run(
         if epoch_end {
             let agreement = state.agreement.take();
             last_val = validate(
-                &net,
+                engine_of(&flat)?,
                 space,
                 &data.val,
                 recipe,
@@ -447,6 +459,7 @@ fn run(
             || stop
             || state.step == end
         {
+            flat.sync(&params)?;
             save(dir, recipe, &params, &opt, &state)?;
         }
         if stop {
@@ -454,6 +467,7 @@ fn run(
             break;
         }
     }
+    flat.sync(&params)?;
     let mut summary = Summary::new(dir.to_path_buf());
     summary.steps = state.step;
     summary.total_steps = total;
@@ -466,14 +480,26 @@ fn run(
     if state.step == total && !interrupted {
         let test = load_test(recipe, &data.label_names, &data.tokenizer)?;
         let mut l = json!({"step": state.step, "test": true});
+        let (w, cfg) = engine_of(&flat)?;
         for (which, arch) in reported(space) {
-            let r = evaluate_text(&net.extract(&arch)?, &test, recipe.data.eval_batch_size)?;
+            let r = evaluate_text(w, cfg, &arch, &test, recipe.data.eval_batch_size)?;
             l[format!("test_{}", which.name())] = json!(r);
             summary.set(EvalSplit::Test, which, r);
         }
         line(&metrics, l)?;
     }
     Ok(summary)
+}
+
+/// The engine's weights and configuration of a run's flat weights.
+fn engine_of(flat: &FlatWeights) -> Result<(&Weights, &engine::Config)> {
+    flat.engine
+        .as_ref()
+        .map(|(w, c)| (w, c))
+        .ok_or_else(|| Error::Tensor {
+            name: "supernet".into(),
+            message: "the text supernet does not run on the engine".into(),
+        })
 }
 
 fn reported(space: &Space) -> [(Reported, Arch); 2] {
@@ -485,7 +511,7 @@ fn reported(space: &Space) -> [(Reported, Arch); 2] {
 
 #[allow(clippy::too_many_arguments)]
 fn validate(
-    net: &BertSupernet,
+    (w, cfg): (&Weights, &engine::Config),
     space: &Space,
     val: &TokenizedDataset,
     recipe: &Recipe,
@@ -503,7 +529,7 @@ fn validate(
     let mut msg = format!("epoch {} val acc", epoch + 1);
     let mut out = Vec::new();
     for (which, arch) in reported(space) {
-        let r = evaluate_text(&net.extract(&arch)?, val, recipe.data.eval_batch_size)?;
+        let r = evaluate_text(w, cfg, &arch, val, recipe.data.eval_batch_size)?;
         l[format!("val_{}", which.name())] = json!(r);
         msg += &format!(" {} {:.4}", which.name(), r.accuracy);
         out.push((which, r));
@@ -581,6 +607,10 @@ pub struct TextRun {
     pub recipe: Recipe,
     pub space: Space,
     pub net: BertSupernet,
+    /// The supernet's weights as the engine reads them (evaluation runs on
+    /// them, with the architecture as argument, without extracting).
+    pub weights: Weights,
+    pub cfg: engine::Config,
     /// Label names in id order (`labels.json`).
     pub labels: Vec<String>,
 }
@@ -616,6 +646,16 @@ impl TextRun {
             error,
         })?;
         let (tensors, _) = read_weights(&file, &Device::Cpu)?;
+        let mut named: Vec<(String, Tensor)> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let weights = Weights::from_tensors(&named).map_err(|e| Error::Checkpoint {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        let cfg = engine::Config::from_space(&space);
         let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let net =
             BertSupernet::with_init(&space, recipe.init, vb).map_err(|e| Error::Checkpoint {
@@ -627,6 +667,8 @@ impl TextRun {
             recipe,
             space,
             net,
+            weights,
+            cfg,
             labels,
         })
     }
@@ -648,12 +690,26 @@ impl TextRun {
     pub fn test(&self) -> Result<TokenizedDataset> {
         load_test(&self.recipe, &self.labels, &self.tokenizer()?)
     }
+
+    /// Accuracy and loss of subnet `arch` on `data` (by the engine, on the
+    /// supernet's weights).
+    pub fn evaluate(&self, arch: &Arch, data: &TokenizedDataset) -> Result<EvalResult> {
+        self.weights.check(&self.cfg, arch)?;
+        evaluate_text(
+            &self.weights,
+            &self.cfg,
+            arch,
+            data,
+            self.recipe.data.eval_batch_size,
+        )
+    }
 }
 
-/// Text: the BERT supernet on a tokenised validation set; latency of the
-/// extracted static BERT on `batch` sequences of the space's stated length.
+/// Text: subnets of a trained BERT supernet scored by the engine on a
+/// tokenised validation set; latency of the extracted static BERT on the
+/// engine ([`crate::latency::time_text_arch`]).
 pub struct TextJudge<'a> {
-    pub net: &'a BertSupernet,
+    pub run: &'a TextRun,
     pub val: &'a TokenizedDataset,
 }
 
@@ -669,11 +725,12 @@ impl crate::search::Judge for TextJudge<'_> {
         batch: usize,
     ) -> Result<EvalResult> {
         let idx: Vec<usize> = range.collect();
-        evaluate_text(&self.net.extract(arch)?, &self.val.subset(&idx), batch)
+        let r = self.run;
+        evaluate_text(&r.weights, &r.cfg, arch, &self.val.subset(&idx), batch)
     }
 
     fn latency_ms(&self, arch: &Arch, batch: usize) -> Result<f64> {
         let p = crate::latency::Protocol::default();
-        Ok(crate::latency::time_text_arch(self.net, arch, batch, &p)?.mean_ms)
+        Ok(crate::latency::time_text_arch(&self.run.net, arch, batch, &p)?.mean_ms)
     }
 }
