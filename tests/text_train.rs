@@ -60,7 +60,7 @@ layer_norm_eps = 1e-12
 embed_dim = [16, 32]
 depth = [1, 2]
 num_heads = [2, 4]
-mlp_dim = [32, 64]
+mlp_dim = [32, 48, 64]
 "#,
     )
     .unwrap();
@@ -179,6 +179,87 @@ fn text_supernet_trains_resumes_bit_exactly_searches_and_exports() {
     assert!(res["best"]["flops"].as_u64().unwrap() <= 300_000, "{out}");
     let arch1 = run.join("search-evolution/arch-1.json");
     assert!(arch1.is_file());
+
+    // HAT: a latency dataset of the space, its predictor, and a search
+    // under half the largest subnet's measured latency that times no
+    // candidate (only the largest, for the bound, and the top-k at the end).
+    let csv = dir.join("latency.csv");
+    let pred = dir.join("latency.predictor.json");
+    let space = run.join("space.toml");
+    let (ok, _, err) = vitnas(&[
+        "latency",
+        "measure",
+        s(&space),
+        "--n",
+        "60",
+        "--warmup",
+        "1",
+        "--runs",
+        "5",
+        "--out",
+        s(&csv),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = vitnas(&[
+        "latency",
+        "fit",
+        s(&csv),
+        "--out",
+        s(&pred),
+        "--mlp-steps",
+        "200",
+    ]);
+    assert!(ok, "{err}");
+    let hat = |fraction: &str, out: &str| {
+        vitnas(&[
+            "search",
+            s(&run),
+            "--generations",
+            "2",
+            "--population",
+            "12",
+            "--val-subset",
+            "40",
+            "--predictor",
+            s(&pred),
+            "--latency-fraction",
+            fraction,
+            "--top-k",
+            "2",
+            "--out",
+            s(&run.join(out)),
+        ])
+    };
+    let (ok, out, err) = hat("0.5", "search-hat");
+    assert!(ok, "{err}");
+    let res: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b = &res["latency_budget"];
+    let (largest, max) = (
+        b["largest_measured_ms"].as_f64().unwrap(),
+        b["max_ms"].as_f64().unwrap(),
+    );
+    assert!(largest > 0.0 && (max - 0.5 * largest).abs() < 1e-9, "{out}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("search-hat/search-state.json")).unwrap(),
+    )
+    .unwrap();
+    for r in state["records"].as_array().unwrap() {
+        assert!(r["latency_ms"].is_null(), "a candidate was timed: {r}");
+        assert!(r["predicted_latency_ms"].as_f64().unwrap() <= max, "{r}");
+    }
+    assert_eq!(
+        res["latency_check"]["rows"].as_array().unwrap().len(),
+        2,
+        "{out}"
+    );
+    // A bound below every prediction, and a fraction above 1: clear errors.
+    let (ok, _, err) = hat("0.001", "search-too-tight");
+    assert!(
+        !ok && err.contains("below the smallest subnet's predicted latency"),
+        "{err}"
+    );
+    let (ok, _, err) = hat("1.5", "search-bad-fraction");
+    assert!(!ok && err.contains("latency_fraction"), "{err}");
 
     // The largest (4 heads × 8 = hidden 32): transformers' layout, loaded
     // by candle-transformers' BERT with the same hidden states.

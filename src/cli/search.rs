@@ -42,6 +42,10 @@ pub struct SearchArgs {
     /// Bound on the measured latency of the extracted subnet (ms) on this machine.
     #[arg(long)]
     latency_ms_max: Option<f64>,
+    /// Bound on latency as a fraction of the largest subnet's, measured on
+    /// this machine when the search starts (e.g. 0.333: 3× faster).
+    #[arg(long, conflicts_with = "latency_ms_max")]
+    latency_fraction: Option<f64>,
     #[arg(long)]
     latency_batch: Option<usize>,
     /// A latency predictor (`vitnas latency fit`): --latency-ms-max then
@@ -94,7 +98,14 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
     c.params_max = a.params_max.or(c.params_max);
     c.flops_min = a.flops_min.or(c.flops_min);
     c.flops_max = a.flops_max.or(c.flops_max);
+    if a.latency_ms_max.is_some() {
+        c.latency_fraction = None;
+    }
+    if a.latency_fraction.is_some() {
+        c.latency_ms_max = None;
+    }
     c.latency_ms_max = a.latency_ms_max.or(c.latency_ms_max);
+    c.latency_fraction = a.latency_fraction.or(c.latency_fraction);
     c.latency_batch = a.latency_batch.or(c.latency_batch);
     c.latency_predictor = a.predictor.clone().or(c.latency_predictor.clone());
     cfg.population = a.population.unwrap_or(cfg.population);
@@ -117,6 +128,7 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
         // (rank 0's: the other ranks evaluate what it hands out).
         let saved = search::Search::load_state(&out.join(search::STATE_FILE))?;
         cfg.constraints.latency_predictor = saved.config.constraints.latency_predictor;
+        cfg.constraints.latency_largest_ms = saved.config.constraints.latency_largest_ms;
     }
     cfg.validate()?;
     let (image_val, text_val);
@@ -159,15 +171,39 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
                     path.display()
                 );
             }
-            let max = cfg
-                .constraints
-                .latency_ms_max
-                .context("--predictor needs --latency-ms-max")?;
-            latency::check_budget(&p, path, space, max)?;
             Some(p)
         }
         None => None,
     };
+    let c = &mut cfg.constraints;
+    let budget = match c.latency_fraction {
+        Some(f) if root => {
+            // Measured as the predictor's dataset was (its batch and threads).
+            let (batch, threads) = match &predictor {
+                Some(p) => (p.batch, p.machine.threads),
+                None => (c.latency_batch.unwrap_or(1), rayon::current_num_threads()),
+            };
+            let largest = match c.latency_largest_ms {
+                Some(ms) => ms,
+                None => with_threads(threads, || judge.latency_ms(&space.largest(), batch))?,
+            };
+            c.latency_largest_ms = Some(largest);
+            eprintln!(
+                "latency bound: {f} × the largest subnet's {largest:.3} ms (batch {batch}, \
+                 {threads} threads) = {:.3} ms",
+                f * largest
+            );
+            serde_json::json!({"fraction": f, "largest_measured_ms": largest,
+                "max_ms": f * largest, "batch": batch, "threads": threads})
+        }
+        _ => serde_json::Value::Null,
+    };
+    if let (Some(p), Some(path)) = (&predictor, &c.latency_predictor) {
+        let max = c
+            .latency_bound()
+            .context("--predictor needs --latency-ms-max or --latency-fraction")?;
+        latency::check_budget(p, path, space, max)?;
+    }
     // The search is saved after every generation: on Ctrl-C, say how to
     // continue, and exit with the resumable-interruption code.
     let hint = format!(
@@ -208,7 +244,7 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
             "images_evaluated": s.state.images_evaluated, "eval_seconds": s.state.eval_seconds,
             "wall_seconds": started.elapsed().as_secs_f64(),
             "evals_per_second": s.state.records.len() as f64 / s.state.eval_seconds.max(1e-9),
-            "best": best, "latency_check": check,
+            "best": best, "latency_budget": budget, "latency_check": check,
         }))?
     );
     Ok(())
@@ -262,23 +298,9 @@ fn check_predictions(
         p.batch,
         p.machine.threads
     );
-    // Measured as the predictor's dataset was: with its number of threads,
-    // on a pool this thread belongs to (`threads::init_pool`) when the
-    // counts agree.
-    let own = (p.machine.threads != rayon::current_num_threads())
-        .then(|| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(p.machine.threads)
-                .build()
-        })
-        .transpose()?;
     for (k, r) in top.iter().enumerate() {
         let predicted = p.predict(space, &r.arch);
-        let time = || judge.latency_ms(&r.arch, p.batch);
-        let measured = match &own {
-            Some(pool) => pool.install(time)?,
-            None => time()?,
-        };
+        let measured = with_threads(p.machine.threads, || judge.latency_ms(&r.arch, p.batch))?;
         let err = (predicted - measured) / measured;
         errs.push(err.abs());
         eprintln!(
@@ -306,4 +328,20 @@ fn check_predictions(
         serde_json::json!({"rows": rows, "mean_rel_error": mean, "worst_rel_error": worst,
         "recorded_heldout_p95_rel_error": recorded, "flagged": flagged}),
     )
+}
+
+/// `f` run with `threads` threads: on the current pool (which this thread
+/// belongs to, `threads::init_pool`) when the counts agree, else on a pool
+/// of its own.
+fn with_threads<T: Send>(
+    threads: usize,
+    f: impl FnOnce() -> vitnas::Result<T> + Send,
+) -> anyhow::Result<T> {
+    if threads == rayon::current_num_threads() {
+        return Ok(f()?);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    Ok(pool.install(f)?)
 }

@@ -39,7 +39,9 @@ pub const COST: [&str; 9] = [
 
 /// The engine's work for one image of `arch`, by kind (see the module docs).
 /// Text spaces: one sequence of the stated length, every token through
-/// every layer, no stem work (a table lookup), the pooler and classifier.
+/// every layer but the last under a pooler head (first token only, as the
+/// engine computes it), no stem work (a table lookup), the pooler and
+/// classifier.
 pub fn cost(space: &Space, arch: &Arch) -> Vec<f64> {
     if let Modality::Text(t) = space.modality() {
         return text_cost(space, t, arch);
@@ -72,23 +74,27 @@ pub fn cost(space: &Space, arch: &Arch) -> Vec<f64> {
 fn text_cost(space: &Space, t: &TextInput, arch: &Arch) -> Vec<f64> {
     let e = arch.embed_dim as f64;
     let n = t.seq_len as f64;
+    let pooler = t.pooling == Pooling::Pooler;
     let mut f = [0f64; 9];
     for l in 0..arch.depth {
+        // The pooler reads the first token only: the last block computes
+        // that token's query, output projection and FFN alone.
+        let tq = if pooler && l + 1 == arch.depth {
+            1.0
+        } else {
+            n
+        };
         let q = (arch.num_heads[l] * space.supernet.head_dim) as f64;
         let m = arch.mlp_width(l) as f64;
-        f[0] += 4.0 * n * e * q;
-        f[1] += 2.0 * n * n * q;
-        f[2] += 2.0 * n * e * m;
-        f[3] += n * m;
+        f[0] += (tq + 2.0 * n) * e * q + tq * q * e;
+        f[1] += 2.0 * tq * n * q;
+        f[2] += 2.0 * tq * e * m;
+        f[3] += tq * m;
         f[4] += n * e;
         f[5] += arch.num_heads[l] as f64;
         f[6] += 1.0;
     }
-    let pooler = if t.pooling == Pooling::Pooler {
-        e * e
-    } else {
-        0.0
-    };
+    let pooler = if pooler { e * e } else { 0.0 };
     f[7] = pooler + head_macs(arch.embed_dim as u64, t.num_classes as u64) as f64 + n * e;
     f[8] = 1.0;
     f.to_vec()

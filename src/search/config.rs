@@ -135,10 +135,31 @@ impl SearchConfig {
                 ));
             }
         }
-        if c.latency_predictor.is_some() && c.latency_ms_max.is_none() {
+        if let Some(f) = c.latency_fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(bad(
+                    "search.constraints.latency_fraction",
+                    format!("{f} is not a fraction of the largest subnet's latency in (0, 1]"),
+                ));
+            }
+            if let Some(ms) = c.latency_ms_max {
+                return Err(bad(
+                    "search.constraints.latency_fraction",
+                    format!(
+                        "given together with latency_ms_max ({ms} ms): the fraction sets the \
+                         bound from the largest subnet's measured latency; give one of them"
+                    ),
+                ));
+            }
+        }
+        if c.latency_predictor.is_some()
+            && c.latency_ms_max.is_none()
+            && c.latency_fraction.is_none()
+        {
             return Err(bad(
                 "search.constraints.latency_predictor",
-                "needs latency_ms_max (the bound on the predicted latency)".into(),
+                "needs latency_ms_max or latency_fraction (the bound on the predicted latency)"
+                    .into(),
             ));
         }
         if c.latency_batch == Some(0) {
@@ -148,6 +169,15 @@ impl SearchConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl Constraints {
+    /// The latency bound in ms: `latency_ms_max`, or `latency_fraction` of
+    /// the largest subnet's measured latency (`latency_largest_ms`).
+    pub fn latency_bound(&self) -> Option<f64> {
+        self.latency_ms_max
+            .or_else(|| Some(self.latency_fraction? * self.latency_largest_ms?))
     }
 }
 
@@ -162,6 +192,15 @@ pub struct Constraints {
     pub flops_max: Option<u64>,
     /// Measured latency of the extracted subnet on this machine, in ms.
     pub latency_ms_max: Option<f64>,
+    /// The latency bound as a fraction of the largest subnet's latency,
+    /// measured on this machine when the search starts (HAT's "3× faster":
+    /// 0.333); sets `latency_ms_max`, so the two are not given together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_fraction: Option<f64>,
+    /// The largest subnet's latency (ms) that `latency_fraction` applies
+    /// to: measured by `vitnas search` when it starts, kept with the search.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_largest_ms: Option<f64>,
     pub latency_batch: Option<usize>,
     /// A latency predictor file (`vitnas latency fit`): `latency_ms_max`
     /// bounds the predicted latency, and no candidate is timed.

@@ -282,7 +282,15 @@ impl<'a> Search<'a> {
         if !c.static_ok(params(self.space, &arch), flops(self.space, &arch)) {
             return Ok(false);
         }
-        if let Some(max) = c.latency_ms_max {
+        if c.latency_fraction.is_some() && c.latency_largest_ms.is_none() {
+            return Err(config::invalid(
+                "search.constraints.latency_fraction",
+                "the largest subnet's latency was not measured (`vitnas search` measures it \
+                 when it starts)"
+                    .into(),
+            ));
+        }
+        if let Some(max) = c.latency_bound() {
             if let Some(p) = ev.predictor {
                 let space = self.space;
                 let lat = *self
