@@ -72,15 +72,15 @@ pub struct SearchArgs {
 
 /// A trained supernet of either modality.
 enum Loaded {
-    Image(TrainedRun),
-    Text(TextRun),
+    Image(Box<TrainedRun>),
+    Text(Box<TextRun>),
 }
 
 pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
     let root = dist::is_root(world);
     let loaded = match TextRun::is_text_run(&a.run) {
-        true => Loaded::Text(TextRun::load(&a.run)?),
-        false => Loaded::Image(TrainedRun::load(&a.run)?),
+        true => Loaded::Text(Box::new(TextRun::load(&a.run)?)),
+        false => Loaded::Image(Box::new(TrainedRun::load(&a.run)?)),
     };
     let (recipe, space) = match &loaded {
         Loaded::Image(r) => (&r.recipe, &r.space),
