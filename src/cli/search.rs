@@ -39,8 +39,9 @@ pub struct SearchArgs {
     flops_min: Option<u64>,
     #[arg(long)]
     flops_max: Option<u64>,
-    /// Bound on the measured latency of the extracted subnet (ms) on this machine.
-    #[arg(long)]
+    /// Bound on the latency of the extracted subnet (ms) on this machine:
+    /// measured, or predicted with --predictor.
+    #[arg(long, alias = "latency-max-ms")]
     latency_ms_max: Option<f64>,
     /// Bound on latency as a fraction of the largest subnet's, measured on
     /// this machine when the search starts (e.g. 0.333: 3× faster).
