@@ -262,3 +262,35 @@ fn a_text_space_is_measured_at_its_stated_length_and_fitted() {
     assert!(lo.is_finite() && hi.is_finite() && hi > lo, "{lo} {hi}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A machine that drifted as a whole (every latency 1.4× slower): a
+/// recalibration on the new measurement finds the factor and brings the
+/// error back; too few rows are refused naming the file.
+#[test]
+fn recalibration_follows_a_machine_that_drifted_as_a_whole() {
+    let dir = tmp("recalibrate");
+    let (mut p, _) = predictor(&dir);
+    let csv = dir.join("lat.csv");
+    let mut d = dataset::read(&csv).unwrap();
+    let original: Vec<f64> = d
+        .samples
+        .iter()
+        .map(|s| p.predict(&d.space, &s.arch))
+        .collect();
+    for s in &mut d.samples {
+        s.ms *= 1.4;
+    }
+    let r = p.recalibrate(&d, &csv).unwrap().clone();
+    assert!(r.after.mean_rel < r.before.mean_rel, "{r:?}");
+    assert!(r.before.mean_rel > 0.2, "the drift shows before: {r:?}");
+    assert!((1.2..1.6).contains(&r.scale), "scale {}", r.scale);
+    for (s, o) in d.samples.iter().zip(&original) {
+        assert!((p.predict(&d.space, &s.arch) - r.scale * o).abs() < 1e-9);
+    }
+    // Recalibrating again replaces the factor instead of compounding it.
+    let again = p.recalibrate(&d, &csv).unwrap().scale;
+    assert!((again - r.scale).abs() < 1e-9);
+    d.samples.truncate(latency::MIN_RECALIBRATION_ROWS - 1);
+    let e = p.recalibrate(&d, &csv).err().unwrap().to_string();
+    assert!(e.contains("lat.csv") && e.contains("at least"), "{e}");
+}

@@ -1,4 +1,4 @@
-//! `vitnas latency measure | fit | predict`: latency datasets and learned
+//! `vitnas latency measure | fit | check | recalibrate | predict`: latency datasets and learned
 //! latency predictors for hardware-aware search (HAT).
 
 use anyhow::Context;
@@ -19,6 +19,15 @@ pub enum LatencyCmd {
     /// A predictor's error on another measured CSV of the same space (e.g.
     /// one taken later, to see drift).
     Check { predictor: PathBuf, csv: PathBuf },
+    /// Rescale a predictor to a fresh, short measurement of the same space
+    /// (`measure --n 100`): for a machine that drifted as a whole. Writes a
+    /// new predictor file.
+    Recalibrate {
+        predictor: PathBuf,
+        csv: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Predicted latency of one architecture (JSON file).
     Predict {
         /// A predictor file from `vitnas latency fit`.
@@ -198,6 +207,27 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                     "rows": e.n, "mean_rel_error": e.mean_rel, "p95_rel_error": e.p95_rel,
                     "rmse_ms": e.rmse_ms, "mean_signed_rel_error": bias,
                     "recorded_heldout": p.error(),
+                }))?
+            );
+        }
+        LatencyCmd::Recalibrate {
+            predictor,
+            csv,
+            out,
+        } => {
+            let mut p = Predictor::load(&predictor)?;
+            let d = dataset::read(&csv)?;
+            for w in p.check(&predictor, &d.space, &d.header.machine)? {
+                eprintln!("warning: {w}");
+            }
+            let r = p.recalibrate(&d, &csv)?.clone();
+            p.save(&out)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "out": out, "scale": r.scale, "rows": r.rows,
+                    "mean_rel_error_before": r.before.mean_rel, "mean_rel_error_after": r.after.mean_rel,
+                    "p95_rel_error_before": r.before.p95_rel, "p95_rel_error_after": r.after.p95_rel,
                 }))?
             );
         }

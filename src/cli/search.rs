@@ -319,7 +319,8 @@ fn check_predictions(
         eprintln!(
             "FLAG: the predictor's error on these ({:.1} % worst, {:.1} % mean) exceeds its \
              recorded held-out 95th percentile ({:.1} %): the machine may differ from the one \
-             measured, or have drifted; re-measure (`vitnas latency measure`) and refit",
+             measured, or have drifted; measure a few (`vitnas latency measure --n 100`) and \
+             `vitnas latency recalibrate`, or re-measure and refit",
             100.0 * worst,
             100.0 * mean,
             100.0 * recorded

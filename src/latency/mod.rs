@@ -261,6 +261,9 @@ impl Errors {
     }
 }
 
+/// Fewest rows [`Predictor::recalibrate`] accepts.
+pub const MIN_RECALIBRATION_ROWS: usize = 20;
+
 /// A fitted latency predictor and what it was fitted on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Predictor {
@@ -280,6 +283,22 @@ pub struct Predictor {
     /// Why the kept model was kept.
     pub chosen_because: String,
     pub model: fit::Model,
+    /// A later rescaling of every prediction to a fresh measurement (see
+    /// [`Predictor::recalibrate`]); `None` as fitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recalibration: Option<Recalibration>,
+}
+
+/// How a predictor was rescaled to a fresh measurement of the machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recalibration {
+    /// Every prediction is multiplied by this.
+    pub scale: f64,
+    /// Rows of the measurement it was fitted on.
+    pub rows: usize,
+    /// The predictor's error on those rows before and after.
+    pub before: Errors,
+    pub after: Errors,
 }
 
 impl Predictor {
@@ -305,6 +324,7 @@ impl Predictor {
                 .collect(),
             chosen_because: fitted.why.clone(),
             model: fitted.models[0].0.clone(),
+            recalibration: None,
         }
     }
 
@@ -369,7 +389,44 @@ impl Predictor {
 
     /// Predicted latency of `arch` (ms).
     pub fn predict(&self, space: &Space, arch: &Arch) -> f64 {
-        self.model.predict(space, arch)
+        let scale = self.recalibration.as_ref().map_or(1.0, |r| r.scale);
+        scale * self.model.predict(space, arch)
+    }
+
+    /// Rescales every prediction to a fresh measurement `d` of the same
+    /// space (a short one: a machine that drifted as a whole, faster or
+    /// slower, shifts every latency by about the same factor): the scale is
+    /// the median of measured / predicted over `d`'s rows, as fitted
+    /// (earlier recalibrations are replaced). Needs at least
+    /// [`MIN_RECALIBRATION_ROWS`] rows.
+    pub fn recalibrate(&mut self, d: &dataset::Dataset, csv: &Path) -> Result<&Recalibration> {
+        if d.samples.len() < MIN_RECALIBRATION_ROWS {
+            return Err(Error::Latency {
+                path: csv.into(),
+                message: format!(
+                    "{} measured architectures; recalibrating needs at least \
+                     {MIN_RECALIBRATION_ROWS} (`vitnas latency measure --n 100`)",
+                    d.samples.len()
+                ),
+            });
+        }
+        self.recalibration = None;
+        let pred: Vec<f64> = d
+            .samples
+            .iter()
+            .map(|s| self.predict(&d.space, &s.arch))
+            .collect();
+        let truth: Vec<f64> = d.samples.iter().map(|s| s.ms).collect();
+        let mut ratio: Vec<f64> = truth.iter().zip(&pred).map(|(t, p)| t / p).collect();
+        ratio.sort_by(|a, b| a.total_cmp(b));
+        let scale = ratio[ratio.len() / 2];
+        let scaled: Vec<f64> = pred.iter().map(|p| scale * p).collect();
+        Ok(self.recalibration.insert(Recalibration {
+            scale,
+            rows: d.samples.len(),
+            before: Errors::of(&pred, &truth),
+            after: Errors::of(&scaled, &truth),
+        }))
     }
 
     /// The kept model's held-out error.
