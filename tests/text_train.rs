@@ -158,6 +158,25 @@ fn text_supernet_trains_resumes_bit_exactly_searches_and_exports() {
         a == b,
         "a resumed text run differs from an uninterrupted one"
     );
+    // Its metrics too, line for line; every step line logs its padded
+    // sequence length, and the last line holds the test results.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let resumed = std::fs::read_to_string(half.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics, resumed, "a resumed text run logs other metrics");
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps = lines.iter().filter(|l| l.get("losses").is_some());
+    assert_eq!(steps.clone().count(), 18, "{metrics}");
+    assert!(steps
+        .clone()
+        .all(|l| l["tokens"].as_u64().is_some_and(|t| t <= 32)));
+    let last = lines.last().unwrap();
+    assert!(
+        last["test"] == true && last["test_largest"]["examples"] == 200,
+        "{last}"
+    );
 
     // Search under a FLOPs bound: every record within it.
     let (ok, out, err) = vitnas(&[

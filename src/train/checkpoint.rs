@@ -11,11 +11,11 @@
 use super::optim::AdamW;
 use super::recipe::Recipe;
 use super::step::Params;
-use super::trainee::Trainee;
 use super::{CHECKPOINT_FILE, STATE_FILE, SUPERNET_FILE};
 use crate::data::batch::Normalize;
 use crate::error::{Error, Result};
-use crate::space::Space;
+use crate::models::vit::Vit;
+use crate::space::{Arch, Space};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -170,42 +170,51 @@ pub fn load_into_vars(
     Ok(())
 }
 
-/// Writes a run's checkpoint files: `checkpoint.safetensors` (weights,
-/// AdamW moments, state), the model file (`supernet.safetensors`, or the
-/// exported model of a standalone run) and `state.json`.
-pub(crate) struct Checkpointer<'a> {
-    pub dir: &'a Path,
-    pub recipe: &'a Recipe,
-    pub space: &'a Space,
-    pub norm: &'a Normalize,
+/// The model file a checkpoint writes beside `checkpoint.safetensors`.
+pub(crate) enum ModelFile<'a> {
+    /// `supernet.safetensors`: the supernet's weights, Hugging Face names.
+    Supernet,
+    /// A standalone run's model, exported as a static model.
+    Standalone {
+        model: &'a Vit,
+        arch: &'a Arch,
+        space: &'a Space,
+        norm: &'a Normalize,
+    },
 }
 
-impl Checkpointer<'_> {
-    pub fn save(
-        &self,
-        trainee: &Trainee,
-        params: &Params,
-        opt: &AdamW,
-        state: &TrainState,
-    ) -> Result<()> {
-        let weights = params.tensors();
-        let state_json = write_checkpoint(self.dir, params, opt, state)?;
-        match trainee {
-            Trainee::Supernet { .. } => {
-                let meta = [("vitnas.recipe".to_string(), self.recipe.name.clone())]
-                    .into_iter()
-                    .collect();
-                write_atomic(
-                    &self.dir.join(SUPERNET_FILE),
-                    &to_safetensors_bytes(&weights, Some(meta))?,
-                )?;
-            }
-            Trainee::Standalone { model, arch } => {
-                crate::models::export::export(model, self.space, arch, Some(self.norm), self.dir)?;
-            }
+/// Writes a run's checkpoint files in `dir`, each atomically:
+/// `checkpoint.safetensors` (weights, AdamW moments, state), the model
+/// file and `state.json`.
+pub(crate) fn save(
+    dir: &Path,
+    recipe: &Recipe,
+    model: ModelFile<'_>,
+    params: &Params,
+    opt: &AdamW,
+    state: &TrainState,
+) -> Result<()> {
+    let state_json = write_checkpoint(dir, params, opt, state)?;
+    match model {
+        ModelFile::Supernet => {
+            let meta = [("vitnas.recipe".to_string(), recipe.name.clone())]
+                .into_iter()
+                .collect();
+            write_atomic(
+                &dir.join(SUPERNET_FILE),
+                &to_safetensors_bytes(&params.tensors(), Some(meta))?,
+            )?;
         }
-        write_atomic(&self.dir.join(STATE_FILE), state_json.as_bytes())
+        ModelFile::Standalone {
+            model,
+            arch,
+            space,
+            norm,
+        } => {
+            crate::models::export::export(model, space, arch, Some(norm), dir)?;
+        }
     }
+    write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
 }
 
 /// Writes `checkpoint.safetensors` in `dir`: the weights, AdamW's moments

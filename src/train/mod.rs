@@ -4,9 +4,13 @@
 //! - [`recipe`]: the TOML recipe and its validation;
 //! - [`data`]: the seeded train/validation split and the test split;
 //! - `session.rs`: starting a run directory, or resuming one (locked);
-//! - `trainee.rs`: what is trained (supernet + sampler, or one static model);
-//! - `run.rs`: the loop — batch, sample, step, optimise, log,
-//!   validate, checkpoint;
+//! - `run.rs`: the one training loop — batch, sample, step, optimise,
+//!   log, validate, checkpoint, test — for every modality, through
+//!   `task.rs`'s `TrainTask`: what a modality supplies (batches, the
+//!   step's architectures, evaluation, checkpoint files);
+//! - `image.rs`: the image task, on `trainee.rs`'s model (a supernet with
+//!   its sampler, or one static model); [`text`]: the text task, its data
+//!   and runs;
 //! - [`step`]: one step's forward and backward over the sampled subnets;
 //!   [`sampler`], [`gradient`], [`loss`] and [`optim`] are its strategies;
 //! - `data_parallel.rs`: what training on several ranks adds (a shard of
@@ -26,6 +30,7 @@ pub mod data;
 mod data_parallel;
 mod flat;
 pub mod gradient;
+mod image;
 pub mod loss;
 pub mod optim;
 pub mod recipe;
@@ -35,6 +40,7 @@ mod session;
 pub mod standalone;
 pub mod step;
 pub mod summary;
+mod task;
 pub mod text;
 mod trained;
 mod trainee;

@@ -1,26 +1,26 @@
-//! The training loop. Each step: take the step's batch, sample the step's
-//! architectures, accumulate their gradients, take one optimizer step, log,
-//! and (at epoch ends and every `checkpoint_every` steps) validate and
-//! checkpoint.
+//! The one training loop, for every modality (a [`TrainTask`] supplies
+//! the batches, the evaluation and the checkpoint files). Each step: take
+//! the step's batch, sample the step's architectures, accumulate their
+//! gradients, take one optimizer step, log, and (at epoch ends and every
+//! `checkpoint_every` steps) validate and checkpoint; at the end of a
+//! finished run, test.
 
-use super::checkpoint::{self, Checkpointer, TrainState};
-use super::data::load_test;
+use super::checkpoint::{self, TrainState};
 use super::data_parallel::DataParallel;
 use super::flat::FlatWeights;
 use super::gradient::{self, Agreement};
 use super::loss;
 use super::optim::{lr_at, AdamW};
 use super::recipe::{NonFinite, Recipe};
-use super::step::{accumulate_groups, Batch, Input, Params, Path as StepPath, StepLosses};
+use super::step::{accumulate_groups, Batch, Params, Path as StepPath, StepLosses};
 use super::summary::{EvalSplit, Reported, Summary};
-use super::trainee::{RunKind, Trainee};
-use super::{standalone, step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
-use crate::data::batch::{epoch_order, make_batch_part, Normalize};
-use crate::data::Dataset;
+use super::task::TrainTask;
+use super::{step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
+use crate::data::batch::epoch_order;
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, EvalResult};
+use crate::eval::EvalResult;
 use crate::space::{flops, Arch, Space};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -31,29 +31,19 @@ use std::time::Instant;
 /// A checkpoint to continue from: its tensors and its state.
 pub(crate) type Restore = (HashMap<String, Tensor>, TrainState);
 
-/// Trains `kind` with `recipe` in `recipe.output_dir` (prepared by
-/// [`super::session`]), from scratch or from `restore`.
-pub(crate) fn run(
+/// Trains `task`'s model, whose parameters are `params`, with `recipe` in
+/// `recipe.output_dir` (prepared by the caller), from scratch or from
+/// `restore`.
+pub(super) fn run(
     recipe: &Recipe,
     space: &Space,
-    kind: RunKind,
-    train: &Dataset,
-    val: &Dataset,
+    task: &dyn TrainTask,
+    params: &Params,
     restore: Option<Restore>,
     opts: &RunOptions,
 ) -> Result<Summary> {
     let dir = recipe.output_dir.as_path();
-    let norm = recipe
-        .data
-        .normalize
-        .clone()
-        .expect("resolved recipe has normalisation");
-    // A resumed standalone run's weights come from its checkpoint.
-    let origin = restore
-        .as_ref()
-        .map(|_| standalone::Init::Scratch(recipe.init));
-    let (trainee, params) = Trainee::build(&kind, space, recipe, origin)?;
-    let schedule = Schedule::new(recipe, train)?;
+    let schedule = Schedule::new(recipe, task.train_len(), task.train_source())?;
     // Several ranks (mpirun): each its shard of every batch; rank 0 alone
     // writes. One rank: nothing changes.
     let mut dp = DataParallel::new(opts.collective, recipe)?;
@@ -66,10 +56,7 @@ pub(crate) fn run(
         agreement: None,
         total_steps: schedule.total,
         recipe: recipe.name.clone(),
-        arch: match &kind {
-            RunKind::Supernet => None,
-            RunKind::Standalone { arch, .. } => Some(arch.clone()),
-        },
+        arch: task.standalone_arch().cloned(),
     };
     // The step of the last checkpoint on disk (a resumed run starts from one).
     let mut last_checkpoint = None;
@@ -77,40 +64,35 @@ pub(crate) fn run(
         Some((tensors, st)) => {
             let path = dir.join(CHECKPOINT_FILE);
             schedule.check_resumable(&path, &st, recipe)?;
-            checkpoint::restore(&path, &tensors, &params, &mut opt)?;
+            checkpoint::restore(&path, &tensors, params, &mut opt)?;
             opt.t = st.adam_t;
             last_checkpoint = Some(st.step);
             state = st;
         }
-        None => {
-            if let (Some(spec), RunKind::Supernet) = (&recipe.init_from, &kind) {
-                let say = opts.progress && root;
-                init_from_pretrained(spec, root.then_some(dir), &params, space, say)?;
-            }
-        }
+        None => task.init(params, root.then_some(dir), opts.progress && root)?,
     }
     // One owner of the weights between steps: the engine's flat buffers,
     // updated in place by the optimizer. candle's variables are refreshed
     // from them only when candle reads them (validation, checkpoints, the
     // end). Models the engine does not run train through candle's autograd.
-    let mut flat = FlatWeights::new(&params, trainee.net())?;
+    let mut flat = FlatWeights::new(params, task.net())?;
     let distill = loss::from_config(&recipe.loss.distill);
-    let ckpt = Checkpointer {
-        dir,
-        recipe,
-        space,
-        norm: &norm,
-    };
     let metrics = Metrics(root.then(|| dir.join(METRICS_FILE)));
     let end = opts
         .max_steps
         .or(recipe.train.max_steps)
         .map_or(schedule.total, |m| m.min(schedule.total));
-    let mut progress = Progress::new(opts.progress && root, &schedule, state.step, recipe);
+    let mut progress = Progress::new(
+        opts.progress && root,
+        &schedule,
+        state.step,
+        recipe,
+        task.unit(),
+    );
     let shard = dp.shard(recipe.train.batch_size);
-    let mut batches = Batches::new(train, &norm, recipe, shard);
+    let mut order = EpochOrder::new(task.train_len(), recipe);
     if dp.size() > 1 {
-        dp.check_weights(state.step, &flat.values(&params)?)?;
+        dp.check_weights(state.step, &flat.values(params)?)?;
     }
     let first_step = state.step;
     let started = Instant::now();
@@ -126,8 +108,8 @@ pub(crate) fn run(
         let mut rng = step_rng(recipe.seed, step);
         // The batch draws its augmentation from the step's RNG first, then
         // the sampler draws the step's architectures from it.
-        let (x, y) = batches.get(step, &mut rng)?;
-        let plan = trainee.plan(space, step, &mut rng);
+        let examples = task.examples(order.batch(step), shard.clone(), &mut rng)?;
+        let plan = task.plan(space, step, &mut rng);
         let group_of = strategy.groups(&plan);
         let n_groups = group_of.iter().max().map_or(1, |g| g + 1);
         while groups.len() < n_groups {
@@ -139,13 +121,13 @@ pub(crate) fn run(
         let path = match &flat.engine {
             Some((weights, config)) => StepPath::Engine { weights, config },
             None => StepPath::Autograd {
-                net: trainee.net(),
-                params: &params,
+                net: task.net(),
+                params,
             },
         };
         let batch = Batch {
-            input: Input::Images(&x),
-            labels: &y,
+            input: examples.input(),
+            labels: examples.labels(),
             label_smoothing: recipe.loss.label_smoothing,
             distill: distill.as_deref(),
         };
@@ -170,20 +152,24 @@ pub(crate) fn run(
                         .get_or_insert_with(Agreement::default)
                         .add(&a);
                 }
-                let grad_norm = flat.optimizer_step(&mut opt, &params, &groups[0], lr)?;
+                let grad_norm = flat.optimizer_step(&mut opt, params, &groups[0], lr)?;
                 state.adam_t = opt.t;
                 let flops: Vec<u64> = plan.archs.iter().map(|a| flops(space, a)).collect();
-                metrics.line(json!({
+                let mut line = json!({
                     "step": step + 1, "epoch": epoch, "lr": lr, "losses": out.losses,
                     "flops": flops, "grad_norm": grad_norm,
-                }))?;
+                });
+                if let Some(t) = examples.tokens() {
+                    line["tokens"] = json!(t);
+                }
+                metrics.line(line)?;
             }
         }
         state.step += 1;
         progress.step(state.step, end, epoch, &out, lr);
         let epoch_end = state.step.is_multiple_of(schedule.steps_per_epoch);
         if epoch_end {
-            flat.sync(&params)?;
+            flat.sync(params)?;
             // How the step's gradient groups agreed over the epoch.
             let agreement = state.agreement.take().map(|a| {
                 let mut r = a.report();
@@ -192,11 +178,9 @@ pub(crate) fn run(
             });
             if root {
                 last_val = validate(
-                    &trainee,
+                    task,
                     space,
-                    val,
-                    &norm,
-                    recipe,
+                    &flat,
                     &metrics,
                     (state.step, epoch),
                     agreement,
@@ -210,13 +194,13 @@ pub(crate) fn run(
             || stop
             || state.step == end
         {
-            flat.sync(&params)?;
+            flat.sync(params)?;
             if root {
-                ckpt.save(&trainee, &params, &opt, &state)?;
+                task.save(params, &opt, &state)?;
             }
             last_checkpoint = Some(state.step);
             if dp.size() > 1 {
-                dp.check_weights(state.step, &flat.values(&params)?)?;
+                dp.check_weights(state.step, &flat.values(params)?)?;
             }
         }
         if stop {
@@ -225,7 +209,7 @@ pub(crate) fn run(
         }
     }
     progress.finish();
-    flat.sync(&params)?;
+    flat.sync(params)?;
     let mut summary = Summary::new(dir.to_path_buf());
     summary.steps = state.step;
     summary.total_steps = schedule.total;
@@ -237,7 +221,7 @@ pub(crate) fn run(
         summary.set(EvalSplit::Val, which, r);
     }
     if state.step == schedule.total && !interrupted && root {
-        test(&trainee, space, recipe, &norm, &metrics, &mut summary, opts)?;
+        task.test(&flat, &metrics, &mut summary, opts)?;
     }
     Ok(summary)
 }
@@ -251,13 +235,14 @@ struct Schedule {
 }
 
 impl Schedule {
-    fn new(recipe: &Recipe, train: &Dataset) -> Result<Self> {
+    /// The schedule of `examples` training examples (from `source`).
+    fn new(recipe: &Recipe, examples: usize, source: &str) -> Result<Self> {
         let bs = recipe.train.batch_size;
-        let spe = train.len() / bs;
+        let spe = examples / bs;
         if spe == 0 {
             return Err(Error::Data {
-                source_name: train.source.clone(),
-                message: format!("{} training examples make no batch of {bs}", train.len()),
+                source_name: source.to_string(),
+                message: format!("{examples} training examples make no batch of {bs}"),
             });
         }
         let total = recipe
@@ -299,60 +284,43 @@ impl Schedule {
     }
 }
 
-/// The batches of a run: a seeded order per epoch, augmentation per step;
-/// this rank's `shard` of each (all of it with one rank).
-struct Batches<'a> {
-    train: &'a Dataset,
-    norm: &'a Normalize,
-    recipe: &'a Recipe,
-    order: Option<(usize, Vec<usize>)>,
-    shard: std::ops::Range<usize>,
+/// The seeded order of the training examples, one permutation per epoch
+/// (kept for the epoch's steps), cut into the steps' batches.
+struct EpochOrder {
+    examples: usize,
+    batch_size: usize,
+    seed: u64,
+    epoch: Option<(usize, Vec<usize>)>,
 }
 
-impl<'a> Batches<'a> {
-    fn new(
-        train: &'a Dataset,
-        norm: &'a Normalize,
-        recipe: &'a Recipe,
-        shard: std::ops::Range<usize>,
-    ) -> Self {
-        Batches {
-            train,
-            norm,
-            recipe,
-            order: None,
-            shard,
+impl EpochOrder {
+    fn new(examples: usize, recipe: &Recipe) -> Self {
+        EpochOrder {
+            examples,
+            batch_size: recipe.train.batch_size,
+            seed: recipe.seed,
+            epoch: None,
         }
     }
 
-    /// Images and labels of this rank's shard of step `step`.
-    fn get(&mut self, step: usize, rng: &mut rand::rngs::StdRng) -> Result<(Tensor, Tensor)> {
-        let bs = self.recipe.train.batch_size;
-        let spe = self.train.len() / bs;
+    /// The examples of step `step`'s (global) batch.
+    fn batch(&mut self, step: usize) -> &[usize] {
+        let bs = self.batch_size;
+        let spe = self.examples / bs;
         let (epoch, pos) = (step / spe, step % spe);
-        if self.order.as_ref().map(|o| o.0) != Some(epoch) {
-            self.order = Some((
-                epoch,
-                epoch_order(self.train.len(), self.recipe.seed, epoch),
-            ));
+        if self.epoch.as_ref().map(|o| o.0) != Some(epoch) {
+            self.epoch = Some((epoch, epoch_order(self.examples, self.seed, epoch)));
         }
-        let order = &self.order.as_ref().expect("set above").1;
-        make_batch_part(
-            self.train,
-            &order[pos * bs..(pos + 1) * bs],
-            self.shard.clone(),
-            self.norm,
-            Some((&self.recipe.data.augment, rng)),
-            &Device::Cpu,
-        )
+        &self.epoch.as_ref().expect("set above").1[pos * bs..(pos + 1) * bs]
     }
 }
 
 /// Appends JSON lines to a run's metrics.jsonl (none on ranks other than 0).
-struct Metrics(Option<PathBuf>);
+pub(super) struct Metrics(Option<PathBuf>);
 
 impl Metrics {
-    fn line(&self, v: serde_json::Value) -> Result<()> {
+    /// Appends `v` as one line.
+    pub(super) fn line(&self, v: serde_json::Value) -> Result<()> {
         let Some(path) = &self.0 else {
             return Ok(());
         };
@@ -372,12 +340,21 @@ struct Progress {
     log_every: usize,
     total: usize,
     started: Instant,
-    images: usize,
+    /// Examples trained since this process started, and per step.
+    examples: usize,
     batch: usize,
+    /// What an example is called in the rate (`img`, `seq`).
+    unit: &'static str,
 }
 
 impl Progress {
-    fn new(show: bool, schedule: &Schedule, step: usize, recipe: &Recipe) -> Self {
+    fn new(
+        show: bool,
+        schedule: &Schedule,
+        step: usize,
+        recipe: &Recipe,
+        unit: &'static str,
+    ) -> Self {
         let bar = (show && std::io::stderr().is_terminal()).then(|| {
             let b = indicatif::ProgressBar::new(schedule.total as u64);
             b.set_style(
@@ -395,24 +372,26 @@ impl Progress {
             log_every: recipe.train.log_every,
             total: schedule.total,
             started: Instant::now(),
-            images: 0,
+            examples: 0,
             batch: recipe.train.batch_size,
+            unit,
         }
     }
 
     fn step(&mut self, done: usize, end: usize, epoch: usize, out: &StepLosses, lr: f64) {
-        self.images += self.batch;
-        let rate = self.images as f64 / self.started.elapsed().as_secs_f64();
+        self.examples += self.batch;
+        let rate = self.examples as f64 / self.started.elapsed().as_secs_f64();
+        let unit = self.unit;
         let loss0 = out.losses.first().copied().unwrap_or(f32::NAN);
         if let Some(b) = &self.bar {
             b.set_position(done as u64);
             b.set_message(format!(
-                "epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} img/s",
+                "epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} {unit}/s",
                 epoch + 1
             ));
         } else if self.log && (done.is_multiple_of(self.log_every) || done == end) {
             eprintln!(
-                "step {done}/{} epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} img/s",
+                "step {done}/{} epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} {unit}/s",
                 self.total,
                 epoch + 1
             );
@@ -432,29 +411,6 @@ impl Progress {
             b.finish_and_clear();
         }
     }
-}
-
-/// Loads a pretrained Hugging Face ViT into the supernet's leading slices
-/// and records what was loaded in `dir`'s `init-report.txt` (rank 0's; the
-/// other ranks of a data-parallel run load the same weights, silently).
-fn init_from_pretrained(
-    spec: &str,
-    dir: Option<&Path>,
-    params: &Params,
-    space: &Space,
-    progress: bool,
-) -> Result<()> {
-    let model_dir = crate::hub::resolve(spec)?;
-    let report = crate::hub::load_vit_into(params, &model_dir, space.supernet.head_dim)?;
-    let Some(dir) = dir else {
-        return Ok(());
-    };
-    let path = dir.join("init-report.txt");
-    std::fs::write(&path, report.to_string()).map_err(|e| Error::io(&path, e))?;
-    if progress {
-        eprint!("init from {}: {report}", model_dir.display());
-    }
-    Ok(())
 }
 
 /// A step whose loss was NaN or infinite: stop the run, or skip the step.
@@ -501,13 +457,10 @@ fn on_nonfinite(
 /// Accuracy of the reported architectures on the validation split, logged
 /// to metrics.jsonl (with the epoch's gradient agreement, when the
 /// strategy measures it) and the progress display.
-#[allow(clippy::too_many_arguments)]
 fn validate(
-    trainee: &Trainee,
+    task: &dyn TrainTask,
     space: &Space,
-    val: &Dataset,
-    norm: &Normalize,
-    recipe: &Recipe,
+    flat: &FlatWeights,
     metrics: &Metrics,
     (step, epoch): (usize, usize),
     gradient: Option<serde_json::Value>,
@@ -519,11 +472,8 @@ fn validate(
     }
     let mut msg = format!("epoch {} val acc", epoch + 1);
     let mut out = Vec::new();
-    for (which, arch) in trainee.reported(space) {
-        let model = trainee.inference_model(&arch)?;
-        let r = evaluate(val, norm, recipe.data.eval_batch_size, &Device::Cpu, |x| {
-            model.logits(x)
-        })?;
+    for (which, arch) in task.reported(space) {
+        let r = task.validate(&arch, flat)?;
         line[format!("val_{}", which.name())] = json!(r);
         msg += &format!(" {} {:.4}", which.name(), r.accuracy);
         out.push((which, r));
@@ -531,44 +481,4 @@ fn validate(
     metrics.line(line)?;
     progress.println(&msg);
     Ok(out)
-}
-
-/// Test accuracy of the reported architectures at the end of a run; when
-/// the test split cannot be used, the summary and metrics say why.
-fn test(
-    trainee: &Trainee,
-    space: &Space,
-    recipe: &Recipe,
-    norm: &Normalize,
-    metrics: &Metrics,
-    summary: &mut Summary,
-    opts: &RunOptions,
-) -> Result<()> {
-    let test = match load_test(recipe, space) {
-        Ok(t) => t,
-        Err(e) => {
-            let note = format!("no test results: the test split could not be used: {e}");
-            tracing::warn!("{note}");
-            if opts.progress {
-                eprintln!("{note}");
-            }
-            metrics.line(json!({"step": summary.steps, "final_test_error": note}))?;
-            summary.test_error = Some(note);
-            return Ok(());
-        }
-    };
-    let mut line = json!({"step": summary.steps});
-    for (which, arch) in trainee.reported(space) {
-        let model = trainee.inference_model(&arch)?;
-        let r = evaluate(
-            &test,
-            norm,
-            recipe.data.eval_batch_size,
-            &Device::Cpu,
-            |x| model.logits(x),
-        )?;
-        line[format!("final_test_{}", which.name())] = json!(r);
-        summary.set(EvalSplit::Test, which, r);
-    }
-    metrics.line(line)
 }

@@ -7,8 +7,8 @@
 use super::checkpoint::{read_weights, write_atomic, TrainState, STATE_KEY};
 use super::data::load_train_val;
 use super::data_parallel::{check_batch, check_same_run};
+use super::image::run;
 use super::recipe::Recipe;
-use super::run::run;
 use super::summary::Summary;
 use super::trainee::RunKind;
 use super::{standalone, RunOptions};

@@ -1,8 +1,9 @@
-//! Training a text (BERT) supernet: the same recipe sections, samplers,
-//! in-place distillation, gradient strategies, optimizer, checkpoints and
-//! metrics as the image trainer, on token sequences. The [`crate::engine`]
-//! computes every subnet's forward and backward on the supernet's flat
-//! weights (the step loop of [`super::step`] with
+//! Training a text (BERT) supernet: the image trainer's loop (`run.rs`)
+//! with the same recipe sections, samplers, in-place distillation, gradient
+//! strategies, optimizer, checkpoints and metrics, on token sequences (a
+//! `TrainTask` here supplies them). The [`crate::engine`] computes every
+//! subnet's forward and backward on the supernet's flat weights (the step
+//! loop of [`super::step`] with
 //! [`Path::Engine`](super::step::Path::Engine)), and evaluates subnets on
 //! them without extracting a copy.
 //!
@@ -10,17 +11,18 @@
 //! names (`labels.json`) and the tokenizer (`tokenizer.json`), so that
 //! search, evaluation and export need nothing else.
 
-use super::checkpoint::{read_weights, write_atomic, write_checkpoint, TrainState, STATE_KEY};
+use super::checkpoint::{self, read_weights, write_atomic, ModelFile, TrainState, STATE_KEY};
 use super::flat::FlatWeights;
-use super::gradient::{self, Agreement};
-use super::loss::{self, cross_entropy};
-use super::optim::{lr_at, AdamW};
-use super::recipe::{NonFinite, Recipe, TextDataConfig};
-use super::sampler;
-use super::step::{accumulate_groups, Batch, Input, Params, Path as StepPath};
+use super::loss::cross_entropy;
+use super::optim::AdamW;
+use super::recipe::{Recipe, TextDataConfig};
+use super::run::{Metrics, Restore};
+use super::sampler::{self, Plan, Sampler};
+use super::step::{Forward, Params};
 use super::summary::{EvalSplit, Reported, Summary};
-use super::{step_rng, RunOptions};
-use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE, STATE_FILE, SUPERNET_FILE};
+use super::task::{Examples, TrainTask};
+use super::RunOptions;
+use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE, SUPERNET_FILE};
 use crate::data::batch::epoch_order;
 use crate::data::text::{load_text, TextDataset, TokenizedDataset};
 use crate::engine::{self, Weights};
@@ -29,16 +31,14 @@ use crate::eval::EvalResult;
 use crate::init::seeded_var_builder;
 use crate::models::text::TextTokenizer;
 use crate::rundir::{self, Artifact, RunLock};
-use crate::space::{flops, Arch, Space};
-use crate::supernet::bert::{BertSupernet, Tokens};
+use crate::space::{Arch, Space};
+use crate::supernet::bert::BertSupernet;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarMap;
+use rand::rngs::StdRng;
 use serde_json::json;
-use std::collections::HashMap;
-use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 /// The label names of a text run, in id order.
 pub const LABELS_FILE: &str = "labels.json";
@@ -272,223 +272,139 @@ pub fn build(space: &Space, recipe: &Recipe) -> Result<(BertSupernet, Params)> {
     Ok((net, Params::from_varmap(&vm)))
 }
 
+/// Trains the BERT supernet of `space` on `data` through the training loop,
+/// from scratch or from `restore`.
 fn run(
     recipe: &Recipe,
     space: &Space,
     data: &TextData,
-    restore: Option<(HashMap<String, Tensor>, TrainState)>,
+    restore: Option<Restore>,
     opts: &RunOptions,
 ) -> Result<Summary> {
-    let dir = recipe.output_dir.as_path();
     let (net, params) = build(space, recipe)?;
-    let bs = recipe.train.batch_size;
-    let spe = data.train.len() / bs;
-    if spe == 0 {
-        return Err(Error::Data {
-            source_name: data.train.source.clone(),
-            message: format!(
-                "{} training examples make no batch of {bs}",
-                data.train.len()
-            ),
-        });
-    }
-    let total = recipe.train.epochs * spe;
-    let warmup = (recipe.optimizer.warmup_epochs * spe as f64).round() as usize;
-    let mut opt = AdamW::new(&params.names, &params.sizes(), recipe.optimizer.clone());
-    let mut state = TrainState {
-        step: 0,
-        adam_t: 0,
-        skipped_steps: 0,
-        agreement: None,
-        total_steps: total,
-        recipe: recipe.name.clone(),
-        arch: None,
+    let task = TextTask {
+        net,
+        sampler: sampler::from_config(&recipe.sampler),
+        recipe,
+        space,
+        data,
     };
-    match restore {
-        Some((tensors, st)) => {
-            let path = dir.join(CHECKPOINT_FILE);
-            if st.total_steps != total || st.step > total {
-                return Err(Error::Checkpoint {
-                    path,
-                    message: format!(
-                        "state step {} of {} does not fit this run's {total} steps",
-                        st.step, st.total_steps
-                    ),
-                });
-            }
-            super::checkpoint::restore(&path, &tensors, &params, &mut opt)?;
-            opt.t = st.adam_t;
-            state = st;
-        }
-        None => {
-            if let Some(spec) = &recipe.init_from {
-                let model_dir = crate::hub::resolve(spec)?;
-                let report =
-                    crate::hub::load_bert_into(&params, &model_dir, space.supernet.head_dim)?;
+    super::run::run(recipe, space, &task, &params, restore, opts)
+}
+
+/// A text run's side of the loop: token batches in the seeded epoch order,
+/// subnets evaluated by the engine on the run's flat weights.
+struct TextTask<'a> {
+    net: BertSupernet,
+    sampler: Box<dyn Sampler>,
+    recipe: &'a Recipe,
+    space: &'a Space,
+    data: &'a TextData,
+}
+
+impl TrainTask for TextTask<'_> {
+    fn train_len(&self) -> usize {
+        self.data.train.len()
+    }
+
+    fn train_source(&self) -> &str {
+        &self.data.train.source
+    }
+
+    fn net(&self) -> &dyn Forward {
+        &self.net
+    }
+
+    fn standalone_arch(&self) -> Option<&Arch> {
+        None
+    }
+
+    /// The pretrained BERT of `init_from` in the supernet's leading
+    /// slices, then DynaBERT rewiring (`data.text.rewire_batches`).
+    fn init(&self, params: &Params, dir: Option<&Path>, say: bool) -> Result<()> {
+        let recipe = self.recipe;
+        if let Some(spec) = &recipe.init_from {
+            let model_dir = crate::hub::resolve(spec)?;
+            let report =
+                crate::hub::load_bert_into(params, &model_dir, self.space.supernet.head_dim)?;
+            if let Some(dir) = dir {
                 let path = dir.join("init-report.txt");
                 std::fs::write(&path, report.to_string()).map_err(|e| Error::io(&path, e))?;
-                if opts.progress {
-                    eprint!("init from {}: {report}", model_dir.display());
-                }
             }
-            let n = text_config(recipe)?.rewire_batches;
-            if n > 0 {
-                rewire(&net, &params, data, recipe, n, dir, opts.progress)?;
+            if say {
+                eprint!("init from {}: {report}", model_dir.display());
             }
         }
+        let n = text_config(recipe)?.rewire_batches;
+        if n > 0 {
+            rewire(&self.net, params, self.data, recipe, n, dir, say)?;
+        }
+        Ok(())
     }
-    // The engine's flat weights own the values between steps (see
-    // `FlatWeights`); candle's variables are refreshed for checkpoints.
-    let mut flat = FlatWeights::new(&params, &net)?;
-    engine_of(&flat)?;
-    let sampler = sampler::from_config(&recipe.sampler);
-    let distill = loss::from_config(&recipe.loss.distill);
-    let strategy = gradient::from_config(&recipe.gradient);
-    let metrics = dir.join(METRICS_FILE);
-    let end = opts
-        .max_steps
-        .or(recipe.train.max_steps)
-        .map_or(total, |m| m.min(total));
-    let started = Instant::now();
-    let mut groups = vec![params.zero_grads()];
-    let mut last_val = Vec::new();
-    let mut interrupted = false;
-    let mut order: Option<(usize, Vec<usize>)> = None;
-    while state.step < end {
-        let step = state.step;
-        let epoch = step / spe;
-        let mut rng = step_rng(recipe.seed, step);
-        if order.as_ref().map(|o| o.0) != Some(epoch) {
-            order = Some((epoch, epoch_order(data.train.len(), recipe.seed, epoch)));
-        }
-        let idx = &order.as_ref().expect("set above").1[(step % spe) * bs..][..bs];
-        let b = data.train.batch(idx, &Device::Cpu)?;
-        let plan = sampler.plan(space, step, &mut rng);
-        let group_of = strategy.groups(&plan);
-        let n_groups = group_of.iter().max().map_or(1, |g| g + 1);
-        while groups.len() < n_groups {
-            groups.push(params.zero_grads());
-        }
-        for g in &mut groups[..n_groups] {
-            g.iter_mut().for_each(|g| g.fill(0.0));
-        }
-        let batch = Batch {
-            input: Input::Tokens(Tokens {
-                ids: &b.ids,
-                mask: &b.attention_mask,
-            }),
-            labels: &b.labels,
-            label_smoothing: recipe.loss.label_smoothing,
-            distill: distill.as_deref(),
-        };
-        let (weights, config) = engine_of(&flat)?;
-        let path = StepPath::Engine { weights, config };
-        let out = {
-            let mut targets: Vec<&mut [Vec<f32>]> =
-                groups[..n_groups].iter_mut().map(|g| &mut g[..]).collect();
-            accumulate_groups(path, &plan, batch, &group_of, &mut targets)?
-        };
-        let lr = lr_at(step, total, warmup, recipe.peak_lr(), &recipe.optimizer);
-        match out.nonfinite {
-            Some(k) if recipe.train.on_nonfinite_loss == NonFinite::Stop => {
-                line(
-                    &metrics,
-                    json!({"step": step + 1, "nonfinite_loss": out.losses[k], "stopped": true}),
-                )?;
-                return Err(Error::NonFiniteLoss {
-                    step: step + 1,
-                    which: format!("subnet {k} of the step ({})", plan.archs[k].to_json()),
-                    value: out.losses[k],
-                    kept: "the last checkpoint is kept".into(),
-                });
-            }
-            Some(k) => {
-                state.skipped_steps += 1;
-                line(
-                    &metrics,
-                    json!({"step": step + 1, "skipped": true, "nonfinite_loss": out.losses[k]}),
-                )?;
-            }
-            None => {
-                if let Some(a) = strategy.combine(&mut groups[..n_groups], epoch) {
-                    state
-                        .agreement
-                        .get_or_insert_with(Agreement::default)
-                        .add(&a);
-                }
-                let grad_norm = flat.optimizer_step(&mut opt, &params, &groups[0], lr)?;
-                state.adam_t = opt.t;
-                let flops: Vec<u64> = plan.archs.iter().map(|a| flops(space, a)).collect();
-                line(
-                    &metrics,
-                    json!({
-                        "step": step + 1, "epoch": epoch, "lr": lr, "losses": out.losses,
-                        "flops": flops, "grad_norm": grad_norm, "tokens": b.ids.dims()[1],
-                    }),
-                )?;
-            }
-        }
-        state.step += 1;
-        if opts.progress && (state.step.is_multiple_of(recipe.train.log_every) || state.step == end)
-        {
-            eprintln!(
-                "step {}/{total} epoch {} loss {:.4} lr {lr:.2e} {:.2} steps/s",
-                state.step,
-                epoch + 1,
-                out.losses.first().copied().unwrap_or(f32::NAN),
-                state.step as f64 / started.elapsed().as_secs_f64().max(1e-9)
-            );
-        }
-        let epoch_end = state.step.is_multiple_of(spe);
-        if epoch_end {
-            let agreement = state.agreement.take();
-            last_val = validate(
-                engine_of(&flat)?,
-                space,
-                &data.val,
-                recipe,
-                &metrics,
-                (state.step, epoch),
-                agreement,
-                opts.progress,
-            )?;
-        }
-        let stop = opts.stop.load(Ordering::SeqCst);
-        if epoch_end
-            || state.step.is_multiple_of(recipe.train.checkpoint_every)
-            || stop
-            || state.step == end
-        {
-            flat.sync(&params)?;
-            save(dir, recipe, &params, &opt, &state)?;
-        }
-        if stop {
-            interrupted = true;
-            break;
-        }
+
+    /// Padded to the batch's longest member; no draws. (Text runs have one
+    /// rank, whose shard is the whole batch.)
+    fn examples(
+        &self,
+        indices: &[usize],
+        shard: Range<usize>,
+        _rng: &mut StdRng,
+    ) -> Result<Examples> {
+        Ok(Examples::Tokens(
+            self.data.train.batch(&indices[shard], &Device::Cpu)?,
+        ))
     }
-    flat.sync(&params)?;
-    let mut summary = Summary::new(dir.to_path_buf());
-    summary.steps = state.step;
-    summary.total_steps = total;
-    summary.skipped_steps = state.skipped_steps;
-    summary.wall_s = started.elapsed().as_secs_f64();
-    summary.interrupted = interrupted;
-    for (which, r) in last_val {
-        summary.set(EvalSplit::Val, which, r);
+
+    fn plan(&self, space: &Space, step: usize, rng: &mut StdRng) -> Plan {
+        self.sampler.plan(space, step, rng)
     }
-    if state.step == total && !interrupted {
-        let test = load_test(recipe, &data.label_names, &data.tokenizer)?;
-        let mut l = json!({"step": state.step, "test": true});
-        let (w, cfg) = engine_of(&flat)?;
-        for (which, arch) in reported(space) {
+
+    fn reported(&self, space: &Space) -> Vec<(Reported, Arch)> {
+        vec![
+            (Reported::Largest, space.largest()),
+            (Reported::Smallest, space.smallest()),
+        ]
+    }
+
+    fn validate(&self, arch: &Arch, flat: &FlatWeights) -> Result<EvalResult> {
+        let (w, cfg) = engine_of(flat)?;
+        evaluate_text(
+            w,
+            cfg,
+            arch,
+            &self.data.val,
+            self.recipe.data.eval_batch_size,
+        )
+    }
+
+    /// The test split must load: its absence is an error.
+    fn test(
+        &self,
+        flat: &FlatWeights,
+        metrics: &Metrics,
+        summary: &mut Summary,
+        _opts: &RunOptions,
+    ) -> Result<()> {
+        let recipe = self.recipe;
+        let test = load_test(recipe, &self.data.label_names, &self.data.tokenizer)?;
+        let mut line = json!({"step": summary.steps, "test": true});
+        let (w, cfg) = engine_of(flat)?;
+        for (which, arch) in self.reported(self.space) {
             let r = evaluate_text(w, cfg, &arch, &test, recipe.data.eval_batch_size)?;
-            l[format!("test_{}", which.name())] = json!(r);
+            line[format!("test_{}", which.name())] = json!(r);
             summary.set(EvalSplit::Test, which, r);
         }
-        line(&metrics, l)?;
+        metrics.line(line)
     }
-    Ok(summary)
+
+    fn save(&self, params: &Params, opt: &AdamW, state: &TrainState) -> Result<()> {
+        let dir = &self.recipe.output_dir;
+        checkpoint::save(dir, self.recipe, ModelFile::Supernet, params, opt, state)
+    }
+
+    fn unit(&self) -> &'static str {
+        "seq"
+    }
 }
 
 /// The engine's weights and configuration of a run's flat weights.
@@ -502,65 +418,6 @@ fn engine_of(flat: &FlatWeights) -> Result<(&Weights, &engine::Config)> {
         })
 }
 
-fn reported(space: &Space) -> [(Reported, Arch); 2] {
-    [
-        (Reported::Largest, space.largest()),
-        (Reported::Smallest, space.smallest()),
-    ]
-}
-
-#[allow(clippy::too_many_arguments)]
-fn validate(
-    (w, cfg): (&Weights, &engine::Config),
-    space: &Space,
-    val: &TokenizedDataset,
-    recipe: &Recipe,
-    metrics: &Path,
-    (step, epoch): (usize, usize),
-    agreement: Option<Agreement>,
-    progress: bool,
-) -> Result<Vec<(Reported, EvalResult)>> {
-    let mut l = json!({"step": step, "epoch_end": epoch + 1});
-    if let Some(a) = agreement {
-        let mut r = a.report();
-        r["strategy"] = json!(recipe.gradient);
-        l["gradient"] = r;
-    }
-    let mut msg = format!("epoch {} val acc", epoch + 1);
-    let mut out = Vec::new();
-    for (which, arch) in reported(space) {
-        let r = evaluate_text(w, cfg, &arch, val, recipe.data.eval_batch_size)?;
-        l[format!("val_{}", which.name())] = json!(r);
-        msg += &format!(" {} {:.4}", which.name(), r.accuracy);
-        out.push((which, r));
-    }
-    line(metrics, l)?;
-    if progress {
-        eprintln!("{msg}");
-    }
-    Ok(out)
-}
-
-/// The checkpoint (weights, optimizer, state), `supernet.safetensors` and
-/// `state.json`, each written atomically.
-fn save(
-    dir: &Path,
-    recipe: &Recipe,
-    params: &Params,
-    opt: &AdamW,
-    state: &TrainState,
-) -> Result<()> {
-    let state_json = write_checkpoint(dir, params, opt, state)?;
-    let meta = [("vitnas.recipe".to_string(), recipe.name.clone())]
-        .into_iter()
-        .collect();
-    write_atomic(
-        &dir.join(SUPERNET_FILE),
-        &super::checkpoint::to_safetensors_bytes(&params.tensors(), Some(meta))?,
-    )?;
-    write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
-}
-
 /// DynaBERT rewiring on the first `n` training batches, reported in
 /// `rewire-report.json`.
 fn rewire(
@@ -569,7 +426,7 @@ fn rewire(
     data: &TextData,
     recipe: &Recipe,
     n: usize,
-    dir: &Path,
+    dir: Option<&Path>,
     progress: bool,
 ) -> Result<()> {
     let bs = recipe.train.batch_size;
@@ -581,24 +438,17 @@ fn rewire(
         .collect::<Result<Vec<_>>>()?;
     let imp = crate::supernet::rewire::importance(net, &batches)?;
     let report = crate::supernet::rewire::rewire(net, params, &imp)?;
+    let Some(dir) = dir else {
+        return Ok(());
+    };
     report.write(dir)?;
-    let path = dir.join("rewire-report.json");
     if progress {
         eprintln!(
             "rewired heads and FFN neurons by importance on {n} batches ({})",
-            path.display()
+            dir.join("rewire-report.json").display()
         );
     }
     Ok(())
-}
-
-fn line(path: &Path, v: serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
 }
 
 /// A trained text supernet, loaded from its run directory.
