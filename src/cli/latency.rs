@@ -188,12 +188,7 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             for w in p.check(&predictor, &d.space, &d.header.machine)? {
                 eprintln!("warning: {w}");
             }
-            let pred: Vec<f64> = d
-                .samples
-                .iter()
-                .map(|s| p.predict(&d.space, &s.arch))
-                .collect();
-            let truth: Vec<f64> = d.samples.iter().map(|s| s.ms).collect();
+            let (pred, truth) = p.on(&d);
             let e = latency::Errors::of(&pred, &truth);
             let bias = pred
                 .iter()

@@ -393,6 +393,16 @@ impl Predictor {
         scale * self.model.predict(space, arch)
     }
 
+    /// Predicted and measured latency of every row of `d`.
+    pub fn on(&self, d: &dataset::Dataset) -> (Vec<f64>, Vec<f64>) {
+        let pred = d
+            .samples
+            .iter()
+            .map(|s| self.predict(&d.space, &s.arch))
+            .collect();
+        (pred, d.samples.iter().map(|s| s.ms).collect())
+    }
+
     /// Rescales every prediction to a fresh measurement `d` of the same
     /// space (a short one: a machine that drifted as a whole, faster or
     /// slower, shifts every latency by about the same factor): the scale is
@@ -411,12 +421,7 @@ impl Predictor {
             });
         }
         self.recalibration = None;
-        let pred: Vec<f64> = d
-            .samples
-            .iter()
-            .map(|s| self.predict(&d.space, &s.arch))
-            .collect();
-        let truth: Vec<f64> = d.samples.iter().map(|s| s.ms).collect();
+        let (pred, truth) = self.on(d);
         let mut ratio: Vec<f64> = truth.iter().zip(&pred).map(|(t, p)| t / p).collect();
         ratio.sort_by(|a, b| a.total_cmp(b));
         let scale = ratio[ratio.len() / 2];
