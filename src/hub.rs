@@ -145,20 +145,27 @@ impl std::fmt::Display for LoadReport {
 /// it when the dims match). A pretrained tensor larger than the supernet's in
 /// any dimension, or with another head size, is an error naming it.
 pub fn load_vit_into(params: &Params, dir: &Path, head_dim: usize) -> Result<LoadReport> {
-    let cfg = crate::models::vit::VitConfig::from_hf_config_file(&dir.join("config.json"))?;
-    if cfg.head_dim != head_dim {
-        return Err(Error::InvalidConfig {
-            file: dir.join("config.json").display().to_string(),
-            field: "hidden_size / num_attention_heads".into(),
-            message: format!(
-                "pretrained head size {} differs from the space's head_dim {head_dim}",
-                cfg.head_dim
-            ),
-        });
-    }
+    let config = dir.join("config.json");
+    let cfg = crate::models::vit::VitConfig::from_hf_config_file(&config)?;
+    check_head_dim(&config, cfg.head_dim, head_dim)?;
     let file = dir.join("model.safetensors");
     let (tensors, _) = read_weights(&file, &Device::Cpu)?;
     fill(params, &file, tensors)
+}
+
+/// Refuses a pretrained model (`config`) whose head size is not the
+/// space's.
+fn check_head_dim(config: &Path, pretrained: usize, head_dim: usize) -> Result<()> {
+    if pretrained == head_dim {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig {
+        file: config.display().to_string(),
+        field: "hidden_size / num_attention_heads".into(),
+        message: format!(
+            "pretrained head size {pretrained} differs from the space's head_dim {head_dim}"
+        ),
+    })
 }
 
 /// Copies a pretrained Hugging Face BERT (`dir`: config.json +
@@ -170,16 +177,7 @@ pub fn load_vit_into(params: &Params, dir: &Path, head_dim: usize) -> Result<Loa
 pub fn load_bert_into(params: &Params, dir: &Path, head_dim: usize) -> Result<LoadReport> {
     let config = dir.join("config.json");
     let cfg = crate::models::bert::BertConfig::from_hf_config_file(&config)?;
-    if cfg.head_dim != head_dim {
-        return Err(Error::InvalidConfig {
-            file: config.display().to_string(),
-            field: "hidden_size / num_attention_heads".into(),
-            message: format!(
-                "pretrained head size {} differs from the space's head_dim {head_dim}",
-                cfg.head_dim
-            ),
-        });
-    }
+    check_head_dim(&config, cfg.head_dim, head_dim)?;
     let file = dir.join("model.safetensors");
     let (tensors, _) = read_weights(&file, &Device::Cpu)?;
     let tensors = tensors

@@ -184,22 +184,7 @@ impl Dataset {
     /// The indices `(train, validation)` of [`Dataset::split_validation`],
     /// each sorted.
     pub fn validation_indices(&self, val: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
-        if val >= self.len() {
-            return Err(Error::Data {
-                source_name: self.source.clone(),
-                message: format!(
-                    "validation size {val} leaves no training data ({} examples)",
-                    self.len()
-                ),
-            });
-        }
-        let mut idx: Vec<usize> = (0..self.len()).collect();
-        idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x005e_ed0f_5a11));
-        let (v, t) = idx.split_at(val);
-        let (mut v, mut t) = (v.to_vec(), t.to_vec());
-        v.sort_unstable();
-        t.sort_unstable();
-        Ok((t, v))
+        validation_indices(self.len(), val, seed, &self.source)
     }
 
     /// Checks that the images and labels fit a space's input.
@@ -254,4 +239,28 @@ impl Dataset {
             .collect();
         (mean.into_iter().map(|m| m as f32).collect(), std)
     }
+}
+
+/// The seeded split of `len` examples into sorted `(train, validation)`
+/// indices with `val` held out, for image and text datasets alike; an
+/// error naming `source` when nothing would be left to train on.
+pub fn validation_indices(
+    len: usize,
+    val: usize,
+    seed: u64,
+    source: &str,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    if val >= len {
+        return Err(Error::Data {
+            source_name: source.to_string(),
+            message: format!("validation size {val} leaves no training data ({len} examples)"),
+        });
+    }
+    let mut idx: Vec<usize> = (0..len).collect();
+    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x005e_ed0f_5a11));
+    let (v, t) = idx.split_at(val);
+    let (mut v, mut t) = (v.to_vec(), t.to_vec());
+    v.sort_unstable();
+    t.sort_unstable();
+    Ok((t, v))
 }

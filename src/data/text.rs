@@ -24,7 +24,6 @@
 use crate::error::{Error, Result};
 use crate::models::text::TextTokenizer;
 use candle_core::{Device, Tensor};
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -158,22 +157,7 @@ impl TextDataset {
     /// [`TextDataset::split_validation`], each sorted; the same shuffle as
     /// the image [`Dataset`](super::Dataset)'s.
     pub fn validation_indices(&self, val: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
-        if val >= self.len() {
-            return Err(Error::Data {
-                source_name: self.source.clone(),
-                message: format!(
-                    "validation size {val} leaves no training data ({} examples)",
-                    self.len()
-                ),
-            });
-        }
-        let mut idx: Vec<usize> = (0..self.len()).collect();
-        idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x005e_ed0f_5a11));
-        let (v, t) = idx.split_at(val);
-        let (mut v, mut t) = (v.to_vec(), t.to_vec());
-        v.sort_unstable();
-        t.sort_unstable();
-        Ok((t, v))
+        super::validation_indices(self.len(), val, seed, &self.source)
     }
 }
 

@@ -282,14 +282,6 @@ impl<'a> Search<'a> {
         if !c.static_ok(params(self.space, &arch), flops(self.space, &arch)) {
             return Ok(false);
         }
-        if c.latency_fraction.is_some() && c.latency_largest_ms.is_none() {
-            return Err(config::invalid(
-                "search.constraints.latency_fraction",
-                "the largest subnet's latency was not measured (`vitnas search` measures it \
-                 when it starts)"
-                    .into(),
-            ));
-        }
         if let Some(max) = c.latency_bound() {
             if let Some(p) = ev.predictor {
                 let space = self.space;
@@ -611,6 +603,15 @@ pub fn run(
         }
         Search::new(space, config)?
     };
+    let bounds = &search.state.config.constraints;
+    if bounds.latency_fraction.is_some() && bounds.latency_largest_ms.is_none() {
+        return Err(config::invalid(
+            "search.constraints.latency_fraction",
+            "the largest subnet's latency was not measured (`vitnas search` measures it when it \
+             starts)"
+                .into(),
+        ));
+    }
     let total = search.state.config.generations;
     let bar = (progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = indicatif::ProgressBar::new(total as u64);

@@ -249,6 +249,20 @@ pub(crate) fn write_checkpoint(
     Ok(state_json)
 }
 
+/// A checkpoint file's tensors and the training state in its metadata,
+/// which must be there and parse.
+pub(crate) fn read_checkpoint(path: &Path) -> Result<(HashMap<String, Tensor>, TrainState)> {
+    let (tensors, meta) = read_weights(path, &Device::Cpu)?;
+    let state = meta
+        .get(STATE_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| Error::Checkpoint {
+            path: path.into(),
+            message: format!("metadata `{STATE_KEY}` missing or invalid"),
+        })?;
+    Ok((tensors, state))
+}
+
 /// Restores weights and AdamW moments from a checkpoint's tensors.
 pub(crate) fn restore(
     path: &Path,

@@ -53,13 +53,7 @@ pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TrainData> {
         i.channels,
     )?;
     full.check_fits(space)?;
-    let (mut train_idx, val_idx) = full.validation_indices(
-        recipe.data.val_size,
-        recipe.data.split_seed.unwrap_or(recipe.seed),
-    )?;
-    if let Some(n) = recipe.data.train_limit {
-        train_idx.truncate(n);
-    }
+    let (train_idx, val_idx) = split_indices(recipe, full.len(), &full.source)?;
     let (train, val) = (full.subset(&train_idx), full.subset(&val_idx));
     let split = DataSplit {
         data_dir: std::path::absolute(&dir).unwrap_or(dir),
@@ -124,4 +118,25 @@ fn image_space(recipe: &Recipe, space: &Space) -> Result<()> {
             ),
         }),
     }
+}
+
+/// The recipe's seeded `(train, validation)` split of `len` training
+/// examples (images or texts from `source`): `data.val_size` held out with
+/// `data.split_seed` (else the recipe seed), the training part cut to
+/// `data.train_limit`.
+pub(crate) fn split_indices(
+    recipe: &Recipe,
+    len: usize,
+    source: &str,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let (mut train, val) = crate::data::validation_indices(
+        len,
+        recipe.data.val_size,
+        recipe.data.split_seed.unwrap_or(recipe.seed),
+        source,
+    )?;
+    if let Some(n) = recipe.data.train_limit {
+        train.truncate(n);
+    }
+    Ok((train, val))
 }

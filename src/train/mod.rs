@@ -68,6 +68,19 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const STATE_FILE: &str = "state.json";
 pub const SPLIT_FILE: &str = "data-split.json";
 
+/// The run directory and supernet file that `path` names: a run directory
+/// (its `supernet.safetensors`), or a `.safetensors` file inside one.
+pub fn run_paths(path: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    if path.is_dir() {
+        return (path.to_path_buf(), path.join(SUPERNET_FILE));
+    }
+    let dir = path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    (dir, path.to_path_buf())
+}
+
 /// The RNG of step `step`: augmentation and sampling draw from it.
 pub fn step_rng(seed: u64, step: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))

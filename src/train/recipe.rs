@@ -272,6 +272,15 @@ impl Recipe {
         toml::to_string_pretty(self).expect("a Recipe always serializes")
     }
 
+    /// [`Recipe::validate`] of a recipe about to train, named as the
+    /// recipe with the command line's overrides applied.
+    pub fn validate_resolved(&self) -> Result<()> {
+        self.validate(Path::new(&format!(
+            "recipe `{}` (with command-line overrides)",
+            self.name
+        )))
+    }
+
     /// Checks every value for sense. Every path that sets a value (the
     /// file, command-line overrides, retrain/finetune defaults) ends here
     /// before training starts; `origin` names where the values came from.

@@ -4,7 +4,7 @@
 //! reads the data (and, resuming, the checkpoint), and they refuse to start
 //! unless they hold the same build, resolved recipe and space.
 
-use super::checkpoint::{read_weights, write_atomic, TrainState, STATE_KEY};
+use super::checkpoint::write_atomic;
 use super::data::load_train_val;
 use super::data_parallel::{check_batch, check_same_run};
 use super::image::run;
@@ -17,7 +17,6 @@ use crate::dist;
 use crate::error::{Error, Result};
 use crate::rundir::{self, Artifact, RunLock};
 use crate::space::Space;
-use candle_core::Device;
 use std::path::Path;
 
 /// Starts a run of `kind` in `recipe.output_dir`: checks the recipe (with
@@ -33,10 +32,7 @@ pub(crate) fn start(
     if opts.resume {
         return resume(dir, opts);
     }
-    recipe.validate(Path::new(&format!(
-        "recipe `{}` (with command-line overrides)",
-        recipe.name
-    )))?;
+    recipe.validate_resolved()?;
     check_batch(opts.collective, recipe)?;
     let root = dist::is_root(opts.collective);
     if root {
@@ -101,14 +97,7 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
     let space = Space::from_file(dir.join(SPACE_FILE))?;
     let data = load_train_val(&recipe, &space)?;
     let ckpt = dir.join(CHECKPOINT_FILE);
-    let (tensors, meta) = read_weights(&ckpt, &Device::Cpu)?;
-    let state: TrainState = meta
-        .get(STATE_KEY)
-        .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| Error::Checkpoint {
-            path: ckpt.clone(),
-            message: format!("metadata `{STATE_KEY}` missing or invalid"),
-        })?;
+    let (tensors, state) = super::checkpoint::read_checkpoint(&ckpt)?;
     check_same_run(opts.collective, &recipe, &space.to_toml_string())?;
     if root {
         truncate_metrics(&dir.join(METRICS_FILE), state.step)?;

@@ -11,7 +11,7 @@
 //! names (`labels.json`) and the tokenizer (`tokenizer.json`), so that
 //! search, evaluation and export need nothing else.
 
-use super::checkpoint::{self, read_weights, write_atomic, ModelFile, TrainState, STATE_KEY};
+use super::checkpoint::{self, read_weights, write_atomic, ModelFile, TrainState};
 use super::flat::FlatWeights;
 use super::loss::cross_entropy;
 use super::optim::AdamW;
@@ -22,7 +22,7 @@ use super::step::{Forward, Params};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::task::{Examples, TrainTask};
 use super::RunOptions;
-use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE, SUPERNET_FILE};
+use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE};
 use crate::data::batch::epoch_order;
 use crate::data::text::{load_text, TextDataset, TokenizedDataset};
 use crate::engine::{self, Weights};
@@ -108,13 +108,7 @@ pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TextData> {
     let dir = crate::data::resolve_dir(recipe.data.path.as_deref(), &[])?;
     let full = load_text(&split_file(&dir, "train")?, &cfg.fields, None)?;
     check_classes(&full, space)?;
-    let (mut train_idx, val_idx) = full.validation_indices(
-        recipe.data.val_size,
-        recipe.data.split_seed.unwrap_or(recipe.seed),
-    )?;
-    if let Some(n) = recipe.data.train_limit {
-        train_idx.truncate(n);
-    }
+    let (train_idx, val_idx) = super::data::split_indices(recipe, full.len(), &full.source)?;
     let tokenizer = tokenizer_of(recipe)?;
     Ok(TextData {
         train: TokenizedDataset::new(&full.subset(&train_idx), &tokenizer)?,
@@ -201,10 +195,7 @@ pub fn start(recipe: &Recipe, space: &Space, opts: &RunOptions) -> Result<Summar
     if opts.resume {
         return resume(dir, opts);
     }
-    recipe.validate(Path::new(&format!(
-        "recipe `{}` (with command-line overrides)",
-        recipe.name
-    )))?;
+    recipe.validate_resolved()?;
     rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
     let data = load_train_val(recipe, space)?;
     let mut resolved = recipe.clone();
@@ -238,14 +229,7 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
     recipe.output_dir = dir.to_path_buf();
     let space = Space::from_file(dir.join(SPACE_FILE))?;
     let data = load_train_val(&recipe, &space)?;
-    let (tensors, meta) = read_weights(&ckpt, &Device::Cpu)?;
-    let state: TrainState = meta
-        .get(STATE_KEY)
-        .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| Error::Checkpoint {
-            path: ckpt.clone(),
-            message: format!("metadata `{STATE_KEY}` missing or invalid"),
-        })?;
+    let (tensors, state) = checkpoint::read_checkpoint(&ckpt)?;
     super::session::truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
     run(&recipe, &space, &data, Some((tensors, state)), opts)
 }
@@ -468,25 +452,13 @@ pub struct TextRun {
 impl TextRun {
     /// Whether `dir` (a run directory, or a file inside one) holds a text run.
     pub fn is_text_run(path: &Path) -> bool {
-        let dir = if path.is_dir() {
-            path
-        } else {
-            path.parent().unwrap_or(Path::new("."))
-        };
+        let (dir, _) = super::run_paths(path);
         Space::from_file(dir.join(SPACE_FILE)).is_ok_and(|s| s.is_text())
     }
 
     /// Loads a run directory, or a supernet `.safetensors` file inside one.
     pub fn load(path: &Path) -> Result<Self> {
-        let (dir, file) = if path.is_dir() {
-            (path.to_path_buf(), path.join(SUPERNET_FILE))
-        } else {
-            let dir = path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("."));
-            (dir, path.to_path_buf())
-        };
+        let (dir, file) = super::run_paths(path);
         let recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
         let space = Space::from_file(dir.join(SPACE_FILE))?;
         let labels_path = dir.join(LABELS_FILE);

@@ -4,7 +4,7 @@
 use super::checkpoint::read_weights;
 use super::data::load_train_val;
 use super::recipe::Recipe;
-use super::{RECIPE_FILE, SPACE_FILE, SUPERNET_FILE};
+use super::{RECIPE_FILE, SPACE_FILE};
 use crate::data::batch::Normalize;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -31,15 +31,7 @@ impl TrainedRun {
                 message: "not found: expected a training run directory (recipe.toml, space.toml, supernet.safetensors) or a supernet .safetensors inside one".into(),
             });
         }
-        let (dir, file) = if path.is_dir() {
-            (path.to_path_buf(), path.join(SUPERNET_FILE))
-        } else {
-            let dir = path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("."));
-            (dir, path.to_path_buf())
-        };
+        let (dir, file) = super::run_paths(path);
         let recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
         let space = Space::from_file(dir.join(SPACE_FILE))?;
         let (tensors, _) = read_weights(&file, &Device::Cpu)?;
