@@ -79,6 +79,13 @@ pub struct VitLayer {
 impl VitLayer {
     /// `x: [batch · T, hidden]` to the same shape.
     pub fn forward(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
+        Ok(self.forward_with_mlp_hidden(x, batch)?.0)
+    }
+
+    /// [`VitLayer::forward`] and the MLP's hidden pre-activation (the
+    /// output of `intermediate`, the GELU's input: `[batch · T,
+    /// intermediate]`), e.g. for activation-pattern proxies.
+    pub fn forward_with_mlp_hidden(&self, x: &Tensor, batch: usize) -> Result<(Tensor, Tensor)> {
         let h = self.layernorm_before.forward(x)?;
         let ctx = ops::attention(
             &self.query.forward(&h)?,
@@ -90,10 +97,9 @@ impl VitLayer {
         )?;
         let x = (x + self.attention_output.forward(&ctx)?)?;
         let h = self.layernorm_after.forward(&x)?;
-        let h = self
-            .output
-            .forward(&ops::gelu(&self.intermediate.forward(&h)?)?)?;
-        x + h
+        let hidden = self.intermediate.forward(&h)?;
+        let h = self.output.forward(&ops::gelu(&hidden)?)?;
+        Ok(((x + h)?, hidden))
     }
 }
 
@@ -162,6 +168,21 @@ impl Vit {
 
     /// Logits `[B, num_labels]` for images `[B, C, H, W]`.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        self.run(images, None)
+    }
+
+    /// Logits like [`Vit::forward`] and each layer's MLP hidden
+    /// pre-activation ([`VitLayer::forward_with_mlp_hidden`]), in layer
+    /// order.
+    pub fn forward_with_mlp_hidden(&self, images: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut hidden = Vec::with_capacity(self.layers.len());
+        let logits = self.run(images, Some(&mut hidden))?;
+        Ok((logits, hidden))
+    }
+
+    /// The forward pass, collecting the MLP hidden pre-activations into
+    /// `hidden` when given (dropped layer by layer otherwise).
+    fn run(&self, images: &Tensor, mut hidden: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
         let (b, t, e) = (
             images.dim(0)?,
             self.config.seq_len(),
@@ -169,7 +190,11 @@ impl Vit {
         );
         let mut x = self.embed(images)?.reshape((b * t, e))?;
         for layer in &self.layers {
-            x = layer.forward(&x, b)?;
+            let (y, h) = layer.forward_with_mlp_hidden(&x, b)?;
+            if let Some(out) = hidden.as_deref_mut() {
+                out.push(h);
+            }
+            x = y;
         }
         let cls = self.layernorm.forward(&x.reshape((b, t, e))?.i((.., 0))?)?;
         self.classifier.forward(&cls)

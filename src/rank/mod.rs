@@ -16,7 +16,11 @@
 //! rank 0 writes the report once every rank is done. The output directory
 //! must then be one all ranks see (one machine, or a shared filesystem).
 
+pub mod bootstrap;
 pub mod plot;
+pub mod proxy;
+pub mod quality;
+pub mod reference;
 pub mod stats;
 
 use crate::data::batch::Normalize;
@@ -214,10 +218,27 @@ pub struct PairStats {
     pub pearson_r: Option<f64>,
     pub top_k: usize,
     pub top_k_overlap: f64,
+    /// 95 % bootstrap intervals over architectures ([`bootstrap`], 2,000
+    /// seeded resamples) of τ and ρ.
+    #[serde(default)]
+    pub kendall_tau_ci: Option<[f64; 2]>,
+    #[serde(default)]
+    pub spearman_rho_ci: Option<[f64; 2]>,
 }
 
 impl PairStats {
     pub fn of(x: &[f64], y: &[f64], top_k: usize) -> Self {
+        let all = [(0..x.len()).collect::<Vec<usize>>()];
+        let pick = |idx: &[usize], v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+        let ci = |f: fn(&[f64], &[f64]) -> Option<f64>| {
+            (x.len() >= 3)
+                .then(|| {
+                    bootstrap::interval(&all, bootstrap::RESAMPLES, 0, |idx| {
+                        f(&pick(idx, x), &pick(idx, y))
+                    })
+                })
+                .flatten()
+        };
         Self {
             n: x.len(),
             kendall_tau: stats::kendall_tau_b(x, y),
@@ -225,6 +246,8 @@ impl PairStats {
             pearson_r: stats::pearson(x, y),
             top_k: top_k.min(x.len()),
             top_k_overlap: stats::top_k_overlap(x, y, top_k),
+            kendall_tau_ci: ci(stats::kendall_tau_b),
+            spearman_rho_ci: ci(stats::spearman),
         }
     }
 }
@@ -318,14 +341,25 @@ impl Report {
 /// range (smallest to largest subnet), drawn uniformly within the bin by
 /// rejection; a bin no draw hits gets the draw closest to its centre.
 pub fn stratified(space: &Space, k: usize, seed: u64) -> Vec<Arch> {
+    stratified_by(space, k, seed, false)
+}
+
+/// [`stratified`], with bins of equal width in log FLOPs when `log` (equal
+/// ratios: accuracy grows about linearly in log compute, so the bins are
+/// about equally far apart in accuracy rather than crowded where it
+/// saturates).
+pub fn stratified_by(space: &Space, k: usize, seed: u64, log: bool) -> Vec<Arch> {
     const TRIES: usize = 20_000;
     let lo = flops(space, &space.smallest()) as f64;
     let hi = flops(space, &space.largest()) as f64;
-    let width = (hi - lo) / k as f64;
+    let edge = |t: f64| match log {
+        false => lo + (hi - lo) * t,
+        true => lo * (hi / lo).powf(t),
+    };
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out: Vec<Arch> = Vec::with_capacity(k);
     for i in 0..k {
-        let (a, b) = (lo + width * i as f64, lo + width * (i + 1) as f64);
+        let (a, b) = (edge(i as f64 / k as f64), edge((i + 1) as f64 / k as f64));
         let centre = (a + b) / 2.0;
         let mut closest: Option<(f64, Arch)> = None;
         let mut chosen = None;
