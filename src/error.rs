@@ -65,6 +65,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     Latency { path: PathBuf, message: String },
 
+    /// An accuracy dataset or predictor that cannot be used.
+    #[error("{path}: {message}")]
+    Predictor { path: PathBuf, message: String },
+
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
 

@@ -73,6 +73,7 @@ mod kernels;
 pub mod latency;
 pub mod models;
 pub mod ops;
+pub mod predictor;
 pub mod rank;
 pub mod rundir;
 pub mod search;

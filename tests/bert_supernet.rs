@@ -260,6 +260,7 @@ fn the_engine_step_on_a_text_supernet_equals_the_autograd_step() {
             labels: &labels,
             label_smoothing: 0.1,
             distill: Some(&Kl),
+            ranking: None,
         };
         let cfg = net
             .engine_config()

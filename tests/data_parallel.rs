@@ -377,7 +377,7 @@ fn every_rank_samples_the_same_subnets_each_step() {
     r.sampler = vitnas::train::recipe::SamplerConfig::Sandwich { num_random: 2 };
     let space = vitnas::Space::from_file(&r.space).unwrap();
     let data = train::load_train_val(&r, &space).unwrap();
-    let sampler = sampler::from_config(&r.sampler);
+    let sampler = sampler::from_config(&r.sampler, &space).unwrap();
     let idx: Vec<usize> = (0..32).collect();
     for step in 0..20 {
         let plan_of = |part: std::ops::Range<usize>| {

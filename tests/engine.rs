@@ -357,6 +357,7 @@ fn engine_and_autograd_nasvit_steps_agree_with_scaling_layers() {
         labels: &y,
         label_smoothing: 0.1,
         distill: Some(&alpha),
+        ranking: None,
     };
     let w = Weights::from_tensors(&params.tensors()).unwrap();
     let cfg = Config::from_supernet(&net);
@@ -435,6 +436,7 @@ fn nasvit_changes_only_the_conflicting_tensors_of_a_real_step() {
         labels: &y,
         label_smoothing: 0.1,
         distill: Some(&Kl),
+        ranking: None,
     };
     let w = Weights::from_tensors(&params.tensors()).unwrap();
     let cfg = Config::from_supernet(&net);

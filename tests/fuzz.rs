@@ -1,7 +1,8 @@
 //! Robustness of every input parser against hostile input: a seeded
 //! mutation fuzzer (no coverage guidance) over the space parser, the recipe
-//! parser, architecture JSON, the IDX reader, config.json loading and
-//! safetensors loading. Every input must give `Ok` or a clear `Err`: never
+//! parser, architecture JSON, the IDX reader, config.json loading,
+//! safetensors loading, the latency CSV, the latency predictor JSON and
+//! the text data files (JSON lines and CSV). Every input must give `Ok` or a clear `Err`: never
 //! a panic, and never an allocation above [`MAX_LIVE_BYTES`] (measured by a
 //! counting global allocator in this test binary).
 //!
@@ -186,6 +187,42 @@ fn targets() -> Vec<Target> {
     )
     .unwrap();
     let idx_path = Path::new("fuzz.idx").to_path_buf();
+    // A real (quick) latency measurement and the predictor fitted on it,
+    // made once for every test of this binary.
+    static LATENCY_SEEDS: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+    let (lat_csv_seed, predictor_seed) = LATENCY_SEEDS
+        .get_or_init(|| {
+            let csv = scratch("latency-seed").join("seed.csv");
+            let _ = std::fs::remove_file(&csv);
+            let quick = vitnas::latency::dataset::MeasureOptions {
+                n: 60,
+                batch: 1,
+                threads: 1,
+                seed: 0,
+                protocol: vitnas::latency::Protocol {
+                    warmup: 0,
+                    runs: 1,
+                    trim: 0.0,
+                },
+            };
+            vitnas::latency::dataset::measure(&fmnist, &quick, &csv, |_, _| {}).unwrap();
+            let d = vitnas::latency::dataset::read(&csv).unwrap();
+            let fitted = vitnas::latency::fit::fit(&d.space, &d.samples, 0.2, 0, 5, "seed").unwrap();
+            let p = vitnas::latency::Predictor::from_fit(&d, &fitted);
+            (std::fs::read(&csv).unwrap(), serde_json::to_vec_pretty(&p).unwrap())
+        })
+        .clone();
+    let lat_dir = scratch("latency");
+    let (lat_csv, pred_file) = (lat_dir.join("fuzz.csv"), lat_dir.join("fuzz.json"));
+    let text_dir = scratch("text");
+    let (text_jsonl, text_csv) = (text_dir.join("fuzz.jsonl"), text_dir.join("fuzz.csv"));
+    let spam = text("data/spam-sample/train.jsonl");
+    let cut = spam.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(3).map_or(spam.len(), |(i, _)| i + 1);
+    let text_seeds = vec![
+        spam[..cut].to_vec(),
+        b"text,label\nhello there,spam\n\"a, \"\"quoted\"\" one\",ham\n".to_vec(),
+        b"{\"text\": \"x\", \"label\": 1}\n{\"text\": \"y\", \"label\": 0}\n".to_vec(),
+    ];
     let idx_seed = {
         // A real IDX file: 3 images of 4×4 bytes.
         let mut b = vec![0u8, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0, 4];
@@ -263,6 +300,44 @@ fn targets() -> Vec<Target> {
             parse: Box::new(move |b| {
                 std::fs::write(bert_dir.join("config.json"), b).unwrap();
                 let _ = vitnas::models::bert::Bert::load_dir(&bert_dir);
+            }),
+        },
+        Target {
+            name: "latency-csv",
+            seeds: vec![lat_csv_seed],
+            parse: Box::new(move |b| {
+                std::fs::write(&lat_csv, b).unwrap();
+                let _ = vitnas::latency::dataset::read(&lat_csv);
+            }),
+        },
+        Target {
+            name: "predictor.json",
+            seeds: vec![predictor_seed],
+            parse: Box::new(move |b| {
+                std::fs::write(&pred_file, b).unwrap();
+                if let Ok(p) = vitnas::latency::Predictor::load(&pred_file) {
+                    // A predictor that loads predicts a finite, positive
+                    // latency for the space's subnets.
+                    let s = p.space().unwrap();
+                    for a in [s.smallest(), s.largest()] {
+                        let ms = p.predict(&s, &a);
+                        assert!(ms.is_finite() && ms > 0.0, "{ms}");
+                    }
+                }
+            }),
+        },
+        Target {
+            name: "text-data",
+            seeds: text_seeds,
+            parse: Box::new(move |b| {
+                let fields = vitnas::data::text::TextFields {
+                    text: "text".into(),
+                    label: "label".into(),
+                };
+                for f in [&text_jsonl, &text_csv] {
+                    std::fs::write(f, b).unwrap();
+                    let _ = vitnas::data::text::load_text(f, &fields, None);
+                }
             }),
         },
         Target {

@@ -10,6 +10,12 @@ use vitnas::space::{Arch, Space};
 use vitnas::train::{build_supernet, step::Params};
 
 fn space(embed: usize, depth: usize, heads: usize) -> Space {
+    // Each choice listed once (a space refuses repeats).
+    let choices = |small: usize, big: usize| match small == big {
+        true => format!("[{big}]"),
+        false => format!("[{small}, {big}]"),
+    };
+    let (embeds, depths, headss) = (choices(48, embed), choices(3, depth), choices(3, heads));
     let text = format!(
         r#"
 name = "hf-tiny"
@@ -26,9 +32,9 @@ mlp_ratio = 2.0
 head_dim = 16
 layer_norm_eps = 1e-12
 [choices]
-embed_dim = [48, {embed}]
-depth = [3, {depth}]
-num_heads = [3, {heads}]
+embed_dim = {embeds}
+depth = {depths}
+num_heads = {headss}
 mlp_ratio = [2.0]
 "#
     );

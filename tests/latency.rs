@@ -294,3 +294,177 @@ fn recalibration_follows_a_machine_that_drifted_as_a_whole() {
     let e = p.recalibrate(&d, &csv).err().unwrap().to_string();
     assert!(e.contains("lat.csv") && e.contains("at least"), "{e}");
 }
+
+/// A predictor is validated at load as strictly as a recipe: every command
+/// that reads one (`predict`, `check`, `recalibrate`, `search --predictor`)
+/// goes through `Predictor::load`, which refuses, naming the field, a
+/// model whose weights do not match its features, are not finite or of a
+/// sane size, or predict a latency that is not positive, and a range,
+/// batch or recalibration scale that makes no sense.
+#[test]
+fn a_predictor_is_validated_at_load_naming_the_field() {
+    let dir = tmp("validate");
+    let (p, _) = predictor(&dir);
+    let costs = || -> Vec<String> {
+        vitnas::latency::features::COST
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let additive = |weights: Vec<f64>| fit::Model::Additive {
+        features: costs(),
+        weights,
+    };
+    let k = vitnas::latency::features::COST.len();
+    type Change<'a> = Box<dyn Fn(&mut Predictor) + 'a>;
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "predicts",
+            Box::new(move |p| p.model = additive(vec![-1e-6; k])),
+        ),
+        (
+            "model.weights",
+            Box::new(move |p| p.model = additive(vec![1e-9; 3])),
+        ),
+        (
+            "model.weights[0]",
+            Box::new(move |p| {
+                let mut w = vec![1e-9; k];
+                w[0] = 1e308;
+                p.model = additive(w)
+            }),
+        ),
+        (
+            "model.features",
+            Box::new(move |p| {
+                p.model = fit::Model::Additive {
+                    features: vec!["x".into(); k],
+                    weights: vec![1e-9; k],
+                }
+            }),
+        ),
+        ("range_ms", Box::new(|p| p.range_ms = [-1.0, 2.0])),
+        ("batch", Box::new(|p| p.batch = 0)),
+        (
+            "recalibration.scale",
+            Box::new(|p| {
+                p.recalibration = Some(latency::Recalibration {
+                    scale: -2.0,
+                    rows: 20,
+                    before: p.heldout.values().next().copied().unwrap(),
+                    after: p.heldout.values().next().copied().unwrap(),
+                })
+            }),
+        ),
+    ];
+    let bad = dir.join("bad.json");
+    for (field, change) in &cases {
+        let mut q = p.clone();
+        change(&mut q);
+        q.save(&bad).unwrap();
+        let e = Predictor::load(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.json") && e.contains(field), "{field}: {e}");
+    }
+    // The kept HAT MLP too: a layer of the wrong shape, a negative scale.
+    let mut q = p.clone();
+    q.model = fit::Model::HatMlp {
+        features: vitnas::latency::features::HAT
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        input_scale: vec![1.0; 4],
+        output_scale: -1.0,
+        layers: vec![(vec![0.1; 4], vec![0.1])],
+    };
+    q.save(&bad).unwrap();
+    let e = Predictor::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("model.output_scale"), "{e}");
+    if let fit::Model::HatMlp {
+        output_scale,
+        layers,
+        ..
+    } = &mut q.model
+    {
+        *output_scale = 1.0;
+        layers[0].0.pop();
+    }
+    q.save(&bad).unwrap();
+    let e = Predictor::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("model.layers[0]"), "{e}");
+    // Every command that reads a predictor refuses it, naming the file.
+    let csv = dir.join("lat.csv");
+    let arch = dir.join("arch.json");
+    std::fs::write(
+        &arch,
+        serde_json::to_string(&space("fmnist-tiny").largest()).unwrap(),
+    )
+    .unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    for args in [
+        vec!["latency", "predict", &s(&bad), &s(&arch)],
+        vec!["latency", "check", &s(&bad), &s(&csv)],
+        vec![
+            "latency",
+            "recalibrate",
+            &s(&bad),
+            &s(&csv),
+            "--out",
+            &s(&dir.join("new.json")),
+        ],
+    ]
+    .iter()
+    {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitnas"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("bad.json") && err.contains("model.layers[0]"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!dir.join("new.json").exists());
+}
+
+/// Columns are read by position, so their names are checked: a column
+/// line in another order (or missing) is refused naming the line.
+#[test]
+fn the_latency_csv_column_names_are_checked() {
+    let s = space("fmnist-tiny");
+    let dir = tmp("columns");
+    let csv = dir.join("cols.csv");
+    dataset::measure(&s, &quick(3), &csv, |_, _| {}).unwrap();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let cols = "index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,mean_ms,std_ms,median_ms";
+    assert!(text.contains(cols));
+    for bad in [
+        text.replace(cols, "index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,median_ms,std_ms,mean_ms"),
+        text.replace(&format!("{cols}\n"), ""),
+    ] {
+        std::fs::write(&csv, bad).unwrap();
+        let e = dataset::read(&csv).err().unwrap().to_string();
+        assert!(e.contains("cols.csv") && e.contains("column names"), "{e}");
+    }
+}
+
+/// A measurement stops between two rows when asked (Ctrl-C sets the
+/// flag): every row on disk is whole, and the same call continues.
+#[test]
+fn a_measurement_stops_between_rows_and_continues() {
+    let s = space("fmnist-tiny");
+    let dir = tmp("stop");
+    let csv = dir.join("stop.csv");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (n, interrupted) = dataset::measure_until(&s, &quick(8), &csv, &stop, |done, _| {
+        if done == 3 {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert_eq!((n, interrupted), (3, true));
+    assert_eq!(data_rows(&csv).len(), 3);
+    assert!(std::fs::read_to_string(&csv).unwrap().ends_with('\n'));
+    assert_eq!(dataset::measure(&s, &quick(8), &csv, |_, _| {}).unwrap(), 5);
+    assert_eq!(dataset::read(&csv).unwrap().samples.len(), 8);
+}

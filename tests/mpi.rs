@@ -488,3 +488,59 @@ fn a_command_that_runs_in_one_process_refuses_several_ranks() {
         "{err}"
     );
 }
+
+#[test]
+#[ignore = "needs mpirun and the mpi feature: .ci/mpi.sh"]
+fn evaluate_reference_shared_over_two_ranks_records_what_one_process_records() {
+    let d = tmp_dir("reference");
+    let mut r = Recipe::from_file(repo_path("recipes/fmnist-small-standalone.toml")).unwrap();
+    r.space = repo_path("search_spaces/fmnist-small.toml");
+    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
+    r.data.val_size = 64;
+    r.data.train_limit = Some(128);
+    r.train.batch_size = 32;
+    r.train.epochs = 1;
+    let recipe = write_recipe(&r, &d, "standalone.toml");
+    let config = |out: &Path| {
+        let text = format!(
+            "name = \"mpi\"\nspace = \"{}\"\nrecipe = \"{recipe}\"\noutput_dir = \"{}\"\n\
+             stratified = 3\nbudgets = [0.5]\nper_budget = 2\nseeds = [0, 1]\n",
+            repo_path("search_spaces/fmnist-small.toml").display(),
+            out.display()
+        );
+        let p = out.with_extension("toml");
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (one, two) = (d.join("r1"), d.join("r2"));
+    ok(alone(&["evaluate", "reference", &config(&one)]));
+    ok(mpirun(2, &["evaluate", "reference", &config(&two)], &[]));
+    let runs = |dir: &Path| {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(vitnas::rank::reference::REFERENCE_FILE)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["complete"], true);
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|e| {
+                let arch = e["arch"].clone();
+                e["runs"].as_array().unwrap().iter().map(move |r| {
+                    (
+                        arch.clone(),
+                        r["seed"].clone(),
+                        r["epochs"].clone(),
+                        r["val"].as_f64(),
+                        r["test"].as_f64(),
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (runs(&one), runs(&two));
+    assert_eq!(a.len(), 3 * 2 + 2 + 2 * 2);
+    assert_eq!(a, b);
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -225,6 +225,7 @@ fn rec(acc: f64, p: u64, rejected: bool) -> Record {
         rejected_early: rejected,
         screen_accuracy: None,
         generation: 0,
+        predicted_accuracy: None,
     }
 }
 
@@ -243,4 +244,77 @@ fn pareto_front_keeps_exactly_the_non_dominated_records() {
         vec![true, true, false, true, false, false]
     );
     assert_eq!(front(&rs, Measure::Latency), vec![false; 6]);
+}
+
+/// A search directory in use by another process is refused (the run lock,
+/// as for training), so that one search's results never silently replace
+/// another's; the lock is released when the search ends.
+#[test]
+fn a_search_directory_in_use_by_another_process_is_refused() {
+    with_evaluator(|s, ev| {
+        let d = tmp("locked");
+        std::fs::create_dir_all(&d).unwrap();
+        let held = vitnas::rundir::RunLock::acquire(&d).unwrap();
+        let e = search::run(s, config(), ev, &d, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in use by another vitnas process"), "{e}");
+        assert!(!d.join(STATE_FILE).exists());
+        drop(held);
+        let mut short = config();
+        short.generations = 1;
+        search::run(s, short, ev, &d, false, false).unwrap();
+        assert!(!d.join(vitnas::rundir::LOCK_FILE).exists());
+        std::fs::remove_dir_all(d).ok();
+    });
+}
+
+/// `--resume` continues with the saved settings: `generations` may grow
+/// (applied and saved), any other difference (a bound, the predictor, the
+/// population, the seed) is refused naming the field, and nothing is
+/// written.
+#[test]
+fn a_resumed_search_refuses_changed_settings_naming_them_and_applies_more_generations() {
+    with_evaluator(|s, ev| {
+        let d = tmp("resume-settings");
+        let mut short = config();
+        short.generations = 1;
+        search::run(s, short.clone(), ev, &d, false, false).unwrap();
+        let before = std::fs::read(d.join(STATE_FILE)).unwrap();
+        type Change = fn(&mut SearchConfig);
+        let changes: [(&str, Change); 4] = [
+            ("search.constraints.params_max", |c| {
+                c.constraints.params_max = Some(1000)
+            }),
+            ("search.constraints.latency_predictor", |c| {
+                c.constraints.latency_predictor = Some("p.json".into())
+            }),
+            ("search.population", |c| c.population = 9),
+            ("search.seed", |c| c.seed = 12),
+        ];
+        for (field, change) in changes {
+            let mut c = short.clone();
+            c.generations = 2;
+            change(&mut c);
+            let e = search::run(s, c, ev, &d, true, false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(field) && e.contains("saved search used"),
+                "{field}: {e}"
+            );
+            assert_eq!(std::fs::read(d.join(STATE_FILE)).unwrap(), before);
+        }
+        let mut fewer = short.clone();
+        fewer.generations = 0;
+        let e = search::run(s, fewer, ev, &d, true, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("search.generations"), "{e}");
+        let mut more = short.clone();
+        more.generations = 2;
+        let state = search::run(s, more, ev, &d, true, false).unwrap();
+        assert_eq!((state.generation, state.config.generations), (2, 2));
+        std::fs::remove_dir_all(d).ok();
+    });
 }

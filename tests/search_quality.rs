@@ -231,7 +231,7 @@ fn the_reference_harness_runs_resumes_and_reports_its_checks() {
         progress: false,
         collective: &vitnas::dist::Single,
     };
-    let r = reference::run(&cfg, &o).unwrap();
+    let r = reference::run(&cfg, &o, Default::default()).unwrap();
     assert!(r.complete);
     // 3 stratified × 2 seeds, 2 at the budget, largest and smallest × 2 budgets.
     let runs: Vec<_> = r.entries.iter().flat_map(|e| &e.runs).collect();
@@ -260,14 +260,16 @@ fn the_reference_harness_runs_resumes_and_reports_its_checks() {
         serde_json::to_string(&edited).unwrap(),
     )
     .unwrap();
-    let again = reference::run(&cfg, &o).unwrap();
+    let again = reference::run(&cfg, &o, Default::default()).unwrap();
     assert_eq!(again.entries[1].runs[1].test, r.entries[1].runs[1].test);
     assert!(again.complete);
 
-    // Delete a finished run: it is trained again, with the same result
-    // (every run is seeded).
+    // Delete a finished run and its result: it is trained again, with the
+    // same result (every run is seeded).
     let dir = &r.entries[0].runs[0].dir;
     std::fs::remove_dir_all(dir).unwrap();
+    let stem = dir.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::remove_file(cfg.output_dir.join("results").join(format!("{stem}.json"))).unwrap();
     edited = again.clone();
     edited.entries[0].runs[0].test = None;
     std::fs::write(
@@ -275,7 +277,7 @@ fn the_reference_harness_runs_resumes_and_reports_its_checks() {
         serde_json::to_string(&edited).unwrap(),
     )
     .unwrap();
-    let third = reference::run(&cfg, &o).unwrap();
+    let third = reference::run(&cfg, &o, Default::default()).unwrap();
     assert!(dir.join("model.safetensors").exists());
     assert_eq!(third.entries[0].runs[0].test, r.entries[0].runs[0].test);
     assert_eq!(third.entries[0].runs[0].val, r.entries[0].runs[0].val);
@@ -295,8 +297,65 @@ fn a_reference_directory_of_another_plan_is_refused() {
         progress: false,
         collective: &vitnas::dist::Single,
     };
-    reference::run(&cfg, &o).unwrap();
+    reference::run(&cfg, &o, Default::default()).unwrap();
     cfg.seed = 7; // other architectures in the same directories
-    let e = reference::run(&cfg, &o).unwrap_err().to_string();
+    let e = reference::run(&cfg, &o, Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("another architecture"), "{e}");
+}
+
+#[test]
+fn two_shards_build_the_reference_that_one_process_builds() {
+    let out = tmp_dir("shards");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("recipe.toml"), tiny_recipe().to_toml_string()).unwrap();
+    let mut one = config(&out);
+    one.output_dir = out.join("one");
+    let mut two = config(&out);
+    two.output_dir = out.join("two");
+    let flag = AtomicBool::new(false);
+    let o = vitnas::rank::Options {
+        stop: &flag,
+        progress: false,
+        collective: &vitnas::dist::Single,
+    };
+    let whole = reference::run(&one, &o, Default::default()).unwrap();
+    let shard = |s: &str| s.parse::<reference::Shard>().unwrap();
+    // Two processes at once, each its share of the runs.
+    let part = |s: &str| {
+        let flag = AtomicBool::new(false);
+        let o = vitnas::rank::Options {
+            stop: &flag,
+            progress: false,
+            collective: &vitnas::dist::Single,
+        };
+        reference::run(&two, &o, shard(s)).unwrap()
+    };
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| part("0/2"));
+        let b = sc.spawn(|| part("1/2"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let done = |r: &Reference| {
+        r.entries
+            .iter()
+            .flat_map(|e| &e.runs)
+            .filter(|x| x.test.is_some())
+            .count()
+    };
+    assert!(done(&a) >= 6 && done(&b) >= 6, "each shard did its half");
+    // A last pass merges every result file and trains nothing more.
+    let merged = reference::run(&two, &o, Default::default()).unwrap();
+    assert!(merged.complete);
+    let results = |r: &Reference| -> Vec<(Option<f64>, Option<f64>)> {
+        r.entries
+            .iter()
+            .flat_map(|e| &e.runs)
+            .map(|x| (x.val, x.test))
+            .collect()
+    };
+    assert_eq!(results(&merged), results(&whole));
+    assert!("2/2".parse::<reference::Shard>().is_err());
+    assert!("1".parse::<reference::Shard>().is_err());
 }

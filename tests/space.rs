@@ -370,3 +370,102 @@ fn a_space_with_more_than_u128_architectures_says_so() {
     assert_eq!(s.size(), None);
     assert_eq!(space("fmnist-tiny").size().map(|n| n > 0), Some(true));
 }
+
+/// Every MLP width a space can produce is at least 1: a ratio that rounds
+/// to 0 units (on the supernet, a choice list or a layer override) is
+/// refused naming the field, before any engine shape is built from it.
+#[test]
+fn an_mlp_width_that_rounds_to_zero_is_refused_naming_the_field() {
+    for (from, to, field) in [
+        (
+            "mlp_ratio = [2.0, 3.0, 4.0]",
+            "mlp_ratio = [0.001, 3.0, 4.0]",
+            "choices.mlp_ratio[0]",
+        ),
+        ("mlp_ratio = 4.0", "mlp_ratio = 0.001", "supernet.mlp_ratio"),
+        (
+            "# [[layer]]\n# index = 0\n# num_heads = [4]\n# mlp_ratio = [3.0, 4.0]",
+            "[[layer]]\nindex = 0\nmlp_ratio = [0.001]",
+            "layer[0].mlp_ratio[0]",
+        ),
+    ] {
+        let text = FMNIST.replace(from, to);
+        assert_ne!(text, FMNIST, "the fixture no longer holds {from:?}");
+        let msg = invalid(&text);
+        assert!(
+            msg.contains("bad-space.toml") && msg.contains(field) && msg.contains("width of 0"),
+            "{field}: {msg}"
+        );
+    }
+}
+
+/// A choice listed twice would be counted and sampled as two
+/// architectures: refused in every choice list, naming the repeat.
+#[test]
+fn duplicate_choices_are_refused_naming_the_field() {
+    for (from, to, field) in [
+        (
+            "embed_dim = [64, 96, 128]",
+            "embed_dim = [64, 96, 64]",
+            "choices.embed_dim[2]",
+        ),
+        ("depth = [4, 5, 6]", "depth = [4, 4]", "choices.depth[1]"),
+        (
+            "num_heads = [2, 3, 4]",
+            "num_heads = [2, 3, 3]",
+            "choices.num_heads[2]",
+        ),
+        (
+            "mlp_ratio = [2.0, 3.0, 4.0]",
+            "mlp_ratio = [2.0, 2.0]",
+            "choices.mlp_ratio[1]",
+        ),
+    ] {
+        let text = FMNIST.replace(from, to);
+        assert_ne!(text, FMNIST, "the fixture no longer holds {from:?}");
+        let msg = invalid(&text);
+        assert!(
+            msg.contains(field) && msg.contains("repeats"),
+            "{field}: {msg}"
+        );
+    }
+    // The text spaces' width lists too.
+    let bert = include_str!("../search_spaces/bert-minilm.toml");
+    let line = bert
+        .lines()
+        .find(|l| l.starts_with("mlp_dim = ["))
+        .expect("bert-minilm lists mlp_dim choices");
+    let first = line
+        .trim_start_matches("mlp_dim = [")
+        .split([',', ']'])
+        .next()
+        .unwrap()
+        .trim();
+    let msg = Space::from_toml_str(
+        &bert.replace(line, &format!("mlp_dim = [{first}, {first}]")),
+        "bad-bert.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("choices.mlp_dim[1]") && msg.contains("repeats"),
+        "{msg}"
+    );
+}
+
+/// A space of one class trains to 100 % on nothing: refused for images and
+/// text, naming the field.
+#[test]
+fn a_space_of_one_class_is_refused_naming_the_field() {
+    let msg = invalid(&FMNIST.replace("num_classes = 10", "num_classes = 1"));
+    assert!(msg.contains("input.num_classes") && msg.contains("at least 2"), "{msg}");
+    let bert = include_str!("../search_spaces/bert-minilm.toml");
+    let line = bert
+        .lines()
+        .find(|l| l.starts_with("num_classes"))
+        .expect("bert-minilm states num_classes");
+    let msg = Space::from_toml_str(&bert.replace(line, "num_classes = 1"), "bad-bert.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("text.num_classes") && msg.contains("at least 2"), "{msg}");
+}

@@ -432,3 +432,29 @@ fn full_spam_assassin_corpus_loads_all_rows_with_two_labels() {
         .iter()
         .all(|s| s.len() <= 128 && s[0] == CLS && s[s.len() - 1] == SEP));
 }
+
+/// A huge line is cut before it is tokenized (with a margin, at a
+/// whitespace), so its memory is bounded by `max_len`, not by the line;
+/// the ids are those of the whole text: a prefix that gives fewer than
+/// `max_len` tokens (here, one hidden behind 200,000 spaces) is grown until
+/// it fills them.
+#[test]
+fn a_huge_line_is_cut_before_tokenizing_and_gives_the_whole_texts_ids() {
+    let Some(tok) = minilm_tokenizer(16) else {
+        return;
+    };
+    let words = "the quick brown fox jumps over the lazy dog ";
+    let huge = words.repeat(200_000); // 8.8 MB
+    let short = words.repeat(4);
+    let ids = tok.encode_ids(&[&huge, &short]).unwrap();
+    assert_eq!(ids[0].len(), 16);
+    assert_eq!(ids[0], ids[1]);
+    let spaced = format!("hello{}{}", " ".repeat(200_000), words.repeat(50_000));
+    let plain = format!("hello {}", words.repeat(4));
+    let ids = tok.encode_ids(&[&spaced, &plain]).unwrap();
+    assert_eq!(ids[0].len(), 16);
+    assert_eq!(ids[0], ids[1]);
+    // Short texts are untouched.
+    let ids = tok.encode_ids(&["hello", "hello world"]).unwrap();
+    assert!(ids[0].len() == 3 && ids[1].len() == 4, "{ids:?}");
+}

@@ -106,11 +106,11 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
             threads,
             candle_autograd,
         } => {
-            super::threads::init_pool(threads);
+            super::threads::init_pool(threads)?;
             bench::train(steps, batch, threads, candle_autograd)?
         }
         BenchCmd::Gemm { n, threads } => {
-            super::threads::init_pool(threads);
+            super::threads::init_pool(threads)?;
             serde_json::json!({"mode": "gemm", "n": n, "threads": threads,
                 "gflops": bench::gemm_peak(n, threads)})
         }
@@ -120,7 +120,7 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
             threads,
             candle,
         } => {
-            super::threads::init_pool(threads);
+            super::threads::init_pool(threads)?;
             bench::infer(batch, iters, threads, candle)?
         }
         BenchCmd::Search {
@@ -128,7 +128,7 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
             images,
             threads,
         } => {
-            super::threads::init_pool(threads);
+            super::threads::init_pool(threads)?;
             bench::search(archs, images, threads)?
         }
         BenchCmd::BertTrain {
@@ -137,7 +137,7 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
             seq,
             threads,
         } => {
-            super::threads::init_pool(threads);
+            super::threads::init_pool(threads)?;
             bench::bert_train(steps, batch, seq, threads)?
         }
         BenchCmd::BertInfer {
@@ -146,7 +146,7 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
             iters,
             threads,
         } => {
-            super::threads::init_pool(threads);
+            super::threads::init_pool(threads)?;
             bench::bert_infer(batch, seq, iters, threads)?
         }
         BenchCmd::Data { batch, iters } => bench::data(batch, iters)?,
@@ -155,7 +155,7 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
             iters,
             threads,
         } => {
-            super::threads::init_pool(threads);
+            super::threads::init_pool(threads)?;
             let out = bench::allreduce(&space, iters, c)?;
             if !vitnas::dist::is_root(c) {
                 return Ok(());

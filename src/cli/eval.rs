@@ -56,6 +56,17 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    if let Some(d) = &a.dump {
+        // Never over the model read, into a training run or an exported
+        // model (a previous dump is rewritten).
+        let model_files: Vec<std::path::PathBuf> = a
+            .model
+            .iter()
+            .flat_map(|m| ["model.safetensors", "config.json"].map(|f| m.join(f)))
+            .collect();
+        let inputs: Vec<&std::path::Path> = model_files.iter().map(|p| p.as_path()).collect();
+        vitnas::rundir::check_output_file(d, &inputs, false, true)?;
+    }
     if let Some(m) = a.model.as_deref().filter(|m| export_bert::is_bert_dir(m)) {
         return eval_text_model(m, a.data.as_deref(), a.limit, a.dump.as_deref());
     }
@@ -130,12 +141,28 @@ fn eval_model(
     if let Some(n) = limit {
         ds = ds.head(n);
     }
-    let norm = match norm {
-        Some(n) => n,
-        None => {
-            let (mean, std) = ds.channel_stats();
-            vitnas::data::batch::Normalize { mean, std }
-        }
+    // The normalisation the model was trained with: its `vitnas` block,
+    // else a Hugging Face preprocessor_config.json; only without either,
+    // the data's own statistics, said on stderr and in the report.
+    let (norm, norm_source) = match norm {
+        Some(n) => (n, "config.json vitnas.normalize".to_string()),
+        None => match hf_normalize(dir, c.num_channels)? {
+            Some(n) => (n, "preprocessor_config.json".to_string()),
+            None => {
+                let (mean, std) = ds.channel_stats();
+                eprintln!(
+                    "warning: {} records no input normalisation (no `vitnas` block in \
+                     config.json, no preprocessor_config.json): normalising with the \
+                     evaluated split's own statistics (mean {mean:?}, std {std:?}), which may \
+                     not be what the model was trained with",
+                    dir.display()
+                );
+                (
+                    vitnas::data::batch::Normalize { mean, std },
+                    "statistics of the evaluated split (the model records none)".to_string(),
+                )
+            }
+        },
     };
     let mut dumped: Vec<(Tensor, Tensor)> = Vec::new();
     let fast = vitnas::engine::Model::from_vit(&model)?;
@@ -159,9 +186,47 @@ fn eval_model(
     }
     println!(
         "{}",
-        serde_json::json!({"model": dir, "split": split_name, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss, "params": model.num_params()})
+        serde_json::json!({"model": dir, "split": split_name, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss, "params": model.num_params(),
+            "normalize": {"mean": norm.mean, "std": norm.std, "source": norm_source}})
     );
     Ok(())
+}
+
+/// `image_mean` / `image_std` of a Hugging Face `preprocessor_config.json`
+/// in `dir`, when there is one (checked: one finite mean and positive std
+/// per channel).
+fn hf_normalize(
+    dir: &std::path::Path,
+    channels: usize,
+) -> anyhow::Result<Option<vitnas::data::batch::Normalize>> {
+    let path = dir.join("preprocessor_config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    let list = |k: &str| -> Option<Vec<f32>> {
+        v.get(k)?
+            .as_array()?
+            .iter()
+            .map(|x| x.as_f64().map(|x| x as f32))
+            .collect()
+    };
+    let (Some(mean), Some(std)) = (list("image_mean"), list("image_std")) else {
+        return Ok(None);
+    };
+    if mean.len() != channels
+        || std.len() != channels
+        || !mean.iter().all(|m| m.is_finite())
+        || !std.iter().all(|s| s.is_finite() && *s > 0.0)
+    {
+        anyhow::bail!(
+            "{}: image_mean {mean:?} / image_std {std:?} are not one finite mean and positive \
+             std per channel ({channels})",
+            path.display()
+        );
+    }
+    Ok(Some(vitnas::data::batch::Normalize { mean, std }))
 }
 
 /// A trained text supernet's subnet on its validation or test split.

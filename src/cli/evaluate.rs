@@ -30,6 +30,12 @@ pub struct ReferenceArgs {
     config: PathBuf,
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// Take only this share of the runs, `I/N` (0 ≤ I < N): N processes
+    /// started with 0/N … N−1/N build one reference together in the same
+    /// output directory (on one machine, or machines sharing it; without
+    /// MPI). Rerun without it at the end to merge.
+    #[arg(long, default_value = "0/1")]
+    shard: rank::reference::Shard,
 }
 
 #[derive(Debug, Args)]
@@ -43,6 +49,11 @@ pub struct QualityArgs {
     /// (repeatable).
     #[arg(long)]
     supernet: Vec<PathBuf>,
+    /// An accuracy predictor file (`vitnas predictor fit`) of the
+    /// reference's space, scored as ranker `predictor:<file stem>`
+    /// (repeatable).
+    #[arg(long)]
+    accuracy_predictor: Vec<PathBuf>,
     /// Zero-cost proxies to compute (repeatable) [default: all three].
     #[arg(long, value_enum)]
     proxy: Vec<rank::proxy::Proxy>,
@@ -189,6 +200,7 @@ fn reference(a: ReferenceArgs, collective: &dyn vitnas::dist::Collective) -> any
             progress: true,
             collective,
         },
+        a.shard,
     )?;
     if !vitnas::dist::is_root(collective) {
         return Ok(());
@@ -266,6 +278,11 @@ fn quality(a: QualityArgs) -> anyhow::Result<()> {
             r.name.clone(),
             format!("inherited validation accuracy of {}", dir.display()),
         ));
+        rankers.push(r);
+    }
+    for file in &a.accuracy_predictor {
+        let r = quality::predictor_ranker(&reference, file)?;
+        sources.push((r.name.clone(), format!("predictions of {}", file.display())));
         rankers.push(r);
     }
     let mut metrics = quality::score(&truth, &rankers)?;

@@ -34,10 +34,11 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
+    // Checked, and written, where --out resolves: `runs/b/x/..` is run b.
     rundir::check_distinct(&a.supernet, &a.out)?;
-    rundir::check_output(&a.out, rundir::Artifact::ExportedModel, a.force)?;
+    let out = rundir::check_output(&a.out, rundir::Artifact::ExportedModel, a.force)?;
     if TextRun::is_text_run(&a.supernet) {
-        return export_text(&a);
+        return export_text(&a, &out);
     }
     let run = TrainedRun::load(&a.supernet)?;
     let (space, net) = (&run.space, &run.net);
@@ -63,12 +64,12 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         space,
         &arch,
         run.recipe.data.normalize.as_ref(),
-        &a.out,
+        &out,
     )?;
     // The run's resolved recipe: `vitnas finetune` defaults to its data and
     // normalisation.
     vitnas::train::checkpoint::write_atomic(
-        &a.out.join(vitnas::train::RECIPE_FILE),
+        &out.join(vitnas::train::RECIPE_FILE),
         run.recipe.to_toml_string().as_bytes(),
     )?;
     match note {
@@ -83,7 +84,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
 
 /// A text subnet in `BertForSequenceClassification` layout, with the run's
 /// tokenizer and label names.
-fn export_text(a: &ExportArgs) -> anyhow::Result<()> {
+fn export_text(a: &ExportArgs, out: &std::path::Path) -> anyhow::Result<()> {
     use vitnas::models::export_bert;
     let run = TextRun::load(&a.supernet)?;
     let space = &run.space;
@@ -98,9 +99,9 @@ fn export_text(a: &ExportArgs) -> anyhow::Result<()> {
         );
     }
     let tokenizer = run.dir.join(vitnas::train::text::TOKENIZER_FILE);
-    let note = export_bert::export(&model, space, &arch, &run.labels, &tokenizer, &a.out)?;
+    let note = export_bert::export(&model, space, &arch, &run.labels, &tokenizer, out)?;
     vitnas::train::checkpoint::write_atomic(
-        &a.out.join(vitnas::train::RECIPE_FILE),
+        &out.join(vitnas::train::RECIPE_FILE),
         run.recipe.to_toml_string().as_bytes(),
     )?;
     match note {

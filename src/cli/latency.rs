@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use vitnas::latency::{self, dataset, fit, Predictor, Protocol};
+use vitnas::rundir;
 use vitnas::{Arch, Space};
 
 #[derive(Debug, Subcommand)]
@@ -25,8 +26,12 @@ pub enum LatencyCmd {
     Recalibrate {
         predictor: PathBuf,
         csv: PathBuf,
+        /// Output predictor file: never one of the inputs.
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing file at --out.
+        #[arg(long)]
+        force: bool,
     },
     /// Predicted latency of one architecture (JSON file).
     Predict {
@@ -63,7 +68,8 @@ pub struct MeasureArgs {
     /// with this length).
     #[arg(long)]
     seq_len: Option<usize>,
-    /// Output CSV.
+    /// Output CSV (an existing one made with the same settings is
+    /// continued).
     #[arg(long)]
     out: PathBuf,
 }
@@ -72,9 +78,12 @@ pub struct MeasureArgs {
 pub struct FitArgs {
     /// A CSV from `vitnas latency measure`.
     csv: PathBuf,
-    /// Output predictor file (JSON).
+    /// Output predictor file (JSON): never the input CSV.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing file at --out.
+    #[arg(long)]
+    force: bool,
     /// Fraction of the rows held out to measure the error.
     #[arg(long, default_value_t = 0.2)]
     holdout: f64,
@@ -97,7 +106,16 @@ enum StatArg {
 pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
     match cmd {
         LatencyCmd::Measure(a) => {
-            super::threads::init_pool(a.threads);
+            super::threads::init_pool(a.threads)?;
+            // Never the space file, a directory or a file in a training
+            // run; an existing CSV is continued (its header is checked).
+            let out = rundir::check_output_file(&a.out, &[&a.space], false, true)?;
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+            }
+            // One measurement at a time into a file: two would interleave rows.
+            let _lock = rundir::RunLock::acquire_file(&out)?;
+            let stop = super::stop_flag()?;
             let mut space = Space::from_file(&a.space)?;
             if let Some(l) = a.seq_len {
                 let t = space
@@ -129,7 +147,7 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                 b
             });
             let started = std::time::Instant::now();
-            let n = dataset::measure(&space, &opts, &a.out, |done, total| {
+            let (n, interrupted) = dataset::measure_until(&space, &opts, &out, stop, |done, total| {
                 if let Some(b) = &bar {
                     b.set_length(total as u64);
                     b.set_position(done as u64);
@@ -137,6 +155,23 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             })?;
             if let Some(b) = bar {
                 b.finish_and_clear();
+            }
+            if interrupted {
+                eprintln!(
+                    "interrupted after {n} architectures measured now (every row written is \
+                     whole): continue with the same command, `vitnas latency measure {} --n {} \
+                     --batch {} --threads {} --seed {} --warmup {} --runs {}{} --out {}`",
+                    a.space.display(),
+                    a.n,
+                    a.batch,
+                    a.threads,
+                    a.seed,
+                    a.warmup,
+                    a.runs,
+                    a.seq_len.map(|l| format!(" --seq-len {l}")).unwrap_or_default(),
+                    a.out.display()
+                );
+                return Err(super::Exit(super::train::EXIT_INTERRUPTED).into());
             }
             let m = latency::Machine::current(a.threads);
             println!(
@@ -149,6 +184,13 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             );
         }
         LatencyCmd::Fit(a) => {
+            let out = rundir::check_output_file(&a.out, &[&a.csv], a.force, false)?;
+            // Nothing is written until the fit is done (then atomically):
+            // Ctrl-C stops at once.
+            ctrlc::set_handler(|| {
+                eprintln!("interrupted: nothing written");
+                std::process::exit(130);
+            })?;
             let stat = match a.statistic {
                 StatArg::Mean => dataset::Statistic::Mean,
                 StatArg::Median => dataset::Statistic::Median,
@@ -165,7 +207,7 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             )?;
             let p = Predictor::from_fit(&d, &fitted);
             let [lo, hi] = p.range_ms;
-            p.save(&a.out)?;
+            p.save(&out)?;
             let report: Vec<serde_json::Value> = fitted
                 .models
                 .iter()
@@ -209,14 +251,16 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             predictor,
             csv,
             out,
+            force,
         } => {
+            let write_to = rundir::check_output_file(&out, &[&predictor, &csv], force, false)?;
             let mut p = Predictor::load(&predictor)?;
             let d = dataset::read(&csv)?;
             for w in p.check(&predictor, &d.space, &d.header.machine)? {
                 eprintln!("warning: {w}");
             }
             let r = p.recalibrate(&d, &csv)?.clone();
-            p.save(&out)?;
+            p.save(&write_to)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({

@@ -9,6 +9,7 @@ mod evaluate;
 mod export;
 mod finetune;
 mod latency;
+mod predictor;
 mod retrain;
 mod search;
 mod space;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Latency datasets and learned latency predictors (HAT) for hardware-aware search.
     #[command(subcommand)]
     Latency(latency::LatencyCmd),
+    /// Accuracy predictors learnt from a trained supernet (AttentiveNAS), for search and sampling.
+    #[command(subcommand)]
+    Predictor(predictor::PredictorCmd),
     /// Time the benchmark workloads (fmnist-tiny ViT supernet; bert-minilm text supernet; random inputs; see evaluate/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -120,14 +124,16 @@ pub fn run(cli: Cli, world: &world::World) -> anyhow::Result<()> {
             | Command::Retrain(_)
             | Command::Finetune(_)
             | Command::Search(_)
-            | Command::Evaluate(_)
+            | Command::Evaluate(
+                evaluate::EvaluateCmd::Rank(_) | evaluate::EvaluateCmd::Reference(_)
+            )
             | Command::Bench(bench::BenchCmd::Allreduce { .. })
     );
     if c.size() > 1 && !shared {
         anyhow::bail!(
             "this command runs in one process: start it without mpirun (under mpirun: train, \
-             retrain and finetune train data-parallel, search and evaluate rank share their \
-             evaluations and trainings, bench allreduce times the gradient all-reduce)"
+             retrain and finetune train data-parallel, search, evaluate rank and evaluate \
+             reference share their evaluations and trainings, bench allreduce times the gradient all-reduce)"
         );
     }
     // `bench` and `latency measure` size the pool from their --threads.
@@ -135,8 +141,12 @@ pub fn run(cli: Cli, world: &world::World) -> anyhow::Result<()> {
         cli.command,
         Command::Bench(_) | Command::Latency(latency::LatencyCmd::Measure(_))
     );
-    if !own_threads {
-        threads::init_default_pool();
+    if own_threads {
+        // Checked even where --threads sizes the pool: rayon would read it
+        // for any pool built without a count.
+        threads::env_threads()?;
+    } else {
+        threads::init_default_pool()?;
     }
     match cli.command {
         Command::Space(c) => space::run(c),
@@ -147,6 +157,7 @@ pub fn run(cli: Cli, world: &world::World) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Bench(b) => bench::run(b, c),
         Command::Latency(c) => latency::run(c),
+        Command::Predictor(c) => predictor::run(c),
         Command::Search(a) => search::run(a, c),
         Command::Export(a) => export::run(a),
         Command::Embed(a) => embed::run(a),

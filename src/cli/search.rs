@@ -7,6 +7,8 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::dist::{self, Collective};
 use vitnas::latency::{self, Machine, Predictor};
+use vitnas::predictor::AccuracyPredictor;
+use vitnas::rundir;
 use vitnas::search::config::Algorithm;
 use vitnas::search::{self, Evaluator, ImageJudge, Judge};
 use vitnas::train::text::{TextJudge, TextRun};
@@ -54,8 +56,25 @@ pub struct SearchArgs {
     /// measured at the end and compared with their predictions.
     #[arg(long)]
     predictor: Option<PathBuf>,
+    /// An accuracy predictor of this run (`vitnas predictor fit`): each
+    /// generation's new candidates are ranked by predicted accuracy and only
+    /// the best --screen-fraction of them get a real validation score.
+    #[arg(long)]
+    accuracy_predictor: Option<PathBuf>,
+    /// With --accuracy-predictor: the fraction of new candidates scored.
+    #[arg(long, requires = "accuracy_predictor", default_value_t = 0.25)]
+    screen_fraction: f64,
     #[arg(long)]
     population: Option<usize>,
+    /// Parents kept from each generation (at most the population).
+    #[arg(long)]
+    parents: Option<usize>,
+    /// Children made by mutation in each generation.
+    #[arg(long)]
+    mutations: Option<usize>,
+    /// Children made by crossover in each generation.
+    #[arg(long)]
+    crossovers: Option<usize>,
     #[arg(long)]
     generations: Option<usize>,
     /// Validation images used for the fitness.
@@ -69,6 +88,10 @@ pub struct SearchArgs {
     /// Write the best N architectures as arch-<rank>.json for `vitnas export`.
     #[arg(long, default_value_t = 5)]
     top_k: usize,
+    /// Write into a non-empty output directory that is not a search (never
+    /// into a training run or over another search).
+    #[arg(long)]
+    force: bool,
 }
 
 /// A trained supernet of either modality.
@@ -87,7 +110,25 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
         Loaded::Image(r) => (&r.recipe, &r.space),
         Loaded::Text(r) => (&r.recipe, &r.space),
     };
-    let mut cfg = recipe.search.clone();
+    let custom_out = a.out.is_some();
+    let out = a.out.clone().unwrap_or_else(|| {
+        a.run.join(match a.algorithm {
+            Some(AlgorithmArg::Random) => "search-random",
+            Some(AlgorithmArg::Evolution) => "search-evolution",
+            None => match recipe.search.algorithm {
+                Algorithm::Evolution => "search-evolution",
+                Algorithm::Random => "search-random",
+            },
+        })
+    });
+    // A resumed search starts from its own saved settings (rank 0's: the
+    // other ranks evaluate what it hands out); the options given now are
+    // applied on top, and `search::run` refuses any that would change what
+    // the saved records were judged by.
+    let mut cfg = match a.resume && root {
+        true => search::Search::load_state(&out.join(search::STATE_FILE))?.config,
+        false => recipe.search.clone(),
+    };
     if let Some(alg) = a.algorithm {
         cfg.algorithm = match alg {
             AlgorithmArg::Evolution => Algorithm::Evolution,
@@ -110,28 +151,39 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
     c.latency_batch = a.latency_batch.or(c.latency_batch);
     c.latency_predictor = a.predictor.clone().or(c.latency_predictor.clone());
     cfg.population = a.population.unwrap_or(cfg.population);
+    cfg.parents = a.parents.unwrap_or(cfg.parents);
+    cfg.mutations = a.mutations.unwrap_or(cfg.mutations);
+    cfg.crossovers = a.crossovers.unwrap_or(cfg.crossovers);
     cfg.generations = a.generations.unwrap_or(cfg.generations);
     cfg.val_subset = a.val_subset.unwrap_or(cfg.val_subset);
     cfg.early_reject_images = a.early_reject.unwrap_or(cfg.early_reject_images);
     cfg.seed = a.seed.unwrap_or(cfg.seed);
-    let custom_out = a.out.is_some();
-    let out = a.out.unwrap_or_else(|| {
-        a.run.join(match cfg.algorithm {
-            Algorithm::Evolution => "search-evolution",
-            Algorithm::Random => "search-random",
-        })
-    });
+    if let Some(p) = &a.accuracy_predictor {
+        cfg.screening = Some(search::config::Screening {
+            predictor: p.clone(),
+            fraction: a.screen_fraction,
+        });
+    }
     if a.top_k == 0 {
         anyhow::bail!("--top-k must be positive");
     }
-    if a.resume && root {
-        // A resumed search keeps its own settings, the predictor included
-        // (rank 0's: the other ranks evaluate what it hands out).
-        let saved = search::Search::load_state(&out.join(search::STATE_FILE))?;
-        cfg.constraints.latency_predictor = saved.config.constraints.latency_predictor;
-        cfg.constraints.latency_largest_ms = saved.config.constraints.latency_largest_ms;
-    }
-    cfg.validate()?;
+    // Checked, and written, where --out resolves: never into a training
+    // run, an existing search only with --resume, another non-empty
+    // directory only with --force.
+    let write_to = match (root, a.resume) {
+        (true, false) => rundir::check_output(&out, rundir::Artifact::Search, a.force)?,
+        _ => rundir::resolve(&out)?,
+    };
+    cfg.validate().map_err(|e| {
+        // Every setting that interacts with --population has a flag.
+        let hint = match &e {
+            vitnas::Error::InvalidConfig { field, .. } if field == "search.parents" => {
+                " (set it with --parents, or in the recipe's [search])"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("{e}{hint}")
+    })?;
     let (image_val, text_val);
     let judge: Box<dyn Judge + '_> = match &loaded {
         Loaded::Image(run) => {
@@ -172,6 +224,16 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
                     path.display()
                 );
             }
+            Some(p)
+        }
+        None => None,
+    };
+    // Screening: the predictor of this space, fitted on this supernet.
+    let accuracy = match &cfg.screening {
+        Some(s) => {
+            let p = AccuracyPredictor::load(&s.predictor)?;
+            p.check_space(&s.predictor, space)?;
+            p.check_supernet(&s.predictor, &vitnas::train::run_paths(&a.run).1)?;
             Some(p)
         }
         None => None,
@@ -222,14 +284,22 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
         collective: world,
     };
     let started = std::time::Instant::now();
-    let state = search::run(space, cfg, &ev, &out, a.resume, true)?;
+    let state = search::run_with(
+        space,
+        cfg,
+        &ev,
+        accuracy.as_ref(),
+        &write_to,
+        a.resume,
+        true,
+    )?;
     if !root {
         return Ok(());
     }
     let s = search::Search::from_state(space, state);
     let top = s.ranking(a.top_k);
     for (k, r) in top.iter().enumerate() {
-        let p = out.join(format!("arch-{}.json", k + 1));
+        let p = write_to.join(format!("arch-{}.json", k + 1));
         std::fs::write(&p, serde_json::to_string_pretty(&r.arch)?)
             .with_context(|| p.display().to_string())?;
     }
@@ -246,6 +316,11 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
             "wall_seconds": started.elapsed().as_secs_f64(),
             "evals_per_second": s.state.records.len() as f64 / s.state.eval_seconds.max(1e-9),
             "best": best, "latency_budget": budget, "latency_check": check,
+            "screening": s.state.config.screening.as_ref().map(|sc| serde_json::json!({
+                "predictor": sc.predictor, "fraction": sc.fraction,
+                "screened_out": s.state.screened_out,
+                "scored": s.state.records.len(),
+            })),
         }))?
     );
     Ok(())

@@ -76,6 +76,14 @@ pub fn resolve_dir(path: Option<&Path>, candidates: &[&str]) -> Result<PathBuf> 
         if p.is_dir() {
             return Ok(p.to_path_buf());
         }
+        if p.exists() {
+            return Err(Error::Data {
+                source_name: p.display().to_string(),
+                message: "is a file, not a data directory: give the directory that holds the \
+                          split files (e.g. train.jsonl and test.jsonl, or the IDX files)"
+                    .into(),
+            });
+        }
         return Err(Error::io(
             p,
             std::io::Error::new(std::io::ErrorKind::NotFound, "data directory not found"),

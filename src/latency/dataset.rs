@@ -188,12 +188,26 @@ pub fn measure(
     space: &Space,
     opts: &MeasureOptions,
     out: &Path,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<usize> {
-    if opts.n == 0 || opts.batch == 0 || opts.protocol.runs == 0 {
+    let never = std::sync::atomic::AtomicBool::new(false);
+    Ok(measure_until(space, opts, out, &never, progress)?.0)
+}
+
+/// [`measure`] that stops between two rows once `stop` is set (Ctrl-C):
+/// every row written is whole, and running it again continues. Returns the
+/// rows measured now and whether it stopped early.
+pub fn measure_until(
+    space: &Space,
+    opts: &MeasureOptions,
+    out: &Path,
+    stop: &std::sync::atomic::AtomicBool,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(usize, bool)> {
+    if opts.n == 0 || opts.batch == 0 || opts.protocol.runs == 0 || opts.threads == 0 {
         return Err(Error::InvalidConfig {
             file: "latency measure".into(),
-            field: "n / batch / runs".into(),
+            field: "n / batch / runs / threads".into(),
             message: "must be at least 1".into(),
         });
     }
@@ -230,6 +244,9 @@ pub fn measure(
         if done.contains(&i) {
             continue;
         }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok((measured, true));
+        }
         let t = net.time(arch, opts.batch, &opts.protocol)?;
         let row = row(space, i, arch, &t)?;
         file.write_all(row.as_bytes())
@@ -238,7 +255,7 @@ pub fn measure(
         measured += 1;
         progress(done.len() + measured, total);
     }
-    Ok(measured)
+    Ok((measured, false))
 }
 
 fn row(space: &Space, i: usize, a: &Arch, t: &Timing) -> Result<String> {
@@ -315,14 +332,27 @@ type Row = (usize, Vec<usize>, Timing);
 fn read_rows(text: &str, path: &Path) -> Result<(Header, Vec<Row>)> {
     let header = Header::parse(text, path)?;
     let mut rows = Vec::new();
+    // Columns are read by position: the column line must name them in the
+    // order this build writes them, once, before the first row.
+    let mut columns = false;
     for (ln, l) in text.lines().enumerate() {
-        if l.starts_with('#') || l.starts_with("index,") || l.trim().is_empty() {
+        if l.starts_with('#') || l.trim().is_empty() {
             continue;
         }
         let bad = |m: &str| Error::Latency {
             path: path.into(),
             message: format!("line {}: {m}", ln + 1),
         };
+        if !columns {
+            if l.trim_end() != COLUMNS {
+                return Err(bad(&format!(
+                    "column names {:?}, want {COLUMNS:?} (columns are read in that order)",
+                    l.trim_end()
+                )));
+            }
+            columns = true;
+            continue;
+        }
         let f: Vec<&str> = l.split(',').collect();
         if f.len() != 11 {
             return Err(bad(&format!("{} fields, want 11 ({COLUMNS})", f.len())));
@@ -341,7 +371,11 @@ fn read_rows(text: &str, path: &Path) -> Result<(Header, Vec<Row>)> {
         };
         let t = Timing {
             mean_ms: num(f[8], "mean_ms")?,
-            std_ms: f[9].parse().map_err(|_| bad("std_ms is not a number"))?,
+            std_ms: f[9]
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| bad("std_ms is not a non-negative number"))?,
             median_ms: num(f[10], "median_ms")?,
         };
         rows.push((index, genes, t));

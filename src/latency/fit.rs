@@ -93,6 +93,25 @@ impl Model {
     }
 }
 
+/// The first architecture, of `space`'s smallest and largest subnets and
+/// 64 seeded samples, for which `model` does not predict a finite, positive
+/// latency: what it is and the prediction. A fit never keeps such a model
+/// and a predictor file holding one is refused at load (the same
+/// architectures, so that a predictor `fit` keeps always loads).
+pub fn first_implausible(model: &Model, space: &Space) -> Option<(String, f64)> {
+    let mut rng = StdRng::seed_from_u64(0);
+    [
+        ("the smallest subnet".to_string(), space.smallest()),
+        ("the largest subnet".to_string(), space.largest()),
+    ]
+    .into_iter()
+    .chain((0..64).map(|i| (format!("sampled architecture {i}"), space.sample(&mut rng))))
+    .find_map(|(what, arch)| {
+        let ms = model.predict(space, &arch);
+        (!(ms.is_finite() && ms > 0.0)).then_some((what, ms))
+    })
+}
+
 /// One measured row: an architecture and its latency (ms).
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -159,8 +178,36 @@ pub fn fit(
         models.push((model, e));
     }
     models.sort_by(|a, b| a.1.mean_rel.total_cmp(&b.1.mean_rel));
+    // A model that predicts a latency of 0 or less (or not a number) for
+    // some subnet would let a search take it as free: never kept.
+    let implausible: Vec<Option<(String, f64)>> = models
+        .iter()
+        .map(|(m, _)| first_implausible(m, space))
+        .collect();
+    if let Some((what, ms)) = implausible.iter().flatten().next() {
+        if implausible.iter().all(Option::is_some) {
+            return Err(Error::Latency {
+                path: origin.into(),
+                message: format!(
+                    "every model fitted predicts a latency that is not positive for some subnet \
+                     ({ms} ms for {what}): the measurement is too noisy or too small; measure \
+                     more architectures, or with more --runs"
+                ),
+            });
+        }
+    }
+    let mut order: Vec<usize> = (0..models.len()).collect();
+    order.sort_by_key(|&i| implausible[i].is_some());
+    let models: Vec<(Model, Errors)> = order.into_iter().map(|i| models[i].clone()).collect();
+    let skipped = match &implausible.iter().flatten().next() {
+        Some((what, ms)) => format!(
+            "; {} not kept: it predicts {ms:.3} ms for {what}",
+            models[1].0.name()
+        ),
+        None => String::new(),
+    };
     let why = format!(
-        "lowest held-out mean relative error on {} of {} rows ({}: {:.2} %, {}: {:.2} %)",
+        "lowest held-out mean relative error on {} of {} rows ({}: {:.2} %, {}: {:.2} %){skipped}",
         n_test,
         samples.len(),
         models[0].0.name(),
@@ -171,7 +218,9 @@ pub fn fit(
     Ok(Fitted { models, why })
 }
 
-/// Least squares on the relative error, ridge 1e-9 on standardised columns.
+/// Least squares on the relative error, ridge 1e-9 on standardised columns;
+/// non-negative least squares when that predicts a latency of 0 or less for
+/// some subnet ([`first_implausible`]).
 fn fit_additive(space: &Space, train: &[&Sample]) -> Model {
     let x: Vec<Vec<f64>> = train
         .iter()
@@ -208,11 +257,73 @@ fn fit_additive(space: &Space, train: &[&Sample]) -> Model {
     for (i, row) in a.iter_mut().enumerate() {
         row[i] += 1e-9 * x.len() as f64;
     }
-    let w = solve(a, b);
-    Model::Additive {
+    let model = |w: Vec<f64>| Model::Additive {
         features: features::COST.iter().map(|s| s.to_string()).collect(),
         weights: w.iter().zip(&scale).map(|(w, s)| w / s).collect(),
+    };
+    let least_squares = model(solve(a.clone(), b.clone()));
+    if first_implausible(&least_squares, space).is_none() {
+        return least_squares;
     }
+    // Noise and near-collinear terms can give a term a negative cost and
+    // some subnet a latency of 0 or less: then every term's cost is kept
+    // non-negative, as a cost is.
+    model(nnls(&a, &b))
+}
+
+/// Non-negative least squares on the normal equations: the `w ≥ 0` that
+/// minimises `½ wᵀ a w − bᵀ w` (`a` symmetric positive definite), by
+/// Lawson and Hanson's active-set method.
+fn nnls(a: &[Vec<f64>], b: &[f64]) -> Vec<f64> {
+    let n = b.len();
+    let tol = 1e-12 * b.iter().map(|v| v.abs()).fold(1.0, f64::max);
+    let mut w = vec![0f64; n];
+    let mut passive = vec![false; n];
+    // Solves the unconstrained problem on the passive set (0 elsewhere).
+    let sub = |passive: &[bool]| -> Vec<f64> {
+        let idx: Vec<usize> = (0..n).filter(|&i| passive[i]).collect();
+        let sa = idx
+            .iter()
+            .map(|&i| idx.iter().map(|&j| a[i][j]).collect())
+            .collect();
+        let sb = idx.iter().map(|&i| b[i]).collect();
+        let mut z = vec![0f64; n];
+        for (k, v) in idx.iter().zip(solve(sa, sb)) {
+            z[*k] = v;
+        }
+        z
+    };
+    for _ in 0..3 * n {
+        let grad: Vec<f64> = (0..n)
+            .map(|i| b[i] - (0..n).map(|j| a[i][j] * w[j]).sum::<f64>())
+            .collect();
+        let Some(j) = (0..n)
+            .filter(|&i| !passive[i] && grad[i] > tol)
+            .max_by(|&x, &y| grad[x].total_cmp(&grad[y]))
+        else {
+            break;
+        };
+        passive[j] = true;
+        for _ in 0..3 * n {
+            let z = sub(&passive);
+            if (0..n).filter(|&i| passive[i]).all(|i| z[i] > 0.0) {
+                w = z;
+                break;
+            }
+            let alpha = (0..n)
+                .filter(|&i| passive[i] && z[i] <= 0.0)
+                .map(|i| w[i] / (w[i] - z[i]))
+                .fold(1.0, f64::min);
+            for ((wi, zi), pi) in w.iter_mut().zip(&z).zip(passive.iter_mut()) {
+                *wi += alpha * (zi - *wi);
+                if *pi && *wi <= tol {
+                    *pi = false;
+                    *wi = 0.0;
+                }
+            }
+        }
+    }
+    w
 }
 
 /// Solves `a · x = b` by Gaussian elimination with partial pivoting
@@ -374,5 +485,20 @@ mod tests {
         let e = Errors::of(&pred2, &truth);
         assert!((e.mean_rel - 0.05).abs() < 1e-12);
         assert_eq!(e.p95_rel, 0.0); // the 19th of 20 sorted errors
+    }
+
+    #[test]
+    fn nnls_keeps_every_weight_non_negative_and_matches_least_squares_when_it_does() {
+        // Unconstrained: w = (10, −10); constrained: (1, 0).
+        let a = vec![vec![1.0, 0.9], vec![0.9, 1.0]];
+        let w = nnls(&a, &[1.0, -1.0]);
+        assert!((w[0] - 1.0).abs() < 1e-9 && w[1] == 0.0, "{w:?}");
+        // A non-negative unconstrained solution is returned as it is.
+        let ls = solve(a.clone(), vec![1.9, 1.9]);
+        let w = nnls(&a, &[1.9, 1.9]);
+        assert!(
+            ls.iter().zip(&w).all(|(x, y)| (x - y).abs() < 1e-9),
+            "{ls:?} {w:?}"
+        );
     }
 }

@@ -343,8 +343,138 @@ impl Predictor {
                 ),
             });
         }
-        p.space()?;
+        p.validate(path)?;
         Ok(p)
+    }
+
+    /// Checks a predictor as strictly as a recipe, naming the field: its
+    /// space parses; the batch, thread count, latency range and any
+    /// recalibration scale are finite and positive; the model has exactly
+    /// one finite weight (or layer shape) per feature it names, and those
+    /// are the features this build computes; and it predicts a finite,
+    /// positive latency for the space's smallest and largest subnets and
+    /// for a seeded sample of 64 others.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |field: &str, message: String| Error::InvalidConfig {
+            file: path.display().to_string(),
+            field: field.into(),
+            message,
+        };
+        let space = self.space()?;
+        if self.batch == 0 {
+            return Err(bad("batch", "must be at least 1".into()));
+        }
+        if self.machine.threads == 0 {
+            return Err(bad("machine.threads", "must be at least 1".into()));
+        }
+        let [lo, hi] = self.range_ms;
+        if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi) {
+            return Err(bad(
+                "range_ms",
+                format!("[{lo}, {hi}] is not a finite, positive range"),
+            ));
+        }
+        if let Some(r) = &self.recalibration {
+            if !(r.scale.is_finite() && r.scale > 0.0) {
+                return Err(bad(
+                    "recalibration.scale",
+                    format!("{} is not a finite, positive factor", r.scale),
+                ));
+            }
+        }
+        let names = |want: &[&str], got: &[String], field: &str| {
+            if got.iter().map(String::as_str).ne(want.iter().copied()) {
+                return Err(bad(
+                    field,
+                    format!("{got:?} are not the features this build computes ({want:?})"),
+                ));
+            }
+            Ok(())
+        };
+        let finite = |field: &str, v: &mut dyn Iterator<Item = f64>| match v
+            .enumerate()
+            .find(|(_, x)| !x.is_finite() || x.abs() > 1e150)
+        {
+            Some((i, x)) => Err(bad(
+                &format!("{field}[{i}]"),
+                format!("{x} is not a finite weight of a sane size"),
+            )),
+            None => Ok(()),
+        };
+        match &self.model {
+            fit::Model::Additive { features, weights } => {
+                names(&features::COST, features, "model.features")?;
+                if weights.len() != features.len() {
+                    return Err(bad(
+                        "model.weights",
+                        format!("{} weights for {} features", weights.len(), features.len()),
+                    ));
+                }
+                finite("model.weights", &mut weights.iter().copied())?;
+            }
+            fit::Model::HatMlp {
+                features,
+                input_scale,
+                output_scale,
+                layers,
+            } => {
+                names(&features::HAT, features, "model.features")?;
+                if input_scale.len() != features.len() {
+                    return Err(bad(
+                        "model.input_scale",
+                        format!("{} scales for {} features", input_scale.len(), features.len()),
+                    ));
+                }
+                if let Some(s) = input_scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+                    return Err(bad(
+                        "model.input_scale",
+                        format!("{s} is not a finite, positive scale"),
+                    ));
+                }
+                if !(output_scale.is_finite() && *output_scale > 0.0) {
+                    return Err(bad(
+                        "model.output_scale",
+                        format!("{output_scale} is not a finite, positive scale"),
+                    ));
+                }
+                if layers.is_empty() {
+                    return Err(bad("model.layers", "no layers".into()));
+                }
+                let mut n_in = features.len();
+                for (k, (w, b)) in layers.iter().enumerate() {
+                    let field = format!("model.layers[{k}]");
+                    if b.is_empty() || w.len() != b.len() * n_in {
+                        return Err(bad(
+                            &field,
+                            format!(
+                                "{} weights and {} biases do not make a layer from {n_in} inputs",
+                                w.len(),
+                                b.len()
+                            ),
+                        ));
+                    }
+                    finite(&field, &mut w.iter().chain(b).map(|&x| x as f64))?;
+                    n_in = b.len();
+                }
+                if n_in != 1 {
+                    return Err(bad(
+                        "model.layers",
+                        format!("the last layer has {n_in} outputs, not 1"),
+                    ));
+                }
+            }
+        }
+        if let Some((what, ms)) = fit::first_implausible(&self.model, &space) {
+            return Err(bad(
+                "model",
+                format!(
+                    "predicts {ms} ms for {what} of space `{}`: a latency must be finite and \
+                     positive; refit it (`vitnas latency fit`)",
+                    space.name
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -425,6 +555,15 @@ impl Predictor {
         let mut ratio: Vec<f64> = truth.iter().zip(&pred).map(|(t, p)| t / p).collect();
         ratio.sort_by(|a, b| a.total_cmp(b));
         let scale = ratio[ratio.len() / 2];
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Error::Latency {
+                path: csv.into(),
+                message: format!(
+                    "the measured / predicted ratio's median is {scale}, not a finite, positive \
+                     scale: the predictor does not fit this measurement; refit it"
+                ),
+            });
+        }
         let scaled: Vec<f64> = pred.iter().map(|p| scale * p).collect();
         Ok(self.recalibration.insert(Recalibration {
             scale,

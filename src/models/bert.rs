@@ -74,6 +74,9 @@ impl BertConfig {
     /// the file and the field.
     pub fn from_hf_config_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            super::names::Family::Bert.check_config(path, &v)?;
+        }
         let c: HfBertConfig = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: path.into(),
             error,
@@ -355,11 +358,28 @@ impl Bert {
                 message: "no BERT embeddings: neither `bert.embeddings.word_embeddings.weight` nor `embeddings.word_embeddings.weight` is present".into(),
             });
         };
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        Self::load(&config, vb, prefix).map_err(|e| Error::Checkpoint {
-            path: weights,
+        let (vb, used, names) = super::used::recording(tensors, DType::F32, &Device::Cpu);
+        let model = Self::load(&config, vb, prefix).map_err(|e| Error::Checkpoint {
+            path: weights.clone(),
             message: e.to_string(),
-        })
+        })?;
+        // A Hugging Face checkpoint may carry heads this model does not
+        // read (`cls.*`), never encoder layers beyond its config's.
+        let layers = match prefix {
+            "" => "encoder.layer.".to_string(),
+            p => format!("{p}.encoder.layer."),
+        };
+        super::used::refuse_unused(
+            &weights,
+            &names,
+            &used,
+            |n| n.starts_with(&layers),
+            &format!(
+                "config.json describes {} layers: the weights and the config do not belong together",
+                config.num_heads.len()
+            ),
+        )?;
+        Ok(model)
     }
 
     /// Token ids and attention mask `[B, T]` (u32; mask 1 = token, 0 = padding).

@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::space::{flops, params, Arch, Space};
 use crate::train::checkpoint::{to_safetensors_bytes, write_atomic};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::Path;
@@ -249,6 +248,8 @@ pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
         path: cfg_path.clone(),
         error,
     })?;
+    super::names::Family::Vit.check_config(&cfg_path, &v)?;
+    let exported = v.get("vitnas").is_some();
     let (config, normalize) = match v.get("vitnas") {
         Some(b) => {
             let b: VitnasBlock =
@@ -265,10 +266,23 @@ pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
     };
     let weights = dir.join("model.safetensors");
     let (tensors, _) = crate::train::checkpoint::read_weights(&weights, &Device::Cpu)?;
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let (vb, used, names) = super::used::recording(tensors, DType::F32, &Device::Cpu);
     let model = Vit::load(&config, vb).map_err(|e| Error::Checkpoint {
-        path: weights,
+        path: weights.clone(),
         message: e.to_string(),
     })?;
+    // An export holds exactly its model's tensors; a Hugging Face directory
+    // may carry extras, but never layers beyond its config's.
+    let layers = format!("{}.encoder.layer.", super::names::Family::Vit.base());
+    super::used::refuse_unused(
+        &weights,
+        &names,
+        &used,
+        |n| exported || n.starts_with(&layers),
+        &format!(
+            "config.json describes {} layers: the weights and the config do not belong together",
+            config.num_heads.len()
+        ),
+    )?;
     Ok((model, normalize))
 }

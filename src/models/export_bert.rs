@@ -224,6 +224,7 @@ pub fn load_dir(dir: &Path) -> Result<(Bert, Vec<String>)> {
         path: path.clone(),
         error,
     })?;
+    super::names::Family::Bert.check_config(&path, &v)?;
     let model = match v.get("vitnas").and_then(|b| b.get("config")) {
         Some(c) => {
             let config: BertConfig =
@@ -234,15 +235,24 @@ pub fn load_dir(dir: &Path) -> Result<(Bert, Vec<String>)> {
             let file = dir.join("model.safetensors");
             let (tensors, _) =
                 crate::train::checkpoint::read_weights(&file, &candle_core::Device::Cpu)?;
-            let vb = candle_nn::VarBuilder::from_tensors(
+            let (vb, used, names) = super::used::recording(
                 tensors,
                 candle_core::DType::F32,
                 &candle_core::Device::Cpu,
             );
-            Bert::load(&config, vb, "bert").map_err(|e| Error::Checkpoint {
-                path: file,
+            let model = Bert::load(&config, vb, "bert").map_err(|e| Error::Checkpoint {
+                path: file.clone(),
                 message: e.to_string(),
-            })?
+            })?;
+            // An export holds exactly its model's tensors.
+            super::used::refuse_unused(
+                &file,
+                &names,
+                &used,
+                |_| true,
+                "the weights and config.json's vitnas block do not belong together",
+            )?;
+            model
         }
         None => Bert::load_dir(dir)?,
     };

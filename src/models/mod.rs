@@ -8,6 +8,7 @@ pub mod export_bert;
 pub mod layers;
 pub mod names;
 pub mod text;
+pub(crate) mod used;
 pub mod vit;
 
 use crate::error::Result;

@@ -63,6 +63,44 @@ pub struct StemNames {
 }
 
 impl Family {
+    /// The family's name in messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Family::Vit => "a ViT (image model)",
+            Family::Bert => "a BERT (text model)",
+        }
+    }
+
+    /// The family a config.json's `model_type` names, if one of these.
+    pub fn of_model_type(model_type: &str) -> Option<Family> {
+        match model_type {
+            "vit" | "vitnas-vit" => Some(Family::Vit),
+            "bert" | "vitnas-bert" => Some(Family::Bert),
+            _ => None,
+        }
+    }
+
+    /// Refuses a config.json (`config`, parsed) whose `model_type` names
+    /// the other family, naming the file and the field: a ViT given where a
+    /// BERT is expected is said to be one, not reported as a missing field.
+    pub fn check_config(self, path: &std::path::Path, config: &serde_json::Value) -> crate::Result<()> {
+        let Some(t) = config.get("model_type").and_then(|t| t.as_str()) else {
+            return Ok(());
+        };
+        match Family::of_model_type(t) {
+            Some(found) if found != self => Err(crate::Error::InvalidConfig {
+                file: path.display().to_string(),
+                field: "model_type".into(),
+                message: format!(
+                    "`{t}` is {}, but {} is expected here (a model directory of the other kind?)",
+                    found.describe(),
+                    self.describe()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The prefix of every encoder tensor (`vit`, `bert`).
     pub fn base(self) -> &'static str {
         match self {

@@ -87,13 +87,38 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Encodes `texts`, each cut to a prefix before tokenizing (a 50 MB
+    /// line would otherwise be tokenized whole, gigabytes of tokens, before
+    /// truncation to `max_len`). The prefix ends at a whitespace, so the
+    /// words before it tokenize as in the whole text; a text whose prefix
+    /// gives fewer than `max_len` tokens (all of it, or fewer than the
+    /// text has) is encoded again with a prefix 8× longer, until it fills
+    /// `max_len` or is whole: the result is the whole text's encoding.
     fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Encoding>> {
-        self.inner
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::Data {
-                source_name: self.path.display().to_string(),
-                message: format!("tokenizing: {e}"),
-            })
+        let mut budget = self.max_len.saturating_mul(16).saturating_add(1024);
+        let mut out: Vec<Option<Encoding>> = vec![None; texts.len()];
+        let mut todo: Vec<usize> = (0..texts.len()).collect();
+        while !todo.is_empty() {
+            let cut: Vec<&str> = todo.iter().map(|&i| prefix(texts[i], budget)).collect();
+            let enc = self
+                .inner
+                .encode_batch(cut.clone(), true)
+                .map_err(|e| Error::Data {
+                    source_name: self.path.display().to_string(),
+                    message: format!("tokenizing: {e}"),
+                })?;
+            let mut again = Vec::new();
+            for ((i, c), e) in todo.iter().zip(&cut).zip(enc) {
+                if c.len() < texts[*i].len() && e.get_ids().len() < self.max_len {
+                    again.push(*i);
+                } else {
+                    out[*i] = Some(e);
+                }
+            }
+            todo = again;
+            budget = budget.saturating_mul(8);
+        }
+        Ok(out.into_iter().map(|e| e.expect("every text encoded")).collect())
     }
 
     /// Token ids of each text, special tokens included (`[CLS] ... [SEP]`
@@ -125,5 +150,23 @@ impl TextTokenizer {
             Tensor::from_vec(ids, (texts.len(), t), &dev)?,
             Tensor::from_vec(mask, (texts.len(), t), &dev)?,
         ))
+    }
+}
+
+/// The longest prefix of `text` of at most `bytes` bytes that ends just
+/// before a whitespace (or at a character boundary when the first `bytes`
+/// hold none); `text` itself when it is that short.
+fn prefix(text: &str, bytes: usize) -> &str {
+    if text.len() <= bytes {
+        return text;
+    }
+    let mut end = bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &text[..end];
+    match head.rfind(char::is_whitespace) {
+        Some(ws) if ws > 0 => &text[..ws],
+        _ => head,
     }
 }

@@ -384,6 +384,9 @@ impl VitConfig {
     pub fn from_hf_config_file(path: &std::path::Path) -> crate::Result<Self> {
         use crate::Error;
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            super::names::Family::Vit.check_config(path, &v)?;
+        }
         let c: HfVitConfig = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: path.into(),
             error,

@@ -724,9 +724,7 @@ fn prepare_entries(cfg: &RankConfig, out: &Path, entries: &mut [Entry]) -> Resul
 }
 
 /// Trains (or resumes to completion) the standalone run of entry `e` in
-/// this process alone: `Some(true)` when trained in one go now,
-/// `Some(false)` when it was done before or resumed, `None` when
-/// interrupted.
+/// this process alone (see [`train_alone`]).
 fn standalone_run(
     cfg: &RankConfig,
     space: &Space,
@@ -734,32 +732,46 @@ fn standalone_run(
     sa_recipe: &Recipe,
     opts: &Options,
 ) -> Result<Option<bool>> {
-    let (i, dir) = (e.index, e.standalone_dir.clone());
-    let state = run_state(&dir)?;
+    say(
+        opts,
+        format!(
+            "arch {:02}: standalone ({} epochs) in {}",
+            e.index,
+            cfg.standalone.epochs,
+            e.standalone_dir.display()
+        ),
+    );
+    train_alone(space, &e.arch, &e.standalone_dir, sa_recipe, opts)
+}
+
+/// Trains `arch` alone from scratch into `dir` with `recipe` (`vitnas
+/// retrain`), or resumes it there to completion, in this process alone:
+/// `Some(true)` when trained in one go now, `Some(false)` when it was done
+/// before or resumed, `None` when interrupted. A directory left by a start
+/// that died before its first checkpoint is started over.
+fn train_alone(
+    space: &Space,
+    arch: &Arch,
+    dir: &Path,
+    recipe: &Recipe,
+    opts: &Options,
+) -> Result<Option<bool>> {
+    let state = run_state(dir)?;
     let finished = match &state {
         Some(s) if s.step >= s.total_steps => true,
         Some(_) if dir.join(CHECKPOINT_FILE).exists() => {
-            say(opts, format!("arch {i:02}: resuming {}", dir.display()));
-            !train::resume(&dir, &opts.run_options(true, &Single))?.interrupted
+            say(opts, format!("resuming {}", dir.display()));
+            !train::resume(dir, &opts.run_options(true, &Single))?.interrupted
         }
         _ => {
-            say(
-                opts,
-                format!(
-                    "arch {i:02}: training standalone ({} epochs) in {}",
-                    cfg.standalone.epochs,
-                    dir.display()
-                ),
-            );
             if dir.exists() && !dir.join(CHECKPOINT_FILE).exists() {
-                // A start that died before its first checkpoint.
-                std::fs::remove_dir_all(&dir).map_err(|err| Error::io(&dir, err))?;
+                std::fs::remove_dir_all(dir).map_err(|err| Error::io(dir, err))?;
             }
             !standalone::retrain(
                 space,
-                &e.arch,
-                sa_recipe,
-                dir.clone(),
+                arch,
+                recipe,
+                dir.to_path_buf(),
                 &opts.run_options(false, &Single),
             )?
             .interrupted

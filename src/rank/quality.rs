@@ -425,6 +425,27 @@ pub fn proxy_ranker(
     })
 }
 
+/// An accuracy predictor's ([`crate::predictor`]) prediction for every
+/// ranked architecture, named `predictor:<file stem>`. Refuses a predictor
+/// of another space.
+pub fn predictor_ranker(reference: &Reference, file: &Path) -> Result<Ranker> {
+    let p = crate::predictor::AccuracyPredictor::load(file)?;
+    let space = crate::space::Space::from_file(&reference.config.space)?;
+    p.check_space(file, &space)?;
+    let name = file
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.display().to_string());
+    Ok(Ranker {
+        name: format!("predictor:{name}"),
+        scores: reference
+            .ranked()
+            .iter()
+            .map(|(e, _)| p.predict(&space, &e.arch))
+            .collect(),
+    })
+}
+
 /// A table of the metrics, one ranker a line.
 pub fn table(q: &SearchQuality) -> String {
     let ci = |c: &Option<[f64; 2]>, d: usize| match c {

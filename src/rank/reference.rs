@@ -22,13 +22,13 @@
 use super::{stats, Options};
 use crate::data::batch::Normalize;
 use crate::data::Dataset;
-use crate::dist::{self, Single};
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::models::export::load_dir;
 use crate::space::{flops, params, Arch, Space};
+use crate::train;
 use crate::train::checkpoint::write_atomic;
 use crate::train::recipe::Recipe;
-use crate::train::{self, standalone, CHECKPOINT_FILE};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -147,6 +147,10 @@ pub struct RefRun {
     pub test: Option<f64>,
     /// Seconds, when trained in one go by one invocation.
     pub wall_s: Option<f64>,
+    /// Threads of the process that finished it (results are bit-identical
+    /// for the same seed and thread count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -334,6 +338,71 @@ impl Reference {
     }
 }
 
+/// Which part of the runs one process takes: those at positions `index`,
+/// `index + count`, … of the job order. Several processes (on one machine
+/// or several sharing the output directory) build one reference together;
+/// each run's result is its own file under `output_dir/results/`, and every
+/// process merges them into `reference.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `I/N` with `I < N`, e.g. `0/2`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("{s:?} is not a shard I/N with 0 ≤ I < N (e.g. 0/2)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+const RESULTS_DIR: &str = "results";
+
+fn result_file(out: &Path, run: &RefRun) -> PathBuf {
+    let stem = run
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.join(RESULTS_DIR).join(format!("{stem}.json"))
+}
+
+/// Fills every run without a result from its result file, when one exists
+/// for the same seed, budget and directory.
+fn merge_results(out: &Path, reference: &mut Reference) -> Result<()> {
+    for e in reference.entries.iter_mut() {
+        for r in e.runs.iter_mut().filter(|r| r.test.is_none()) {
+            let path = result_file(out, r);
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let done: RefRun =
+                serde_json::from_str(&text).map_err(|error| Error::Json { path, error })?;
+            if done.seed == r.seed && done.epochs == r.epochs && done.dir == r.dir {
+                *r = done;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `n` distinct architectures (none of `taken`) drawn uniformly from the
 /// space by rejection, each within ±`tol` (relative) of `target` FLOPs.
 pub fn at_budget(
@@ -407,6 +476,7 @@ pub fn plan(cfg: &ReferenceConfig, space: &Space, epochs: usize) -> Result<Vec<R
                 val: None,
                 test: None,
                 wall_s: None,
+                threads: None,
             };
             let runs = match group {
                 Group::Stratified => cfg.seeds.iter().map(|&s| run(s, epochs)).collect(),
@@ -428,20 +498,27 @@ pub fn plan(cfg: &ReferenceConfig, space: &Space, epochs: usize) -> Result<Vec<R
 }
 
 /// The order runs are done in: the convergence check first (it decides
-/// whether the budget holds), then every architecture's first seed, then
-/// the other seeds. `(entry, run)` pairs.
+/// whether the budget holds), then the stratified architectures with every
+/// seed (their two seeds give the noise ceiling, without which no τ can be
+/// read), then the budget bins. `(entry, run)` pairs.
 fn job_order(entries: &[RefArch]) -> Vec<(usize, usize)> {
     let mut jobs = Vec::new();
     let ends = |e: &RefArch| matches!(e.group, Group::Largest | Group::Smallest);
     for (i, e) in entries.iter().enumerate().filter(|(_, e)| ends(e)) {
         jobs.extend((0..e.runs.len()).map(|r| (i, r)));
     }
+    let strat = |e: &RefArch| e.group == Group::Stratified;
     let max_runs = entries.iter().map(|e| e.runs.len()).max().unwrap_or(0);
     for r in 0..max_runs {
-        for (i, e) in entries.iter().enumerate().filter(|(_, e)| !ends(e)) {
+        for (i, e) in entries.iter().enumerate().filter(|(_, e)| strat(e)) {
             if r < e.runs.len() {
                 jobs.push((i, r));
             }
+        }
+    }
+    for (i, e) in entries.iter().enumerate() {
+        if !ends(e) && !strat(e) {
+            jobs.extend((0..e.runs.len()).map(|r| (i, r)));
         }
     }
     jobs
@@ -459,7 +536,7 @@ fn accuracy(
 
 /// Builds (or continues) the reference set. Returns it as far as it got:
 /// complete unless interrupted.
-pub fn run(cfg: &ReferenceConfig, opts: &Options) -> Result<Reference> {
+pub fn run(cfg: &ReferenceConfig, opts: &Options, shard: Shard) -> Result<Reference> {
     let space = Space::from_file(&cfg.space)?;
     let mut recipe = Recipe::from_file(&cfg.recipe)?;
     if recipe.space != cfg.space && Space::from_file(&recipe.space)? != space {
@@ -507,8 +584,12 @@ pub fn run(cfg: &ReferenceConfig, opts: &Options) -> Result<Reference> {
     let bs = recipe.data.eval_batch_size;
     let jobs: Vec<(usize, usize)> = job_order(&reference.entries)
         .into_iter()
+        .enumerate()
+        .filter(|(j, _)| j % shard.count == shard.index)
+        .map(|(_, job)| job)
         .filter(|&(i, r)| reference.entries[i].runs[r].test.is_none())
         .collect();
+    let threads = rayon::current_num_threads();
     let apply = |reference: &mut Reference, (i, r): (usize, usize), v: &[f64]| {
         let run = &mut reference.entries[i].runs[r];
         run.val = Some(v[0]);
@@ -516,8 +597,24 @@ pub fn run(cfg: &ReferenceConfig, opts: &Options) -> Result<Reference> {
         if v[2].is_finite() {
             run.wall_s = Some(v[2]);
         }
+        run.threads = Some(v[3] as usize);
     };
-    let shared = dist::share(c, jobs.len(), 3, |j| {
+    // Records one run's result in its own file, then the merged reference.
+    let record = |reference: &mut Reference, job: (usize, usize), v: &[f64]| -> Result<()> {
+        apply(reference, job, v);
+        let run = &reference.entries[job.0].runs[job.1];
+        let path = result_file(out, run);
+        std::fs::create_dir_all(out.join(RESULTS_DIR)).map_err(|e| Error::io(out, e))?;
+        write_atomic(
+            &path,
+            serde_json::to_string_pretty(run)
+                .expect("run serializes")
+                .as_bytes(),
+        )?;
+        merge_results(out, reference)?;
+        reference.save(out)
+    };
+    let shared = dist::share(c, jobs.len(), 4, |j| {
         if opts.stop.load(Ordering::SeqCst) {
             return Ok(None);
         }
@@ -528,7 +625,7 @@ pub fn run(cfg: &ReferenceConfig, opts: &Options) -> Result<Reference> {
         rr.seed = run.seed;
         rr.train.epochs = run.epochs;
         let started = std::time::Instant::now();
-        let Some(in_one_go) = train_one(&space, e, run, &rr, opts)? else {
+        let Some(in_one_go) = super::train_alone(&space, &e.arch, &run.dir, &rr, opts)? else {
             return Ok(None);
         };
         let (model, _) = load_dir(&run.dir)?;
@@ -551,21 +648,21 @@ pub fn run(cfg: &ReferenceConfig, opts: &Options) -> Result<Reference> {
                 started.elapsed().as_secs_f64()
             ),
         );
-        let values = vec![v, t, wall];
+        let values = vec![v, t, wall, threads as f64];
         if c.size() == 1 {
-            apply(&mut reference, (i, r), &values);
-            reference.save(out)?;
+            record(&mut reference, (i, r), &values)?;
         }
         Ok(Some(values))
     })?;
-    if c.size() > 1 {
-        for (j, v) in shared.iter().enumerate() {
-            if let Some(v) = v {
-                apply(&mut reference, jobs[j], v);
+    if root {
+        if c.size() > 1 {
+            for (j, v) in shared.iter().enumerate() {
+                if let Some(v) = v {
+                    record(&mut reference, jobs[j], v)?;
+                }
             }
         }
-    }
-    if root {
+        merge_results(out, &mut reference)?;
         reference.save(out)?;
     }
     Ok(reference)
@@ -575,6 +672,7 @@ pub fn run(cfg: &ReferenceConfig, opts: &Options) -> Result<Reference> {
 /// budget and directory), and a refusal when the output directory holds runs
 /// of another plan.
 fn adopt_earlier(out: &Path, reference: &mut Reference) -> Result<()> {
+    merge_results(out, reference)?;
     let path = out.join(REFERENCE_FILE);
     if let Ok(old) = Reference::from_file(&path) {
         for e in reference.entries.iter_mut() {
@@ -591,7 +689,9 @@ fn adopt_earlier(out: &Path, reference: &mut Reference) -> Result<()> {
                     .iter()
                     .find(|or| or.seed == r.seed && or.epochs == r.epochs && or.dir == r.dir)
                 {
-                    *r = or.clone();
+                    if r.test.is_none() {
+                        *r = or.clone();
+                    }
                 }
             }
         }
@@ -611,43 +711,4 @@ fn adopt_earlier(out: &Path, reference: &mut Reference) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Trains (or resumes to completion) one run alone: `Some(true)` when
-/// trained in one go now, `Some(false)` when done before or resumed,
-/// `None` when interrupted.
-fn train_one(
-    space: &Space,
-    e: &RefArch,
-    run: &RefRun,
-    recipe: &Recipe,
-    opts: &Options,
-) -> Result<Option<bool>> {
-    let dir = &run.dir;
-    let state = super::run_state(dir)?;
-    let finished = match &state {
-        Some(s) if s.step >= s.total_steps => true,
-        Some(_) if dir.join(CHECKPOINT_FILE).exists() => {
-            super::say(
-                opts,
-                format!("arch {:02}: resuming {}", e.index, dir.display()),
-            );
-            !train::resume(dir, &opts.run_options(true, &Single))?.interrupted
-        }
-        _ => {
-            if dir.exists() && !dir.join(CHECKPOINT_FILE).exists() {
-                // A start that died before its first checkpoint.
-                std::fs::remove_dir_all(dir).map_err(|err| Error::io(dir, err))?;
-            }
-            !standalone::retrain(
-                space,
-                &e.arch,
-                recipe,
-                dir.clone(),
-                &opts.run_options(false, &Single),
-            )?
-            .interrupted
-        }
-    };
-    Ok(finished.then_some(state.is_none()))
 }

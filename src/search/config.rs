@@ -38,6 +38,21 @@ pub struct SearchConfig {
     /// evaluate it on the rest of the subset only if it reaches the current
     /// k-th best's score on those same images (0 disables).
     pub early_reject_images: usize,
+    /// Screening by an accuracy predictor: of each generation's new
+    /// candidates, only the best `fraction` by predicted accuracy get a
+    /// real validation score (none when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screening: Option<Screening>,
+}
+
+/// How a search screens candidates by predicted accuracy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Screening {
+    /// The accuracy predictor file (`vitnas predictor fit`).
+    pub predictor: std::path::PathBuf,
+    /// Fraction of the new candidates scored, in (0, 1] (at least one).
+    pub fraction: f64,
 }
 
 impl Default for SearchConfig {
@@ -57,6 +72,7 @@ impl Default for SearchConfig {
             seed: 0,
             constraints: Constraints::default(),
             early_reject_images: 0,
+            screening: None,
         }
     }
 }
@@ -161,6 +177,14 @@ impl SearchConfig {
                 "needs latency_ms_max or latency_fraction (the bound on the predicted latency)"
                     .into(),
             ));
+        }
+        if let Some(f) = self.screening.as_ref().map(|s| s.fraction) {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(bad(
+                    "search.screening.fraction",
+                    format!("{f} is not a fraction of the candidates in (0, 1]"),
+                ));
+            }
         }
         if c.latency_batch == Some(0) {
             return Err(bad(

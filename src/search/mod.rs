@@ -19,6 +19,7 @@ use crate::data::Dataset;
 use crate::dist::{self, Collective};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult};
+use crate::predictor::AccuracyPredictor;
 use crate::space::arch::gene_cardinalities;
 use crate::space::{flops, params, Arch, Space};
 use crate::supernet::Supernet;
@@ -31,7 +32,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-pub const STATE_FILE: &str = "search-state.json";
+pub const STATE_FILE: &str = crate::rundir::SEARCH_STATE_FILE;
 
 /// One evaluated architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +59,10 @@ pub struct Record {
     pub screen_accuracy: Option<f64>,
     /// Generation that first evaluated it.
     pub generation: usize,
+    /// Accuracy predicted by the search's accuracy predictor, when it
+    /// screens candidates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_accuracy: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +76,13 @@ pub struct SearchState {
     pub best_per_generation: Vec<f64>,
     pub images_evaluated: usize,
     pub eval_seconds: f64,
+    /// Candidates that screening by predicted accuracy left unscored.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub screened_out: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// How a search scores candidates: inherited-weight accuracy on a
@@ -207,6 +219,8 @@ pub struct Search<'a> {
     index: HashMap<Vec<usize>, usize>,
     latency: HashMap<Vec<usize>, f64>,
     predicted: HashMap<Vec<usize>, f64>,
+    /// Screens new candidates ([`config::Screening`]).
+    accuracy: Option<&'a AccuracyPredictor>,
 }
 
 impl<'a> Search<'a> {
@@ -221,6 +235,7 @@ impl<'a> Search<'a> {
             best_per_generation: vec![],
             images_evaluated: 0,
             eval_seconds: 0.0,
+            screened_out: 0,
         };
         Ok(Self {
             space,
@@ -228,6 +243,7 @@ impl<'a> Search<'a> {
             index: HashMap::new(),
             latency: HashMap::new(),
             predicted: HashMap::new(),
+            accuracy: None,
         })
     }
 
@@ -255,7 +271,15 @@ impl<'a> Search<'a> {
             index,
             latency,
             predicted,
+            accuracy: None,
         }
+    }
+
+    /// Screens candidates with `p` (the predictor of the config's
+    /// `screening`, checked by [`run_with`]).
+    pub fn with_accuracy_predictor(mut self, p: Option<&'a AccuracyPredictor>) -> Self {
+        self.accuracy = p;
+        self
     }
 
     pub fn load_state(path: &Path) -> Result<SearchState> {
@@ -413,6 +437,7 @@ impl<'a> Search<'a> {
             }
         };
         self.state.images_evaluated += images;
+        let predicted_accuracy = self.accuracy.map(|p| p.predict(self.space, &arch));
         let rec = Record {
             genes: genes.to_vec(),
             params: params(self.space, &arch),
@@ -426,6 +451,7 @@ impl<'a> Search<'a> {
             rejected_early: rejected,
             screen_accuracy: screen,
             generation: self.state.generation,
+            predicted_accuracy,
         };
         self.state.records.push(rec);
         let i = self.state.records.len() - 1;
@@ -529,6 +555,7 @@ impl<'a> Search<'a> {
                 next
             }
         };
+        let pop = self.screen(pop)?;
         if ev.collective.size() == 1 {
             for g in &pop {
                 self.evaluate(ev, g)?;
@@ -541,6 +568,34 @@ impl<'a> Search<'a> {
         let best = self.best().map_or(0.0, |r| r.accuracy);
         self.state.best_per_generation.push(best);
         Ok(best)
+    }
+
+    /// The candidates of `pop` that get a real score: all of them without
+    /// screening; with it, those scored before and the best `fraction` (at
+    /// least one) of the new ones by predicted accuracy (ties: the smaller
+    /// genes). The rest are counted in `screened_out` and dropped, so the
+    /// population, its parents and the ranking hold scored candidates only.
+    fn screen(&mut self, pop: Vec<Vec<usize>>) -> Result<Vec<Vec<usize>>> {
+        let (Some(p), Some(s)) = (self.accuracy, self.state.config.screening.as_ref()) else {
+            return Ok(pop);
+        };
+        let mut new: Vec<(f64, &Vec<usize>)> = Vec::new();
+        for g in &pop {
+            if !self.index.contains_key(g) && !new.iter().any(|(_, h)| *h == g) {
+                let arch = Arch::from_genes(self.space, g)?;
+                new.push((p.predict(self.space, &arch), g));
+            }
+        }
+        new.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let keep = ((new.len() as f64 * s.fraction).ceil() as usize).clamp(1, new.len().max(1));
+        let kept: std::collections::HashSet<&Vec<usize>> =
+            new.iter().take(keep).map(|(_, g)| *g).collect();
+        self.state.screened_out += new.len().saturating_sub(keep);
+        Ok(pop
+            .iter()
+            .filter(|g| self.index.contains_key(*g) || kept.contains(g))
+            .cloned()
+            .collect())
     }
 
     /// The best full-subset record so far.
@@ -574,12 +629,89 @@ impl<'a> Search<'a> {
     }
 }
 
+/// The saved state of a search to continue with the settings `now`: only
+/// `generations` may change (it is applied and saved with the state); any
+/// other setting that differs from the saved one (a bound, the predictor,
+/// the population, the seed, ...) is refused naming the field, because the
+/// records already made were judged under the saved settings.
+pub fn resumed(mut saved: SearchState, now: &SearchConfig, path: &Path) -> Result<SearchState> {
+    let before = serde_json::to_value(&saved.config).expect("a config serializes");
+    let after = serde_json::to_value(now).expect("a config serializes");
+    let mut differ = Vec::new();
+    json_differences("search", &before, &after, &mut differ);
+    differ.retain(|(field, _, _)| field != "search.generations");
+    if let Some((field, was, is)) = differ.into_iter().next() {
+        return Err(Error::InvalidConfig {
+            file: path.display().to_string(),
+            field,
+            message: format!(
+                "the saved search used {was}, now {is}: a resumed search keeps its settings \
+                 (only --generations may change); drop the option, or start a new search with \
+                 another --out"
+            ),
+        });
+    }
+    if now.generations < saved.generation {
+        return Err(Error::InvalidConfig {
+            file: path.display().to_string(),
+            field: "search.generations".into(),
+            message: format!(
+                "{} is fewer than the {} generations the saved search has already run",
+                now.generations, saved.generation
+            ),
+        });
+    }
+    saved.config.generations = now.generations;
+    Ok(saved)
+}
+
+/// The leaves where two JSON values differ: (dotted path, before, after).
+fn json_differences(
+    at: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    out: &mut Vec<(String, String, String)>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let null = Value::Null;
+                json_differences(
+                    &format!("{at}.{k}"),
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        (x, y) if x != y => out.push((at.to_string(), x.to_string(), y.to_string())),
+        _ => {}
+    }
+}
+
 /// Runs (or, with `resume`, continues) a search in `out`, saving the state
 /// after every generation and writing the result files at the end.
 pub fn run(
     space: &Space,
     config: SearchConfig,
     ev: &Evaluator,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<SearchState> {
+    run_with(space, config, ev, None, out, resume, progress)
+}
+
+/// [`run`] with the accuracy predictor `accuracy` that the config's
+/// `screening` names (given exactly when the config screens; the caller
+/// checks it against the space and the supernet).
+pub fn run_with(
+    space: &Space,
+    config: SearchConfig,
+    ev: &Evaluator,
+    accuracy: Option<&AccuracyPredictor>,
     out: &Path,
     resume: bool,
     progress: bool,
@@ -591,9 +723,13 @@ pub fn run(
         return dist::broadcast_json(c, None);
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // One search at a time in a directory: a second one would replace the
+    // first one's state and results.
+    let _lock = crate::rundir::RunLock::acquire(out)?;
     let state_path = out.join(STATE_FILE);
     let mut search = if resume {
-        Search::from_state(space, Search::load_state(&state_path)?)
+        let saved = Search::load_state(&state_path)?;
+        Search::from_state(space, resumed(saved, &config, &state_path)?)
     } else {
         if state_path.exists() {
             return Err(Error::Checkpoint {
@@ -602,7 +738,18 @@ pub fn run(
             });
         }
         Search::new(space, config)?
-    };
+    }
+    .with_accuracy_predictor(accuracy);
+    if search.state.config.screening.is_some() != accuracy.is_some() {
+        return Err(config::invalid(
+            "search.screening",
+            match accuracy {
+                Some(_) => "an accuracy predictor was given, but the search does not screen",
+                None => "the search screens by predicted accuracy, but no predictor was loaded",
+            }
+            .into(),
+        ));
+    }
     let bounds = &search.state.config.constraints;
     if bounds.latency_fraction.is_some() && bounds.latency_largest_ms.is_none() {
         return Err(config::invalid(

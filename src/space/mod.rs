@@ -213,6 +213,17 @@ impl Space {
                 return Err(bad(field, "must be positive".into()));
             }
         }
+        // One class is no classification: every example would be "right".
+        let classes = match &self.text {
+            Some(t) => ("text.num_classes", t.num_classes),
+            None => ("input.num_classes", self.input.as_ref().map_or(0, |i| i.num_classes)),
+        };
+        if classes.1 < 2 {
+            return Err(bad(
+                classes.0,
+                format!("{}: a classifier needs at least 2 classes", classes.1),
+            ));
+        }
         if let Some(i) = &self.input {
             if !i.image_size.is_multiple_of(i.patch_size) {
                 return Err(bad(
@@ -241,6 +252,15 @@ impl Space {
                     return Err(bad(
                         "supernet.mlp_ratio",
                         format!("{r} is not a positive number"),
+                    ));
+                }
+                if mlp_width(s.embed_dim, r) == 0 {
+                    return Err(bad(
+                        "supernet.mlp_ratio",
+                        format!(
+                            "{r} × supernet.embed_dim {} rounds to an MLP width of 0",
+                            s.embed_dim
+                        ),
                     ));
                 }
             }
@@ -283,6 +303,7 @@ impl Space {
             }
         })?;
         let max_embed = *c.embed_dim.iter().max().unwrap();
+        let min_embed = *c.embed_dim.iter().min().unwrap();
         let super_mlp = self.supernet_mlp_width();
         let heads_ok = |field: &str, hs: &[usize]| {
             check_list(&bad, field, hs, |&h| {
@@ -308,6 +329,13 @@ impl Space {
             check_list(&bad, field, rs, |&r| {
                 if !(r.is_finite() && r > 0.0) {
                     Some(format!("{r} is not a positive number"))
+                } else if mlp_width(min_embed, r) == 0 {
+                    // Every width must be at least 1: an MLP of 0 units
+                    // has no matrix to multiply.
+                    Some(format!(
+                        "{r} × the smallest embed_dim choice {min_embed} rounds to an MLP width \
+                         of 0"
+                    ))
                 } else if mlp_width(max_embed, r) > super_mlp {
                     Some(format!(
                         "{r} × embed {max_embed} = {} exceeds the supernet's MLP width {super_mlp} \
@@ -612,7 +640,7 @@ impl Space {
     }
 }
 
-fn check_list<T: std::fmt::Debug>(
+fn check_list<T: std::fmt::Debug + PartialEq>(
     bad: &impl Fn(&str, String) -> Error,
     field: &str,
     list: &[T],
@@ -624,6 +652,14 @@ fn check_list<T: std::fmt::Debug>(
     for (k, v) in list.iter().enumerate() {
         if let Some(msg) = check(v) {
             return Err(bad(&format!("{field}[{k}]"), msg));
+        }
+        // A repeated choice would be counted (and sampled) as a distinct
+        // architecture.
+        if let Some(j) = list[..k].iter().position(|w| w == v) {
+            return Err(bad(
+                &format!("{field}[{k}]"),
+                format!("{v:?} repeats {field}[{j}]: each choice must be listed once"),
+            ));
         }
     }
     Ok(())

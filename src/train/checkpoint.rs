@@ -46,9 +46,15 @@ pub struct TrainState {
 
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // A temporary name of this process and call alone, so that concurrent
+    // writers of one file (e.g. the shards of a reference set) never
+    // rename each other's half-written file: the last complete one wins.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+        "{}.{}-{n}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
     ));
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -89,18 +95,27 @@ pub fn to_safetensors_bytes(
 }
 
 /// Integer buffers that Hugging Face checkpoints carry beside the weights.
-const INTEGER_BUFFERS: &[&str] = &["position_ids", "token_type_ids", "num_batches_tracked"];
+pub(crate) const INTEGER_BUFFERS: &[&str] = &["position_ids", "token_type_ids", "num_batches_tracked"];
 
 /// [`read_safetensors`] for model weights: an integer tensor (other than
 /// the integer buffers Hugging Face checkpoints carry) is an error naming
-/// it, not silently cast to float.
+/// it, not silently cast to float; so is a float tensor holding a NaN or an
+/// infinity (checked once here, at load, for every command that reads
+/// weights: a model would otherwise run to a `null` loss and chance
+/// accuracy).
 pub fn read_weights(
     path: &Path,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let (tensors, meta) = read_safetensors(path, device)?;
-    for (name, t) in &tensors {
-        if !t.dtype().is_float() && !INTEGER_BUFFERS.iter().any(|s| name.ends_with(s)) {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        if !t.dtype().is_float() {
+            if INTEGER_BUFFERS.iter().any(|s| name.ends_with(s)) {
+                continue;
+            }
             return Err(Error::Checkpoint {
                 path: path.into(),
                 message: format!(
@@ -109,8 +124,29 @@ pub fn read_weights(
                 ),
             });
         }
+        if let Some(bad) = first_non_finite(t)? {
+            return Err(Error::Checkpoint {
+                path: path.into(),
+                message: format!(
+                    "tensor `{name}` holds a non-finite value ({bad}): the weights are corrupt \
+                     (or come from a run that diverged); use an earlier checkpoint or retrain"
+                ),
+            });
+        }
     }
     Ok((tensors, meta))
+}
+
+/// The first NaN or infinity of a float tensor, if any.
+fn first_non_finite(t: &Tensor) -> Result<Option<f64>> {
+    // x − x is 0 for every finite x and NaN otherwise: one reduction tells
+    // whether to look further.
+    let probe = t.sub(t)?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+    if probe.to_scalar::<f64>()? == 0.0 {
+        return Ok(None);
+    }
+    let v = t.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+    Ok(v.into_iter().find(|x| !x.is_finite()))
 }
 
 /// Reads a safetensors file: its tensors and metadata. A truncated or

@@ -50,9 +50,11 @@ pub(crate) struct DataParallel<'a> {
 }
 
 impl<'a> DataParallel<'a> {
-    /// Refuses a batch size the ranks cannot share equally.
+    /// Refuses a batch size the ranks cannot share equally, and a ranking
+    /// loss on several ranks.
     pub(crate) fn new(c: &'a dyn Collective, recipe: &Recipe) -> Result<Self> {
         check_batch(c, recipe)?;
+        check_ranking(c, recipe)?;
         Ok(DataParallel {
             c,
             allreduce_s: 0.0,
@@ -122,7 +124,16 @@ impl<'a> DataParallel<'a> {
             Some(k) => means[..=k].to_vec(),
             None => means,
         };
-        Ok((StepLosses { losses, nonfinite }, Some(tail[subnets] > 0.0)))
+        let stop = Some(tail[subnets] > 0.0);
+        let ranking = out.ranking;
+        Ok((
+            StepLosses {
+                losses,
+                nonfinite,
+                ranking,
+            },
+            stop,
+        ))
     }
 
     /// Waits until rank 0 has written its checkpoint (or validated), then
@@ -171,6 +182,27 @@ pub(crate) fn check_batch(c: &dyn Collective, recipe: &Recipe) -> Result<()> {
             "{bs} is not a multiple of the {n} ranks: every rank takes an equal share of each \
              batch (the global batch is the recipe's at any number of ranks); choose a batch \
              size divisible by {n}, or another number of ranks"
+        ),
+    })
+}
+
+/// Refuses a ranking loss on several ranks: its hinge compares the
+/// subnets' losses on the whole batch, which no rank sees (a rank's shard
+/// losses would rank differently, and the mean of the ranks' hinge
+/// gradients is not the hinge's gradient).
+pub(crate) fn check_ranking(c: &dyn Collective, recipe: &Recipe) -> Result<()> {
+    let on = recipe.ranking.as_ref().is_some_and(|r| r.is_on());
+    if c.size() == 1 || !on {
+        return Ok(());
+    }
+    Err(Error::InvalidRecipe {
+        file: format!("recipe `{}`", recipe.name),
+        field: "ranking.weight".into(),
+        message: format!(
+            "the ranking loss is not supported on {} ranks yet (it needs the subnets' losses \
+             over the whole batch before the backward passes): train on one process, or set \
+             weight = 0",
+            c.size()
         ),
     })
 }

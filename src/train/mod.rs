@@ -68,6 +68,21 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const STATE_FILE: &str = "state.json";
 pub const SPLIT_FILE: &str = "data-split.json";
 
+/// Why `dir` cannot be resumed (it has no checkpoint), and the way out: a
+/// run that stopped before its first checkpoint is started over with
+/// `--force` (nothing trained is lost).
+pub(crate) fn nothing_to_resume(dir: &std::path::Path) -> String {
+    match crate::rundir::Artifact::of(dir) {
+        Ok(crate::rundir::Artifact::UnstartedRun) => format!(
+            "not found: the run stopped before its first checkpoint, so there is nothing to \
+             resume; start it over in {} with the command that started it and --force (no \
+             trained weights are lost)",
+            dir.display()
+        ),
+        _ => "not found: nothing to resume (is this a run directory?)".into(),
+    }
+}
+
 /// The run directory and supernet file that `path` names: a run directory
 /// (its `supernet.safetensors`), or a `.safetensors` file inside one.
 pub fn run_paths(path: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {

@@ -2,6 +2,7 @@
 //! into [`Recipe`]. Every run writes its fully resolved recipe next to its
 //! artifacts.
 
+use super::loss::RankingConfig;
 use crate::data::batch::{Augment, Normalize};
 use crate::data::Format;
 use crate::error::{Error, Result};
@@ -40,6 +41,10 @@ pub struct Recipe {
     #[serde(default, skip_serializing_if = "ScalingConfig::is_default")]
     pub scaling: ScalingConfig,
     pub loss: LossConfig,
+    /// Ranking consistency between the step's subnets (none when left
+    /// out): [`super::loss::RankingConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranking: Option<RankingConfig>,
     pub optimizer: OptimizerConfig,
     pub train: TrainConfig,
     /// Architecture search over the trained supernet (`vitnas search`).
@@ -77,6 +82,10 @@ pub struct DataConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<TextDataConfig>,
 }
+
+/// The shortest `data.text.max_len`: the special tokens (`[CLS]`, `[SEP]`) and
+/// one token of text.
+pub const MIN_TEXT_LEN: usize = 3;
 
 /// How text examples are read and tokenised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,7 +128,28 @@ pub enum SamplerConfig {
         num_random: usize,
         num_candidates: usize,
         pick: AttentivePick,
+        /// What ranks the candidates (`"flops"` when left out).
+        #[serde(default, skip_serializing_if = "AttentiveProxy::is_flops")]
+        proxy: AttentiveProxy,
     },
+}
+
+/// What the attentive sampler ranks its candidates by.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AttentiveProxy {
+    /// `proxy = "flops"`: multiply-adds, larger is better.
+    #[default]
+    Flops,
+    /// `proxy = { predictor = "<file>" }`: predicted accuracy of an
+    /// accuracy predictor of this space (`vitnas predictor fit`).
+    Predictor(PathBuf),
+}
+
+impl AttentiveProxy {
+    pub fn is_flops(&self) -> bool {
+        *self == AttentiveProxy::Flops
+    }
 }
 
 /// How the gradients of one step's subnets become the update (the
@@ -158,9 +188,9 @@ impl GradientConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AttentivePick {
-    /// Largest FLOPs among the candidates.
+    /// The best candidate by the proxy (largest FLOPs, highest predicted accuracy).
     Best,
-    /// Smallest FLOPs among the candidates.
+    /// The worst candidate by the proxy (smallest FLOPs, lowest predicted accuracy).
     Worst,
 }
 
@@ -311,6 +341,18 @@ impl Recipe {
             return Err(bad("train.max_steps", "must be positive"));
         }
         let d = &self.data;
+        if let Some(t) = &d.text {
+            // [CLS], at least one token of the text, [SEP].
+            if t.max_len < MIN_TEXT_LEN {
+                return Err(bad(
+                    "data.text.max_len",
+                    &format!(
+                        "{} leaves no room for the text: the minimum is {MIN_TEXT_LEN} ([CLS], one token, [SEP])",
+                        t.max_len
+                    ),
+                ));
+            }
+        }
         if d.val_size == 0 {
             return Err(bad(
                 "data.val_size",
@@ -402,6 +444,15 @@ impl Recipe {
                     &format!("must be in 1..={MAX_CANDIDATES}"),
                 ));
             }
+            SamplerConfig::Attentive {
+                proxy: AttentiveProxy::Predictor(ref p),
+                ..
+            } if p.as_os_str().is_empty() => {
+                return Err(bad(
+                    "sampler.proxy.predictor",
+                    "is empty: give an accuracy predictor file (`vitnas predictor fit`)",
+                ));
+            }
             _ => {}
         }
         match (&self.gradient, &self.sampler) {
@@ -431,6 +482,36 @@ impl Recipe {
                 ));
             }
             _ => {}
+        }
+        if let Some(rk) = &self.ranking {
+            if !non_negative(rk.weight) {
+                return Err(bad(
+                    "ranking.weight",
+                    &format!("{} must be a non-negative number (0: off)", rk.weight),
+                ));
+            }
+            if !non_negative(rk.margin) {
+                return Err(bad(
+                    "ranking.margin",
+                    &format!("{} must be a non-negative number", rk.margin),
+                ));
+            }
+            if !non_negative(rk.warmup_epochs) || rk.warmup_epochs > t.epochs as f64 {
+                return Err(bad(
+                    "ranking.warmup_epochs",
+                    &format!(
+                        "{} must be a number in [0, train.epochs = {}]",
+                        rk.warmup_epochs, t.epochs
+                    ),
+                ));
+            }
+            if rk.is_on() && self.sampler == SamplerConfig::Uniform {
+                return Err(bad(
+                    "ranking.weight",
+                    "the ranking loss compares the subnets of a step, and the uniform sampler \
+                     trains one: use the sandwich, fair or attentive sampler, or weight = 0",
+                ));
+            }
         }
         let sc = &self.scaling;
         if !non_negative(sc.init) {

@@ -125,11 +125,18 @@ pub(super) fn run(
                 params,
             },
         };
+        // The ranking term's prior scores of the step's subnets (plan order).
+        let ranking = recipe.ranking.as_ref().filter(|r| r.is_on());
+        let prior: Vec<f64> = match ranking {
+            Some(r) => plan.archs.iter().map(|a| r.prior.score(space, a)).collect(),
+            None => Vec::new(),
+        };
         let batch = Batch {
             input: examples.input(),
             labels: examples.labels(),
             label_smoothing: recipe.loss.label_smoothing,
             distill: distill.as_deref(),
+            ranking: ranking.map(|r| r.at(step, schedule.steps_per_epoch, &prior)),
         };
         let out = {
             let mut targets: Vec<&mut [Vec<f32>]> =
@@ -161,6 +168,12 @@ pub(super) fn run(
                 });
                 if let Some(t) = examples.tokens() {
                     line["tokens"] = json!(t);
+                }
+                if let Some(r) = &out.ranking {
+                    line["ranking"] = json!({
+                        "loss": r.loss, "weight": r.weight, "pairs": r.pairs,
+                        "active": r.active_fraction(),
+                    });
                 }
                 metrics.line(line)?;
             }

@@ -83,7 +83,7 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
     if !dir.join(CHECKPOINT_FILE).is_file() {
         return Err(Error::Checkpoint {
             path: dir.join(CHECKPOINT_FILE),
-            message: "not found: nothing to resume (is this a run directory?)".into(),
+            message: super::nothing_to_resume(dir),
         });
     }
     if Space::from_file(dir.join(SPACE_FILE))?.is_text() {

@@ -88,8 +88,9 @@ pub fn read_arch_file(dir: &Path) -> Result<(Arch, Space)> {
 }
 
 /// A recipe made standalone: one architecture, no distillation (there is
-/// no teacher), no supernet scaling layers and no gradient strategy (one
-/// gradient per step), the rest (data, optimizer, schedule) as given.
+/// no teacher), no supernet scaling layers, no gradient strategy (one
+/// gradient per step) and no ranking loss (nothing to rank), the rest
+/// (data, optimizer, schedule) as given.
 fn standalone_recipe(recipe: &Recipe, output_dir: PathBuf) -> Recipe {
     let mut r = recipe.clone();
     r.output_dir = output_dir;
@@ -97,6 +98,7 @@ fn standalone_recipe(recipe: &Recipe, output_dir: PathBuf) -> Recipe {
     r.loss.distill = DistillConfig::None;
     r.gradient = GradientConfig::Sum;
     r.scaling = Default::default();
+    r.ranking = None;
     r
 }
 

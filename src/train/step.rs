@@ -7,7 +7,7 @@
 //! [`engine`] or candle's autograd, chosen by the [`Path`] value the caller
 //! passes.
 
-use super::loss::{cross_entropy, Distill};
+use super::loss::{cross_entropy, Distill, Ranking, RankingTerms};
 use super::sampler::Plan;
 use crate::engine::{self, Weights};
 use crate::error::Result;
@@ -150,6 +150,9 @@ pub struct StepLosses {
     /// The first subnet whose loss was NaN or infinite (its index); the
     /// accumulated gradients must then be discarded.
     pub nonfinite: Option<usize>,
+    /// The step's ranking term, when the batch had one (and every loss was
+    /// finite).
+    pub ranking: Option<RankingTerms>,
 }
 
 /// How a training step computes its gradients. All three compute the same
@@ -194,6 +197,9 @@ pub struct Batch<'a> {
     pub label_smoothing: f64,
     /// In-place distillation of the subnets after the plan's teacher.
     pub distill: Option<&'a dyn Distill>,
+    /// The ranking-consistency term between the plan's subnets (none:
+    /// each subnet's loss alone, as without it).
+    pub ranking: Option<Ranking<'a>>,
 }
 
 /// Forward and backward of every subnet in `plan`, adding gradients into
@@ -215,6 +221,7 @@ pub fn accumulate(
         labels,
         label_smoothing,
         distill,
+        ranking: None,
     };
     let one_group = vec![0; plan.archs.len()];
     if backend == Backend::Engine && images.dtype() == DType::F32 {
@@ -256,6 +263,7 @@ pub fn accumulate_on_engine(
         labels,
         label_smoothing,
         distill,
+        ranking: None,
     };
     accumulate_groups(path, plan, batch, &vec![0; plan.archs.len()], &mut [grads])
 }
@@ -303,14 +311,19 @@ fn subnet_loss(logits: &Tensor, teacher: Option<&Tensor>, batch: &Batch) -> Resu
 
 /// One subnet's forward and backward, by one [`Path`].
 trait Pass {
-    /// Logits of `arch` as a tensor that `loss.backward()` differentiates.
-    fn forward(&mut self, arch: &Arch) -> Result<Tensor>;
-    /// Adds the gradients of `loss` (a function of the last forward's
-    /// `logits`) into `grads`, or sets them aside to be added by
-    /// [`Pass::flush`].
+    /// What a forward keeps for its backward (the engine's activations;
+    /// nothing for candle, whose logits hold their graph).
+    type Tape;
+    /// Logits of `arch` as a tensor that `loss.backward()` differentiates,
+    /// and what the backward of `arch` needs.
+    fn forward(&mut self, arch: &Arch) -> Result<(Tensor, Self::Tape)>;
+    /// Adds the gradients of `loss` (a function of `logits`, from the
+    /// forward that returned `tape`) into `grads`, or sets them aside to
+    /// be added by [`Pass::flush`].
     fn backward(
         &mut self,
         arch: &Arch,
+        tape: Self::Tape,
         logits: &Tensor,
         loss: &Tensor,
         grads: &mut [Vec<f32>],
@@ -320,40 +333,86 @@ trait Pass {
     fn flush(&mut self, grads: &mut [Vec<f32>], last: bool);
 }
 
+/// A subnet between its forward and its backward.
+struct Forwarded<T> {
+    logits: Tensor,
+    tape: T,
+    loss: Tensor,
+}
+
 /// The step loop, the same for every path: each subnet's forward, its loss
 /// (the first of a teacher-first plan teaches the rest), its backward into
-/// its group.
-fn run_subnets(
-    pass: &mut dyn Pass,
+/// its group. With a ranking term, every subnet's forward comes first (the
+/// term needs every subnet's label loss), then the backward passes in plan
+/// order, each subnet's loss with its share of the term added: the step
+/// then holds every subnet's activations at once, instead of one
+/// subnet's, but computes nothing twice.
+fn run_subnets<P: Pass>(
+    pass: &mut P,
     plan: &Plan,
     batch: Batch,
     group_of: &[usize],
     groups: &mut [&mut [Vec<f32>]],
 ) -> Result<StepLosses> {
+    let n = plan.archs.len();
     let mut teacher: Option<Tensor> = None;
-    let mut losses = Vec::with_capacity(plan.archs.len());
+    let mut losses = Vec::with_capacity(n);
+    let mut held = Vec::new();
+    let mut backward = |pass: &mut P, k: usize, f: Forwarded<P::Tape>| -> Result<()> {
+        let g = group_of[k];
+        pass.backward(&plan.archs[k], f.tape, &f.logits, &f.loss, groups[g])?;
+        if group_of.get(k + 1) != Some(&g) {
+            pass.flush(groups[g], k + 1 == n);
+        }
+        Ok(())
+    };
     for (k, arch) in plan.archs.iter().enumerate() {
-        let logits = pass.forward(arch)?;
+        let (logits, tape) = pass.forward(arch)?;
         let (loss, value) = subnet_loss(&logits, teacher.as_ref(), &batch)?;
         losses.push(value);
         if !value.is_finite() {
             return Ok(StepLosses {
                 losses,
                 nonfinite: Some(k),
+                ranking: None,
             });
         }
         if k == 0 && plan.teacher_first {
             teacher = Some(logits.detach());
         }
-        let g = group_of[k];
-        pass.backward(arch, &logits, &loss, groups[g])?;
-        if group_of.get(k + 1) != Some(&g) {
-            pass.flush(groups[g], k + 1 == plan.archs.len());
+        let f = Forwarded { logits, tape, loss };
+        match batch.ranking {
+            Some(_) => held.push(f),
+            None => backward(pass, k, f)?,
         }
+    }
+    let Some(ranking) = batch.ranking else {
+        return Ok(StepLosses {
+            losses,
+            nonfinite: None,
+            ranking: None,
+        });
+    };
+    let ces = held
+        .iter()
+        .map(|f| cross_entropy(&f.logits, batch.labels, batch.label_smoothing))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let values = ces
+        .iter()
+        .map(|ce| Ok(ce.to_scalar::<f32>()? as f64))
+        .collect::<Result<Vec<f64>>>()?;
+    let terms = ranking.terms(&values);
+    for (k, (mut f, ce)) in held.into_iter().zip(ces).enumerate() {
+        let c = terms.weight * terms.coefficients[k];
+        if c != 0.0 {
+            f.loss = (f.loss + (ce * c)?)?;
+        }
+        backward(pass, k, f)?;
     }
     Ok(StepLosses {
         losses,
         nonfinite: None,
+        ranking: Some(terms),
     })
 }
 
@@ -384,7 +443,6 @@ struct EnginePass<'a> {
     batch: usize,
     x: Flat,
     chunks: Vec<std::ops::Range<usize>>,
-    tapes: Vec<engine::Tape>,
     /// Gradients of chunks 1.. (chunk 0 adds into the group's buffers),
     /// added in at each flush.
     extra: Vec<Vec<Vec<f32>>>,
@@ -416,24 +474,26 @@ impl<'a> EnginePass<'a> {
             x,
             extra: (1..chunks.len()).map(|_| w.zero_grads()).collect(),
             chunks,
-            tapes: Vec::new(),
         })
     }
 }
 
 impl Pass for EnginePass<'_> {
-    fn forward(&mut self, arch: &Arch) -> Result<Tensor> {
+    /// One tape per chunk of the batch.
+    type Tape = Vec<engine::Tape>;
+
+    fn forward(&mut self, arch: &Arch) -> Result<(Tensor, Self::Tape)> {
         self.w.check(self.cfg, arch)?;
         let (logits, tapes) =
             engine::forward_chunks(self.w, self.cfg, arch, self.x.input(), &self.chunks, true);
-        self.tapes = tapes;
         let logits = Var::from_vec(logits, (self.batch, self.cfg.classes), &self.device)?;
-        Ok(logits.as_tensor().clone())
+        Ok((logits.as_tensor().clone(), tapes))
     }
 
     fn backward(
         &mut self,
         arch: &Arch,
+        tapes: Self::Tape,
         logits: &Tensor,
         loss: &Tensor,
         grads: &mut [Vec<f32>],
@@ -443,7 +503,6 @@ impl Pass for EnginePass<'_> {
             return Ok(());
         };
         let dlogits = d.flatten_all()?.to_vec1::<f32>()?;
-        let tapes = std::mem::take(&mut self.tapes);
         engine::backward_chunks(
             self.w,
             self.cfg,
@@ -477,13 +536,16 @@ struct AutogradPass<'a> {
 }
 
 impl Pass for AutogradPass<'_> {
-    fn forward(&mut self, arch: &Arch) -> Result<Tensor> {
-        self.net.forward_train(self.input, arch)
+    type Tape = ();
+
+    fn forward(&mut self, arch: &Arch) -> Result<(Tensor, ())> {
+        Ok((self.net.forward_train(self.input, arch)?, ()))
     }
 
     fn backward(
         &mut self,
         _arch: &Arch,
+        _tape: (),
         _logits: &Tensor,
         loss: &Tensor,
         grads: &mut [Vec<f32>],

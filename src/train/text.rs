@@ -84,8 +84,22 @@ pub fn tokenizer_of(recipe: &Recipe) -> Result<TextTokenizer> {
             message: "no tokenizer: give data.text.tokenizer or init_from".into(),
         })?;
     let path = Path::new(spec);
+    let missing = |message: String| Error::InvalidRecipe {
+        file: format!("recipe `{}`", recipe.name),
+        field: "data.text.tokenizer".into(),
+        message,
+    };
     let file = if path.is_file() {
         path.to_path_buf()
+    } else if path.is_dir() {
+        let f = path.join(TOKENIZER_FILE);
+        if !f.is_file() {
+            return Err(missing(format!("{spec}: the directory has no {TOKENIZER_FILE}")));
+        }
+        f
+    } else if spec.ends_with(".json") || path.is_absolute() || spec.starts_with('.') {
+        // A file path, not a hub id: say that the file is missing.
+        return Err(missing(format!("{spec}: file not found")));
     } else {
         crate::hub::resolve(spec)?.join(TOKENIZER_FILE)
     };
@@ -105,9 +119,22 @@ pub struct TextData {
 /// Reads, splits (seeded) and tokenises a recipe's training file.
 pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TextData> {
     let cfg = text_config(recipe)?;
+    let max_pos = space.text.as_ref().map_or(usize::MAX, |t| t.max_position_embeddings);
+    if cfg.max_len > max_pos {
+        return Err(Error::InvalidRecipe {
+            file: format!("recipe `{}`", recipe.name),
+            field: "data.text.max_len".into(),
+            message: format!(
+                "{} exceeds the space's text.max_position_embeddings {max_pos}: sequences \
+                 that long have no position embedding",
+                cfg.max_len
+            ),
+        });
+    }
     let dir = crate::data::resolve_dir(recipe.data.path.as_deref(), &[])?;
     let full = load_text(&split_file(&dir, "train")?, &cfg.fields, None)?;
     check_classes(&full, space)?;
+    check_test_split(&dir, cfg, &full.label_names)?;
     let (train_idx, val_idx) = super::data::split_indices(recipe, full.len(), &full.source)?;
     let tokenizer = tokenizer_of(recipe)?;
     Ok(TextData {
@@ -117,6 +144,22 @@ pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TextData> {
         tokenizer,
         data_dir: std::path::absolute(&dir).unwrap_or(dir),
     })
+}
+
+/// Checks the test split before the first step, as far as the files
+/// allow: a test file that exists must read with the training file's labels
+/// (an unknown label, mixed label types or a malformed line is an error
+/// naming the line now, not after training). A missing test file is not an
+/// error: the run trains and its summary says why it has no test results,
+/// as an image run's does.
+fn check_test_split(dir: &Path, cfg: &TextDataConfig, labels: &[String]) -> Result<()> {
+    match split_file(dir, "test") {
+        Ok(path) => load_text(&path, &cfg.fields, Some(labels)).map(|_| ()),
+        Err(e) => {
+            tracing::warn!("{e}: the run will report no test results");
+            Ok(())
+        }
+    }
 }
 
 /// The test split, labelled with the training file's names.
@@ -221,7 +264,7 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
     if !ckpt.is_file() {
         return Err(Error::Checkpoint {
             path: ckpt,
-            message: "not found: nothing to resume (is this a run directory?)".into(),
+            message: super::nothing_to_resume(dir),
         });
     }
     let _lock = RunLock::acquire(dir)?;
@@ -268,7 +311,7 @@ fn run(
     let (net, params) = build(space, recipe)?;
     let task = TextTask {
         net,
-        sampler: sampler::from_config(&recipe.sampler),
+        sampler: sampler::from_config(&recipe.sampler, space)?,
         recipe,
         space,
         data,
@@ -361,16 +404,30 @@ impl TrainTask for TextTask<'_> {
         )
     }
 
-    /// The test split must load: its absence is an error.
+    /// When the test split cannot be used, the summary and metrics say why
+    /// (as an image run's do), so that the run finishes and stays
+    /// resumable; what could be checked was checked before the first step.
     fn test(
         &self,
         flat: &FlatWeights,
         metrics: &Metrics,
         summary: &mut Summary,
-        _opts: &RunOptions,
+        opts: &RunOptions,
     ) -> Result<()> {
         let recipe = self.recipe;
-        let test = load_test(recipe, &self.data.label_names, &self.data.tokenizer)?;
+        let test = match load_test(recipe, &self.data.label_names, &self.data.tokenizer) {
+            Ok(t) => t,
+            Err(e) => {
+                let note = format!("no test results: the test split could not be used: {e}");
+                tracing::warn!("{note}");
+                if opts.progress {
+                    eprintln!("{note}");
+                }
+                metrics.line(json!({"step": summary.steps, "final_test_error": note}))?;
+                summary.test_error = Some(note);
+                return Ok(());
+            }
+        };
         let mut line = json!({"step": summary.steps, "test": true});
         let (w, cfg) = engine_of(flat)?;
         for (which, arch) in self.reported(self.space) {

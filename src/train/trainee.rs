@@ -85,7 +85,7 @@ impl Trainee {
             RunKind::Supernet => {
                 let (net, _vm, params) =
                     build_scaled_supernet(space, seed, recipe.init, &recipe.scaling)?;
-                let sampler = sampler::from_config(&recipe.sampler);
+                let sampler = sampler::from_config(&recipe.sampler, space)?;
                 (
                     Trainee::Supernet {
                         net: Box::new(net),

@@ -1,12 +1,15 @@
 //! Losses: label-smoothed cross-entropy for subnets that learn from labels,
-//! and in-place distillation losses (one per file) for subnets that learn
-//! from the largest subnet's detached output.
+//! in-place distillation losses (one per file) for subnets that learn
+//! from the largest subnet's detached output, and the ranking-consistency
+//! loss between the subnets of a step.
 
 mod alpha;
 mod kl;
+mod ranking;
 
 pub use alpha::AlphaDivergence;
 pub use kl::Kl;
+pub use ranking::{Prior, Ranking, RankingConfig, RankingTerms};
 
 use super::recipe::DistillConfig;
 use candle_core::{DType, Result, Tensor, D};

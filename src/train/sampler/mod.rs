@@ -6,12 +6,14 @@ mod fair;
 mod sandwich;
 mod uniform;
 
-pub use attentive::Attentive;
+pub use attentive::{Attentive, AttentiveByPredictor};
 pub use fair::Fair;
 pub use sandwich::Sandwich;
 pub use uniform::Uniform;
 
-use super::recipe::SamplerConfig;
+use super::recipe::{AttentiveProxy, SamplerConfig};
+use crate::error::{Error, Result};
+use crate::predictor::AccuracyPredictor;
 use crate::space::{Arch, Space};
 use rand::rngs::StdRng;
 
@@ -30,19 +32,43 @@ pub trait Sampler: Send + Sync {
     fn plan(&self, space: &Space, step: usize, rng: &mut StdRng) -> Plan;
 }
 
-pub fn from_config(c: &SamplerConfig) -> Box<dyn Sampler> {
-    match *c {
+/// The sampler of a recipe's `[sampler]` for `space`. An attentive
+/// sampler by predictor loads its predictor here and refuses one of another
+/// space, naming the field and the file.
+pub fn from_config(c: &SamplerConfig, space: &Space) -> Result<Box<dyn Sampler>> {
+    Ok(match c {
         SamplerConfig::Uniform => Box::new(Uniform),
-        SamplerConfig::Sandwich { num_random } => Box::new(Sandwich { num_random }),
+        SamplerConfig::Sandwich { num_random } => Box::new(Sandwich {
+            num_random: *num_random,
+        }),
         SamplerConfig::Fair => Box::new(Fair),
         SamplerConfig::Attentive {
             num_random,
             num_candidates,
             pick,
-        } => Box::new(Attentive {
-            num_random,
-            num_candidates,
-            pick,
-        }),
-    }
+            proxy,
+        } => {
+            let attentive = Attentive {
+                num_random: *num_random,
+                num_candidates: *num_candidates,
+                pick: *pick,
+            };
+            match proxy {
+                AttentiveProxy::Flops => Box::new(attentive),
+                AttentiveProxy::Predictor(path) => {
+                    let predictor = AccuracyPredictor::load(path)
+                        .and_then(|p| p.check_space(path, space).map(|_| p))
+                        .map_err(|e| Error::InvalidRecipe {
+                            file: "recipe [sampler]".into(),
+                            field: "sampler.proxy.predictor".into(),
+                            message: e.to_string(),
+                        })?;
+                    Box::new(AttentiveByPredictor {
+                        attentive,
+                        predictor,
+                    })
+                }
+            }
+        }
+    })
 }
