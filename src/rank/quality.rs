@@ -47,7 +47,7 @@ pub struct Metrics {
     pub tau_in_budget_ci: Vec<Option<[f64; 2]>>,
     pub regret_points: Vec<f64>,
     pub regret_ci: Vec<Option<[f64; 2]>>,
-    /// Mean of `regret_points` over the budgets.
+    /// Mean of `regret_points` over the budgets (those with results).
     pub mean_regret_points: f64,
     pub mean_regret_ci: Option<[f64; 2]>,
     pub top5_overlap: f64,
@@ -181,11 +181,11 @@ impl Truth {
         }
     }
 
-    /// Resampling groups: the stratified architectures, then each bin.
+    /// Resampling groups: the stratified architectures, then each bin (an
+    /// empty group stays, so that group `1 + b` is always bin `b`).
     fn groups(&self) -> Vec<Vec<usize>> {
         let mut g = vec![self.stratified.clone()];
         g.extend(self.bins.iter().cloned());
-        g.retain(|g| !g.is_empty());
         g
     }
 }
@@ -201,22 +201,29 @@ struct Point {
 }
 
 impl Point {
+    /// Mean over the budgets where it is defined (a bin without results,
+    /// in an incomplete reference, is left out).
     fn mean_regret(&self) -> Option<f64> {
-        let v: Option<Vec<f64>> = self.regret.iter().copied().collect();
-        v.filter(|v| !v.is_empty())
-            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+        mean_defined(&self.regret)
     }
 
     fn mean_tau_in(&self) -> Option<f64> {
-        let v: Option<Vec<f64>> = self.tau_in.iter().copied().collect();
-        v.filter(|v| !v.is_empty())
-            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+        mean_defined(&self.tau_in)
     }
 }
 
+fn mean_defined(v: &[Option<f64>]) -> Option<f64> {
+    let v: Vec<f64> = v.iter().flatten().copied().collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
 /// Top-1 regret in points within `bin`: best accuracy minus the accuracy of
-/// the highest-scored member (the first one on a tie).
+/// the highest-scored member (the first one on a tie). `None` for a bin of
+/// fewer than two (no choice to make).
 pub fn regret(acc: &[f64], score: &[f64], bin: &[usize]) -> Option<f64> {
+    if bin.len() < 2 {
+        return None;
+    }
     let best = bin
         .iter()
         .map(|&i| acc[i])
@@ -286,11 +293,7 @@ pub fn score(truth: &Truth, rankers: &[Ranker]) -> Result<BTreeMap<String, Metri
         let cis = bootstrap::intervals(&groups, RESAMPLES, truth.seed, width, |g| {
             let flat: Vec<usize> = g.concat();
             // The bins of the resample are its groups after the stratified one.
-            let bins: Vec<Vec<usize>> = if truth.stratified.is_empty() {
-                g.to_vec()
-            } else {
-                g[1..].to_vec()
-            };
+            let bins: Vec<Vec<usize>> = g[1..].to_vec();
             let q = point(&truth.acc, &r.scores, &flat, &bins);
             let mut v = vec![q.tau, q.rho, Some(q.top5), q.mean_regret()];
             for b in 0..nb {
@@ -512,5 +515,6 @@ mod tests {
         // A perfect ranker has no regret.
         assert_eq!(regret(&acc, &acc, &[0, 1, 2, 3]), Some(0.0));
         assert_eq!(regret(&acc, &score, &[]), None);
+        assert_eq!(regret(&acc, &score, &[2]), None);
     }
 }
