@@ -239,6 +239,12 @@ fn quality(a: QualityArgs) -> anyhow::Result<()> {
         a.reference.clone()
     };
     let reference = rank::reference::Reference::from_file(&path)?;
+    // Judged where it resolves: never an input nor into a training run;
+    // an existing file only when it is a summary this command merges into.
+    let mut inputs: Vec<&std::path::Path> = vec![path.as_path()];
+    inputs.extend(a.accuracy_predictor.iter().map(|p| p.as_path()));
+    let merges = SearchQuality::from_file(&a.out).is_ok();
+    let out = vitnas::rundir::check_output_file(&a.out, &inputs, false, merges)?;
     let truth = quality::Truth::of(&reference);
     anyhow::ensure!(
         truth.acc.len() >= 3,
@@ -309,7 +315,7 @@ fn quality(a: QualityArgs) -> anyhow::Result<()> {
         rankers: metrics,
     };
     // Keep the rankers of earlier invocations on the same reference.
-    if let Ok(old) = SearchQuality::from_file(&a.out) {
+    if let Ok(old) = SearchQuality::from_file(&out) {
         if old.reference.name == summary.reference.name && old.reference.k == summary.reference.k {
             for (name, m) in old.rankers {
                 summary.rankers.entry(name).or_insert(m);
@@ -321,12 +327,12 @@ fn quality(a: QualityArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
-    summary.save(&a.out)?;
+    summary.save(&out)?;
     print!("{}", quality::table(&summary));
-    eprintln!("written {}", a.out.display());
+    eprintln!("written {}", out.display());
     Ok(())
 }
 

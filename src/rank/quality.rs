@@ -45,10 +45,10 @@ pub struct Metrics {
     /// Per budget, in the reference's order.
     pub tau_in_budget: Vec<Option<f64>>,
     pub tau_in_budget_ci: Vec<Option<[f64; 2]>>,
-    pub regret_points: Vec<f64>,
+    pub regret_points: Vec<Option<f64>>,
     pub regret_ci: Vec<Option<[f64; 2]>>,
     /// Mean of `regret_points` over the budgets (those with results).
-    pub mean_regret_points: f64,
+    pub mean_regret_points: Option<f64>,
     pub mean_regret_ci: Option<[f64; 2]>,
     pub top5_overlap: f64,
     pub top5_overlap_ci: Option<[f64; 2]>,
@@ -321,11 +321,11 @@ pub fn score(truth: &Truth, rankers: &[Ranker]) -> Result<BTreeMap<String, Metri
             rho_ci: cis[1],
             top5_overlap: p.top5,
             top5_overlap_ci: cis[2],
-            mean_regret_points: p.mean_regret().unwrap_or(f64::NAN),
+            mean_regret_points: p.mean_regret(),
             mean_regret_ci: cis[3],
             tau_in_budget: p.tau_in.clone(),
             tau_in_budget_ci: (0..nb).map(|b| cis[4 + 2 * b]).collect(),
-            regret_points: p.regret.iter().map(|r| r.unwrap_or(f64::NAN)).collect(),
+            regret_points: p.regret.clone(),
             regret_ci: (0..nb).map(|b| cis[5 + 2 * b]).collect(),
             vs_flops_tau_diff: pf.as_ref().and_then(|q| Some(p.tau? - q.tau?)),
             vs_flops_tau_diff_ci: cis[4 + 2 * nb],
@@ -485,7 +485,6 @@ pub fn table(q: &SearchQuality) -> String {
     for (name, m) in &q.rankers {
         let list =
             |v: &[Option<f64>], d: usize| v.iter().map(|x| f(*x, d)).collect::<Vec<_>>().join(" ");
-        let regrets: Vec<Option<f64>> = m.regret_points.iter().map(|x| Some(*x)).collect();
         s += &format!(
             "{:<28} {:>6} {:>16} {:>6} {:>24} {:>24} {:>6.2} {:>16} {:>16}\n",
             name,
@@ -493,7 +492,7 @@ pub fn table(q: &SearchQuality) -> String {
             ci(&m.tau_ci, 2),
             f(m.rho, 3),
             list(&m.tau_in_budget, 2),
-            list(&regrets, 2),
+            list(&m.regret_points, 2),
             m.top5_overlap,
             ci(&m.vs_flops_tau_diff_ci, 2),
             ci(&m.vs_flops_regret_diff_ci, 2),
