@@ -544,7 +544,13 @@ fn every_output_is_checked_where_it_resolves_not_as_spelled() {
     let model = base.join("model");
     let m = model.to_str().unwrap();
     let (ok, _, err) = vitnas(&[
-        "export", "--supernet", dir, "--arch", "smallest", "--out", m,
+        "export",
+        "--supernet",
+        dir,
+        "--arch",
+        "smallest",
+        "--out",
+        m,
     ]);
     assert!(ok, "{err}");
     let link = base.join("link");
@@ -559,7 +565,15 @@ fn every_output_is_checked_where_it_resolves_not_as_spelled() {
             format!("{s}/d.safetensors"),
         );
         let commands: Vec<Vec<&str>> = vec![
-            vec!["export", "--supernet", dir, "--arch", "smallest", "--out", s],
+            vec![
+                "export",
+                "--supernet",
+                dir,
+                "--arch",
+                "smallest",
+                "--out",
+                s,
+            ],
             vec!["search", dir, "--out", s, "--generations", "1"],
             vec!["train", r, "--output-dir", s, "--max-steps", "1"],
             vec![
@@ -575,7 +589,15 @@ fn every_output_is_checked_where_it_resolves_not_as_spelled() {
                 "--max-steps",
                 "1",
             ],
-            vec!["finetune", "--model", m, "--output-dir", s, "--max-steps", "1"],
+            vec![
+                "finetune",
+                "--model",
+                m,
+                "--output-dir",
+                s,
+                "--max-steps",
+                "1",
+            ],
             vec![
                 "latency",
                 "measure",
@@ -629,7 +651,10 @@ fn every_output_is_checked_where_it_resolves_not_as_spelled() {
         assert!(!ok && err.contains("overwrite the input"), "{err}");
     }
     assert!(snapshot(&run) == before, "the run's files changed");
-    assert!(snapshot(&model) == model_before, "the model's files changed");
+    assert!(
+        snapshot(&model) == model_before,
+        "the model's files changed"
+    );
     assert!(!run.join("x").exists() && !model.join("x").exists());
     std::fs::remove_dir_all(base).ok();
 }
@@ -647,13 +672,45 @@ fn latency_outputs_never_replace_an_input_and_replace_a_file_only_with_force() {
         std::fs::write(f, text).unwrap();
     }
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let through = |p: &std::path::Path| format!("{}/x/../{}", dir.display(), p.file_name().unwrap().to_str().unwrap());
+    let through = |p: &std::path::Path| {
+        format!(
+            "{}/x/../{}",
+            dir.display(),
+            p.file_name().unwrap().to_str().unwrap()
+        )
+    };
     for force in [false, true] {
         let mut cases = vec![
-            vec!["latency".to_string(), "fit".into(), s(&csv), "--out".into(), s(&csv)],
-            vec!["latency".into(), "fit".into(), s(&csv), "--out".into(), through(&csv)],
-            vec!["latency".into(), "recalibrate".into(), s(&pred), s(&csv), "--out".into(), s(&pred)],
-            vec!["latency".into(), "recalibrate".into(), s(&pred), s(&csv), "--out".into(), through(&csv)],
+            vec![
+                "latency".to_string(),
+                "fit".into(),
+                s(&csv),
+                "--out".into(),
+                s(&csv),
+            ],
+            vec![
+                "latency".into(),
+                "fit".into(),
+                s(&csv),
+                "--out".into(),
+                through(&csv),
+            ],
+            vec![
+                "latency".into(),
+                "recalibrate".into(),
+                s(&pred),
+                s(&csv),
+                "--out".into(),
+                s(&pred),
+            ],
+            vec![
+                "latency".into(),
+                "recalibrate".into(),
+                s(&pred),
+                s(&csv),
+                "--out".into(),
+                through(&csv),
+            ],
         ];
         if force {
             for c in &mut cases {
@@ -670,21 +727,37 @@ fn latency_outputs_never_replace_an_input_and_replace_a_file_only_with_force() {
         for c in cases {
             let args: Vec<&str> = c.iter().map(String::as_str).collect();
             let (ok, _, err) = vitnas(&args);
-            assert!(!ok && err.contains("overwrite the input"), "{args:?}: {err}");
+            assert!(
+                !ok && err.contains("overwrite the input"),
+                "{args:?}: {err}"
+            );
         }
     }
     // Another existing file: refused without --force, naming it.
     for c in [
         vec!["latency", "fit", &s(&csv), "--out", &s(&other)],
-        vec!["latency", "recalibrate", &s(&pred), &s(&csv), "--out", &s(&other)],
+        vec![
+            "latency",
+            "recalibrate",
+            &s(&pred),
+            &s(&csv),
+            "--out",
+            &s(&other),
+        ],
     ] {
         let (ok, _, err) = vitnas(&c);
-        assert!(!ok && err.contains("o.json") && err.contains("--force"), "{c:?}: {err}");
+        assert!(
+            !ok && err.contains("o.json") && err.contains("--force"),
+            "{c:?}: {err}"
+        );
     }
     // With --force the output is accepted and the inputs are read (and
     // here refused as what they are: not a dataset).
     let (ok, _, err) = vitnas(&["latency", "fit", &s(&csv), "--out", &s(&other), "--force"]);
-    assert!(!ok && err.contains("l.csv") && !err.contains("--force"), "{err}");
+    assert!(
+        !ok && err.contains("l.csv") && !err.contains("--force"),
+        "{err}"
+    );
     for (f, text) in [(&csv, "csv"), (&pred, "predictor"), (&other, "other")] {
         assert_eq!(std::fs::read_to_string(f).unwrap(), text);
     }
@@ -707,7 +780,10 @@ fn outputs_written_over_time_are_locked_and_a_search_out_follows_the_rules() {
     std::fs::create_dir_all(&out).unwrap();
     let held = vitnas::rundir::RunLock::acquire(&out).unwrap();
     let (ok, _, err) = vitnas(&["search", dir, "--out", out.to_str().unwrap()]);
-    assert!(!ok && err.contains("in use by another vitnas process"), "{err}");
+    assert!(
+        !ok && err.contains("in use by another vitnas process"),
+        "{err}"
+    );
     assert!(!out.join(vitnas::search::STATE_FILE).exists());
     drop(held);
     let csv = base.join("l.csv");
@@ -723,14 +799,20 @@ fn outputs_written_over_time_are_locked_and_a_search_out_follows_the_rules() {
         "--out",
         csv.to_str().unwrap(),
     ]);
-    assert!(!ok && err.contains("in use by another vitnas process"), "{err}");
+    assert!(
+        !ok && err.contains("in use by another vitnas process"),
+        "{err}"
+    );
     assert!(!csv.exists());
     drop(held);
     let notes = base.join("notes");
     std::fs::create_dir_all(&notes).unwrap();
     std::fs::write(notes.join("todo.txt"), "mine").unwrap();
     let (ok, _, err) = vitnas(&["search", dir, "--out", notes.to_str().unwrap()]);
-    assert!(!ok && err.contains("--force") && err.contains("notes"), "{err}");
+    assert!(
+        !ok && err.contains("--force") && err.contains("notes"),
+        "{err}"
+    );
     std::fs::remove_dir_all(base).ok();
 }
 
@@ -743,21 +825,47 @@ fn thread_counts_out_of_range_are_refused_on_every_command() {
     let c = csv.to_str().unwrap();
     for threads in ["0", "100000"] {
         for args in [
-            vec!["latency", "measure", "search_spaces/fmnist-tiny.toml", "--n", "1", "--threads", threads, "--out", c],
+            vec![
+                "latency",
+                "measure",
+                "search_spaces/fmnist-tiny.toml",
+                "--n",
+                "1",
+                "--threads",
+                threads,
+                "--out",
+                c,
+            ],
             vec!["bench", "gemm", "--n", "8", "--threads", threads],
             vec!["bench", "infer", "--iters", "1", "--threads", threads],
         ] {
             let (ok, _, err) = vitnas(&args);
-            assert!(!ok && err.contains(&format!("--threads {threads}")), "{args:?}: {err}");
+            assert!(
+                !ok && err.contains(&format!("--threads {threads}")),
+                "{args:?}: {err}"
+            );
         }
     }
     assert!(!csv.exists());
     for args in [
         vec!["space", "show", "search_spaces/fmnist-tiny.toml"],
-        vec!["latency", "measure", "search_spaces/fmnist-tiny.toml", "--n", "1", "--threads", "1", "--out", c],
+        vec![
+            "latency",
+            "measure",
+            "search_spaces/fmnist-tiny.toml",
+            "--n",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            c,
+        ],
     ] {
         let (ok, _, err) = vitnas_env(&args, &[("RAYON_NUM_THREADS", "100000")]);
-        assert!(!ok && err.contains("RAYON_NUM_THREADS 100000"), "{args:?}: {err}");
+        assert!(
+            !ok && err.contains("RAYON_NUM_THREADS 100000"),
+            "{args:?}: {err}"
+        );
         let (ok, _, err) = vitnas_env(&args, &[("RAYON_NUM_THREADS", "lots")]);
         assert!(!ok && err.contains("RAYON_NUM_THREADS"), "{args:?}: {err}");
     }
@@ -779,8 +887,18 @@ fn sigint_stops_latency_measure_resumably_and_fit_at_once() {
     std::fs::create_dir_all(&dir).unwrap();
     let (csv, pred) = (dir.join("l.csv"), dir.join("p.json"));
     let measure: Vec<String> = [
-        "latency", "measure", "search_spaces/fmnist-tiny.toml", "--n", "60", "--threads", "1",
-        "--warmup", "0", "--runs", "2", "--out",
+        "latency",
+        "measure",
+        "search_spaces/fmnist-tiny.toml",
+        "--n",
+        "60",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--runs",
+        "2",
+        "--out",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -805,11 +923,18 @@ fn sigint_stops_latency_measure_resumably_and_fit_at_once() {
         assert!(started.elapsed().as_secs() < 120, "no rows measured");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{stderr}");
-    assert!(stderr.contains("vitnas latency measure") && stderr.contains("--n 60"), "{stderr}");
+    assert!(
+        stderr.contains("vitnas latency measure") && stderr.contains("--n 60"),
+        "{stderr}"
+    );
     let kept = rows(&csv);
     assert!((3..60).contains(&kept), "{kept} rows");
     assert!(std::fs::read_to_string(&csv).unwrap().ends_with('\n'));
@@ -817,20 +942,44 @@ fn sigint_stops_latency_measure_resumably_and_fit_at_once() {
     let args: Vec<&str> = measure.iter().map(String::as_str).collect();
     let (ok, out, err) = vitnas(&args);
     assert!(ok, "{err}");
-    assert!(out.contains(&format!("\"measured_now\": {}", 60 - kept)), "{out}");
+    assert!(
+        out.contains(&format!("\"measured_now\": {}", 60 - kept)),
+        "{out}"
+    );
     // fit: stopped within seconds of Ctrl-C, nothing written.
     let child = Command::new(env!("CARGO_BIN_EXE_vitnas"))
-        .args(["latency", "fit", csv.to_str().unwrap(), "--out", pred.to_str().unwrap(), "--mlp-steps", "100000000"])
+        .args([
+            "latency",
+            "fit",
+            csv.to_str().unwrap(),
+            "--out",
+            pred.to_str().unwrap(),
+            "--mlp-steps",
+            "100000000",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let stopped = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(stopped.elapsed().as_secs() < 5, "fit took {:?} to stop", stopped.elapsed());
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stopped.elapsed().as_secs() < 5,
+        "fit took {:?} to stop",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!pred.exists());
     std::fs::remove_dir_all(dir).ok();
 }
@@ -868,30 +1017,58 @@ fn non_finite_weights_are_refused_at_load_by_every_command() {
     let base = run.parent().unwrap();
     let model = base.join("model");
     let m = model.to_str().unwrap();
-    let (ok, _, err) = vitnas(&["export", "--supernet", dir, "--arch", "smallest", "--out", m]);
+    let (ok, _, err) = vitnas(&[
+        "export",
+        "--supernet",
+        dir,
+        "--arch",
+        "smallest",
+        "--out",
+        m,
+    ]);
     assert!(ok, "{err}");
     let bad = poison(&run.join("supernet.safetensors"));
     let out2 = base.join("out2");
     let o2 = out2.to_str().unwrap();
     for args in [
         vec!["eval", "--supernet", dir, "--arch", "smallest"],
-        vec!["export", "--supernet", dir, "--arch", "smallest", "--out", o2],
+        vec![
+            "export",
+            "--supernet",
+            dir,
+            "--arch",
+            "smallest",
+            "--out",
+            o2,
+        ],
         vec!["search", dir, "--out", o2, "--generations", "1"],
     ] {
         let (ok, out, err) = vitnas(&args);
         assert!(
-            !ok && err.contains("supernet.safetensors") && err.contains(&bad) && err.contains("non-finite"),
+            !ok && err.contains("supernet.safetensors")
+                && err.contains(&bad)
+                && err.contains("non-finite"),
             "{args:?}: {out} {err}"
         );
     }
     let bad = poison(&model.join("model.safetensors"));
     for args in [
         vec!["eval", "--model", m, "--data", "data/fashion-mnist-sample"],
-        vec!["finetune", "--model", m, "--output-dir", o2, "--max-steps", "1"],
+        vec![
+            "finetune",
+            "--model",
+            m,
+            "--output-dir",
+            o2,
+            "--max-steps",
+            "1",
+        ],
     ] {
         let (ok, out, err) = vitnas(&args);
         assert!(
-            !ok && err.contains("model.safetensors") && err.contains(&bad) && err.contains("non-finite"),
+            !ok && err.contains("model.safetensors")
+                && err.contains(&bad)
+                && err.contains("non-finite"),
             "{args:?}: {out} {err}"
         );
     }
@@ -910,16 +1087,33 @@ fn a_run_that_stopped_before_its_first_checkpoint_can_be_started_over_with_force
     let (ok, _, err) = vitnas(&["train", r, "--max-steps", "1"]);
     assert!(ok, "{err}");
     // What a run leaves when it fails before its first checkpoint.
-    for f in ["checkpoint.safetensors", "state.json", "supernet.safetensors"] {
+    for f in [
+        "checkpoint.safetensors",
+        "state.json",
+        "supernet.safetensors",
+    ] {
         std::fs::remove_file(run.join(f)).unwrap();
     }
     std::fs::write(run.join("metrics.jsonl"), "").unwrap();
     let (ok, _, err) = vitnas(&["train", r, "--max-steps", "1"]);
-    assert!(!ok && err.contains("before its first checkpoint") && err.contains("--force"), "{err}");
+    assert!(
+        !ok && err.contains("before its first checkpoint") && err.contains("--force"),
+        "{err}"
+    );
     let (ok, _, err) = vitnas(&["train", "--resume", dir]);
-    assert!(!ok && err.contains("before its first checkpoint") && err.contains("--force"), "{err}");
+    assert!(
+        !ok && err.contains("before its first checkpoint") && err.contains("--force"),
+        "{err}"
+    );
     let (ok, _, err) = vitnas(&[
-        "export", "--supernet", dir, "--arch", "smallest", "--out", dir, "--force",
+        "export",
+        "--supernet",
+        dir,
+        "--arch",
+        "smallest",
+        "--out",
+        dir,
+        "--force",
     ]);
     assert!(!ok && err.contains(dir), "{err}");
     let (ok, out, err) = vitnas(&["train", r, "--max-steps", "1", "--force"]);
@@ -941,14 +1135,32 @@ fn eval_of_a_model_without_a_vitnas_block_names_its_normalisation() {
     let model = run.parent().unwrap().join("model");
     let m = model.to_str().unwrap();
     let (ok, _, err) = vitnas(&[
-        "export", "--supernet", run.to_str().unwrap(), "--arch", "smallest", "--out", m, "--hf-pad",
+        "export",
+        "--supernet",
+        run.to_str().unwrap(),
+        "--arch",
+        "smallest",
+        "--out",
+        m,
+        "--hf-pad",
     ]);
     assert!(ok, "{err}");
     let cfg = model.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("vitnas");
     std::fs::write(&cfg, v.to_string()).unwrap();
-    let eval = || vitnas(&["eval", "--model", m, "--data", "data/fashion-mnist-sample", "--limit", "32"]);
+    let eval = || {
+        vitnas(&[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            "data/fashion-mnist-sample",
+            "--limit",
+            "32",
+        ])
+    };
     let (ok, out, err) = eval();
     assert!(ok, "{err}");
     assert!(err.contains("records no input normalisation"), "{err}");
@@ -961,7 +1173,10 @@ fn eval_of_a_model_without_a_vitnas_block_names_its_normalisation() {
     let (ok, out, err) = eval();
     assert!(ok, "{err}");
     assert!(!err.contains("records no input normalisation"), "{err}");
-    assert!(out.contains("preprocessor_config.json") && out.contains("0.25"), "{out}");
+    assert!(
+        out.contains("preprocessor_config.json") && out.contains("0.25"),
+        "{out}"
+    );
     std::fs::write(
         model.join("preprocessor_config.json"),
         r#"{"image_mean": [0.25, 0.1], "image_std": [0.5, 0.5]}"#,
@@ -980,10 +1195,20 @@ fn eval_of_a_model_without_a_vitnas_block_names_its_normalisation() {
 fn messages_name_what_is_wrong_and_the_way_out() {
     let vit = repo_path("tests/fixtures/hf-tiny-vit");
     let bert = repo_path("tests/fixtures/hf-tiny-bert");
-    let e = vitnas::models::bert::Bert::load_dir(&vit).unwrap_err().to_string();
-    assert!(e.contains("model_type") && e.contains("a ViT") && e.contains("a BERT"), "{e}");
-    let e = vitnas::models::export::load_dir(&bert).unwrap_err().to_string();
-    assert!(e.contains("model_type") && e.contains("a BERT") && e.contains("a ViT"), "{e}");
+    let e = vitnas::models::bert::Bert::load_dir(&vit)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model_type") && e.contains("a ViT") && e.contains("a BERT"),
+        "{e}"
+    );
+    let e = vitnas::models::export::load_dir(&bert)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model_type") && e.contains("a BERT") && e.contains("a ViT"),
+        "{e}"
+    );
     let (ok, _, err) = vitnas(&["embed", "--model", vit.to_str().unwrap(), "hello"]);
     assert!(!ok && err.contains("model_type"), "{err}");
 
@@ -991,18 +1216,41 @@ fn messages_name_what_is_wrong_and_the_way_out() {
     let r = recipe.to_str().unwrap();
     let dir = run.to_str().unwrap();
     let (ok, _, err) = vitnas(&["train", r, "--data", r, "--max-steps", "1"]);
-    assert!(!ok && err.contains("is a file, not a data directory"), "{err}");
+    assert!(
+        !ok && err.contains("is a file, not a data directory"),
+        "{err}"
+    );
     let (ok, _, err) = vitnas(&["train", r, "--max-steps", "1"]);
     assert!(ok, "{err}");
     let (ok, _, err) = vitnas(&["eval", "--supernet", dir, "--data", r]);
-    assert!(!ok && err.contains("is a file, not a data directory"), "{err}");
+    assert!(
+        !ok && err.contains("is a file, not a data directory"),
+        "{err}"
+    );
     let out = run.parent().unwrap().join("search");
     let o = out.to_str().unwrap();
     let (ok, _, err) = vitnas(&["search", dir, "--out", o, "--population", "8"]);
-    assert!(!ok && err.contains("search.parents") && err.contains("--parents"), "{err}");
+    assert!(
+        !ok && err.contains("search.parents") && err.contains("--parents"),
+        "{err}"
+    );
     let (ok, _, err) = vitnas(&[
-        "search", dir, "--out", o, "--population", "8", "--parents", "3", "--mutations", "3",
-        "--crossovers", "2", "--generations", "1", "--val-subset", "16",
+        "search",
+        dir,
+        "--out",
+        o,
+        "--population",
+        "8",
+        "--parents",
+        "3",
+        "--mutations",
+        "3",
+        "--crossovers",
+        "2",
+        "--generations",
+        "1",
+        "--val-subset",
+        "16",
     ]);
     assert!(ok, "{err}");
     std::fs::remove_dir_all(run.parent().unwrap()).ok();
@@ -1022,7 +1270,13 @@ fn weights_that_the_config_does_not_use_are_refused_naming_them() {
     let base = run.parent().unwrap().to_path_buf();
     let model = base.join("model");
     let (ok, _, err) = vitnas(&[
-        "export", "--supernet", run.to_str().unwrap(), "--arch", "largest", "--out", model.to_str().unwrap(),
+        "export",
+        "--supernet",
+        run.to_str().unwrap(),
+        "--arch",
+        "largest",
+        "--out",
+        model.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     assert!(vitnas::models::export::load_dir(&model).is_ok());
@@ -1036,42 +1290,75 @@ fn weights_that_the_config_does_not_use_are_refused_naming_them() {
         v["vitnas"]["config"][k].as_array_mut().unwrap().pop();
     }
     std::fs::write(&cfg, v.to_string()).unwrap();
-    let e = vitnas::models::export::load_dir(&model).unwrap_err().to_string();
+    let e = vitnas::models::export::load_dir(&model)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("model.safetensors") && e.contains(&format!("vit.encoder.layer.{}.", depth - 1)),
         "{e}"
     );
-    let (ok, _, err) = vitnas(&["eval", "--model", model.to_str().unwrap(), "--data", "data/fashion-mnist-sample"]);
+    let (ok, _, err) = vitnas(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "data/fashion-mnist-sample",
+    ]);
     assert!(!ok && err.contains("does not use"), "{err}");
     std::fs::write(&cfg, &original).unwrap();
     // A stray tensor.
     let st = model.join("model.safetensors");
     let (tensors, meta) = read_safetensors(&st, &candle_core::Device::Cpu).unwrap();
     let mut named: Vec<(String, candle_core::Tensor)> = tensors.into_iter().collect();
-    named.push(("stray.weight".into(), candle_core::Tensor::zeros(3, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap()));
+    named.push((
+        "stray.weight".into(),
+        candle_core::Tensor::zeros(3, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+    ));
     std::fs::write(&st, to_safetensors_bytes(&named, Some(meta)).unwrap()).unwrap();
-    let e = vitnas::models::export::load_dir(&model).unwrap_err().to_string();
+    let e = vitnas::models::export::load_dir(&model)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`stray.weight`"), "{e}");
     // A Hugging Face directory with a layer its config does not list.
     let hf = base.join("hf");
     std::fs::create_dir_all(&hf).unwrap();
     let fixture = repo_path("tests/fixtures/hf-tiny-vit");
-    std::fs::copy(fixture.join("model.safetensors"), hf.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        fixture.join("model.safetensors"),
+        hf.join("model.safetensors"),
+    )
+    .unwrap();
     let text = std::fs::read_to_string(fixture.join("config.json")).unwrap();
-    std::fs::write(hf.join("config.json"), text.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 2")).unwrap();
-    let e = vitnas::models::export::load_dir(&hf).unwrap_err().to_string();
+    std::fs::write(
+        hf.join("config.json"),
+        text.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 2"),
+    )
+    .unwrap();
+    let e = vitnas::models::export::load_dir(&hf)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("vit.encoder.layer.2."), "{e}");
     // And a Hugging Face BERT directory.
     let hfb = base.join("hf-bert");
     std::fs::create_dir_all(&hfb).unwrap();
     let fixture = repo_path("tests/fixtures/hf-tiny-bert");
-    std::fs::copy(fixture.join("model.safetensors"), hfb.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        fixture.join("model.safetensors"),
+        hfb.join("model.safetensors"),
+    )
+    .unwrap();
     let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap())
+            .unwrap();
     let depth = v["num_hidden_layers"].as_u64().unwrap();
     v["num_hidden_layers"] = (depth - 1).into();
     std::fs::write(hfb.join("config.json"), v.to_string()).unwrap();
-    let e = vitnas::models::bert::Bert::load_dir(&hfb).unwrap_err().to_string();
-    assert!(e.contains(&format!("encoder.layer.{}.", depth - 1)) && e.contains("does not use"), "{e}");
+    let e = vitnas::models::bert::Bert::load_dir(&hfb)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("encoder.layer.{}.", depth - 1)) && e.contains("does not use"),
+        "{e}"
+    );
     std::fs::remove_dir_all(base).ok();
 }

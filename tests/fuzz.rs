@@ -207,9 +207,13 @@ fn targets() -> Vec<Target> {
             };
             vitnas::latency::dataset::measure(&fmnist, &quick, &csv, |_, _| {}).unwrap();
             let d = vitnas::latency::dataset::read(&csv).unwrap();
-            let fitted = vitnas::latency::fit::fit(&d.space, &d.samples, 0.2, 0, 5, "seed").unwrap();
+            let fitted =
+                vitnas::latency::fit::fit(&d.space, &d.samples, 0.2, 0, 5, "seed").unwrap();
             let p = vitnas::latency::Predictor::from_fit(&d, &fitted);
-            (std::fs::read(&csv).unwrap(), serde_json::to_vec_pretty(&p).unwrap())
+            (
+                std::fs::read(&csv).unwrap(),
+                serde_json::to_vec_pretty(&p).unwrap(),
+            )
         })
         .clone();
     let lat_dir = scratch("latency");
@@ -217,7 +221,12 @@ fn targets() -> Vec<Target> {
     let text_dir = scratch("text");
     let (text_jsonl, text_csv) = (text_dir.join("fuzz.jsonl"), text_dir.join("fuzz.csv"));
     let spam = text("data/spam-sample/train.jsonl");
-    let cut = spam.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(3).map_or(spam.len(), |(i, _)| i + 1);
+    let cut = spam
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(3)
+        .map_or(spam.len(), |(i, _)| i + 1);
     let text_seeds = vec![
         spam[..cut].to_vec(),
         b"text,label\nhello there,spam\n\"a, \"\"quoted\"\" one\",ham\n".to_vec(),

@@ -436,10 +436,14 @@ fn the_latency_csv_column_names_are_checked() {
     let csv = dir.join("cols.csv");
     dataset::measure(&s, &quick(3), &csv, |_, _| {}).unwrap();
     let text = std::fs::read_to_string(&csv).unwrap();
-    let cols = "index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,mean_ms,std_ms,median_ms";
+    let cols =
+        "index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,mean_ms,std_ms,median_ms";
     assert!(text.contains(cols));
     for bad in [
-        text.replace(cols, "index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,median_ms,std_ms,mean_ms"),
+        text.replace(
+            cols,
+            "index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,median_ms,std_ms,mean_ms",
+        ),
         text.replace(&format!("{cols}\n"), ""),
     ] {
         std::fs::write(&csv, bad).unwrap();

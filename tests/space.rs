@@ -458,7 +458,10 @@ fn duplicate_choices_are_refused_naming_the_field() {
 #[test]
 fn a_space_of_one_class_is_refused_naming_the_field() {
     let msg = invalid(&FMNIST.replace("num_classes = 10", "num_classes = 1"));
-    assert!(msg.contains("input.num_classes") && msg.contains("at least 2"), "{msg}");
+    assert!(
+        msg.contains("input.num_classes") && msg.contains("at least 2"),
+        "{msg}"
+    );
     let bert = include_str!("../search_spaces/bert-minilm.toml");
     let line = bert
         .lines()
@@ -467,5 +470,8 @@ fn a_space_of_one_class_is_refused_naming_the_field() {
     let msg = Space::from_toml_str(&bert.replace(line, "num_classes = 1"), "bad-bert.toml")
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("text.num_classes") && msg.contains("at least 2"), "{msg}");
+    assert!(
+        msg.contains("text.num_classes") && msg.contains("at least 2"),
+        "{msg}"
+    );
 }

@@ -414,11 +414,22 @@ fn text_recipe_errors_name_the_field_or_file() {
     assert!(!ok && err.contains("no train file"), "{err}");
     // A max_len that leaves no room for the text, or that no position
     // embedding covers: refused naming data.text.max_len, before training.
-    for (len, want) in [("0", "minimum is 3"), ("2", "minimum is 3"), ("100000", "max_position_embeddings")] {
+    for (len, want) in [
+        ("0", "minimum is 3"),
+        ("2", "minimum is 3"),
+        ("100000", "max_position_embeddings"),
+    ] {
         let bad = dir.join(format!("len-{len}.toml"));
-        std::fs::write(&bad, text.replace("max_len = 32", &format!("max_len = {len}"))).unwrap();
+        std::fs::write(
+            &bad,
+            text.replace("max_len = 32", &format!("max_len = {len}")),
+        )
+        .unwrap();
         let (ok, _, err) = vitnas(&["train", s(&bad)]);
-        assert!(!ok && err.contains("data.text.max_len") && err.contains(want), "{len}: {err}");
+        assert!(
+            !ok && err.contains("data.text.max_len") && err.contains(want),
+            "{len}: {err}"
+        );
     }
     // A tokenizer file that does not exist is named as such (not looked up
     // as a pretrained model on the hub).
@@ -426,7 +437,10 @@ fn text_recipe_errors_name_the_field_or_file() {
     let missing = dir.join("nowhere/tokenizer.json");
     std::fs::write(
         &bad,
-        text.replace(&tokenizer().display().to_string(), &missing.display().to_string()),
+        text.replace(
+            &tokenizer().display().to_string(),
+            &missing.display().to_string(),
+        ),
     )
     .unwrap();
     let (ok, _, err) = vitnas(&["train", s(&bad)]);
@@ -439,15 +453,43 @@ fn text_recipe_errors_name_the_field_or_file() {
     // stays resumable) with a summary that says why it has no test results.
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::copy(repo_path("data/spam-sample/train.jsonl"), data.join("train.jsonl")).unwrap();
-    std::fs::write(data.join("test.jsonl"), "{\"text\": \"a\", \"label\": \"ham\"}\n{\"text\": \"b\", \"label\": \"eggs\"}\n").unwrap();
+    std::fs::copy(
+        repo_path("data/spam-sample/train.jsonl"),
+        data.join("train.jsonl"),
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("test.jsonl"),
+        "{\"text\": \"a\", \"label\": \"ham\"}\n{\"text\": \"b\", \"label\": \"eggs\"}\n",
+    )
+    .unwrap();
     let early = dir.join("run-bad-test");
-    let (ok, _, err) = vitnas(&["train", s(&recipe), "--data", s(&data), "--output-dir", s(&early)]);
-    assert!(!ok && err.contains("test.jsonl:2") && err.contains("eggs"), "{err}");
+    let (ok, _, err) = vitnas(&[
+        "train",
+        s(&recipe),
+        "--data",
+        s(&data),
+        "--output-dir",
+        s(&early),
+    ]);
+    assert!(
+        !ok && err.contains("test.jsonl:2") && err.contains("eggs"),
+        "{err}"
+    );
     assert!(!early.join("checkpoint.safetensors").exists());
     std::fs::remove_file(data.join("test.jsonl")).unwrap();
-    let (ok, out, err) = vitnas(&["train", s(&recipe), "--data", s(&data), "--output-dir", s(&dir.join("run-no-test"))]);
+    let (ok, out, err) = vitnas(&[
+        "train",
+        s(&recipe),
+        "--data",
+        s(&data),
+        "--output-dir",
+        s(&dir.join("run-no-test")),
+    ]);
     assert!(ok, "{err}");
-    assert!(out.contains("test_error") && out.contains("no test file"), "{out}");
+    assert!(
+        out.contains("test_error") && out.contains("no test file"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -147,12 +147,13 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                 b
             });
             let started = std::time::Instant::now();
-            let (n, interrupted) = dataset::measure_until(&space, &opts, &out, stop, |done, total| {
-                if let Some(b) = &bar {
-                    b.set_length(total as u64);
-                    b.set_position(done as u64);
-                }
-            })?;
+            let (n, interrupted) =
+                dataset::measure_until(&space, &opts, &out, stop, |done, total| {
+                    if let Some(b) = &bar {
+                        b.set_length(total as u64);
+                        b.set_position(done as u64);
+                    }
+                })?;
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -168,7 +169,9 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                     a.seed,
                     a.warmup,
                     a.runs,
-                    a.seq_len.map(|l| format!(" --seq-len {l}")).unwrap_or_default(),
+                    a.seq_len
+                        .map(|l| format!(" --seq-len {l}"))
+                        .unwrap_or_default(),
                     a.out.display()
                 );
                 return Err(super::Exit(super::train::EXIT_INTERRUPTED).into());

@@ -61,9 +61,10 @@ pub fn init_pool(n: usize) -> anyhow::Result<()> {
 pub fn env_threads() -> anyhow::Result<Option<usize>> {
     match std::env::var("RAYON_NUM_THREADS") {
         Ok(v) if !v.trim().is_empty() => {
-            let n: usize = v.trim().parse().map_err(|_| {
-                anyhow::anyhow!("RAYON_NUM_THREADS {v:?}: not a number of threads")
-            })?;
+            let n: usize = v
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("RAYON_NUM_THREADS {v:?}: not a number of threads"))?;
             match n {
                 0 => Ok(None),
                 n => Ok(Some(check(n, "RAYON_NUM_THREADS")?)),

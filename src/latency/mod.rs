@@ -422,7 +422,11 @@ impl Predictor {
                 if input_scale.len() != features.len() {
                     return Err(bad(
                         "model.input_scale",
-                        format!("{} scales for {} features", input_scale.len(), features.len()),
+                        format!(
+                            "{} scales for {} features",
+                            input_scale.len(),
+                            features.len()
+                        ),
                     ));
                 }
                 if let Some(s) = input_scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {

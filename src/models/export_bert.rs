@@ -235,11 +235,8 @@ pub fn load_dir(dir: &Path) -> Result<(Bert, Vec<String>)> {
             let file = dir.join("model.safetensors");
             let (tensors, _) =
                 crate::train::checkpoint::read_weights(&file, &candle_core::Device::Cpu)?;
-            let (vb, used, names) = super::used::recording(
-                tensors,
-                candle_core::DType::F32,
-                &candle_core::Device::Cpu,
-            );
+            let (vb, used, names) =
+                super::used::recording(tensors, candle_core::DType::F32, &candle_core::Device::Cpu);
             let model = Bert::load(&config, vb, "bert").map_err(|e| Error::Checkpoint {
                 path: file.clone(),
                 message: e.to_string(),

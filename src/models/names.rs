@@ -83,7 +83,11 @@ impl Family {
     /// Refuses a config.json (`config`, parsed) whose `model_type` names
     /// the other family, naming the file and the field: a ViT given where a
     /// BERT is expected is said to be one, not reported as a missing field.
-    pub fn check_config(self, path: &std::path::Path, config: &serde_json::Value) -> crate::Result<()> {
+    pub fn check_config(
+        self,
+        path: &std::path::Path,
+        config: &serde_json::Value,
+    ) -> crate::Result<()> {
         let Some(t) = config.get("model_type").and_then(|t| t.as_str()) else {
             return Ok(());
         };

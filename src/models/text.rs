@@ -118,7 +118,10 @@ impl TextTokenizer {
             todo = again;
             budget = budget.saturating_mul(8);
         }
-        Ok(out.into_iter().map(|e| e.expect("every text encoded")).collect())
+        Ok(out
+            .into_iter()
+            .map(|e| e.expect("every text encoded"))
+            .collect())
     }
 
     /// Token ids of each text, special tokens included (`[CLS] ... [SEP]`

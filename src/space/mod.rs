@@ -216,7 +216,10 @@ impl Space {
         // One class is no classification: every example would be "right".
         let classes = match &self.text {
             Some(t) => ("text.num_classes", t.num_classes),
-            None => ("input.num_classes", self.input.as_ref().map_or(0, |i| i.num_classes)),
+            None => (
+                "input.num_classes",
+                self.input.as_ref().map_or(0, |i| i.num_classes),
+            ),
         };
         if classes.1 < 2 {
             return Err(bad(

@@ -95,7 +95,8 @@ pub fn to_safetensors_bytes(
 }
 
 /// Integer buffers that Hugging Face checkpoints carry beside the weights.
-pub(crate) const INTEGER_BUFFERS: &[&str] = &["position_ids", "token_type_ids", "num_batches_tracked"];
+pub(crate) const INTEGER_BUFFERS: &[&str] =
+    &["position_ids", "token_type_ids", "num_batches_tracked"];
 
 /// [`read_safetensors`] for model weights: an integer tensor (other than
 /// the integer buffers Hugging Face checkpoints carry) is an error naming
@@ -145,7 +146,10 @@ fn first_non_finite(t: &Tensor) -> Result<Option<f64>> {
     if probe.to_scalar::<f64>()? == 0.0 {
         return Ok(None);
     }
-    let v = t.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+    let v = t
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1::<f64>()?;
     Ok(v.into_iter().find(|x| !x.is_finite()))
 }
 

@@ -94,7 +94,9 @@ pub fn tokenizer_of(recipe: &Recipe) -> Result<TextTokenizer> {
     } else if path.is_dir() {
         let f = path.join(TOKENIZER_FILE);
         if !f.is_file() {
-            return Err(missing(format!("{spec}: the directory has no {TOKENIZER_FILE}")));
+            return Err(missing(format!(
+                "{spec}: the directory has no {TOKENIZER_FILE}"
+            )));
         }
         f
     } else if spec.ends_with(".json") || path.is_absolute() || spec.starts_with('.') {
@@ -119,7 +121,10 @@ pub struct TextData {
 /// Reads, splits (seeded) and tokenises a recipe's training file.
 pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TextData> {
     let cfg = text_config(recipe)?;
-    let max_pos = space.text.as_ref().map_or(usize::MAX, |t| t.max_position_embeddings);
+    let max_pos = space
+        .text
+        .as_ref()
+        .map_or(usize::MAX, |t| t.max_position_embeddings);
     if cfg.max_len > max_pos {
         return Err(Error::InvalidRecipe {
             file: format!("recipe `{}`", recipe.name),
