@@ -6,7 +6,16 @@
 #
 #   evaluate/bench.sh [path/to/python-with-torch]
 #   VITNAS=/path/to/other/vitnas evaluate/bench.sh ...   # a before/after pair
-#   PART=vit|text evaluate/bench.sh ...  # one workload only (default: both)
+#   PART=vit|text|deploy evaluate/bench.sh ...  # one part only (default: all)
+#   ORT_PY=/tmp/ortenv/bin/python PART=deploy evaluate/bench.sh
+#
+# The deploy part times vitnas's engine against ONNX Runtime on the same
+# subnet, exported by vitnas as ONNX (`vitnas bench infer|bert-infer --onnx`,
+# evaluate/onnx_bench.py): the largest fmnist-tiny ViT at batch 1 and 256,
+# the bert-minilm supernet's largest subnet (all-MiniLM-L6-v2's shape, mean
+# pooling) at 128 tokens, batch 1 and 64. Its Python is ORT_PY (default: the
+# PyTorch one) with `pip install onnxruntime numpy`; PART=all runs it when
+# onnxruntime imports there.
 #   SIMD=avx2 evaluate/bench.sh ...     # what an AVX2-only CPU runs, both sides
 #   SIMD=scalar evaluate/bench.sh ...   # no vector math (report only)
 #
@@ -26,7 +35,8 @@ PY=${1:-../torchenv/bin/python}
 PEER=../shared/bench/torch_reference.py
 PEER_BERT=../shared/bench/torch_bert_reference.py
 PART=${PART:-all}
-case "$PART" in vit|text|all) ;; *) echo "PART must be vit, text or all, not $PART" >&2; exit 2 ;; esac
+case "$PART" in vit|text|deploy|all) ;; *) echo "PART must be vit, text, deploy or all, not $PART" >&2; exit 2 ;; esac
+ORT_PY=${ORT_PY:-$PY}
 SIMD=${SIMD:-native}
 case "$SIMD" in
   native) FEATURES=() ;;
@@ -59,7 +69,7 @@ a @ a  # MKL sgemm: the linear layers of the workload
 torch.nn.functional.conv2d(torch.rand(8, 16, 32, 32), torch.rand(16, 16, 3, 3))  # oneDNN
 PYEOF
 run() { echo "$1" >&2; eval "$1"; }
-if [ "$PART" != text ]; then
+if [ "$PART" = vit ] || [ "$PART" = all ]; then
 # Peak RSS of the training runs (kB), by GNU time.
 T=/usr/bin/time
 vt=$(run "$T -f %M -o /tmp/vitnas-rss $V bench train --steps 30 --batch 64 --threads 2")
@@ -89,7 +99,7 @@ print(f"vitnas training: {vt['gflops']:.1f} GFLOP/s executed ({vt['full_model_gf
       f" = {100*vt['gflops']/vg['gflops']:.0f}% of the measured gemm peak, {100*vt.get('reference_peak_fraction', vt.get('issue_peak_fraction', 0)):.0f}% of the 170 GFLOP/s AVX2 reference peak")
 PYEOF
 fi
-if [ "$PART" != vit ]; then
+if [ "$PART" = text ] || [ "$PART" = all ]; then
 # The text workload: sandwich steps at batch 32 x 128 tokens, inference of
 # the largest subnet at batch 1 and 64 x 128 tokens.
 tt=$(run "$V bench bert-train --steps 10 --batch 32 --seq 128 --threads 2")
@@ -107,5 +117,30 @@ print(f"{'train sandwich steps/s (batch 32)':38} {tt['steps_per_s']:10.3f} {pt['
 print(f"{'infer batch 1 ms (lower is better)':38} {t1['ms_per_batch']:10.2f} {p1['ms_per_batch']:10.2f} {t1['ms_per_batch']/p1['ms_per_batch']:7.2f}x  <= 0.5x")
 print(f"{'infer batch 64 sequences/s':38} {t64['sequences_per_s']:10.1f} {p64['sequences_per_s']:10.1f} {t64['sequences_per_s']/p64['sequences_per_s']:7.2f}x  >= 1.2x")
 print(f"vitnas text training: {tt['gflops']:.1f} GFLOP/s executed (padding is not computed)")
+PYEOF
+fi
+if [ "$PART" = deploy ] || { [ "$PART" = all ] && $ORT_PY -c 'import onnxruntime' 2>/dev/null; }; then
+# The deploy row: the same exported subnet in vitnas's engine and in ONNX
+# Runtime, one right after the other.
+D=$(mktemp -d)
+dv1=$(run "$V bench infer --batch 1 --iters 200 --threads 2 --onnx $D/vit.onnx")
+do1=$(run "$ORT_PY evaluate/onnx_bench.py $D/vit.onnx --batch 1 --iters 200 --threads 2")
+dv256=$(run "$V bench infer --batch 256 --iters 10 --threads 2")
+do256=$(run "$ORT_PY evaluate/onnx_bench.py $D/vit.onnx --batch 256 --iters 10 --threads 2")
+db1=$(run "$V bench bert-infer --batch 1 --seq 128 --iters 100 --threads 2 --onnx $D/bert.onnx")
+dob1=$(run "$ORT_PY evaluate/onnx_bench.py $D/bert.onnx --batch 1 --seq 128 --iters 100 --threads 2")
+db64=$(run "$V bench bert-infer --batch 64 --seq 128 --iters 5 --threads 2")
+dob64=$(run "$ORT_PY evaluate/onnx_bench.py $D/bert.onnx --batch 64 --seq 128 --iters 5 --threads 2")
+rm -r "$D"
+python3 - "$dv1" "$do1" "$dv256" "$do256" "$db1" "$dob1" "$db64" "$dob64" <<'PYEOF'
+import json, sys
+dv1, do1, dv256, do256, db1, dob1, db64, dob64 = (json.loads(a) for a in sys.argv[1:9])
+print(f"deploy: vitnas engine against {do1['runtime']} on the same exported subnet (2 threads; vitnas vector math {dv1['simd']})")
+print(f"{'workload':40} {'vitnas':>10} {'ORT':>10} {'ratio':>8}  target")
+print(f"{'ViT largest, batch 1 ms (lower is better)':40} {dv1['ms_per_batch']:10.2f} {do1['ms_per_batch']:10.2f} {dv1['ms_per_batch']/do1['ms_per_batch']:7.2f}x  <= 0.7x")
+print(f"{'ViT largest, batch 256 images/s':40} {dv256['images_per_s']:10.1f} {do256['images_per_s']:10.1f} {dv256['images_per_s']/do256['images_per_s']:7.2f}x  >= 1.2x")
+print(f"{'MiniLM-L6 128 tok, batch 1 ms':40} {db1['ms_per_batch']:10.2f} {dob1['ms_per_batch']:10.2f} {db1['ms_per_batch']/dob1['ms_per_batch']:7.2f}x  <= 0.7x")
+print(f"{'MiniLM-L6 128 tok, batch 64 seq/s':40} {db64['sequences_per_s']:10.1f} {dob64['sequences_per_s']:10.1f} {db64['sequences_per_s']/dob64['sequences_per_s']:7.2f}x  >= 1.2x")
+print("(batch 64: every second sequence's last quarter is padding; vitnas skips it, ONNX Runtime computes it)")
 PYEOF
 fi

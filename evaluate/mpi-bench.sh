@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Data-parallel training on MPI (evaluate/README.md, "Data-parallel training
-# on MPI"): a short real quickstart run (fmnist-tiny supernet, batch 64,
+# Data-parallel training on MPI (evaluate/studies/2026-11-29-mpi.md): a
+# short real quickstart run (fmnist-tiny supernet, batch 64,
 # sandwich + KL) at 2 ranks × 1 thread against 1 rank × 2 threads (and
 # 1 × 1, the per-rank compute of the projection), then the gradient
 # all-reduce alone (`vitnas bench allreduce`) for the fmnist-tiny and

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Crash and disk-full procedures for training runs (RELIABILITY.md).
+# Crash and disk-full procedures for training runs (docs/reliability.md).
 #
 #   evaluate/reliability.sh kill9 [N]   # N kill -9 at random moments, resume
 #                                       # after each; the result must equal an

@@ -72,6 +72,10 @@ pub enum Error {
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
 
+    /// A model that the ONNX export cannot express (the reason).
+    #[error("ONNX export: {message}")]
+    OnnxExport { message: String },
+
     /// An output directory that must not be written: it holds another
     /// artifact, it is the input, or another process is using it.
     #[error("{dir}: {message}")]

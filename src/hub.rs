@@ -3,8 +3,8 @@
 //! and loading its ViT tensors into the supernet's leading slices.
 
 use crate::error::{Error, Result};
-use crate::train::checkpoint::read_weights;
-use crate::train::step::Params;
+use crate::io::read_weights;
+use crate::supernet::params::Params;
 use candle_core::Device;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -194,7 +194,7 @@ pub fn load_bert_into(params: &Params, dir: &Path, head_dim: usize) -> Result<Lo
 
 /// Fills each variable of `params` from the same-named tensor of `file`
 /// (its leading slice when the pretrained tensor is smaller).
-fn fill(
+pub(crate) fn fill(
     params: &Params,
     file: &Path,
     mut tensors: std::collections::HashMap<String, candle_core::Tensor>,

@@ -19,10 +19,10 @@ use std::sync::Mutex;
 /// keeps it too). `fan_in` is the supernet's largest input width: every
 /// subnet inherits a slice of the same tensor.
 ///
-/// The default was chosen by measurement (evaluate/README.md, "Same-recipe
-/// parity"): on short schedules of small ViTs, `torch_default` learns
-/// markedly faster than `trunc_normal_0.02`, which is tuned for
-/// ImageNet-scale schedules.
+/// The default was chosen by measurement
+/// (`evaluate/studies/2026-11-29-parity-and-init.md`): on short schedules
+/// of small ViTs, `torch_default` learns markedly faster than
+/// `trunc_normal_0.02`, which is tuned for ImageNet-scale schedules.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InitScheme {
     /// PyTorch's `nn.Linear` default: weight and bias U(±1/√fan_in); class

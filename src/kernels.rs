@@ -2,10 +2,16 @@
 //! affine part), bias add (column-sum backward), scaled softmax over the
 //! last dimension, exact GELU, multi-head attention (`attention.rs`) and
 //! the linear layer (`linear.rs`).
-//! Each forward is a candle `CustomOp1` whose `bwd` calls a second fused
+//! Each forward is a candle custom op whose `bwd` calls a second fused
 //! kernel, so autograd flows through them (unlike candle's fast
 //! `LayerNorm` / `softmax_last_dim`). Rows are split across threads only
 //! when the tensor is large enough to pay for the dispatch.
+//!
+//! A kernel on contiguous inputs implements [`Kernel`] (its name, its
+//! forward on `f32` slices, its backward); [`Fused`] turns it into candle's
+//! `CustomOp1` / `CustomOp2` / `CustomOp3`, so the storage plumbing is
+//! written once. The linear layer, which reads strided inputs, implements
+//! `CustomOp3` itself.
 
 mod attention;
 mod linear;
@@ -21,6 +27,101 @@ use rayon::prelude::*;
 
 /// Below this many elements a kernel runs on the calling thread.
 const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// A fused f32 kernel on `N` contiguous inputs: the part of a candle
+/// custom op that differs from one op to the next.
+trait Kernel<const N: usize>: Send + Sync {
+    /// The op's name, in candle's graph and in error messages.
+    const NAME: &'static str;
+
+    /// The output and its shape, from the inputs' data and layouts.
+    fn fwd(&self, x: [&[f32]; N], l: [&Layout; N]) -> Result<(Vec<f32>, Shape)>;
+
+    /// The inputs' gradients, from the inputs, the output and its gradient;
+    /// a kernel only applied without backward keeps this default.
+    fn bwd(&self, _x: [&Tensor; N], _res: &Tensor, _grad: &Tensor) -> Result<[Option<Tensor>; N]> {
+        Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
+    }
+}
+
+/// A [`Kernel`] as a candle custom op of its arity: the inputs checked to
+/// be contiguous f32 CPU storage, the output wrapped back.
+struct Fused<K>(K);
+
+impl<K: Kernel<1>> CustomOp1 for Fused<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (out, shape) = self.0.fwd([slice(s, l, K::NAME)?], [l])?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let [dx] = self.0.bwd([x], res, grad)?;
+        Ok(dx)
+    }
+}
+
+impl<K: Kernel<2>> CustomOp2 for Fused<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = [slice(s1, l1, K::NAME)?, slice(s2, l2, K::NAME)?];
+        let (out, shape) = self.0.fwd(x, [l1, l2])?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+    fn bwd(
+        &self,
+        x1: &Tensor,
+        x2: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [d1, d2] = self.0.bwd([x1, x2], res, grad)?;
+        Ok((d1, d2))
+    }
+}
+
+impl<K: Kernel<3>> CustomOp3 for Fused<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = [
+            slice(s1, l1, K::NAME)?,
+            slice(s2, l2, K::NAME)?,
+            slice(s3, l3, K::NAME)?,
+        ];
+        let (out, shape) = self.0.fwd(x, [l1, l2, l3])?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+    fn bwd(
+        &self,
+        x1: &Tensor,
+        x2: &Tensor,
+        x3: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [d1, d2, d3] = self.0.bwd([x1, x2, x3], res, grad)?;
+        Ok((d1, d2, d3))
+    }
+}
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let v = match s {
@@ -73,26 +174,18 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-impl CustomOp3 for LayerNorm {
-    fn name(&self) -> &'static str {
-        "vitnas-layer-norm"
-    }
-    fn cpu_fwd(
+impl Kernel<3> for LayerNorm {
+    const NAME: &'static str = "vitnas-layer-norm";
+    fn fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let (gamma, beta) = (slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        [x, gamma, beta]: [&[f32]; 3],
+        [l1, ..]: [&Layout; 3],
+    ) -> Result<(Vec<f32>, Shape)> {
         let d = last_dim(l1);
         if gamma.len() != d || beta.len() != d {
             bail!(
                 "{}: gamma/beta have {}/{} entries for rows of {d}",
-                self.name(),
+                Self::NAME,
                 gamma.len(),
                 beta.len()
             );
@@ -104,39 +197,24 @@ impl CustomOp3 for LayerNorm {
                 *o = (v - mean) * rstd * g + b;
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
     fn bwd(
         &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
+        [x, gamma, _]: [&Tensor; 3],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 3]> {
         let g = grad.contiguous()?;
-        let dx = x.apply_op3_no_bwd(&g, gamma, &LayerNormBwdX { eps: self.eps })?;
-        let p = x.apply_op2_no_bwd(&g, &LayerNormBwdParams { eps: self.eps })?;
-        Ok((Some(dx), Some(p.get(0)?), Some(p.get(1)?)))
+        let dx = x.apply_op3_no_bwd(&g, gamma, &Fused(LayerNormBwdX { eps: self.eps }))?;
+        let p = x.apply_op2_no_bwd(&g, &Fused(LayerNormBwdParams { eps: self.eps }))?;
+        Ok([Some(dx), Some(p.get(0)?), Some(p.get(1)?)])
     }
 }
 
-impl CustomOp3 for LayerNormBwdX {
-    fn name(&self) -> &'static str {
-        "vitnas-layer-norm-bwd-x"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let g = slice(s2, l2, self.name())?;
-        let gamma = slice(s3, l3, self.name())?;
+impl Kernel<3> for LayerNormBwdX {
+    const NAME: &'static str = "vitnas-layer-norm-bwd-x";
+    fn fwd(&self, [x, g, gamma]: [&[f32]; 3], [l1, ..]: [&Layout; 3]) -> Result<(Vec<f32>, Shape)> {
         let d = last_dim(l1);
         let out = map_rows(x.len(), d, |r, o| {
             let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
@@ -152,23 +230,13 @@ impl CustomOp3 for LayerNormBwdX {
                 *o = rstd * (gv * ga - mg - (v - mean) * rstd * mgx);
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
 }
 
-impl CustomOp2 for LayerNormBwdParams {
-    fn name(&self) -> &'static str {
-        "vitnas-layer-norm-bwd-params"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let g = slice(s2, l2, self.name())?;
+impl Kernel<2> for LayerNormBwdParams {
+    const NAME: &'static str = "vitnas-layer-norm-bwd-params";
+    fn fwd(&self, [x, g]: [&[f32]; 2], [l1, _]: [&Layout; 2]) -> Result<(Vec<f32>, Shape)> {
         let d = last_dim(l1);
         let rows = x.len() / d.max(1);
         let partial = |r0: usize, r1: usize| {
@@ -185,7 +253,7 @@ impl CustomOp2 for LayerNormBwdParams {
             acc
         };
         let out = sum_partials(rows, x.len(), 2 * d, partial);
-        Ok((CpuStorage::F32(out), Shape::from((2, d))))
+        Ok((out, Shape::from((2, d))))
     }
 }
 
@@ -221,7 +289,7 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     x.contiguous()?.apply_op3(
         &gamma.contiguous()?,
         &beta.contiguous()?,
-        LayerNorm { eps: eps as f32 },
+        Fused(LayerNorm { eps: eps as f32 }),
     )
 }
 
@@ -235,24 +303,14 @@ struct ColumnSum {
     n: usize,
 }
 
-impl CustomOp2 for BiasAdd {
-    fn name(&self) -> &'static str {
-        "vitnas-bias-add"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let b = slice(s2, l2, self.name())?;
+impl Kernel<2> for BiasAdd {
+    const NAME: &'static str = "vitnas-bias-add";
+    fn fwd(&self, [x, b]: [&[f32]; 2], [l1, _]: [&Layout; 2]) -> Result<(Vec<f32>, Shape)> {
         let n = b.len();
         if n == 0 || x.len() % n != 0 {
             bail!(
                 "{}: bias of {n} does not tile an input of {}",
-                self.name(),
+                Self::NAME,
                 x.len()
             );
         }
@@ -261,28 +319,22 @@ impl CustomOp2 for BiasAdd {
                 *o = v + bv;
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
     fn bwd(
         &self,
-        _x: &Tensor,
-        b: &Tensor,
+        [_, b]: [&Tensor; 2],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let db = grad
-            .contiguous()?
-            .apply_op1_no_bwd(&ColumnSum { n: b.elem_count() })?;
-        Ok((Some(grad.clone()), Some(db.reshape(b.shape())?)))
+    ) -> Result<[Option<Tensor>; 2]> {
+        let db = column_sum(&grad.contiguous()?, b.elem_count())?;
+        Ok([Some(grad.clone()), Some(db.reshape(b.shape())?)])
     }
 }
 
-impl CustomOp1 for ColumnSum {
-    fn name(&self) -> &'static str {
-        "vitnas-column-sum"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = slice(s, l, self.name())?;
+impl Kernel<1> for ColumnSum {
+    const NAME: &'static str = "vitnas-column-sum";
+    fn fwd(&self, [g]: [&[f32]; 1], _: [&Layout; 1]) -> Result<(Vec<f32>, Shape)> {
         let n = self.n;
         let rows = g.len() / n.max(1);
         let out = sum_partials(rows, g.len(), n, |r0, r1| {
@@ -294,14 +346,20 @@ impl CustomOp1 for ColumnSum {
             }
             acc
         });
-        Ok((CpuStorage::F32(out), Shape::from(n)))
+        Ok((out, Shape::from(n)))
     }
+}
+
+/// Column sums `[n]` of a contiguous `g` viewed as `[rows, n]` (a bias
+/// gradient); no backward.
+fn column_sum(g: &Tensor, n: usize) -> Result<Tensor> {
+    g.apply_op1_no_bwd(&Fused(ColumnSum { n }))
 }
 
 /// `x + b`, `b` broadcast over `x`'s leading dimensions; differentiable, with
 /// the bias gradient a direct column sum.
 pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)
+    x.contiguous()?.apply_op2(&b.contiguous()?, Fused(BiasAdd))
 }
 
 // ------------------------------------------------------------------ softmax
@@ -315,40 +373,25 @@ struct SoftmaxBwd {
     scale: f32,
 }
 
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "vitnas-softmax"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, self.name())?;
+impl Kernel<1> for Softmax {
+    const NAME: &'static str = "vitnas-softmax";
+    fn fwd(&self, [x]: [&[f32]; 1], [l]: [&Layout; 1]) -> Result<(Vec<f32>, Shape)> {
         let d = last_dim(l);
         let out = map_rows(x.len(), d, |r, o| {
             o.copy_from_slice(&x[r * d..(r + 1) * d]);
             vecmath::softmax_row(o, self.scale);
         });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((out, l.shape().clone()))
     }
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(
-            &grad.contiguous()?,
-            &SoftmaxBwd { scale: self.scale },
-        )?))
+    fn bwd(&self, _: [&Tensor; 1], res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 1]> {
+        let bwd = Fused(SoftmaxBwd { scale: self.scale });
+        Ok([Some(res.apply_op2_no_bwd(&grad.contiguous()?, &bwd)?)])
     }
 }
 
-impl CustomOp2 for SoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "vitnas-softmax-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = slice(s1, l1, self.name())?;
-        let g = slice(s2, l2, self.name())?;
+impl Kernel<2> for SoftmaxBwd {
+    const NAME: &'static str = "vitnas-softmax-bwd";
+    fn fwd(&self, [y, g]: [&[f32]; 2], [l1, _]: [&Layout; 2]) -> Result<(Vec<f32>, Shape)> {
         let d = last_dim(l1);
         let out = map_rows(y.len(), d, |r, o| {
             let (yr, gr) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
@@ -357,15 +400,15 @@ impl CustomOp2 for SoftmaxBwd {
                 *o = self.scale * yv * (gv - dot);
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
 }
 
 /// `softmax(scale · x)` over the last dimension (`scale` > 0), differentiable.
 pub fn softmax_last_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax {
+    x.contiguous()?.apply_op1(Fused(Softmax {
         scale: scale as f32,
-    })
+    }))
 }
 
 // --------------------------------------------------------------------- GELU
@@ -377,12 +420,9 @@ struct GeluBwd;
 /// Chunk of an element-wise kernel given to one task.
 const CHUNK: usize = 1 << 13;
 
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "vitnas-gelu"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, self.name())?;
+impl Kernel<1> for Gelu {
+    const NAME: &'static str = "vitnas-gelu";
+    fn fwd(&self, [x]: [&[f32]; 1], [l]: [&Layout; 1]) -> Result<(Vec<f32>, Shape)> {
         let mut out = vec![0f32; x.len()];
         if x.len() >= PAR_MIN_ELEMS {
             out.par_chunks_mut(CHUNK)
@@ -391,26 +431,19 @@ impl CustomOp1 for Gelu {
         } else {
             vecmath::gelu(x, &mut out);
         }
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((out, l.shape().clone()))
     }
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluBwd)?))
+    fn bwd(&self, [x]: [&Tensor; 1], _res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 1]> {
+        Ok([Some(
+            x.apply_op2_no_bwd(&grad.contiguous()?, &Fused(GeluBwd))?,
+        )])
     }
 }
 
-impl CustomOp2 for GeluBwd {
-    fn name(&self) -> &'static str {
-        "vitnas-gelu-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let mut out = slice(s2, l2, self.name())?.to_vec();
+impl Kernel<2> for GeluBwd {
+    const NAME: &'static str = "vitnas-gelu-bwd";
+    fn fwd(&self, [x, g]: [&[f32]; 2], [l1, _]: [&Layout; 2]) -> Result<(Vec<f32>, Shape)> {
+        let mut out = g.to_vec();
         if x.len() >= PAR_MIN_ELEMS {
             out.par_chunks_mut(CHUNK)
                 .zip(x.par_chunks(CHUNK))
@@ -418,11 +451,11 @@ impl CustomOp2 for GeluBwd {
         } else {
             vecmath::gelu_backward(x, &mut out);
         }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
 }
 
 /// Exact (erf) GELU, differentiable.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Gelu)
+    x.contiguous()?.apply_op1(Fused(Gelu))
 }

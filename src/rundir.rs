@@ -6,6 +6,9 @@
 //! wherever it has been moved or copied, never where its recipe's
 //! `output_dir` pointed when it started.
 
+/// Atomic file writes (kept in the crate's low file-I/O module).
+pub use crate::io::write_atomic;
+
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
@@ -31,8 +34,8 @@ pub enum Artifact {
     /// new run may start over in it with `--force`: no trained weights
     /// are there to lose.
     UnstartedRun,
-    /// An exported model (`export`): model.safetensors + config.json,
-    /// no training state.
+    /// An exported model (`export`): model.safetensors + config.json, or
+    /// model.onnx + arch.json; no training state.
     ExportedModel,
     /// A search output directory (`search`): it has a search state.
     Search,
@@ -59,7 +62,9 @@ impl Artifact {
                 Artifact::TrainingRun
             } else if has("metrics.jsonl") {
                 Artifact::UnstartedRun
-            } else if has("model.safetensors") && has("config.json") {
+            } else if (has("model.safetensors") && has("config.json"))
+                || (has("model.onnx") && has("arch.json"))
+            {
                 Artifact::ExportedModel
             } else if has(SEARCH_STATE_FILE) {
                 Artifact::Search

@@ -5,78 +5,18 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use common::{max_abs_diff, repo_path};
-use rand::{rngs::StdRng, Rng, SeedableRng};
-use vitnas::init::{seeded_var_builder, InitScheme};
+use common::{bert_supernet, max_abs_diff, minilm, repo_path, tiny_bert, tokens};
+use rand::{rngs::StdRng, SeedableRng};
 use vitnas::models::bert::Bert;
 use vitnas::space::{Arch, Space};
-use vitnas::supernet::bert::{BertSupernet, Tokens};
+use vitnas::supernet::bert::Tokens;
 use vitnas::train::step::Params;
-
-fn tiny(pooling: &str) -> Space {
-    Space::from_toml_str(
-        &format!(
-            r#"
-            name = "tiny-bert"
-            [text]
-            vocab_size = 50
-            max_position_embeddings = 16
-            num_classes = 3
-            seq_len = 12
-            pooling = "{pooling}"
-            [supernet]
-            embed_dim = 32
-            depth = 3
-            num_heads = 4
-            head_dim = 8
-            mlp_dim = 64
-            layer_norm_eps = 1e-12
-            [choices]
-            embed_dim = [16, 24, 32]
-            depth = [2, 3]
-            num_heads = [2, 3, 4]
-            mlp_dim = [16, 40, 64]
-            "#
-        ),
-        "tiny-bert.toml",
-    )
-    .unwrap()
-}
-
-fn build(space: &Space, seed: u64) -> (BertSupernet, VarMap) {
-    let vm = VarMap::new();
-    let vb = seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu);
-    (
-        BertSupernet::with_init(space, InitScheme::TruncNormal002, vb).unwrap(),
-        vm,
-    )
-}
-
-/// `[b, t]` ids (first token 1 as a [CLS] stand-in) and a mask whose odd
-/// rows end in padding.
-fn tokens(b: usize, t: usize, vocab: u32, seed: u64) -> (Tensor, Tensor) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut ids = Vec::new();
-    let mut mask = Vec::new();
-    for r in 0..b {
-        for j in 0..t {
-            let pad = r % 2 == 1 && j >= t - t / 3;
-            ids.push(if pad { 0 } else { rng.random_range(1..vocab) });
-            mask.push(u32::from(!pad));
-        }
-    }
-    (
-        Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
-        Tensor::from_vec(mask, (b, t), &Device::Cpu).unwrap(),
-    )
-}
 
 #[test]
 fn extracted_text_subnet_matches_supernet_logits_with_padding() {
     for pooling in ["pooler", "mean"] {
-        let space = tiny(pooling);
-        let (net, _vm) = build(&space, 3);
+        let space = tiny_bert(pooling, "[2, 3, 4]");
+        let (net, _vm) = bert_supernet(&space, 3);
         let (ids, mask) = tokens(4, 10, 50, 1);
         let x = Tokens {
             ids: &ids,
@@ -96,8 +36,8 @@ fn extracted_text_subnet_matches_supernet_logits_with_padding() {
 
 #[test]
 fn every_text_supernet_parameter_gets_exactly_its_slice_gradient() {
-    let space = tiny("pooler");
-    let (net, vm) = build(&space, 5);
+    let space = tiny_bert("pooler", "[2, 3, 4]");
+    let (net, vm) = bert_supernet(&space, 5);
     let params = Params::from_varmap(&vm);
     let (ids, mask) = tokens(3, 9, 50, 2);
     let x = Tokens {
@@ -195,20 +135,10 @@ fn assert_no_gradient(name: &str, g: &Tensor) {
     }
 }
 
-fn minilm() -> std::path::PathBuf {
-    let d = repo_path("../shared/models/all-MiniLM-L6-v2");
-    assert!(
-        d.join("model.safetensors").is_file(),
-        "{} is missing: the repository expects ../shared beside it",
-        d.display()
-    );
-    d
-}
-
 #[test]
 fn all_minilm_l6_v2_fills_the_largest_subnet_exactly() {
     let space = Space::from_file(repo_path("search_spaces/bert-minilm.toml")).unwrap();
-    let (net, vm) = build(&space, 0);
+    let (net, vm) = bert_supernet(&space, 0);
     let params = Params::from_varmap(&vm);
     let report = vitnas::hub::load_bert_into(&params, &minilm(), 32).unwrap();
     // Everything but the new classifier comes from the checkpoint.
@@ -242,8 +172,8 @@ fn the_engine_step_on_a_text_supernet_equals_the_autograd_step() {
     use vitnas::train::sampler::Plan;
     use vitnas::train::step::{accumulate_groups, Batch, Forward, Input, Path};
     for pooling in ["pooler", "mean"] {
-        let space = tiny(pooling);
-        let (net, vm) = build(&space, 11);
+        let space = tiny_bert(pooling, "[2, 3, 4]");
+        let (net, vm) = bert_supernet(&space, 11);
         let params = Params::from_varmap(&vm);
         let (ids, mask) = tokens(5, 11, 50, 4);
         let labels = Tensor::from_vec(vec![0u32, 2, 1, 1, 0], 5, &Device::Cpu).unwrap();

@@ -250,6 +250,7 @@ fn engine_and_autograd_sandwich_steps_agree() {
         alpha_min: -1.0,
         alpha_max: 1.0,
         iw_clip: 5.0,
+        surrogate: Default::default(),
     };
     let distills: [&dyn Distill; 2] = [&Kl, &alpha];
     for distill in distills {
@@ -345,6 +346,7 @@ fn engine_and_autograd_nasvit_steps_agree_with_scaling_layers() {
         alpha_min: -1.0,
         alpha_max: 1.0,
         iw_clip: 5.0,
+        surrogate: Default::default(),
     };
     let strategy = Nasvit {
         start_epoch: 0,

@@ -9,7 +9,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use common::{max_abs, max_abs_diff, repo_path};
+use common::{max_abs, max_abs_diff};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::HashMap;
 use vitnas::engine::{self, Config, Head, Input, Model, Weights};
@@ -20,35 +20,15 @@ use vitnas::{Arch, Space};
 /// Vocabulary 100, hidden 32, 3 layers of 4 heads × 8, FFN 64, 3 classes;
 /// per-layer choices, and layer 1 with its own lists.
 fn space(pooling: &str) -> Space {
-    let text = format!(
-        r#"
-name = "tiny-text"
-[text]
-vocab_size = 100
-max_position_embeddings = 16
-type_vocab_size = 2
-num_classes = 3
-seq_len = 10
-pooling = "{pooling}"
-[supernet]
-embed_dim = 32
-depth = 3
-num_heads = 4
-head_dim = 8
-mlp_dim = 64
-layer_norm_eps = 1e-12
-[choices]
-embed_dim = [16, 24, 32]
-depth = [1, 2, 3]
-num_heads = [2, 3, 4]
-mlp_dim = [32, 48, 64]
-[[layer]]
-index = 1
-num_heads = [1, 4]
-mlp_dim = [40, 64]
-"#
-    );
-    Space::from_toml_str(&text, "tiny-text.toml").unwrap()
+    common::text_space(
+        "tiny-text",
+        &format!(
+            "vocab_size = 100\nmax_position_embeddings = 16\ntype_vocab_size = 2\n\
+             num_classes = 3\nseq_len = 10\npooling = \"{pooling}\""
+        ),
+        "embed_dim = [16, 24, 32]\ndepth = [1, 2, 3]\nnum_heads = [2, 3, 4]\nmlp_dim = [32, 48, 64]\n\
+         [[layer]]\nindex = 1\nnum_heads = [1, 4]\nmlp_dim = [40, 64]",
+    )
 }
 
 const POOLINGS: [&str; 2] = ["pooler", "mean"];
@@ -567,7 +547,7 @@ fn engine_rejects_text_inputs_and_archs_that_do_not_fit() {
 /// of different lengths (a padded batch) equal the static BERT's.
 #[test]
 fn engine_mean_pools_all_minilm_l6_v2_as_the_static_bert_does() {
-    let dir = repo_path("../shared/models/all-MiniLM-L6-v2");
+    let dir = common::minilm_dir();
     if !dir.join("model.safetensors").is_file() {
         eprintln!("skipped: {} is absent", dir.display());
         return;

@@ -6,13 +6,9 @@
 
 mod common;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
-use candle_nn::VarMap;
-use common::{max_abs_diff, repo_path};
-use rand::{rngs::StdRng, Rng, SeedableRng};
-use std::path::PathBuf;
+use candle_core::{Device, IndexOp, Tensor};
+use common::{bert_supernet, max_abs_diff, minilm, repo_path, scratch, text_batch, tiny_bert};
 use vitnas::data::text::{load_text, TextBatch, TextFields, TokenizedDataset};
-use vitnas::init::{seeded_var_builder, InitScheme};
 use vitnas::models::bert::mean_pool;
 use vitnas::models::text::TextTokenizer;
 use vitnas::space::{Arch, Space};
@@ -20,70 +16,6 @@ use vitnas::supernet::bert::{BertSupernet, Tokens};
 use vitnas::supernet::rewire::{importance, rewire, Importance, RewireReport};
 use vitnas::train::step::Params;
 use vitnas::Error;
-
-fn tiny(pooling: &str, head_choices: &str) -> Space {
-    Space::from_toml_str(
-        &format!(
-            r#"
-            name = "tiny-bert"
-            [text]
-            vocab_size = 50
-            max_position_embeddings = 16
-            num_classes = 3
-            seq_len = 12
-            pooling = "{pooling}"
-            [supernet]
-            embed_dim = 32
-            depth = 3
-            num_heads = 4
-            head_dim = 8
-            mlp_dim = 64
-            layer_norm_eps = 1e-12
-            [choices]
-            embed_dim = [16, 24, 32]
-            depth = [2, 3]
-            num_heads = {head_choices}
-            mlp_dim = [16, 40, 64]
-            "#
-        ),
-        "tiny-bert.toml",
-    )
-    .unwrap()
-}
-
-fn build(space: &Space, seed: u64) -> (BertSupernet, VarMap) {
-    let vm = VarMap::new();
-    let vb = seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu);
-    (
-        BertSupernet::with_init(space, InitScheme::TruncNormal002, vb).unwrap(),
-        vm,
-    )
-}
-
-/// A labelled `[b, t]` batch whose odd rows end in padding.
-fn batch(b: usize, t: usize, vocab: u32, classes: u32, seed: u64) -> TextBatch {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (mut ids, mut mask, mut lengths) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..b {
-        let len = if r % 2 == 1 { t - t / 3 } else { t };
-        for j in 0..t {
-            ids.push(if j < len {
-                rng.random_range(1..vocab)
-            } else {
-                0
-            });
-            mask.push(u32::from(j < len));
-        }
-        lengths.push(len);
-    }
-    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..classes)).collect();
-    TextBatch {
-        ids: Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
-        attention_mask: Tensor::from_vec(mask, (b, t), &Device::Cpu).unwrap(),
-        labels: Tensor::from_vec(labels, b, &Device::Cpu).unwrap(),
-        lengths,
-    }
-}
 
 fn logits(net: &BertSupernet, b: &TextBatch, arch: &Arch) -> Tensor {
     let x = Tokens {
@@ -132,20 +64,14 @@ fn used_widths(space: &Space) -> (Vec<usize>, Vec<usize>) {
     )
 }
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vitnas-rewire-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn rewired_tiny_supernet_computes_the_same_logits_on_a_padded_batch() {
     for pooling in ["pooler", "mean"] {
-        let space = tiny(pooling, "[2, 3, 4]");
-        let (net, vm) = build(&space, 11);
+        let space = tiny_bert(pooling, "[2, 3, 4]");
+        let (net, vm) = bert_supernet(&space, 11);
         let params = Params::from_varmap(&vm);
-        let sample = [batch(6, 10, 50, 3, 1), batch(5, 12, 50, 3, 2)];
-        let probe = batch(4, 9, 50, 3, 3);
+        let sample = [text_batch(6, 10, 50, 3, 1), text_batch(5, 12, 50, 3, 2)];
+        let probe = text_batch(4, 9, 50, 3, 3);
         let largest = space.largest();
         let before = logits(&net, &probe, &largest);
         let imp = importance(&net, &sample).unwrap();
@@ -163,7 +89,7 @@ fn rewired_tiny_supernet_computes_the_same_logits_on_a_padded_batch() {
         let d = max_abs_diff(&before, &after);
         assert!(d < 1e-5, "{pooling}: largest subnet's logits moved by {d}");
         // The report goes to a run directory and reads back the same.
-        let dir = scratch(pooling);
+        let dir = scratch(&format!("rewire-{pooling}"));
         let path = report.write(&dir).unwrap();
         let back: RewireReport =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -174,10 +100,10 @@ fn rewired_tiny_supernet_computes_the_same_logits_on_a_padded_batch() {
 
 #[test]
 fn importance_is_non_increasing_along_every_tiny_layer_after_rewiring() {
-    let space = tiny("pooler", "[2, 3, 4]");
-    let (net, vm) = build(&space, 12);
+    let space = tiny_bert("pooler", "[2, 3, 4]");
+    let (net, vm) = bert_supernet(&space, 12);
     let params = Params::from_varmap(&vm);
-    let sample = [batch(8, 12, 50, 3, 4), batch(8, 10, 50, 3, 5)];
+    let sample = [text_batch(8, 12, 50, 3, 4), text_batch(8, 10, 50, 3, 5)];
     let report = rewire(&net, &params, &importance(&net, &sample).unwrap()).unwrap();
     let again = importance(&net, &sample).unwrap();
     let (heads, neurons) = used_widths(&space);
@@ -203,8 +129,8 @@ fn importance_is_non_increasing_along_every_tiny_layer_after_rewiring() {
 
 #[test]
 fn rewire_moves_whole_head_blocks_and_each_neuron_row_and_column_together() {
-    let space = tiny("mean", "[2, 3, 4]");
-    let (net, vm) = build(&space, 13);
+    let space = tiny_bert("mean", "[2, 3, 4]");
+    let (net, vm) = bert_supernet(&space, 13);
     let params = Params::from_varmap(&vm);
     let copy = |t: &Tensor| t.copy().unwrap();
     let l0 = &net.layers[0];
@@ -274,12 +200,12 @@ fn rewire_moves_whole_head_blocks_and_each_neuron_row_and_column_together() {
 #[test]
 fn rewire_keeps_heads_the_largest_subnet_does_not_use_in_place() {
     // The supernet has 4 heads, the space uses at most 3.
-    let space = tiny("pooler", "[2, 3]");
-    let (net, vm) = build(&space, 14);
+    let space = tiny_bert("pooler", "[2, 3]");
+    let (net, vm) = bert_supernet(&space, 14);
     let params = Params::from_varmap(&vm);
-    let probe = batch(4, 9, 50, 3, 6);
+    let probe = text_batch(4, 9, 50, 3, 6);
     let before = logits(&net, &probe, &space.largest());
-    let mut imp = importance(&net, &[batch(6, 10, 50, 3, 7)]).unwrap();
+    let mut imp = importance(&net, &[text_batch(6, 10, 50, 3, 7)]).unwrap();
     assert!(imp.heads.iter().all(|h| h[3] == 0.0), "{:?}", imp.heads);
     imp.heads[0] = vec![1.0, 2.0, 3.0, 100.0];
     let report = rewire(&net, &params, &imp).unwrap();
@@ -290,8 +216,8 @@ fn rewire_keeps_heads_the_largest_subnet_does_not_use_in_place() {
 
 #[test]
 fn rewire_rejects_importance_of_the_wrong_shape_and_foreign_params_naming_them() {
-    let space = tiny("pooler", "[2, 3, 4]");
-    let (net, vm) = build(&space, 15);
+    let space = tiny_bert("pooler", "[2, 3, 4]");
+    let (net, vm) = bert_supernet(&space, 15);
     let params = Params::from_varmap(&vm);
     let good = Importance {
         heads: vec![vec![0.0; 4]; 3],
@@ -314,7 +240,7 @@ fn rewire_rejects_importance_of_the_wrong_shape_and_foreign_params_naming_them()
             other => panic!("expected a tensor error, got {other:?}"),
         }
     }
-    let (_, other_vm) = build(&space, 16);
+    let (_, other_vm) = bert_supernet(&space, 16);
     match rewire(&net, &Params::from_varmap(&other_vm), &good) {
         Err(Error::Tensor { name, message }) => {
             assert_eq!(name, "bert.encoder.layer.0.attention.self.query.weight");
@@ -325,21 +251,11 @@ fn rewire_rejects_importance_of_the_wrong_shape_and_foreign_params_naming_them()
     assert!(matches!(importance(&net, &[]), Err(Error::Data { .. })));
 }
 
-fn minilm() -> PathBuf {
-    let d = repo_path("../shared/models/all-MiniLM-L6-v2");
-    assert!(
-        d.join("model.safetensors").is_file(),
-        "{} is missing: the repository expects ../shared beside it",
-        d.display()
-    );
-    d
-}
-
 /// The supernet of `search_spaces/bert-minilm.toml` holding MiniLM (the
 /// classifier seeded).
 fn minilm_supernet() -> (Space, BertSupernet, Params) {
     let space = Space::from_file(repo_path("search_spaces/bert-minilm.toml")).unwrap();
-    let (net, vm) = build(&space, 0);
+    let (net, vm) = bert_supernet(&space, 0);
     let params = Params::from_varmap(&vm);
     vitnas::hub::load_bert_into(&params, &minilm(), 32).unwrap();
     (space, net, params)

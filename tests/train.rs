@@ -289,6 +289,7 @@ fn distillation_losses_vanish_when_student_equals_teacher_and_grow_apart() {
         alpha_min: -1.0,
         alpha_max: 1.0,
         iw_clip: 5.0,
+        surrogate: Default::default(),
     };
     for (name, d) in [("kl", &Kl as &dyn Distill), ("alpha", &alpha)] {
         let (_, same) = d.loss(&a, &a).unwrap();
@@ -319,6 +320,7 @@ fn alpha_divergence_surrogate_pulls_the_student_toward_the_teacher() {
         alpha_min: -1.0,
         alpha_max: 1.0,
         iw_clip: 5.0,
+        surrogate: Default::default(),
     };
     let (loss, _) = alpha.loss(student.as_tensor(), &teacher).unwrap();
     let g = loss.backward().unwrap();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# HAT's headline on text (evaluate/README.md "Hardware-aware search on
-# text"): train the hat-spam supernet, measure a latency dataset of the
+# HAT's headline on text (evaluate/studies/2026-11-29-hat-text.md): train
+# the hat-spam supernet, measure a latency dataset of the
 # bert-minilm-mean space on this machine (batch 1, 128 tokens), fit the
 # predictor, search under 1/3 of the largest subnet's measured latency, and
 # evaluate the best subnet and the largest on the test split (accuracy and

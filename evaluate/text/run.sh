@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The text results of evaluate/README.md ("Text supernet"): the reference
+# The text results of evaluate/studies/2026-11-29-text-supernet.md: the reference
 # (all-MiniLM-L6-v2 fine-tuned alone), the bert-spam supernet, searches at
 # <= 50 % and <= 25 % of the largest's FLOPs, test accuracy and batch-1
 # latency of each. About 1.5 hours on 2 cores.

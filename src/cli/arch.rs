@@ -23,7 +23,8 @@ pub enum ArchCmd {
         smallest: bool,
     },
     /// Validate an architecture against a space and print its parameter
-    /// count and FLOPs (multiply-adds per image).
+    /// count and FLOPs (multiply-adds per image, or per text at the space's
+    /// stated sequence length).
     Params {
         /// A search-space file.
         space: PathBuf,
@@ -87,8 +88,12 @@ pub fn run(cmd: ArchCmd) -> anyhow::Result<()> {
                 );
             } else {
                 println!("params {p} ({:.2}M)", p as f64 / 1e6);
+                let per = match space.is_text() {
+                    true => format!("text of {} tokens", space.seq_len()),
+                    false => "image".to_string(),
+                };
                 println!(
-                    "FLOPs  {f} multiply-adds per image ({:.1}M)",
+                    "FLOPs  {f} multiply-adds per {per} ({:.1}M)",
                     f as f64 / 1e6
                 );
             }

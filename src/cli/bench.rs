@@ -18,7 +18,8 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 2)]
         threads: usize,
         /// Run the steps through candle's autograd (fused kernels) instead
-        /// of the engine: the "before" of evaluate/README.md.
+        /// of the engine: the "before" of
+        /// `evaluate/studies/2026-11-28-engine-benchmarks.md`.
         #[arg(long)]
         candle_autograd: bool,
     },
@@ -40,6 +41,10 @@ pub enum BenchCmd {
         /// Run the candle model's forward instead of the engine.
         #[arg(long)]
         candle: bool,
+        /// Also write the benchmarked subnet to this ONNX file (for
+        /// evaluate/onnx_bench.py: ONNX Runtime on the same subnet).
+        #[arg(long)]
+        onnx: Option<PathBuf>,
     },
     /// Search evaluations: random subnets scored with inherited weights.
     Search {
@@ -88,6 +93,9 @@ pub enum BenchCmd {
         iters: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Also write the benchmarked subnet to this ONNX file.
+        #[arg(long)]
+        onnx: Option<PathBuf>,
     },
     /// Batch assembly alone (bytes to normalised, augmented tensors).
     Data {
@@ -119,9 +127,10 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
             iters,
             threads,
             candle,
+            onnx,
         } => {
             super::threads::init_pool(threads)?;
-            bench::infer(batch, iters, threads, candle)?
+            bench::infer(batch, iters, threads, candle, onnx.as_deref())?
         }
         BenchCmd::Search {
             archs,
@@ -145,9 +154,10 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
             seq,
             iters,
             threads,
+            onnx,
         } => {
             super::threads::init_pool(threads)?;
-            bench::bert_infer(batch, seq, iters, threads)?
+            bench::bert_infer(batch, seq, iters, threads, onnx.as_deref())?
         }
         BenchCmd::Data { batch, iters } => bench::data(batch, iters)?,
         BenchCmd::Allreduce {

@@ -1,13 +1,16 @@
-//! `vitnas eval --supernet <run dir> --arch <largest|smallest|arch.json>`.
+//! `vitnas eval --supernet <run dir> --arch <largest|smallest|arch.json>`,
+//! or `vitnas eval --model <exported dir> --data <test data>`: accuracy,
+//! loss, macro-F1, a per-class table (stderr) and the confusion counts
+//! (JSON on stdout), for ViT (image) and BERT (text) alike.
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use vitnas::eval::evaluate;
+use vitnas::eval::{evaluate_with, Confusion};
 use vitnas::models::export_bert;
 use vitnas::space::{flops, params};
-use vitnas::train::text::{evaluate_model, TextRun};
+use vitnas::train::text::{evaluate_text_with, TextRun};
 use vitnas::train::{self, TrainedRun};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -19,11 +22,13 @@ enum SplitArg {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// A training run directory (holding recipe.toml, space.toml and
-    /// supernet.safetensors), or a supernet .safetensors file inside one.
+    /// supernet.safetensors), a supernet .safetensors file inside one, or a
+    /// few-shot directory (the sub-supernet holding --arch is used).
     #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     supernet: Option<PathBuf>,
-    /// An exported model directory (`vitnas export`); needs --data (IDX
-    /// directory) and uses its test split.
+    /// An exported model directory (`vitnas export`); needs --data: an IDX
+    /// directory (its test split) for a ViT, a JSON-lines / CSV file or a
+    /// directory with test.jsonl for a BERT.
     #[arg(long)]
     model: Option<PathBuf>,
     /// `largest`, `smallest`, or an architecture JSON file.
@@ -40,12 +45,18 @@ pub struct EvalArgs {
     /// With --model: evaluate only the first N examples.
     #[arg(long, requires = "model")]
     limit: Option<usize>,
-    /// With --model: also write the normalised inputs (`pixel_values`) and
-    /// the logits (`logits`) to this safetensors file, for comparing with
-    /// another implementation (e.g. transformers; see evaluate/hf_check.py).
+    /// With --model: also write the model's inputs and its logits
+    /// (`logits`) to this safetensors file, for comparing with another
+    /// implementation (e.g. transformers; see evaluate/hf_check.py). Image
+    /// models write the normalised `pixel_values`; text models
+    /// `input_ids` and `attention_mask` (padded to the longest example).
+    /// The logits are gathered batch by batch: memory holds what is
+    /// written, not the model's activations.
     #[arg(long, requires = "model")]
     dump: Option<PathBuf>,
-    /// Override the data directory of the run's recipe.
+    /// Override the data directory of the run's recipe; with --model, the
+    /// test data: an IDX directory (image models) or a JSON-lines / CSV
+    /// file, or a directory holding test.jsonl (text models).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Text supernets: also time the extracted subnet at batch 1 on a
@@ -86,11 +97,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         .supernet
         .clone()
         .expect("clap requires --supernet or --model");
-    let mut run = TrainedRun::load(&supernet)?;
+    let (mut run, arch) = TrainedRun::load_with_arch(&supernet, &a.arch, a.off_grid)?;
     if let Some(d) = a.data {
         run.recipe.data.path = Some(d);
     }
-    let arch = run.arch(&a.arch, a.off_grid)?;
     let (val, norm) = run.validation()?;
     let (split, ds) = match a.split.unwrap_or(SplitArg::Val) {
         SplitArg::Val => ("val", val),
@@ -98,17 +108,21 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     };
     let (net, space) = (&run.net, &run.space);
     let model = vitnas::engine::Model::from_vit(&net.extract(&arch)?)?;
-    let r = evaluate(
+    let mut confusion = Confusion::new(class_names(space.num_classes()));
+    let r = evaluate_with(
         &ds,
         &norm,
         run.recipe.data.eval_batch_size,
         &Device::Cpu,
         |x| model.logits(x),
+        |y, logits| confusion.add_batch(y, logits),
     )?;
+    eprint!("{}", confusion.table());
     println!(
         "{}",
         serde_json::json!({
             "split": split, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
+            "classes": confusion.report(),
             "arch": arch, "params": params(space, &arch), "flops_macs": flops(space, &arch),
         })
     );
@@ -123,7 +137,7 @@ fn eval_model(
     dump: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let (model, norm) = vitnas::models::export::load_dir(dir)?;
-    let data = data.context("--model needs --data <IDX directory>")?;
+    let data = data.context("an exported ViT needs --data <IDX directory>")?;
     let c = &model.config;
     let split_name = match split {
         SplitArg::Val => {
@@ -166,13 +180,22 @@ fn eval_model(
     };
     let mut dumped: Vec<(Tensor, Tensor)> = Vec::new();
     let fast = vitnas::engine::Model::from_vit(&model)?;
-    let r = evaluate(&ds, &norm, 500, &Device::Cpu, |x| {
-        let logits = fast.logits(x)?;
-        if dump.is_some() {
-            dumped.push((x.clone(), logits.clone()));
-        }
-        Ok(logits)
-    })?;
+    let mut confusion = Confusion::new(class_names(c.num_labels));
+    let r = evaluate_with(
+        &ds,
+        &norm,
+        500,
+        &Device::Cpu,
+        |x| {
+            let logits = fast.logits(x)?;
+            if dump.is_some() {
+                dumped.push((x.clone(), logits.clone()));
+            }
+            Ok(logits)
+        },
+        |y, logits| confusion.add_batch(y, logits),
+    )?;
+    eprint!("{}", confusion.table());
     if let Some(path) = dump {
         let (xs, ls): (Vec<Tensor>, Vec<Tensor>) = dumped.into_iter().unzip();
         let tensors = vec![
@@ -186,7 +209,8 @@ fn eval_model(
     }
     println!(
         "{}",
-        serde_json::json!({"model": dir, "split": split_name, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss, "params": model.num_params(),
+        serde_json::json!({"model": dir, "split": split_name, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
+            "classes": confusion.report(), "params": model.num_params(),
             "normalize": {"mean": norm.mean, "std": norm.std, "source": norm_source}})
     );
     Ok(())
@@ -240,11 +264,15 @@ fn eval_text_supernet(path: &std::path::Path, a: &EvalArgs) -> anyhow::Result<()
         SplitArg::Val => ("val", run.validation()?),
         SplitArg::Test => ("test", run.test()?),
     };
-    let r = run.evaluate(&arch, &ds)?;
+    let mut confusion = Confusion::new(run.labels.clone());
+    let r = run.evaluate_with(&arch, &ds, |b, logits| {
+        confusion.add_batch(&b.labels, logits)
+    })?;
+    eprint!("{}", confusion.table());
     let space = &run.space;
     let latency = match a.latency {
         true => {
-            let judge = vitnas::train::text::TextJudge {
+            let judge = vitnas::search::TextJudge {
                 run: &run,
                 val: &ds,
             };
@@ -256,6 +284,7 @@ fn eval_text_supernet(path: &std::path::Path, a: &EvalArgs) -> anyhow::Result<()
         "{}",
         serde_json::json!({
             "split": split, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
+            "classes": confusion.report(),
             "arch": arch, "params": params(space, &arch), "flops_macs": flops(space, &arch),
             "flops_at_tokens": space.seq_len(), "latency_ms_batch1": latency,
             "threads": rayon::current_num_threads(),
@@ -293,23 +322,46 @@ fn eval_text_model(
         texts = texts.subset(&idx);
     }
     let ds = vitnas::data::text::TokenizedDataset::new(&texts, &tok)?;
-    let engine_model = vitnas::engine::Model::from_bert(&model)?;
-    let r = evaluate_model(&engine_model, &ds, 64)?;
+    let m = vitnas::engine::Model::from_bert(&model)?;
+    // The dump holds what it writes (ids and mask padded to the longest
+    // example, and the logits, a few KB per example), never a batch of
+    // every example's activations.
+    let width = ds.ids.iter().map(Vec::len).max().unwrap_or(0);
+    let mut logits_dump: Vec<f32> = Vec::new();
+    let mut confusion = Confusion::new(labels.clone());
+    let r = evaluate_text_with(&m.weights, &m.cfg, &m.arch, &ds, 64, |b, logits| {
+        confusion.add_batch(&b.labels, logits)?;
+        if dump.is_some() {
+            logits_dump.extend(logits.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(())
+    })?;
+    eprint!("{}", confusion.table());
     if let Some(path) = dump {
-        // One padded batch of every example: ids, mask and logits.
-        let idx: Vec<usize> = (0..ds.len()).collect();
-        let b = ds.batch(&idx, &Device::Cpu)?;
-        let logits = engine_model.token_logits(&b.ids, &b.attention_mask)?;
+        let n = ds.len();
+        let mut ids = vec![ds.pad_id as i64; n * width];
+        let mut mask = vec![0i64; n * width];
+        for (row, seq) in ds.ids.iter().enumerate() {
+            for (k, &id) in seq.iter().enumerate() {
+                ids[row * width + k] = id as i64;
+                mask[row * width + k] = 1;
+            }
+        }
+        let classes = logits_dump.len() / n.max(1);
+        let dev = &Device::Cpu;
         let tensors = vec![
             (
                 "input_ids".to_string(),
-                b.ids.to_dtype(candle_core::DType::I64)?,
+                Tensor::from_vec(ids, (n, width), dev)?,
             ),
             (
                 "attention_mask".to_string(),
-                b.attention_mask.to_dtype(candle_core::DType::I64)?,
+                Tensor::from_vec(mask, (n, width), dev)?,
             ),
-            ("logits".to_string(), logits),
+            (
+                "logits".to_string(),
+                Tensor::from_vec(logits_dump, (n, classes), dev)?,
+            ),
         ];
         vitnas::train::checkpoint::write_atomic(
             path,
@@ -319,7 +371,12 @@ fn eval_text_model(
     println!(
         "{}",
         serde_json::json!({"model": dir, "data": file, "examples": r.examples,
-            "accuracy": r.accuracy, "loss": r.loss})
+            "accuracy": r.accuracy, "loss": r.loss, "classes": confusion.report()})
     );
     Ok(())
+}
+
+/// Class names for a space that records none: the class ids.
+fn class_names(n: usize) -> Vec<String> {
+    (0..n).map(|c| c.to_string()).collect()
 }

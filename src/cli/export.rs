@@ -1,8 +1,9 @@
-//! `vitnas export --supernet <run> --arch <arch.json> --out <dir> [--hf-pad]`.
+//! `vitnas export --supernet <run> --arch <arch.json> --out <dir> [--hf-pad]
+//! [--format safetensors|onnx] [--check-batch N]`.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use vitnas::models::export;
+use vitnas::models::{export, onnx};
 use vitnas::rundir;
 use vitnas::space::flops;
 use vitnas::train::text::TextRun;
@@ -10,7 +11,8 @@ use vitnas::train::TrainedRun;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// A training run directory (recipe.toml, space.toml, supernet.safetensors).
+    /// A training run directory (recipe.toml, space.toml, supernet.safetensors),
+    /// or a few-shot directory (the sub-supernet holding --arch is used).
     #[arg(long)]
     supernet: PathBuf,
     /// `largest`, `smallest`, or an architecture JSON file (e.g. from `vitnas search`).
@@ -20,7 +22,8 @@ pub struct ExportArgs {
     #[arg(long)]
     out: PathBuf,
     /// Zero-pad heads and MLP units to the per-model maximum so that the
-    /// subnet is a Hugging Face ViT (identical outputs, more FLOPs).
+    /// subnet is a plain Hugging Face ViT or BERT, as the space is
+    /// (identical outputs, more FLOPs).
     #[arg(long)]
     hf_pad: bool,
     /// Accept an architecture whose values lie outside the space's choice
@@ -31,19 +34,69 @@ pub struct ExportArgs {
     /// non-empty directory that is not one (never into a training run).
     #[arg(long)]
     force: bool,
+    /// `safetensors`: model.safetensors + config.json (Hugging Face layout
+    /// when representable). `onnx`: model.onnx (opset 17, dynamic batch and,
+    /// for text, sequence length; any subnet, scaling layers folded in; the
+    /// architecture, labels and preprocessing in its metadata).
+    #[arg(long, value_enum, default_value_t = Format::Safetensors)]
+    format: Format,
+    /// With --format onnx: also write check.json, N seeded inputs and
+    /// vitnas's outputs for them (evaluate/onnx_check.py runs the ONNX file
+    /// in ONNX Runtime on them and prints the largest difference).
+    #[arg(long, default_value_t = 0)]
+    check_batch: usize,
+}
+
+/// What `vitnas export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Safetensors,
+    Onnx,
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     // Checked, and written, where --out resolves: `runs/b/x/..` is run b.
     rundir::check_distinct(&a.supernet, &a.out)?;
     let out = rundir::check_output(&a.out, rundir::Artifact::ExportedModel, a.force)?;
+    if a.format == Format::Onnx && a.hf_pad {
+        anyhow::bail!(
+            "--hf-pad pads a subnet for transformers; ONNX holds any subnet as it is: leave --hf-pad out"
+        );
+    }
+    if a.format == Format::Safetensors && a.check_batch > 0 {
+        anyhow::bail!(
+            "--check-batch writes the inputs for checking an ONNX file: add --format onnx"
+        );
+    }
     if TextRun::is_text_run(&a.supernet) {
         return export_text(&a, &out);
     }
-    let run = TrainedRun::load(&a.supernet)?;
+    let (run, arch) = TrainedRun::load_with_arch(&a.supernet, &a.arch, a.off_grid)?;
     let (space, net) = (&run.space, &run.net);
-    let arch = run.arch(&a.arch, a.off_grid)?;
     let mut model = net.extract(&arch)?;
+    if a.format == Format::Onnx {
+        let normalize = run.recipe.data.normalize.as_ref();
+        let bytes = onnx::vit_to_onnx(&model, &arch, &[], normalize)?;
+        let check = match a.check_batch {
+            0 => None,
+            n => Some(onnx::vit_check_batch(&model, n, 0)?),
+        };
+        write_onnx(
+            &out,
+            &bytes,
+            check,
+            space,
+            &arch,
+            &run.recipe.to_toml_string(),
+        )?;
+        println!(
+            "exported {} (model.onnx, opset {}, {:.1} MB)",
+            a.out.display(),
+            onnx::OPSET,
+            bytes.len() as f64 / 1e6
+        );
+        return Ok(());
+    }
     if a.hf_pad {
         let before = flops(space, &arch);
         model = export::pad_uniform(&model)?;
@@ -90,6 +143,37 @@ fn export_text(a: &ExportArgs, out: &std::path::Path) -> anyhow::Result<()> {
     let space = &run.space;
     let arch = space.arch_from_spec(&a.arch, a.off_grid)?;
     let mut model = run.net.extract(&arch)?;
+    if a.format == Format::Onnx {
+        let tok_file = run.dir.join(vitnas::train::text::TOKENIZER_FILE);
+        let tokenizer = run.tokenizer()?;
+        let text = onnx::TextPreprocessing {
+            tokenizer: vitnas::train::text::TOKENIZER_FILE.into(),
+            max_length: tokenizer.max_len(),
+            pad_token_id: tokenizer.pad_id(),
+        };
+        let bytes = onnx::bert_to_onnx(&model, &arch, &run.labels, Some(&text))?;
+        let check = match a.check_batch {
+            0 => None,
+            n => Some(onnx::bert_check_batch(&model, n, text.pad_token_id, 0)?),
+        };
+        write_onnx(
+            out,
+            &bytes,
+            check,
+            space,
+            &arch,
+            &run.recipe.to_toml_string(),
+        )?;
+        let tok = std::fs::read(&tok_file).map_err(|e| vitnas::Error::io(&tok_file, e))?;
+        vitnas::rundir::write_atomic(&out.join(vitnas::train::text::TOKENIZER_FILE), &tok)?;
+        println!(
+            "exported {} (model.onnx, opset {}, {:.1} MB; tokenizer.json beside it)",
+            a.out.display(),
+            onnx::OPSET,
+            bytes.len() as f64 / 1e6
+        );
+        return Ok(());
+    }
     if a.hf_pad && export_bert::hf_obstacle(&model.config).is_some() {
         model = export_bert::pad_uniform(&model)?;
         let c = &model.config;
@@ -114,6 +198,37 @@ fn export_text(a: &ExportArgs, out: &std::path::Path) -> anyhow::Result<()> {
              loadable when the hidden size holds every layer's heads)",
             a.out.display()
         ),
+    }
+    Ok(())
+}
+
+/// An ONNX export directory: model.onnx, arch.json (the architecture, its
+/// space, params and FLOPs), the run's recipe and, when asked, check.json.
+fn write_onnx(
+    out: &std::path::Path,
+    bytes: &[u8],
+    check: Option<serde_json::Value>,
+    space: &vitnas::Space,
+    arch: &vitnas::Arch,
+    recipe: &str,
+) -> anyhow::Result<()> {
+    use vitnas::rundir::write_atomic;
+    std::fs::create_dir_all(out).map_err(|e| vitnas::Error::io(out, e))?;
+    write_atomic(&out.join("model.onnx"), bytes)?;
+    let arch_json = serde_json::json!({
+        "arch": arch, "space": space.name, "params": vitnas::space::params(space, arch),
+        "flops_macs": flops(space, arch), "format": "onnx", "opset": onnx::OPSET,
+    });
+    write_atomic(
+        &out.join("arch.json"),
+        serde_json::to_string_pretty(&arch_json)?.as_bytes(),
+    )?;
+    write_atomic(&out.join(vitnas::train::RECIPE_FILE), recipe.as_bytes())?;
+    if let Some(c) = check {
+        write_atomic(
+            &out.join("check.json"),
+            serde_json::to_string(&c)?.as_bytes(),
+        )?;
     }
     Ok(())
 }

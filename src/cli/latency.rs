@@ -117,6 +117,7 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             let _lock = rundir::RunLock::acquire_file(&out)?;
             let stop = super::stop_flag()?;
             let mut space = Space::from_file(&a.space)?;
+            space.require_classes(&a.space.display().to_string())?;
             if let Some(l) = a.seq_len {
                 let t = space
                     .text
@@ -147,11 +148,24 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                 b
             });
             let started = std::time::Instant::now();
+            // Without a terminal: a line every 10 % with elapsed time and ETA.
+            let mut first: Option<usize> = None;
+            let mut said = 0;
             let (n, interrupted) =
                 dataset::measure_until(&space, &opts, &out, stop, |done, total| {
                     if let Some(b) = &bar {
                         b.set_length(total as u64);
                         b.set_position(done as u64);
+                        return;
+                    }
+                    let first = *first.get_or_insert(done);
+                    let step = (total / 10).max(1);
+                    if done > first && (done / step > said || done == total) {
+                        said = done / step;
+                        eprintln!(
+                            "measured {done}/{total} architectures ({})",
+                            vitnas::progress::elapsed_eta(started, done - first, total - first)
+                        );
                     }
                 })?;
             if let Some(b) = bar {
@@ -177,12 +191,18 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                 return Err(super::Exit(super::train::EXIT_INTERRUPTED).into());
             }
             let m = latency::Machine::current(a.threads);
+            let noise = dataset::read(&out)?.repeat_noise;
+            let warnings = fit::fit_warnings(0.0, noise);
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
                     "out": a.out, "measured_now": n, "seconds": started.elapsed().as_secs_f64(),
                     "space": space.name, "batch": a.batch, "cpu": m.cpu, "simd": m.simd,
                     "gemm_avx512": m.gemm_avx512, "threads": a.threads,
+                    "repeat_noise": noise, "warnings": warnings,
                 }))?
             );
         }
@@ -211,6 +231,11 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             let p = Predictor::from_fit(&d, &fitted);
             let [lo, hi] = p.range_ms;
             p.save(&out)?;
+            let kept_error = fitted.models.first().map_or(0.0, |(_, e)| e.mean_rel);
+            let warnings = fit::fit_warnings(kept_error, d.repeat_noise);
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
             let report: Vec<serde_json::Value> = fitted
                 .models
                 .iter()
@@ -224,6 +249,8 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&serde_json::json!({
                     "out": a.out, "kept": p.model.name(), "why": fitted.why,
                     "models": report, "rows": d.samples.len(), "latency_range_ms": [lo, hi],
+                    "repeat_noise": d.repeat_noise, "target_rel_error": fit::TARGET_REL_ERROR,
+                    "warnings": warnings,
                 }))?
             );
         }

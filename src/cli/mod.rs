@@ -1,4 +1,6 @@
-//! One file per subcommand; each parses its arguments and calls the library.
+//! The `vitnas` binary's command line: one file per subcommand, each parsing
+//! its arguments and calling the library, plus what only the binary needs
+//! (the allocator, thread settings, the benchmark workload).
 
 pub mod allocator;
 mod arch;
@@ -48,7 +50,9 @@ pub enum Command {
     Retrain(retrain::RetrainArgs),
     /// Continue training an exported subnet from its inherited weights.
     Finetune(finetune::FinetuneArgs),
-    /// Accuracy and loss of an inherited subnet of a trained supernet.
+    /// Accuracy, loss, macro-F1, per-class scores and confusion counts of a
+    /// subnet of a trained supernet or of an exported model (ViT on
+    /// images, BERT on text).
     Eval(eval::EvalArgs),
     /// Measure the method: rank correlation of inherited vs standalone accuracy.
     #[command(subcommand)]
@@ -57,7 +61,7 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Export a subnet as a standalone model directory (safetensors + config).
     Export(export::ExportArgs),
-    /// Search a trained supernet for the best architectures under constraints.
+    /// Search a trained supernet (ViT or BERT) for the best architectures under constraints.
     Search(search::SearchArgs),
     /// Latency datasets and learned latency predictors (HAT) for hardware-aware search.
     #[command(subcommand)]
@@ -65,7 +69,7 @@ pub enum Command {
     /// Accuracy predictors learnt from a trained supernet (AttentiveNAS), for search and sampling.
     #[command(subcommand)]
     Predictor(predictor::PredictorCmd),
-    /// Time the benchmark workloads (fmnist-tiny ViT supernet; bert-minilm text supernet; random inputs; see evaluate/README.md).
+    /// Time the benchmark workloads (fmnist-tiny ViT supernet; bert-minilm text supernet; random inputs; see evaluate/studies/2026-11-28-engine-benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
 }

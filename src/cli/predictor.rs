@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use vitnas::predictor::{self, dataset, fit, AccuracyPredictor};
 use vitnas::rundir;
-use vitnas::search::{ImageJudge, Judge};
-use vitnas::train::text::{TextJudge, TextRun};
+use vitnas::search::{ImageJudge, Judge, TextJudge};
+use vitnas::train::text::TextRun;
 use vitnas::train::TrainedRun;
 use vitnas::Arch;
 
@@ -53,7 +53,7 @@ pub struct FitArgs {
     #[arg(long, default_value_t = 300)]
     n: usize,
     /// Validation examples each architecture is scored on [default: the
-    /// recipe's search.val_subset, the images a search scores on].
+    /// recipe's search.val_subset, the images or texts a search scores on].
     #[arg(long)]
     val_subset: Option<usize>,
     /// Seeds the architectures, the held-out split and the MLP.

@@ -49,8 +49,15 @@ pub fn run(cmd: SpaceCmd) -> anyhow::Result<()> {
                 ),
                 vitnas::space::Modality::Text(t) => println!(
                     "text       vocab {}, up to {} positions, costs stated at {} tokens, \
-                     {:?} pooling, {} classes",
-                    t.vocab_size, t.max_position_embeddings, t.seq_len, t.pooling, t.num_classes
+                     {:?} pooling, {}",
+                    t.vocab_size,
+                    t.max_position_embeddings,
+                    t.seq_len,
+                    t.pooling,
+                    match t.num_classes {
+                        0 => "classes from the training data".to_string(),
+                        n => format!("{n} classes"),
+                    }
                 ),
             }
             let mlp = match (s.mlp_ratio, s.mlp_dim) {

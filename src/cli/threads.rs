@@ -7,7 +7,7 @@
 //! matmuls and the fused kernels. Keeping candle's elementwise ops on the
 //! calling thread (`CANDLE_NUM_THREADS=1`; matmuls stay parallel on candle's
 //! rayon pool, sized by `RAYON_NUM_THREADS`) is faster here: see the
-//! before/after table in evaluate/README.md.
+//! before/after table in `evaluate/studies/2026-11-28-engine-benchmarks.md`.
 
 /// Sets `CANDLE_NUM_THREADS=1` unless the user chose a value. Call first
 /// thing in `main`, before any tensor op (candle reads it once).
@@ -45,7 +45,7 @@ pub fn check(n: usize, source: &str) -> anyhow::Result<usize> {
 /// could not run work handed to it from another thread). `n` (from
 /// `--threads`) must pass [`check`].
 ///
-/// Measured (evaluate/README.md, "Hardware-aware search"): per-architecture
+/// Measured (`evaluate/studies/2026-11-29-latency-predictors.md`): per-architecture
 /// batch-1 latency on 2 threads about 15 % lower (it was no lower than on
 /// 1 thread before).
 pub fn init_pool(n: usize) -> anyhow::Result<()> {

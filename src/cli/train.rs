@@ -16,8 +16,10 @@ pub struct TrainArgs {
     /// Override the recipe's output_dir.
     #[arg(long)]
     output_dir: Option<PathBuf>,
-    /// Start from a pretrained Hugging Face ViT (local dir or hub id, e.g.
-    /// google/vit-base-patch16-224: the HF cache, else downloaded).
+    /// Start from a pretrained Hugging Face model, local dir or hub id (the
+    /// HF cache, else downloaded): a ViT for an image space (e.g.
+    /// google/vit-base-patch16-224), a BERT for a text space (e.g.
+    /// sentence-transformers/all-MiniLM-L6-v2).
     #[arg(long)]
     init_from: Option<String>,
     /// Override the recipe's initialisation: torch_default,
@@ -45,6 +47,12 @@ pub struct RunArgs {
     /// existing run is never overwritten: resume it).
     #[arg(long)]
     force: bool,
+    /// Log each subnet's gradient norms, and for distilled subnets the
+    /// cross-entropy gradient they would get from the labels, every
+    /// log_every steps to metrics.jsonl (sets the recipe's
+    /// train.diagnose_gradients).
+    #[arg(long)]
+    diagnose_gradients: bool,
 }
 
 impl RunArgs {
@@ -55,6 +63,9 @@ impl RunArgs {
         }
         if let Some(s) = self.seed {
             r.seed = s;
+        }
+        if self.diagnose_gradients {
+            r.train.diagnose_gradients = true;
         }
     }
 
@@ -79,6 +90,9 @@ impl RunArgs {
 pub fn run(a: TrainArgs, c: &dyn Collective) -> anyhow::Result<()> {
     let opts = a.run.options(a.resume.is_some(), c)?;
     let summary = match &a.resume {
+        Some(dir) if train::few_shot::FewShot::is_few_shot(dir) => {
+            return report_few_shot(&train::few_shot::resume(dir, &opts)?, c)
+        }
         Some(dir) => train::resume(dir, &opts)?,
         None => {
             let path = a.recipe.as_ref().expect("clap requires a recipe");
@@ -93,10 +107,32 @@ pub fn run(a: TrainArgs, c: &dyn Collective) -> anyhow::Result<()> {
                 r.init = i;
             }
             a.run.apply(&mut r);
+            if r.few_shot.is_some() {
+                return report_few_shot(&train::few_shot::train(&r, &opts)?, c);
+            }
             train::train(&r, &opts)?
         }
     };
     report(&summary, "train", c)
+}
+
+/// Prints a few-shot training's summary (rank 0), and how to continue it
+/// when interrupted.
+fn report_few_shot(s: &train::few_shot::FewShotSummary, c: &dyn Collective) -> anyhow::Result<()> {
+    let root = vitnas::dist::is_root(c);
+    if root {
+        println!("{}", serde_json::to_string_pretty(s)?);
+    }
+    if s.interrupted {
+        if root {
+            eprintln!(
+                "interrupted: continue the few-shot run with `vitnas train --resume {}`",
+                s.dir.display()
+            );
+        }
+        return Err(super::Exit(EXIT_INTERRUPTED).into());
+    }
+    Ok(())
 }
 
 /// The exit code of a run stopped by Ctrl-C after writing its checkpoint

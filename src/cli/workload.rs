@@ -189,11 +189,24 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
 
 /// Inference of the largest subnet extracted as a static model, by the
 /// engine or (`candle`) by the candle model's forward.
-pub fn infer(batch: usize, iters: usize, threads: usize, candle: bool) -> Result<Value> {
+///
+/// `onnx`: also writes the benchmarked subnet there as an ONNX file (for
+/// evaluate/onnx_bench.py: ONNX Runtime on the same subnet).
+pub fn infer(
+    batch: usize,
+    iters: usize,
+    threads: usize,
+    candle: bool,
+    onnx: Option<&std::path::Path>,
+) -> Result<Value> {
     let space = space();
     let (net, _vm, _) = build_supernet(&space, 0, Default::default())?;
     let arch = space.largest();
     let vit = net.extract(&arch)?;
+    if let Some(path) = onnx {
+        let bytes = vitnas::models::onnx::vit_to_onnx(&vit, &arch, &[], None)?;
+        vitnas::rundir::write_atomic(path, &bytes)?;
+    }
     let model = vitnas::engine::Model::from_vit(&vit)?;
     let (x, _) = random_batch(batch, 0)?;
     let run = |x: &Tensor| -> Result<Tensor> {
@@ -365,6 +378,12 @@ pub fn bert_space() -> Space {
 /// BERT-style initialisation (normal(0, 0.02) matrices and tables, zero
 /// biases, unit norms).
 pub fn bert_supernet(space: &Space, seed: u64) -> Result<Weights> {
+    Weights::from_tensors(&bert_supernet_tensors(space, seed)?)
+}
+
+/// The tensors of [`bert_supernet`] under their names (at the largest
+/// shapes: also the largest subnet's static BERT).
+pub fn bert_supernet_tensors(space: &Space, seed: u64) -> Result<Vec<(String, Tensor)>> {
     use rand_distr::{Distribution, Normal};
     let (f, s, t) = (Family::Bert, Family::Bert.stem(), space.text_input());
     let (e, q, m) = (
@@ -416,7 +435,7 @@ pub fn bert_supernet(space: &Space, seed: u64) -> Result<Weights> {
     shapes.extend(lin(&s.classifier, t.num_classes, e));
     let mut rng = StdRng::seed_from_u64(seed);
     let normal = Normal::new(0f32, 0.02).expect("a valid normal");
-    let named = shapes
+    shapes
         .into_iter()
         .map(|(name, dims)| {
             let n: usize = dims.iter().product();
@@ -427,8 +446,7 @@ pub fn bert_supernet(space: &Space, seed: u64) -> Result<Weights> {
             };
             Ok((name, Tensor::from_vec(v, dims, &Device::Cpu)?))
         })
-        .collect::<Result<Vec<_>>>()?;
-    Weights::from_tensors(&named)
+        .collect::<Result<Vec<_>>>()
 }
 
 /// The peer's batch: `batch × seq` ids uniform in 1000..vocab, the last
@@ -552,8 +570,41 @@ pub fn bert_train(steps: usize, batch: usize, seq: usize, threads: usize) -> Res
 
 /// Inference of the largest subnet of the text supernet (mean pooling) on
 /// `batch × seq` tokens, by the engine's [`Model`].
-pub fn bert_infer(batch: usize, seq: usize, iters: usize, threads: usize) -> Result<Value> {
+///
+/// `onnx`: also writes that subnet (all-MiniLM-L6-v2's shape, mean pooling,
+/// the same seeded weights) there as an ONNX file.
+pub fn bert_infer(
+    batch: usize,
+    seq: usize,
+    iters: usize,
+    threads: usize,
+    onnx: Option<&std::path::Path>,
+) -> Result<Value> {
     let space = bert_space();
+    if let Some(path) = onnx {
+        let t = space.text_input();
+        let s = &space.supernet;
+        let config = vitnas::models::bert::BertConfig {
+            vocab_size: t.vocab_size,
+            hidden_size: s.embed_dim,
+            head_dim: s.head_dim,
+            num_heads: vec![s.num_heads; s.depth],
+            intermediate_sizes: vec![space.supernet_mlp_width(); s.depth],
+            max_position_embeddings: t.max_position_embeddings,
+            type_vocab_size: t.type_vocab_size,
+            layer_norm_eps: s.layer_norm_eps,
+            num_labels: Some(t.num_classes),
+            pooling: t.pooling,
+        };
+        let vb = candle_nn::VarBuilder::from_tensors(
+            bert_supernet_tensors(&space, 0)?.into_iter().collect(),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        );
+        let bert = vitnas::models::bert::Bert::load(&config, vb, "bert")?;
+        let bytes = vitnas::models::onnx::bert_to_onnx(&bert, &space.largest(), &[], None)?;
+        vitnas::rundir::write_atomic(path, &bytes)?;
+    }
     let model = Model {
         weights: bert_supernet(&space, 0)?,
         cfg: engine::Config::from_space(&space),

@@ -1,13 +1,15 @@
 //! Datasets: 8-bit images in memory, read from IDX (MNIST / Fashion-MNIST),
 //! CIFAR-10/100 binary, or an image folder; seeded splits; batching with
 //! normalisation and light augmentation. Text classification data (JSON
-//! lines or CSV, tokenized, padded per batch) is in [`text`].
+//! lines or CSV, tokenized, padded per batch) is in [`text`], its
+//! tokenizer in [`tokenizer`].
 
 pub mod batch;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod text;
+pub mod tokenizer;
 
 use crate::error::{Error, Result};
 use crate::space::Space;
@@ -55,7 +57,7 @@ pub enum Format {
 /// Where Fashion-MNIST (the four IDX `.gz` files) is looked for when a
 /// recipe names no path, in order: the directory in the environment variable
 /// `FASHION_MNIST_DIR`; `data/fashion-mnist` under the working directory
-/// (where the README puts the files downloaded from
+/// (where `docs/data.md` puts the files downloaded from
 /// <https://github.com/zalandoresearch/fashion-mnist>); where Debian's
 /// `dataset-fashion-mnist` package installs them. An entry `$NAME` stands for
 /// the directory in environment variable `NAME` (see [`resolve_dir`]).

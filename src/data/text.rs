@@ -21,8 +21,8 @@
 //! # Ok::<(), vitnas::Error>(())
 //! ```
 
+use super::tokenizer::TextTokenizer;
 use crate::error::{Error, Result};
-use crate::models::text::TextTokenizer;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

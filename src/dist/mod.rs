@@ -17,7 +17,8 @@
 //! `Mpi::abort`), and OpenMPI's `mpirun` ends the job when a rank exits
 //! abnormally (killed, non-zero status, no `MPI_Finalize`). A rank that
 //! neither dies nor answers is caught by the watchdog of the per-step
-//! collectives (`Mpi::init`'s timeout). Measured in evaluate/README.md.
+//! collectives (`Mpi::init`'s timeout). Measured in
+//! `evaluate/studies/2026-11-29-mpi.md`.
 
 #[cfg(feature = "mpi")]
 mod mpi;

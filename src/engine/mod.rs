@@ -11,7 +11,7 @@
 //!
 //! One engine, one block type, settings in [`Config`] (burn's `norm_first`
 //! idea): a model is a family (its Hugging Face tensor names, from
-//! [`crate::models::names`], and its norm placement: pre-norm ViT,
+//! [`crate::engine::names`], and its norm placement: pre-norm ViT,
 //! post-norm BERT), a [`Stem`] and a [`Head`]:
 //! - stems: patch embedding + class token + positions (images); word +
 //!   position + token-type-0 embeddings and their layer norm (text: the
@@ -47,8 +47,10 @@ mod blas;
 mod block;
 mod head;
 mod input;
+pub mod names;
 mod norm;
 mod parallel;
+pub mod scaling;
 mod stem;
 mod weights;
 
@@ -59,8 +61,6 @@ pub use weights::{Config, Head, LayerIdx, Pair, Stem, Weights};
 
 use crate::error::{Error, Result};
 use crate::kernels::vecmath;
-use crate::models::bert::Bert;
-use crate::models::vit::Vit;
 use crate::space::Arch;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
@@ -390,32 +390,14 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn from_vit(vit: &Vit) -> Result<Self> {
-        let model = Self {
-            weights: Weights::from_tensors(&vit.tensors())?,
-            cfg: Config::from_vit(&vit.config),
-            arch: vit.config.arch(),
-        };
-        model.weights.check(&model.cfg, &model.arch)?;
-        Ok(model)
-    }
-
-    /// A static BERT: pooler and classifier when it has labels, else mean
-    /// pooling and features only (see [`Config::from_bert`]).
-    pub fn from_bert(bert: &Bert) -> Result<Self> {
-        let c = &bert.config;
-        let model = Self {
-            weights: Weights::from_bert(bert)?,
-            cfg: Config::from_bert(c),
-            arch: Arch::with_dims(
-                c.hidden_size,
-                c.num_heads.len(),
-                c.num_heads.clone(),
-                c.intermediate_sizes.clone(),
-            ),
-        };
-        model.weights.check(&model.cfg, &model.arch)?;
-        Ok(model)
+    /// A model from its weights, configuration and dims, checked against
+    /// each other. The constructors from the model types live beside those
+    /// types: `Model::from_vit` in [`crate::models::vit`],
+    /// `Model::from_bert` in [`crate::models::bert`]; the engine itself
+    /// knows only names, dims and buffers.
+    pub fn new(weights: Weights, cfg: Config, arch: Arch) -> Result<Self> {
+        weights.check(&cfg, &arch)?;
+        Ok(Self { weights, cfg, arch })
     }
 
     /// Logits `[batch, classes]` for images `[batch, C, H, W]`.

@@ -1,16 +1,13 @@
 //! The engine's view of a model: its fixed shapes and settings
 //! ([`Config`]: family, stem, head) and its tensors as flat f32 buffers
 //! found by their Hugging Face names ([`Weights`], through
-//! [`crate::models::names`]).
+//! [`crate::engine::names`]).
 
 use super::blas::W;
+use super::names::Family;
+use super::scaling::Scaling;
 use crate::error::{Error, Result};
-use crate::models::bert::{Bert, BertConfig};
-use crate::models::names::Family;
-use crate::models::vit::VitConfig;
 use crate::space::{Arch, Modality, Pooling, Space};
-use crate::supernet::scaling::Scaling;
-use crate::supernet::Supernet;
 use candle_core::Tensor;
 
 /// What turns the input into token states.
@@ -109,53 +106,6 @@ impl Config {
         }
     }
 
-    /// The configuration of a supernet: its space's shapes and its scaling
-    /// layers' row mapping.
-    pub fn from_supernet(net: &Supernet) -> Self {
-        Self {
-            scaling: net.scaling.clone(),
-            ..Self::from_space(&net.space)
-        }
-    }
-
-    pub fn from_vit(c: &VitConfig) -> Self {
-        Self {
-            family: Family::Vit,
-            stem: Stem::Patches {
-                channels: c.num_channels,
-                image_size: c.image_size,
-                patch: c.patch_size,
-            },
-            head: Head::ClassToken,
-            head_dim: c.head_dim,
-            classes: c.num_labels,
-            eps: c.layer_norm_eps as f32,
-            scaling: None,
-        }
-    }
-
-    /// A static BERT: with labels, its classifier on the pooler
-    /// (`BertForSequenceClassification`) or on the masked mean (a subnet of
-    /// a mean-pooling space); without, mean pooling and no classifier (the
-    /// pooled states are the result, as sentence-transformers computes them).
-    pub fn from_bert(c: &BertConfig) -> Self {
-        Self {
-            family: Family::Bert,
-            stem: Stem::Tokens {
-                vocab_size: c.vocab_size,
-                max_positions: c.max_position_embeddings,
-            },
-            head: match c.num_labels {
-                Some(_) => c.pooling.into(),
-                None => Head::Mean,
-            },
-            head_dim: c.head_dim,
-            classes: c.num_labels.unwrap_or(0),
-            eps: c.layer_norm_eps as f32,
-            scaling: None,
-        }
-    }
-
     /// Tokens per image (patches + class token); `None` for text, whose
     /// batches are as long as their longest sequence.
     pub fn image_seq_len(&self) -> Option<usize> {
@@ -201,7 +151,7 @@ pub type Pair = (usize, usize);
 
 /// Positions of one block's tensors in [`Weights`]. `norm1` belongs to the
 /// attention sub-layer, `norm2` to the MLP (see
-/// [`crate::models::names::LayerNames`]).
+/// [`crate::engine::names::LayerNames`]).
 #[derive(Debug, Clone)]
 pub struct LayerIdx {
     pub norm1: Pair,
@@ -256,51 +206,10 @@ pub struct Weights {
     pub(super) idx: Index,
 }
 
-/// The tensors of a static BERT under the `Family::Bert` names.
-fn bert_tensors(bert: &Bert) -> Vec<(String, Tensor)> {
-    let (f, s) = (Family::Bert, Family::Bert.stem());
-    let mut out = vec![
-        (
-            format!("{}.weight", s.word_embeddings),
-            bert.word_embeddings.clone(),
-        ),
-        (
-            format!("{}.weight", s.position_embeddings),
-            bert.position_embeddings.clone(),
-        ),
-        (
-            format!("{}.weight", s.token_type_embeddings),
-            bert.token_type_embeddings.clone(),
-        ),
-    ];
-    bert.embeddings_layer_norm
-        .push_tensors(&s.embeddings_norm, &mut out);
-    for (l, layer) in bert.layers.iter().enumerate() {
-        let n = f.layer(l);
-        layer.query.push_tensors(&n.query, &mut out);
-        layer.key.push_tensors(&n.key, &mut out);
-        layer.value.push_tensors(&n.value, &mut out);
-        layer
-            .attention_output
-            .push_tensors(&n.attention_output, &mut out);
-        layer.attention_layer_norm.push_tensors(&n.norm1, &mut out);
-        layer.intermediate.push_tensors(&n.intermediate, &mut out);
-        layer.output.push_tensors(&n.output, &mut out);
-        layer.output_layer_norm.push_tensors(&n.norm2, &mut out);
-    }
-    if let Some(p) = &bert.pooler {
-        p.push_tensors(&s.pooler, &mut out);
-    }
-    if let Some(c) = &bert.classifier {
-        c.push_tensors(&s.classifier, &mut out);
-    }
-    out
-}
-
 impl Weights {
     /// Copies `named` tensors; the family (ViT or BERT) is the one whose
     /// embeddings are among them, and every tensor the engine reads is
-    /// found by its name in [`crate::models::names`].
+    /// found by its name in [`crate::engine::names`].
     pub fn from_tensors(named: &[(String, Tensor)]) -> Result<Self> {
         let mut names = Vec::with_capacity(named.len());
         let mut data = Vec::with_capacity(named.len());
@@ -328,11 +237,6 @@ impl Weights {
         };
         w.refresh_transposed();
         Ok(w)
-    }
-
-    /// The tensors of a static BERT.
-    pub fn from_bert(bert: &Bert) -> Result<Self> {
-        Self::from_tensors(&bert_tensors(bert))
     }
 
     /// The model family these tensors are named for.

@@ -5,8 +5,8 @@
 //! task on the thread pool. The backward recomputes the attention
 //! probabilities instead of storing them (as flash attention does).
 
-use super::slice;
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use super::{slice, Fused, Kernel};
+use candle_core::{bail, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -118,29 +118,14 @@ impl Dims {
     }
 }
 
-impl CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "vitnas-attention"
-    }
+impl Kernel<3> for Attention {
+    const NAME: &'static str = "vitnas-attention";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, [q, k, v]: [&[f32]; 3], ls: [&Layout; 3]) -> Result<(Vec<f32>, Shape)> {
         let d = self.0;
-        for l in [l1, l2, l3] {
+        for l in ls {
             d.check(l)?;
         }
-        let (q, k, v) = (
-            slice(s1, l1, "attention q")?,
-            slice(s2, l2, "attention k")?,
-            slice(s3, l3, "attention v")?,
-        );
         let mut out = vec![0f32; q.len()];
         let o = SharedMut(out.as_mut_ptr());
         let w = d.width() as isize;
@@ -174,49 +159,29 @@ impl CustomOp3 for Attention {
                 }
             },
         );
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, ls[0].shape().clone()))
     }
 
     fn bwd(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        [q, k, v]: [&Tensor; 3],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = q.apply_op3_no_bwd(
-            k,
-            v,
-            &AttentionBwd {
-                d: self.0,
-                grad: grad.contiguous()?,
-            },
-        )?;
-        Ok((Some(g.get(0)?), Some(g.get(1)?), Some(g.get(2)?)))
+    ) -> Result<[Option<Tensor>; 3]> {
+        let bwd = Fused(AttentionBwd {
+            d: self.0,
+            grad: grad.contiguous()?,
+        });
+        let g = q.apply_op3_no_bwd(k, v, &bwd)?;
+        Ok([Some(g.get(0)?), Some(g.get(1)?), Some(g.get(2)?)])
     }
 }
 
-impl CustomOp3 for AttentionBwd {
-    fn name(&self) -> &'static str {
-        "vitnas-attention-bwd"
-    }
+impl Kernel<3> for AttentionBwd {
+    const NAME: &'static str = "vitnas-attention-bwd";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, [q, k, v]: [&[f32]; 3], _: [&Layout; 3]) -> Result<(Vec<f32>, Shape)> {
         let d = self.d;
-        let (q, k, v) = (
-            slice(s1, l1, "attention q")?,
-            slice(s2, l2, "attention k")?,
-            slice(s3, l3, "attention v")?,
-        );
         let (gs, gl) = self.grad.storage_and_layout();
         let go = match &*gs {
             candle_core::Storage::Cpu(s) => slice(s, gl, "attention output gradient")?,
@@ -314,10 +279,7 @@ impl CustomOp3 for AttentionBwd {
                 }
             },
         );
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((3, d.batch * d.t, d.width())),
-        ))
+        Ok((out, Shape::from((3, d.batch * d.t, d.width()))))
     }
 }
 
@@ -340,5 +302,5 @@ pub fn attention(
         scale: 1.0 / (head_dim as f32).sqrt(),
     };
     q.contiguous()?
-        .apply_op3(&k.contiguous()?, &v.contiguous()?, Attention(d))
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, Fused(Attention(d)))
 }

@@ -7,7 +7,7 @@
 //! backward returns `dx = g · w`, `dw = gᵀ · x` (candle matmuls) and
 //! `db = Σ_rows g`.
 
-use super::ColumnSum;
+use super::column_sum;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 
@@ -111,10 +111,7 @@ impl CustomOp3 for Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dx = grad.matmul(w)?;
         let dw = grad.t()?.matmul(x)?;
-        let db = grad
-            .contiguous()?
-            .apply_op1_no_bwd(&ColumnSum { n: b.elem_count() })?
-            .reshape(b.shape())?;
+        let db = column_sum(&grad.contiguous()?, b.elem_count())?.reshape(b.shape())?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! The hand-written AVX-512 intrinsics these replace were no faster: the
 //! pulp versions run the training and inference benchmarks as fast or
-//! faster on AVX-512 (evaluate/README.md, "Portable SIMD"), so none are
+//! faster on AVX-512 (`evaluate/studies/2026-11-29-portable-simd.md`), so none are
 //! kept. Hot loops use no closures: a closure is compiled without the
 //! level's target features and its intrinsics would not inline.
 

@@ -388,6 +388,10 @@ pub struct Dataset {
     pub header: Header,
     pub space: Space,
     pub samples: Vec<Sample>,
+    /// The repeat noise of the measurement: the median over rows of the
+    /// timed runs' standard deviation over their mean (0.02: a typical
+    /// architecture's runs vary by 2 %).
+    pub repeat_noise: f64,
 }
 
 /// Which per-row statistic a fit learns.
@@ -417,6 +421,12 @@ pub fn read_with(path: &Path, stat: Statistic) -> Result<Dataset> {
             message: "the space in the header does not match its recorded hash (edited?)".into(),
         });
     }
+    let mut noise: Vec<f64> = rows
+        .iter()
+        .map(|(_, _, t)| t.std_ms / t.mean_ms.max(1e-12))
+        .collect();
+    noise.sort_by(|a, b| a.total_cmp(b));
+    let repeat_noise = noise.get(noise.len() / 2).copied().unwrap_or(0.0);
     let samples = rows
         .into_iter()
         .map(|(i, genes, t)| {
@@ -438,6 +448,7 @@ pub fn read_with(path: &Path, stat: Statistic) -> Result<Dataset> {
         header,
         space,
         samples,
+        repeat_noise,
     })
 }
 

@@ -112,6 +112,42 @@ pub fn first_implausible(model: &Model, space: &Space) -> Option<(String, f64)> 
     })
 }
 
+/// The held-out mean relative error a latency predictor should stay under
+/// (HAT's predictors reach a few percent on an idle machine).
+pub const TARGET_REL_ERROR: f64 = 0.05;
+
+/// Repeat noise (median std / mean of a row's timed runs) above which
+/// measurements are too noisy to fit or check a predictor.
+pub const NOISY_REPEATS: f64 = 0.05;
+
+/// What to do about a noisy machine, said with every warning below.
+pub const NOISE_ADVICE: &str = "measure on an idle machine (other jobs running skew every \
+     timing), or with 1 thread (`--threads 1`), then measure and fit again";
+
+/// Warnings about a fit: a held-out mean relative error `heldout` above
+/// [`TARGET_REL_ERROR`], a `repeat_noise` above [`NOISY_REPEATS`]; each
+/// says what to do.
+pub fn fit_warnings(heldout: f64, repeat_noise: f64) -> Vec<String> {
+    let mut w = Vec::new();
+    if heldout > TARGET_REL_ERROR {
+        w.push(format!(
+            "the predictor's held-out error is {:.1} % (mean relative), above the {:.0} % \
+             target: latency bounds from it can be off by that much; {NOISE_ADVICE}",
+            100.0 * heldout,
+            100.0 * TARGET_REL_ERROR
+        ));
+    }
+    if repeat_noise > NOISY_REPEATS {
+        w.push(format!(
+            "the measurements are noisy: a typical architecture's timed runs vary by {:.1} % \
+             (median std / mean over the rows; above {:.0} %); {NOISE_ADVICE}",
+            100.0 * repeat_noise,
+            100.0 * NOISY_REPEATS
+        ));
+    }
+    w
+}
+
 /// One measured row: an architecture and its latency (ms).
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -499,6 +535,27 @@ mod tests {
         assert!(
             ls.iter().zip(&w).all(|(x, y)| (x - y).abs() < 1e-9),
             "{ls:?} {w:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod warning_tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_machines_fit_is_warned_about_with_what_to_do() {
+        assert!(fit_warnings(0.02, 0.01).is_empty());
+        let w = fit_warnings(0.178, 0.01);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("17.8 %") && w[0].contains("idle machine"),
+            "{w:?}"
+        );
+        let w = fit_warnings(0.02, 0.12);
+        assert!(
+            w[0].contains("12.0 %") && w[0].contains("1 thread"),
+            "{w:?}"
         );
     }
 }

@@ -5,9 +5,11 @@
 //! ViT; the attention takes the padding mask.
 
 use super::layers::{LayerNorm, Linear};
+use crate::engine::{self, names::Family};
 use crate::error::{Error, Result};
+use crate::io::read_weights;
 use crate::ops;
-use crate::train::checkpoint::read_weights;
+use crate::space::Arch;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -75,7 +77,7 @@ impl BertConfig {
     pub fn from_hf_config_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            super::names::Family::Bert.check_config(path, &v)?;
+            Family::Bert.check_config(path, &v)?;
         }
         let c: HfBertConfig = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: path.into(),
@@ -439,6 +441,92 @@ impl Bert {
             hidden_states,
             logits,
         })
+    }
+
+    /// Every tensor with its Hugging Face name (`Family::Bert`), in a
+    /// stable order.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let (f, s) = (Family::Bert, Family::Bert.stem());
+        let mut out = vec![
+            (
+                format!("{}.weight", s.word_embeddings),
+                self.word_embeddings.clone(),
+            ),
+            (
+                format!("{}.weight", s.position_embeddings),
+                self.position_embeddings.clone(),
+            ),
+            (
+                format!("{}.weight", s.token_type_embeddings),
+                self.token_type_embeddings.clone(),
+            ),
+        ];
+        self.embeddings_layer_norm
+            .push_tensors(&s.embeddings_norm, &mut out);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let n = f.layer(l);
+            layer.query.push_tensors(&n.query, &mut out);
+            layer.key.push_tensors(&n.key, &mut out);
+            layer.value.push_tensors(&n.value, &mut out);
+            layer
+                .attention_output
+                .push_tensors(&n.attention_output, &mut out);
+            layer.attention_layer_norm.push_tensors(&n.norm1, &mut out);
+            layer.intermediate.push_tensors(&n.intermediate, &mut out);
+            layer.output.push_tensors(&n.output, &mut out);
+            layer.output_layer_norm.push_tensors(&n.norm2, &mut out);
+        }
+        if let Some(p) = &self.pooler {
+            p.push_tensors(&s.pooler, &mut out);
+        }
+        if let Some(c) = &self.classifier {
+            c.push_tensors(&s.classifier, &mut out);
+        }
+        out
+    }
+}
+
+// The engine knows names, dims and buffers only; its view of a BERT is
+// built here, beside the type.
+impl engine::Config {
+    /// A static BERT: with labels, its classifier on the pooler
+    /// (`BertForSequenceClassification`) or on the masked mean (a subnet of
+    /// a mean-pooling space); without, mean pooling and no classifier (the
+    /// pooled states are the result, as sentence-transformers computes them).
+    pub fn from_bert(c: &BertConfig) -> Self {
+        Self {
+            family: Family::Bert,
+            stem: engine::Stem::Tokens {
+                vocab_size: c.vocab_size,
+                max_positions: c.max_position_embeddings,
+            },
+            head: match c.num_labels {
+                Some(_) => c.pooling.into(),
+                None => engine::Head::Mean,
+            },
+            head_dim: c.head_dim,
+            classes: c.num_labels.unwrap_or(0),
+            eps: c.layer_norm_eps as f32,
+            scaling: None,
+        }
+    }
+}
+
+impl engine::Model {
+    /// A static BERT: pooler and classifier when it has labels, else mean
+    /// pooling and features only (see [`engine::Config::from_bert`]).
+    pub fn from_bert(bert: &Bert) -> Result<Self> {
+        let c = &bert.config;
+        Self::new(
+            engine::Weights::from_tensors(&bert.tensors())?,
+            engine::Config::from_bert(c),
+            Arch::with_dims(
+                c.hidden_size,
+                c.num_heads.len(),
+                c.num_heads.clone(),
+                c.intermediate_sizes.clone(),
+            ),
+        )
     }
 }
 

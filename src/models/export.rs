@@ -7,8 +7,8 @@
 use super::vit::{Vit, VitConfig};
 use crate::data::batch::Normalize;
 use crate::error::{Error, Result};
+use crate::io::{read_weights, write_atomic, write_safetensors};
 use crate::space::{flops, params, Arch, Space};
-use crate::train::checkpoint::{to_safetensors_bytes, write_atomic};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -151,10 +151,7 @@ pub fn export(
         "vitnas": block,
     });
     let tensors = model.tensors();
-    write_atomic(
-        &dir.join("model.safetensors"),
-        &to_safetensors_bytes(&tensors, None)?,
-    )?;
+    write_safetensors(&dir.join("model.safetensors"), &tensors, None)?;
     write_atomic(
         &dir.join("config.json"),
         serde_json::to_string_pretty(&config)
@@ -248,7 +245,7 @@ pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
         path: cfg_path.clone(),
         error,
     })?;
-    super::names::Family::Vit.check_config(&cfg_path, &v)?;
+    crate::engine::names::Family::Vit.check_config(&cfg_path, &v)?;
     let exported = v.get("vitnas").is_some();
     let (config, normalize) = match v.get("vitnas") {
         Some(b) => {
@@ -265,7 +262,7 @@ pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
         None => (VitConfig::from_hf_config_file(&cfg_path)?, None),
     };
     let weights = dir.join("model.safetensors");
-    let (tensors, _) = crate::train::checkpoint::read_weights(&weights, &Device::Cpu)?;
+    let (tensors, _) = read_weights(&weights, &Device::Cpu)?;
     let (vb, used, names) = super::used::recording(tensors, DType::F32, &Device::Cpu);
     let model = Vit::load(&config, vb).map_err(|e| Error::Checkpoint {
         path: weights.clone(),
@@ -273,7 +270,10 @@ pub fn load_dir(dir: &Path) -> Result<(Vit, Option<Normalize>)> {
     })?;
     // An export holds exactly its model's tensors; a Hugging Face directory
     // may carry extras, but never layers beyond its config's.
-    let layers = format!("{}.encoder.layer.", super::names::Family::Vit.base());
+    let layers = format!(
+        "{}.encoder.layer.",
+        crate::engine::names::Family::Vit.base()
+    );
     super::used::refuse_unused(
         &weights,
         &names,

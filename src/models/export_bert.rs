@@ -1,6 +1,6 @@
 //! Exporting a text subnet as a standalone model directory in Hugging Face
 //! `BertForSequenceClassification` layout: `model.safetensors` (`bert.`
-//! names, [`super::names::Family::Bert`]), `config.json` (transformers'
+//! names, [`crate::engine::names::Family::Bert`]), `config.json` (transformers'
 //! fields, `id2label` / `label2id`, plus a `vitnas` block with the
 //! per-layer shapes), `tokenizer.json` and `arch.json`.
 //!
@@ -12,10 +12,9 @@
 //! padded heads and neurons contribute exactly zero).
 
 use super::bert::{Bert, BertConfig};
-use super::names::Family;
 use crate::error::{Error, Result};
+use crate::io::{read_weights, write_atomic, write_safetensors};
 use crate::space::{flops, params, Arch, Pooling, Space};
-use crate::train::checkpoint::{to_safetensors_bytes, write_atomic};
 use candle_core::Tensor;
 use serde_json::json;
 use std::path::Path;
@@ -97,47 +96,6 @@ pub fn pad_uniform(m: &Bert) -> Result<Bert> {
     Ok(out)
 }
 
-/// The model's tensors under their Hugging Face names.
-pub fn named_tensors(m: &Bert) -> Vec<(String, Tensor)> {
-    let fam = Family::Bert;
-    let s = fam.stem();
-    let mut out = vec![
-        (
-            format!("{}.weight", s.word_embeddings),
-            m.word_embeddings.clone(),
-        ),
-        (
-            format!("{}.weight", s.position_embeddings),
-            m.position_embeddings.clone(),
-        ),
-        (
-            format!("{}.weight", s.token_type_embeddings),
-            m.token_type_embeddings.clone(),
-        ),
-    ];
-    m.embeddings_layer_norm
-        .push_tensors(&s.embeddings_norm, &mut out);
-    for (i, l) in m.layers.iter().enumerate() {
-        let n = fam.layer(i);
-        l.query.push_tensors(&n.query, &mut out);
-        l.key.push_tensors(&n.key, &mut out);
-        l.value.push_tensors(&n.value, &mut out);
-        l.attention_output
-            .push_tensors(&n.attention_output, &mut out);
-        l.attention_layer_norm.push_tensors(&n.norm1, &mut out);
-        l.intermediate.push_tensors(&n.intermediate, &mut out);
-        l.output.push_tensors(&n.output, &mut out);
-        l.output_layer_norm.push_tensors(&n.norm2, &mut out);
-    }
-    if let Some(p) = &m.pooler {
-        p.push_tensors(&s.pooler, &mut out);
-    }
-    if let Some(c) = &m.classifier {
-        c.push_tensors(&s.classifier, &mut out);
-    }
-    out
-}
-
 /// Writes the exported directory; returns why transformers cannot load it
 /// (None: it can).
 pub fn export(
@@ -191,10 +149,7 @@ pub fn export(
     });
     let text = serde_json::to_string_pretty(&config).expect("a config serializes");
     write_atomic(&out.join("config.json"), text.as_bytes())?;
-    write_atomic(
-        &out.join("model.safetensors"),
-        &to_safetensors_bytes(&named_tensors(model), None)?,
-    )?;
+    write_safetensors(&out.join("model.safetensors"), &model.tensors(), None)?;
     let tok = std::fs::read(tokenizer).map_err(|e| Error::io(tokenizer, e))?;
     write_atomic(&out.join("tokenizer.json"), &tok)?;
     let arch_json = json!({
@@ -224,7 +179,7 @@ pub fn load_dir(dir: &Path) -> Result<(Bert, Vec<String>)> {
         path: path.clone(),
         error,
     })?;
-    super::names::Family::Bert.check_config(&path, &v)?;
+    crate::engine::names::Family::Bert.check_config(&path, &v)?;
     let model = match v.get("vitnas").and_then(|b| b.get("config")) {
         Some(c) => {
             let config: BertConfig =
@@ -233,8 +188,7 @@ pub fn load_dir(dir: &Path) -> Result<(Bert, Vec<String>)> {
                     error,
                 })?;
             let file = dir.join("model.safetensors");
-            let (tensors, _) =
-                crate::train::checkpoint::read_weights(&file, &candle_core::Device::Cpu)?;
+            let (tensors, _) = read_weights(&file, &candle_core::Device::Cpu)?;
             let (vb, used, names) =
                 super::used::recording(tensors, candle_core::DType::F32, &candle_core::Device::Cpu);
             let model = Bert::load(&config, vb, "bert").map_err(|e| Error::Checkpoint {

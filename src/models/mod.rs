@@ -6,10 +6,16 @@ pub mod bert;
 pub mod export;
 pub mod export_bert;
 pub mod layers;
-pub mod names;
-pub mod text;
+pub mod onnx;
 pub(crate) mod used;
 pub mod vit;
+
+/// The Hugging Face tensor names (kept in the engine, the lowest layer that
+/// reads them).
+pub use crate::engine::names;
+
+/// The BERT tokenizer (kept with the text data, which reads it first).
+pub use crate::data::tokenizer as text;
 
 use crate::error::Result;
 use candle_core::Tensor;

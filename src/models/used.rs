@@ -85,11 +85,7 @@ pub(crate) fn refuse_unused(
     let unused: BTreeSet<&String> = names
         .iter()
         .filter(|n| !used.contains(*n))
-        .filter(|n| {
-            !crate::train::checkpoint::INTEGER_BUFFERS
-                .iter()
-                .any(|b| n.ends_with(b))
-        })
+        .filter(|n| !crate::io::INTEGER_BUFFERS.iter().any(|b| n.ends_with(b)))
         .filter(|n| counts(n))
         .collect();
     if unused.is_empty() {

@@ -3,7 +3,7 @@
 //! `ViTForImageClassification`.
 
 use super::layers::{LayerNorm, Linear};
-use super::names::Family;
+use crate::engine::{self, names::Family};
 use crate::ops;
 use crate::space::{Arch, Space};
 use candle_core::{IndexOp, Result, Tensor};
@@ -204,7 +204,7 @@ impl Vit {
     /// autograd graph; copies the weights first, so for many calls on small
     /// batches build an [`crate::engine::Model`] once instead).
     pub fn infer(&self, images: &Tensor) -> crate::Result<Tensor> {
-        crate::engine::Model::from_vit(self)?.logits(images)
+        engine::Model::from_vit(self)?.logits(images)
     }
 
     /// Every tensor with its Hugging Face name, in a stable order.
@@ -244,6 +244,38 @@ impl Vit {
 
     pub fn num_params(&self) -> usize {
         self.tensors().iter().map(|(_, t)| t.elem_count()).sum()
+    }
+}
+
+// The engine knows names, dims and buffers only; its view of a ViT is
+// built here, beside the type.
+impl engine::Config {
+    /// The engine's configuration of a static ViT.
+    pub fn from_vit(c: &VitConfig) -> Self {
+        Self {
+            family: Family::Vit,
+            stem: engine::Stem::Patches {
+                channels: c.num_channels,
+                image_size: c.image_size,
+                patch: c.patch_size,
+            },
+            head: engine::Head::ClassToken,
+            head_dim: c.head_dim,
+            classes: c.num_labels,
+            eps: c.layer_norm_eps as f32,
+            scaling: None,
+        }
+    }
+}
+
+impl engine::Model {
+    /// A static ViT copied into engine buffers.
+    pub fn from_vit(vit: &Vit) -> crate::Result<Self> {
+        Self::new(
+            engine::Weights::from_tensors(&vit.tensors())?,
+            engine::Config::from_vit(&vit.config),
+            vit.config.arch(),
+        )
     }
 }
 
@@ -385,7 +417,7 @@ impl VitConfig {
         use crate::Error;
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            super::names::Family::Vit.check_config(path, &v)?;
+            crate::engine::names::Family::Vit.check_config(path, &v)?;
         }
         let c: HfVitConfig = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: path.into(),

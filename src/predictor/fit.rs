@@ -420,7 +420,7 @@ pub fn score(pred: &[f64], truth: &[f64]) -> Scores {
         .sum::<f64>()
         / truth.len().max(1) as f64;
     Scores {
-        kendall_tau: crate::rank::stats::kendall_tau_b(pred, truth).unwrap_or(0.0),
+        kendall_tau: crate::stats::kendall_tau_b(pred, truth).unwrap_or(0.0),
         rmse: mse.sqrt(),
         n: truth.len(),
     }

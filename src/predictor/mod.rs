@@ -187,7 +187,7 @@ impl AccuracyPredictor {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("predictor serializes");
-        crate::train::checkpoint::write_atomic(path, text.as_bytes())
+        crate::io::write_atomic(path, text.as_bytes())
     }
 
     /// The space it was fitted on.

@@ -21,7 +21,12 @@ pub mod plot;
 pub mod proxy;
 pub mod quality;
 pub mod reference;
-pub mod stats;
+/// Rank and linear correlation between paired samples: Kendall τ-b,
+/// Spearman ρ, Pearson r, top-k overlap (defined in a low module that the
+/// accuracy predictor also uses).
+pub mod stats {
+    pub use crate::stats::*;
+}
 
 use crate::data::batch::Normalize;
 use crate::data::Dataset;
@@ -408,6 +413,35 @@ impl<'a> Options<'a> {
     }
 }
 
+/// Progress through this rank's share of `items` shared by [`dist::share`]:
+/// `3/12, elapsed 4m10s, ETA 12m30s`.
+struct Pace {
+    started: std::time::Instant,
+    done: usize,
+    mine: usize,
+}
+
+impl Pace {
+    fn new(c: &dyn Collective, items: usize) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            done: 0,
+            mine: items.saturating_sub(c.rank()).div_ceil(c.size().max(1)),
+        }
+    }
+
+    /// Counts one item done and says where this rank stands.
+    fn one_done(&mut self) -> String {
+        self.done += 1;
+        format!(
+            "{}/{}, {}",
+            self.done,
+            self.mine,
+            crate::progress::elapsed_eta(self.started, self.done, self.mine)
+        )
+    }
+}
+
 fn say(opts: &Options, msg: String) {
     let c = opts.collective;
     match (opts.progress, c.size()) {
@@ -595,6 +629,7 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         report.entries[i].inherited_val = Some(v[0]);
         report.entries[i].inherited_test = Some(v[1]);
     };
+    let mut pace = Pace::new(c, left.len());
     let shared = dist::share(c, left.len(), 2, |j| {
         let i = left[j];
         let arch = report.entries[i].arch.clone();
@@ -605,10 +640,11 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         say(
             opts,
             format!(
-                "arch {i:02}: {:.2} M MACs, inherited val {:.4} test {:.4}",
+                "arch {i:02}: {:.2} M MACs, inherited val {:.4} test {:.4} ({})",
                 report.entries[i].flops as f64 / 1e6,
                 v,
-                t
+                t,
+                pace.one_done()
             ),
         );
         if c.size() == 1 {
@@ -641,6 +677,7 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
             entry.standalone_wall_s = Some(v[2]);
         }
     };
+    let mut pace = Pace::new(c, left.len());
     let shared = dist::share(c, left.len(), 3, |j| {
         let i = left[j];
         if opts.stop.load(Ordering::SeqCst) {
@@ -659,7 +696,10 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         let t = accuracy(&test, &norm, bs, fwd)?;
         say(
             opts,
-            format!("arch {i:02}: standalone val {v:.4} test {t:.4}"),
+            format!(
+                "arch {i:02}: standalone val {v:.4} test {t:.4} ({})",
+                pace.one_done()
+            ),
         );
         let wall = match in_one_go {
             true => started.elapsed().as_secs_f64(),

@@ -361,29 +361,49 @@ pub fn cost_rankers(reference: &Reference) -> Vec<Ranker> {
 
 /// The inherited validation accuracy of every ranked architecture in the
 /// supernet run `dir` (its own validation split, on the engine), named
-/// `supernet:<directory name>`. Refuses a run of another space.
+/// `supernet:<directory name>`. Refuses a run of another space. A few-shot
+/// directory (`vitnas train` with `[few_shot]`) scores each architecture in
+/// the sub-supernet that holds it.
 pub fn supernet_ranker(reference: &Reference, dir: &Path) -> Result<Ranker> {
-    let run = crate::train::TrainedRun::load(dir)?;
     let space = crate::space::Space::from_file(&reference.config.space)?;
-    if run.space != space {
-        return Err(Error::Data {
-            source_name: dir.display().to_string(),
-            message: format!(
-                "is a supernet of space {:?}, not of the reference's space {} ({})",
-                run.space.name,
-                space.name,
-                reference.config.space.display()
-            ),
-        });
-    }
-    let (val, norm) = run.validation()?;
-    let bs = run.recipe.data.eval_batch_size;
+    let other_space = |name: &str| Error::Data {
+        source_name: dir.display().to_string(),
+        message: format!(
+            "is a supernet of space {name:?}, not of the reference's space {} ({})",
+            space.name,
+            reference.config.space.display()
+        ),
+    };
     let mut scores = Vec::new();
-    for (e, _) in reference.ranked() {
-        let model = crate::engine::Model::from_vit(&run.net.extract(&e.arch)?)?;
-        let fwd = |x: &candle_core::Tensor| model.logits(x);
-        scores
-            .push(crate::eval::evaluate(&val, &norm, bs, &candle_core::Device::Cpu, fwd)?.accuracy);
+    if crate::train::few_shot::FewShot::is_few_shot(dir) {
+        let fs = crate::train::few_shot::FewShot::load(dir)?;
+        if fs.manifest.space != space {
+            return Err(other_space(&fs.manifest.space.name));
+        }
+        let mut parts: std::collections::HashMap<std::path::PathBuf, crate::train::TrainedRun> =
+            Default::default();
+        let mut val = None;
+        for (e, _) in reference.ranked() {
+            let part = fs.part_for(&e.arch)?;
+            if !parts.contains_key(&part) {
+                parts.insert(part.clone(), crate::train::TrainedRun::load(&part)?);
+            }
+            let run = &parts[&part];
+            if val.is_none() {
+                val = Some(run.validation()?);
+            }
+            let (v, norm) = val.as_ref().expect("loaded above");
+            scores.push(inherited_accuracy(run, &e.arch, v, norm)?);
+        }
+    } else {
+        let run = crate::train::TrainedRun::load(dir)?;
+        if run.space != space {
+            return Err(other_space(&run.space.name));
+        }
+        let (val, norm) = run.validation()?;
+        for (e, _) in reference.ranked() {
+            scores.push(inherited_accuracy(&run, &e.arch, &val, &norm)?);
+        }
     }
     let name = dir
         .file_name()
@@ -393,6 +413,19 @@ pub fn supernet_ranker(reference: &Reference, dir: &Path) -> Result<Ranker> {
         name: format!("supernet:{name}"),
         scores,
     })
+}
+
+/// The accuracy of `arch` with the weights it inherits from `run`, on `val`.
+fn inherited_accuracy(
+    run: &crate::train::TrainedRun,
+    arch: &crate::space::Arch,
+    val: &crate::data::Dataset,
+    norm: &crate::data::batch::Normalize,
+) -> Result<f64> {
+    let model = crate::engine::Model::from_vit(&run.net.extract(arch)?)?;
+    let fwd = |x: &candle_core::Tensor| model.logits(x);
+    let bs = run.recipe.data.eval_batch_size;
+    Ok(crate::eval::evaluate(val, norm, bs, &candle_core::Device::Cpu, fwd)?.accuracy)
 }
 
 /// A zero-cost proxy's score of every ranked architecture at

@@ -10,9 +10,12 @@
 //! Under `mpirun` the evaluations are shared over the ranks and rank 0
 //! runs the evolution (`shared.rs`): the same records as on one rank.
 
-pub mod config;
 pub mod pareto;
 mod shared;
+mod text_judge;
+
+pub use crate::train::recipe::search_config as config;
+pub use text_judge::TextJudge;
 
 use crate::data::batch::Normalize;
 use crate::data::Dataset;
@@ -87,7 +90,7 @@ fn is_zero(n: &usize) -> bool {
 
 /// How a search scores candidates: inherited-weight accuracy on a
 /// validation set, and measured latency. One implementation per input
-/// modality ([`ImageJudge`], [`crate::train::text::TextJudge`]).
+/// modality ([`ImageJudge`], [`TextJudge`]).
 pub trait Judge: Sync {
     /// Examples of the validation set.
     fn examples(&self) -> usize;
@@ -132,6 +135,58 @@ impl Judge for ImageJudge<'_> {
 
     fn latency_ms(&self, arch: &Arch, batch: usize) -> Result<f64> {
         measure_latency(self.net, arch, batch)
+    }
+}
+
+/// Images, few-shot (`[few_shot]`): each architecture is scored by the
+/// sub-supernet that holds it; `parts` pairs each option of the split
+/// choice with its sub-supernet.
+pub struct FewShotJudge<'a> {
+    pub choice: crate::train::few_shot::Choice,
+    pub parts: Vec<(usize, &'a Supernet)>,
+    pub val: &'a Dataset,
+    pub norm: &'a Normalize,
+    pub device: Device,
+}
+
+impl FewShotJudge<'_> {
+    fn part(&self, arch: &Arch) -> Result<ImageJudge<'_>> {
+        let v = self.choice.of(arch);
+        let net = self
+            .parts
+            .iter()
+            .find(|p| p.0 == v)
+            .map(|p| p.1)
+            .ok_or_else(|| Error::Data {
+                source_name: "few-shot supernet".into(),
+                message: format!("no sub-supernet holds {} = {v}", self.choice.name()),
+            })?;
+        Ok(ImageJudge {
+            net,
+            val: self.val,
+            norm: self.norm,
+            device: self.device.clone(),
+        })
+    }
+}
+
+impl Judge for FewShotJudge<'_> {
+    fn examples(&self) -> usize {
+        self.val.len()
+    }
+
+    fn score(
+        &self,
+        arch: &Arch,
+        range: std::ops::Range<usize>,
+        batch: usize,
+    ) -> Result<EvalResult> {
+        self.part(arch)?.score(arch, range, batch)
+    }
+
+    fn latency_ms(&self, arch: &Arch, batch: usize) -> Result<f64> {
+        // Every part has the parent's shapes: any one times the subnet.
+        measure_latency(self.parts[0].1, arch, batch)
     }
 }
 
@@ -771,6 +826,7 @@ pub fn run_with(
         b.set_position(search.state.generation as u64);
         b
     });
+    let (started, first) = (std::time::Instant::now(), search.state.generation);
     while search.state.generation < total {
         let best = search.step(ev)?;
         search.save_state(&state_path)?;
@@ -785,7 +841,15 @@ pub fn run_with(
                 b.set_position(search.state.generation as u64);
                 b.set_message(msg);
             }
-            None if progress => eprintln!("generation {}/{total}: {msg}", search.state.generation),
+            None if progress => eprintln!(
+                "generation {}/{total}: {msg} ({})",
+                search.state.generation,
+                crate::progress::elapsed_eta(
+                    started,
+                    search.state.generation - first,
+                    total - first
+                )
+            ),
             None => {}
         }
     }

@@ -1,5 +1,7 @@
-//! Search spaces: a TOML file per space under `search_spaces/`, deserialized
-//! straight into [`Space`], then checked by [`Space::validate`].
+//! Search spaces and their architectures: a TOML file per space under
+//! `search_spaces/`, deserialized straight into [`Space`], then checked by
+//! [`Space::validate`]; architectures, their sampling and genes (`arch.rs`)
+//! and their analytical params / FLOPs (`cost.rs`).
 
 pub mod arch;
 pub mod cost;
@@ -43,10 +45,15 @@ pub struct TextInput {
     pub max_position_embeddings: usize,
     #[serde(default = "two")]
     pub type_vocab_size: usize,
+    /// The classes; left out (or 0), taken from the training data's labels
+    /// when a run starts (the run's own space.toml then states it). A
+    /// number that the data's labels contradict is refused.
+    #[serde(default)]
     pub num_classes: usize,
     /// The sequence length (tokens, special tokens included) at which FLOPs
     /// and latency are stated; batches themselves are as long as their
-    /// longest sequence.
+    /// longest sequence. A recipe's `data.text.cost_seq_len` replaces it
+    /// in the run's space.
     pub seq_len: usize,
     #[serde(default)]
     pub pooling: Pooling,
@@ -191,7 +198,6 @@ impl Space {
                     ("text.vocab_size", t.vocab_size),
                     ("text.max_position_embeddings", t.max_position_embeddings),
                     ("text.type_vocab_size", t.type_vocab_size),
-                    ("text.num_classes", t.num_classes),
                     ("text.seq_len", t.seq_len),
                 ]);
             }
@@ -214,7 +220,9 @@ impl Space {
             }
         }
         // One class is no classification: every example would be "right".
+        // (A text space may leave the number to the data: 0.)
         let classes = match &self.text {
+            Some(t) if t.num_classes == 0 => ("text.num_classes", 2),
             Some(t) => ("text.num_classes", t.num_classes),
             None => (
                 "input.num_classes",
@@ -578,6 +586,27 @@ impl Space {
         match self.modality() {
             Modality::Image(_) => self.num_patches() + 1,
             Modality::Text(t) => t.seq_len,
+        }
+    }
+
+    /// Whether the space states its classes (a text space may leave them to
+    /// the training data: see [`TextInput::num_classes`]).
+    pub fn states_classes(&self) -> bool {
+        self.num_classes() > 0
+    }
+
+    /// Refuses a space that leaves its classes to the data, for a command
+    /// that builds models from the space file alone (`file` names it).
+    pub fn require_classes(&self, file: &str) -> Result<()> {
+        match self.states_classes() {
+            true => Ok(()),
+            false => Err(Error::InvalidSpace {
+                file: file.to_string(),
+                field: "text.num_classes".into(),
+                message: "left to the training data, but this command has no data: give the \
+                          number in the space, or use a trained run's space.toml"
+                    .into(),
+            }),
         }
     }
 

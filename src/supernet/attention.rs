@@ -5,8 +5,8 @@
 //! subnet (no interleaved-qkv slicing quirk).
 
 use super::linear::{elastic_linear, ElasticLinear};
+use crate::engine::names::LayerNames;
 use crate::init::InitScheme;
-use crate::models::names::LayerNames;
 use crate::ops;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;

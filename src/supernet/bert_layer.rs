@@ -6,9 +6,9 @@
 
 use super::layer_norm::{elastic_layer_norm, ElasticLayerNorm};
 use super::linear::{elastic_linear, ElasticLinear};
+use crate::engine::names::LayerNames;
 use crate::init::InitScheme;
 use crate::models::bert::{masked_attention, BertLayer};
-use crate::models::names::LayerNames;
 use crate::ops;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;

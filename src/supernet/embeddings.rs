@@ -3,8 +3,8 @@
 
 use super::linear::detached_copy;
 use super::patch_embed::{elastic_patch_embed, ElasticPatchEmbed};
+use crate::engine::names::StemNames;
 use crate::init::InitScheme;
-use crate::models::names::StemNames;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

@@ -2,8 +2,8 @@
 //! `output.dense` (width → embed); a subnet uses the first `width` hidden units.
 
 use super::linear::{elastic_linear, ElasticLinear};
+use crate::engine::names::LayerNames;
 use crate::init::InitScheme;
-use crate::models::names::LayerNames;
 use crate::ops;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;

@@ -1,8 +1,9 @@
-//! The weight-sharing ViT supernet. Every subnet of a [`Space`] is the
-//! leading slice of the supernet's weights; the architecture is an argument
-//! of [`Supernet::forward`], never stored state. Optional switchable
-//! scaling layers ([`scaling`]) multiply each block's branch outputs; they
-//! are folded away by [`Supernet::extract`].
+//! Weight-sharing supernets built from elastic layers (one per file): the
+//! ViT supernet here, the BERT supernet in `bert.rs`. Every subnet of a
+//! [`Space`] is the leading slice of the supernet's weights; the
+//! architecture is an argument of [`Supernet::forward`], never stored
+//! state. Optional switchable scaling layers ([`scaling`]) multiply each
+//! block's branch outputs; they are folded away by [`Supernet::extract`].
 
 pub mod attention;
 pub mod bert;
@@ -13,14 +14,15 @@ pub mod head;
 pub mod layer_norm;
 pub mod linear;
 pub mod mlp;
+pub mod params;
 pub mod patch_embed;
 pub mod rewire;
 pub mod scaling;
 pub mod text_embeddings;
 
+use crate::engine::names::Family;
 use crate::error::{Error, Result};
 use crate::init::InitScheme;
-use crate::models::names::Family;
 use crate::models::vit::{Vit, VitConfig};
 use crate::space::{Arch, Space};
 use block::{elastic_block, BlockDims, ElasticBlock};
@@ -41,6 +43,19 @@ pub struct Supernet {
     /// How subnets pick their rows of the blocks' scaling tables, when the
     /// supernet has scaling layers.
     pub scaling: Option<Scaling>,
+}
+
+// The engine knows names, dims and buffers only; its view of a supernet
+// is built here, beside the type.
+impl crate::engine::Config {
+    /// The configuration of a supernet: its space's shapes and its scaling
+    /// layers' row mapping.
+    pub fn from_supernet(net: &Supernet) -> Self {
+        Self {
+            scaling: net.scaling.clone(),
+            ..Self::from_space(&net.space)
+        }
+    }
 }
 
 impl Supernet {

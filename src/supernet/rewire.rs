@@ -25,11 +25,11 @@
 //! exists: optimizer moments are not permuted.
 
 use super::bert::{BertSupernet, Tokens};
+use super::params::Params;
 use crate::data::text::TextBatch;
+use crate::engine::names::Family;
 use crate::error::{Error, Result};
-use crate::models::names::Family;
 use crate::space::{mlp_width, Arch};
-use crate::train::step::Params;
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -4,8 +4,8 @@
 
 use super::layer_norm::{elastic_layer_norm, ElasticLayerNorm};
 use super::linear::detached_copy;
+use crate::engine::names::StemNames;
 use crate::init::InitScheme;
-use crate::models::names::StemNames;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

@@ -33,7 +33,7 @@ use std::time::Instant;
 
 /// Values per all-reduce bucket (256 KB of f32): the step's buffers are
 /// packed into buckets of this size, one all-reduce each. Chosen by
-/// measurement (evaluate/README.md, "Data-parallel training on MPI";
+/// measurement (`evaluate/studies/2026-11-29-mpi.md`;
 /// `vitnas bench allreduce`, 2 ranks on OpenMPI's shared memory): against
 /// one bucket for the whole gradient, 1.2 instead of 1.9 ms for the
 /// fmnist-tiny supernet (4.8 MB), 13 instead of 42 ms for autoformer-tiny

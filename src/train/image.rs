@@ -7,11 +7,11 @@ use super::data::load_test;
 use super::flat::FlatWeights;
 use super::optim::AdamW;
 use super::recipe::Recipe;
-use super::run::{Metrics, Restore};
 use super::sampler::Plan;
 use super::step::{Forward, Params};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::task::{Examples, TrainTask};
+use super::task::{Metrics, Restore};
 use super::trainee::{RunKind, Trainee};
 use super::{standalone, RunOptions};
 use crate::data::batch::{make_batch_part, Normalize};
@@ -193,7 +193,7 @@ impl ImageTask<'_> {
 }
 
 /// Loads a pretrained Hugging Face ViT into the supernet's leading slices
-/// and records what was loaded in `dir`'s `init-report.txt` (rank 0's; the
+/// (or a trained vitnas supernet run, whole) and records what was loaded in `dir`'s `init-report.txt` (rank 0's; the
 /// other ranks of a data-parallel run load the same weights, silently).
 fn init_from_pretrained(
     spec: &str,
@@ -202,8 +202,15 @@ fn init_from_pretrained(
     space: &Space,
     progress: bool,
 ) -> Result<()> {
-    let model_dir = crate::hub::resolve(spec)?;
-    let report = crate::hub::load_vit_into(params, &model_dir, space.supernet.head_dim)?;
+    let (model_dir, report) = if super::few_shot::is_supernet_run(spec) {
+        let parent = Path::new(spec);
+        let report = super::few_shot::load_parent_into(params, parent, space)?;
+        (parent.to_path_buf(), report)
+    } else {
+        let model_dir = crate::hub::resolve(spec)?;
+        let report = crate::hub::load_vit_into(params, &model_dir, space.supernet.head_dim)?;
+        (model_dir, report)
+    };
     let Some(dir) = dir else {
         return Ok(());
     };

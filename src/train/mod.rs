@@ -1,4 +1,5 @@
-//! Supernet (and standalone) training.
+//! Training from a recipe: a supernet (image or text), a few-shot split of
+//! one, or a single static model (retrain, finetune).
 //!
 //! The flow, one file per concern:
 //! - [`recipe`]: the TOML recipe and its validation;
@@ -28,6 +29,7 @@
 pub mod checkpoint;
 pub mod data;
 mod data_parallel;
+pub mod few_shot;
 mod flat;
 pub mod gradient;
 mod image;

@@ -2,7 +2,10 @@
 //! into [`Recipe`]. Every run writes its fully resolved recipe next to its
 //! artifacts.
 
+pub mod search_config;
+
 use super::loss::RankingConfig;
+pub use super::loss::{AlphaSurrogate, DistillConfig, LossConfig};
 use crate::data::batch::{Augment, Normalize};
 use crate::data::Format;
 use crate::error::{Error, Result};
@@ -22,7 +25,9 @@ pub struct Recipe {
     pub output_dir: PathBuf,
     /// Pretrained Hugging Face ViT to start from: a local directory or a hub
     /// id found in the local hub cache. Its tensors fill the supernet's
-    /// leading slices.
+    /// leading slices. Image spaces: or a trained vitnas supernet run
+    /// whose space has the same `[input]` and `[supernet]` (continued
+    /// training, few-shot splitting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<String>,
     /// How parameters start (`torch_default`, `trunc_normal_0.02`,
@@ -47,9 +52,14 @@ pub struct Recipe {
     pub ranking: Option<RankingConfig>,
     pub optimizer: OptimizerConfig,
     pub train: TrainConfig,
+    /// Split the supernet of `init_from` (a trained vitnas run) into
+    /// few-shot sub-supernets and train each for this recipe's budget
+    /// ([`super::few_shot`]); none when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub few_shot: Option<FewShotConfig>,
     /// Architecture search over the trained supernet (`vitnas search`).
     #[serde(default)]
-    pub search: crate::search::config::SearchConfig,
+    pub search: search_config::SearchConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +111,13 @@ pub struct TextDataConfig {
     /// one; when absent, the tokenizer of `init_from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
+    /// The sequence length (tokens) at which the run states FLOPs and
+    /// latency (search bounds, `vitnas eval`, exports): it replaces the
+    /// space's `text.seq_len` in the run's space.toml. Left out: the
+    /// space's value. Set it to `max_len` to state costs at the length the
+    /// run trains on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_seq_len: Option<usize>,
     /// DynaBERT rewiring before training: heads and FFN neurons reordered
     /// by importance measured on this many training batches (0: none).
     #[serde(default)]
@@ -109,6 +126,38 @@ pub struct TextDataConfig {
 
 fn default_eval_batch() -> usize {
     256
+}
+
+/// A recipe's `[few_shot]` ([`super::few_shot`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FewShotConfig {
+    /// The global choice to split on: `"embed_dim"`, `"depth"`, or
+    /// `"auto"` (GM-NAS's gradient matching picks one of them).
+    pub split: Split,
+    /// `"auto"`: training batches whose gradients are compared.
+    #[serde(default = "default_gm_batches")]
+    pub gm_batches: usize,
+    /// `"auto"`: architectures sampled per option and batch.
+    #[serde(default = "default_gm_archs")]
+    pub gm_archs: usize,
+}
+
+fn default_gm_batches() -> usize {
+    4
+}
+
+fn default_gm_archs() -> usize {
+    4
+}
+
+/// What a few-shot recipe splits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    EmbedDim,
+    Depth,
+    Auto,
 }
 
 /// Which subnets one optimizer step trains.
@@ -196,32 +245,6 @@ pub enum AttentivePick {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LossConfig {
-    /// Label smoothing of the cross-entropy on ground truth labels.
-    #[serde(default)]
-    pub label_smoothing: f64,
-    /// In-place distillation of the non-largest subnets from the largest's
-    /// detached output (when the sampler trains the largest first).
-    pub distill: DistillConfig,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum DistillConfig {
-    /// Every subnet trains on the labels.
-    None,
-    /// KL(teacher ‖ student), batch mean.
-    Kl,
-    /// AlphaNet's adaptive alpha-divergence.
-    Alpha {
-        alpha_min: f64,
-        alpha_max: f64,
-        iw_clip: f64,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
     /// Peak learning rate (AdamW).
     pub lr: f64,
@@ -273,6 +296,15 @@ pub struct TrainConfig {
     /// Plain progress line every N steps when not on a terminal.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// Gradient diagnosis: at the first step and every `log_every` steps,
+    /// each subnet's gradient norm alone (parameters and logits) and, for
+    /// each distilled subnet, the cross-entropy gradient the labels would
+    /// give it on the same batch, written to the step's metrics.jsonl line
+    /// as `diagnosis` (see [`crate::train::step::diagnose_subnets`]). It
+    /// changes no update; it costs about one more step on each step it
+    /// diagnoses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub diagnose_gradients: bool,
 }
 
 fn default_nonfinite() -> NonFinite {
@@ -351,6 +383,9 @@ impl Recipe {
                         t.max_len
                     ),
                 ));
+            }
+            if t.cost_seq_len == Some(0) {
+                return Err(bad("data.text.cost_seq_len", "must be positive"));
             }
         }
         if d.val_size == 0 {
@@ -524,6 +559,7 @@ impl Recipe {
             alpha_min,
             alpha_max,
             iw_clip,
+            ..
         } = self.loss.distill
         {
             if !(alpha_min.is_finite() && alpha_max.is_finite()) {

@@ -12,24 +12,21 @@ use super::gradient::{self, Agreement};
 use super::loss;
 use super::optim::{lr_at, AdamW};
 use super::recipe::{NonFinite, Recipe};
-use super::step::{accumulate_groups, Batch, Params, Path as StepPath, StepLosses};
+use super::step::{
+    accumulate_groups, diagnose_subnets, Batch, Params, Path as StepPath, StepLosses,
+};
 use super::summary::{EvalSplit, Reported, Summary};
-use super::task::TrainTask;
+use super::task::{Metrics, Restore, TrainTask};
 use super::{step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
 use crate::data::batch::epoch_order;
 use crate::error::{Error, Result};
 use crate::eval::EvalResult;
 use crate::space::{flops, Arch, Space};
-use candle_core::Tensor;
 use serde_json::json;
-use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-
-/// A checkpoint to continue from: its tensors and its state.
-pub(crate) type Restore = (HashMap<String, Tensor>, TrainState);
 
 /// Trains `task`'s model, whose parameters are `params`, with `recipe` in
 /// `recipe.output_dir` (prepared by the caller), from scratch or from
@@ -77,7 +74,7 @@ pub(super) fn run(
     // end). Models the engine does not run train through candle's autograd.
     let mut flat = FlatWeights::new(params, task.net())?;
     let distill = loss::from_config(&recipe.loss.distill);
-    let metrics = Metrics(root.then(|| dir.join(METRICS_FILE)));
+    let metrics = Metrics::new(root.then(|| dir.join(METRICS_FILE)));
     let end = opts
         .max_steps
         .or(recipe.train.max_steps)
@@ -138,6 +135,16 @@ pub(super) fn run(
             distill: distill.as_deref(),
             ranking: ranking.map(|r| r.at(step, schedule.steps_per_epoch, &prior)),
         };
+        // Gradient diagnosis (before the update, on the step's weights and
+        // batch): changes nothing the step computes.
+        let diagnosis = if recipe.train.diagnose_gradients
+            && root
+            && (step == 0 || (step + 1).is_multiple_of(recipe.train.log_every))
+        {
+            Some(diagnose_subnets(path, &plan, batch)?)
+        } else {
+            None
+        };
         let out = {
             let mut targets: Vec<&mut [Vec<f32>]> =
                 groups[..n_groups].iter_mut().map(|g| &mut g[..]).collect();
@@ -168,6 +175,9 @@ pub(super) fn run(
                 });
                 if let Some(t) = examples.tokens() {
                     line["tokens"] = json!(t);
+                }
+                if let Some(d) = &diagnosis {
+                    line["diagnosis"] = json!(d);
                 }
                 if let Some(r) = &out.ranking {
                     line["ranking"] = json!({
@@ -328,24 +338,6 @@ impl EpochOrder {
     }
 }
 
-/// Appends JSON lines to a run's metrics.jsonl (none on ranks other than 0).
-pub(super) struct Metrics(Option<PathBuf>);
-
-impl Metrics {
-    /// Appends `v` as one line.
-    pub(super) fn line(&self, v: serde_json::Value) -> Result<()> {
-        let Some(path) = &self.0 else {
-            return Ok(());
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        writeln!(f, "{v}").map_err(|e| Error::io(path, e))
-    }
-}
-
 /// A progress bar on a terminal, plain log lines otherwise, or silence.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -353,6 +345,9 @@ struct Progress {
     log_every: usize,
     total: usize,
     started: Instant,
+    /// The step this process started at (a resumed run's earlier steps
+    /// do not count in its rate or ETA).
+    first: usize,
     /// Examples trained since this process started, and per step.
     examples: usize,
     batch: usize,
@@ -385,6 +380,7 @@ impl Progress {
             log_every: recipe.train.log_every,
             total: schedule.total,
             started: Instant::now(),
+            first: step,
             examples: 0,
             batch: recipe.train.batch_size,
             unit,
@@ -404,9 +400,14 @@ impl Progress {
             ));
         } else if self.log && (done.is_multiple_of(self.log_every) || done == end) {
             eprintln!(
-                "step {done}/{} epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} {unit}/s",
+                "step {done}/{} epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} {unit}/s ({})",
                 self.total,
-                epoch + 1
+                epoch + 1,
+                crate::progress::elapsed_eta(
+                    self.started,
+                    done.saturating_sub(self.first),
+                    end.saturating_sub(self.first)
+                )
             );
         }
     }

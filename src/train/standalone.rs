@@ -95,6 +95,7 @@ fn standalone_recipe(recipe: &Recipe, output_dir: PathBuf) -> Recipe {
     let mut r = recipe.clone();
     r.output_dir = output_dir;
     r.init_from = None;
+    r.few_shot = None;
     r.loss.distill = DistillConfig::None;
     r.gradient = GradientConfig::Sum;
     r.scaling = Default::default();

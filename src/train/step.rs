@@ -16,43 +16,13 @@ use crate::space::Arch;
 use crate::supernet::bert::{BertSupernet, Tokens};
 use crate::supernet::Supernet;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarMap;
+use serde::Serialize;
 
-/// The supernet's trainable variables, sorted by name (a stable order for
-/// the optimizer state and checkpoints).
-#[derive(Debug, Clone)]
-pub struct Params {
-    pub names: Vec<String>,
-    pub vars: Vec<Var>,
-}
+pub use crate::supernet::params::Params;
 
+// The step's view of the variables; `Params` itself lives with the
+// supernet, below training.
 impl Params {
-    pub fn from_varmap(vm: &VarMap) -> Self {
-        let data = vm.data().lock().expect("varmap poisoned");
-        let mut named: Vec<(String, Var)> =
-            data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let (names, vars) = named.into_iter().unzip();
-        Params { names, vars }
-    }
-
-    pub fn sizes(&self) -> Vec<usize> {
-        self.vars.iter().map(|v| v.elem_count()).collect()
-    }
-
-    pub fn zero_grads(&self) -> Vec<Vec<f32>> {
-        self.sizes().into_iter().map(|n| vec![0.0; n]).collect()
-    }
-
-    /// Sets every variable from flat buffers in the same order (after
-    /// optimizer steps on the engine's copy, before candle reads them).
-    pub fn store(&self, data: &[Vec<f32>]) -> Result<()> {
-        for (var, d) in self.vars.iter().zip(data) {
-            var.set(&Tensor::from_slice(d, var.shape(), var.device())?)?;
-        }
-        Ok(())
-    }
-
     /// The engine's flat copy of the current values, when `net` runs on the
     /// engine (f32 parameters): the trainer keeps it between steps and
     /// updates it in place.
@@ -62,15 +32,6 @@ impl Params {
             Some(cfg) if f32_params => Ok(Some((Weights::from_tensors(&self.tensors())?, cfg))),
             _ => Ok(None),
         }
-    }
-
-    /// `(name, tensor)` pairs of the current values.
-    pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        self.names
-            .iter()
-            .cloned()
-            .zip(self.vars.iter().map(|v| v.as_tensor().clone()))
-            .collect()
     }
 }
 
@@ -323,7 +284,7 @@ trait Pass {
     fn backward(
         &mut self,
         arch: &Arch,
-        tape: Self::Tape,
+        tape: &Self::Tape,
         logits: &Tensor,
         loss: &Tensor,
         grads: &mut [Vec<f32>],
@@ -360,7 +321,7 @@ fn run_subnets<P: Pass>(
     let mut held = Vec::new();
     let mut backward = |pass: &mut P, k: usize, f: Forwarded<P::Tape>| -> Result<()> {
         let g = group_of[k];
-        pass.backward(&plan.archs[k], f.tape, &f.logits, &f.loss, groups[g])?;
+        pass.backward(&plan.archs[k], &f.tape, &f.logits, &f.loss, groups[g])?;
         if group_of.get(k + 1) != Some(&g) {
             pass.flush(groups[g], k + 1 == n);
         }
@@ -414,6 +375,167 @@ fn run_subnets<P: Pass>(
         nonfinite: None,
         ranking: Some(terms),
     })
+}
+
+/// One subnet's gradients on a diagnosed step (see [`diagnose_subnets`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubnetDiagnosis {
+    /// The subnet's reported loss, as in the step.
+    pub loss: f32,
+    /// Whether it learned from the step's teacher (distillation) rather
+    /// than from the labels.
+    pub distilled: bool,
+    /// `‖∂loss/∂θ‖` over every parameter: this subnet's share of the
+    /// step's summed gradient, before any gradient strategy or clipping.
+    pub grad_norm: f64,
+    /// `‖∂loss/∂logits‖` (of the batch-mean loss).
+    pub logit_grad_norm: f64,
+    /// Mean entropy (nats) of its predicted distribution: how confident
+    /// it is (`ln classes` is uniform).
+    pub entropy: f64,
+    /// Its accuracy on the batch's labels.
+    pub batch_accuracy: f64,
+    /// For a distilled subnet: the label-smoothed cross-entropy it would
+    /// have had on the same batch, and how its gradient compares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ce: Option<CeComparison>,
+    /// The distillation loss's own statistics ([`Distill::diagnose`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distill: Option<serde_json::Value>,
+}
+
+/// A distilled subnet's distillation gradient against the cross-entropy
+/// gradient the labels would give it on the same batch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CeComparison {
+    /// The label-smoothed cross-entropy's value.
+    pub loss: f32,
+    /// `‖∂CE/∂θ‖`.
+    pub grad_norm: f64,
+    /// `‖∂CE/∂logits‖`.
+    pub logit_grad_norm: f64,
+    /// Cosine between the distillation and the CE parameter gradients.
+    pub cosine: f64,
+}
+
+/// Diagnosis of a step, for `[train] diagnose_gradients`: every subnet of
+/// `plan` is run again on the same batch and weights by `path`, and its
+/// gradient computed alone (its own loss, without the ranking term) into
+/// scratch buffers; for each distilled subnet, also the cross-entropy
+/// gradient the labels would give it. Nothing is added to any update: a
+/// run trains the same with and without it, at about twice the work on
+/// the steps it diagnoses.
+pub fn diagnose_subnets(path: Path, plan: &Plan, batch: Batch) -> Result<Vec<SubnetDiagnosis>> {
+    match path {
+        Path::Engine { weights, config } => {
+            let mut pass = EnginePass::new(weights, config, batch.input)?;
+            diagnose(&mut pass, plan, batch, weights.zero_grads())
+        }
+        Path::Autograd { net, params } => {
+            let mut pass = AutogradPass {
+                net,
+                params,
+                input: batch.input,
+            };
+            diagnose(&mut pass, plan, batch, params.zero_grads())
+        }
+    }
+}
+
+/// `‖∂f(z)/∂z‖` at `z = logits` (detached: only the loss's own gradient).
+fn logit_grad(logits: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Vec<f32>> {
+    let z = Var::from_tensor(&logits.detach())?;
+    let g = f(z.as_tensor())?.backward()?;
+    Ok(match g.get(z.as_tensor()) {
+        Some(d) => d.flatten_all()?.to_vec1::<f32>()?,
+        None => vec![0.0; z.elem_count()],
+    })
+}
+
+/// Mean entropy of `softmax(logits)` and accuracy against `labels`.
+fn entropy_accuracy(logits: &Tensor, labels: &Tensor) -> Result<(f64, f64)> {
+    let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let h = (logp.exp()? * &logp)?.sum(candle_core::D::Minus1)?.neg()?;
+    let hit = logits
+        .argmax(candle_core::D::Minus1)?
+        .eq(&labels.to_dtype(DType::U32)?)?
+        .to_dtype(DType::F32)?;
+    let mean = |t: Tensor| -> Result<f64> { Ok(t.mean_all()?.to_scalar::<f32>()? as f64) };
+    Ok((mean(h)?, mean(hit)?))
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// `(⟨a, b⟩, ‖a‖², ‖b‖²)` over every parameter's buffer.
+fn dot_all(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f64, f64, f64) {
+    a.iter().zip(b).fold((0.0, 0.0, 0.0), |(d, x, y), (a, b)| {
+        let (d2, x2, y2) = super::gradient::dot3(a, b);
+        (d + d2, x + x2, y + y2)
+    })
+}
+
+fn diagnose<P: Pass>(
+    pass: &mut P,
+    plan: &Plan,
+    batch: Batch,
+    mut scratch: Vec<Vec<f32>>,
+) -> Result<Vec<SubnetDiagnosis>> {
+    let mut ce_scratch = scratch.clone();
+    let mut teacher: Option<Tensor> = None;
+    let mut out = Vec::with_capacity(plan.archs.len());
+    let ce = |z: &Tensor| Ok(cross_entropy(z, batch.labels, batch.label_smoothing)?);
+    for (k, arch) in plan.archs.iter().enumerate() {
+        let (logits, tape) = pass.forward(arch)?;
+        let (loss, value) = subnet_loss(&logits, teacher.as_ref(), &batch)?;
+        if !value.is_finite() {
+            break;
+        }
+        scratch.iter_mut().for_each(|g| g.fill(0.0));
+        pass.backward(arch, &tape, &logits, &loss, &mut scratch)?;
+        pass.flush(&mut scratch, false);
+        let own = |z: &Tensor| Ok(subnet_loss(z, teacher.as_ref(), &batch)?.0);
+        let dz = logit_grad(&logits, own)?;
+        let (entropy, batch_accuracy) = entropy_accuracy(&logits.detach(), batch.labels)?;
+        let mut d = SubnetDiagnosis {
+            loss: value,
+            distilled: false,
+            grad_norm: dot_all(&scratch, &scratch).1.sqrt(),
+            logit_grad_norm: norm(&dz),
+            entropy,
+            batch_accuracy,
+            ce: None,
+            distill: None,
+        };
+        if let (Some(t), Some(distill)) = (&teacher, batch.distill) {
+            let ce_loss = ce(&logits)?;
+            ce_scratch.iter_mut().for_each(|g| g.fill(0.0));
+            pass.backward(arch, &tape, &logits, &ce_loss, &mut ce_scratch)?;
+            pass.flush(&mut ce_scratch, false);
+            let (dot, aa, bb) = dot_all(&scratch, &ce_scratch);
+            d.distilled = true;
+            d.ce = Some(CeComparison {
+                loss: ce_loss.to_scalar::<f32>()?,
+                grad_norm: bb.sqrt(),
+                logit_grad_norm: norm(&logit_grad(&logits, ce)?),
+                cosine: if aa > 0.0 && bb > 0.0 {
+                    dot / (aa * bb).sqrt()
+                } else {
+                    0.0
+                },
+            });
+            d.distill = distill.diagnose(&logits.detach(), t)?;
+        }
+        if k == 0 && plan.teacher_first {
+            teacher = Some(logits.detach());
+        }
+        out.push(d);
+    }
+    Ok(out)
 }
 
 /// A step's input as flat buffers the engine reads.
@@ -493,7 +615,7 @@ impl Pass for EnginePass<'_> {
     fn backward(
         &mut self,
         arch: &Arch,
-        tapes: Self::Tape,
+        tapes: &Self::Tape,
         logits: &Tensor,
         loss: &Tensor,
         grads: &mut [Vec<f32>],
@@ -507,7 +629,7 @@ impl Pass for EnginePass<'_> {
             self.w,
             self.cfg,
             arch,
-            &tapes,
+            tapes,
             &dlogits,
             &self.chunks,
             grads,
@@ -545,7 +667,7 @@ impl Pass for AutogradPass<'_> {
     fn backward(
         &mut self,
         _arch: &Arch,
-        _tape: (),
+        _tape: &(),
         _logits: &Tensor,
         loss: &Tensor,
         grads: &mut [Vec<f32>],

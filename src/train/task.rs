@@ -3,22 +3,52 @@
 //! architecture is evaluated, what a checkpoint writes, and the end-of-run
 //! test. Two implementations: images (`image.rs`: a ViT supernet or one
 //! static model) and token sequences ([`super::text`]: a BERT supernet).
+//! The types the loop and the tasks share ([`Metrics`], [`Restore`]) are
+//! here too, so that the loop imports its tasks' side and never the
+//! reverse.
 
 use super::flat::FlatWeights;
 use super::optim::AdamW;
-use super::run::Metrics;
 use super::sampler::Plan;
 use super::step::{Forward, Input, Params};
 use super::summary::{Reported, Summary};
 use super::{checkpoint::TrainState, RunOptions};
 use crate::data::text::TextBatch;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::eval::EvalResult;
 use crate::space::{Arch, Space};
 use candle_core::Tensor;
 use rand::rngs::StdRng;
+use std::collections::HashMap;
+use std::io::Write;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A checkpoint to continue from: its tensors and its state.
+pub(crate) type Restore = (HashMap<String, Tensor>, TrainState);
+
+/// Appends JSON lines to a run's metrics.jsonl (none on ranks other than 0).
+pub(super) struct Metrics(Option<PathBuf>);
+
+impl Metrics {
+    /// Appends to `path`, or writes nothing (`None`: not rank 0).
+    pub(super) fn new(path: Option<PathBuf>) -> Self {
+        Self(path)
+    }
+
+    /// Appends `v` as one line.
+    pub(super) fn line(&self, v: serde_json::Value) -> Result<()> {
+        let Some(path) = &self.0 else {
+            return Ok(());
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        writeln!(f, "{v}").map_err(|e| Error::io(path, e))
+    }
+}
 
 /// One modality's side of a training run; the loop does the rest.
 pub(super) trait TrainTask {

@@ -16,11 +16,11 @@ use super::flat::FlatWeights;
 use super::loss::cross_entropy;
 use super::optim::AdamW;
 use super::recipe::{Recipe, TextDataConfig};
-use super::run::{Metrics, Restore};
 use super::sampler::{self, Plan, Sampler};
 use super::step::{Forward, Params};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::task::{Examples, TrainTask};
+use super::task::{Metrics, Restore};
 use super::RunOptions;
 use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE};
 use crate::data::batch::epoch_order;
@@ -138,7 +138,7 @@ pub fn load_train_val(recipe: &Recipe, space: &Space) -> Result<TextData> {
     }
     let dir = crate::data::resolve_dir(recipe.data.path.as_deref(), &[])?;
     let full = load_text(&split_file(&dir, "train")?, &cfg.fields, None)?;
-    check_classes(&full, space)?;
+    check_classes(&full, space, recipe)?;
     check_test_split(&dir, cfg, &full.label_names)?;
     let (train_idx, val_idx) = super::data::split_indices(recipe, full.len(), &full.source)?;
     let tokenizer = tokenizer_of(recipe)?;
@@ -179,20 +179,110 @@ pub fn load_test(
     TokenizedDataset::new(&test, tok)
 }
 
-fn check_classes(data: &TextDataset, space: &Space) -> Result<()> {
+/// Refuses data whose labels contradict the classes the space states (a
+/// space that leaves them to the data, 0, takes any number), naming both
+/// numbers and both files.
+fn check_classes(data: &TextDataset, space: &Space, recipe: &Recipe) -> Result<()> {
     let n = data.label_names.len();
-    if n != space.num_classes() {
+    if space.states_classes() && n != space.num_classes() {
+        let mut names = data.label_names.clone();
+        if names.len() > 20 {
+            names.truncate(20);
+            names.push("…".into());
+        }
         return Err(Error::Data {
             source_name: data.source.clone(),
             message: format!(
-                "{n} labels ({:?}) but the space `{}` has {} classes (text.num_classes)",
-                data.label_names,
+                "the data has {n} classes ({}) but the space `{}` ({}) states text.num_classes \
+                 = {}: leave num_classes out of the space to take it from the data, or make \
+                 the two agree",
+                names.join(", "),
                 space.name,
+                recipe.space.display(),
                 space.num_classes()
             ),
         });
     }
     Ok(())
+}
+
+/// The space a text run trains and states costs with: the classes of the
+/// data's labels (checked against the space's, when it states them) and
+/// the recipe's `data.text.cost_seq_len`, when given, as `text.seq_len`.
+pub fn resolve_space(recipe: &Recipe, space: &Space, data: &TextData) -> Result<Space> {
+    let cfg = text_config(recipe)?;
+    let mut resolved = space.clone();
+    let t = resolved.text.as_mut().ok_or_else(|| Error::InvalidSpace {
+        file: recipe.space.display().to_string(),
+        field: "text".into(),
+        message: "a text run needs a text space".into(),
+    })?;
+    t.num_classes = data.label_names.len();
+    if let Some(len) = cfg.cost_seq_len {
+        if len > t.max_position_embeddings {
+            return Err(Error::InvalidRecipe {
+                file: format!("recipe `{}`", recipe.name),
+                field: "data.text.cost_seq_len".into(),
+                message: format!(
+                    "{len} exceeds the space's text.max_position_embeddings {}",
+                    t.max_position_embeddings
+                ),
+            });
+        }
+        t.seq_len = len;
+    }
+    resolved.validate(&format!(
+        "{} as resolved for the data",
+        recipe.space.display()
+    ))?;
+    Ok(resolved)
+}
+
+/// What a text run trains on, said once at its start: examples, classes
+/// (with counts), token lengths (percentiles, after truncation) and how
+/// many texts reach `max_len`.
+pub fn data_summary(data: &TextData) -> String {
+    let train = &data.train;
+    let mut lens: Vec<usize> = train.ids.iter().map(Vec::len).collect();
+    lens.sort_unstable();
+    let pct = |p: f64| match lens.len() {
+        0 => 0,
+        n => lens[((p / 100.0) * (n - 1) as f64).round() as usize],
+    };
+    let cut = lens.iter().filter(|&&l| l >= train.max_len).count();
+    let mut counts = vec![0usize; train.num_classes()];
+    for &l in &train.labels {
+        if let Some(c) = counts.get_mut(l as usize) {
+            *c += 1;
+        }
+    }
+    let mut classes: Vec<String> = data
+        .label_names
+        .iter()
+        .zip(&counts)
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect();
+    if classes.len() > 20 {
+        let more = classes.len() - 20;
+        classes.truncate(20);
+        classes.push(format!("… {more} more"));
+    }
+    format!(
+        "data: {} training and {} validation texts from {}; {} classes ({}); tokens per text \
+         after truncation p50 {} / p90 {} / p99 {} / max {}; {cut} texts ({:.1} %) reach \
+         max_len {} and are cut there (or are exactly that long)",
+        train.len(),
+        data.val.len(),
+        data.data_dir.display(),
+        data.label_names.len(),
+        classes.join(", "),
+        pct(50.0),
+        pct(90.0),
+        pct(99.0),
+        lens.last().copied().unwrap_or(0),
+        100.0 * cut as f64 / train.len().max(1) as f64,
+        train.max_len
+    )
 }
 
 /// Accuracy and mean cross-entropy of subnet `arch` of the engine weights
@@ -205,11 +295,26 @@ pub fn evaluate_text(
     data: &TokenizedDataset,
     batch_size: usize,
 ) -> Result<EvalResult> {
+    evaluate_text_with(w, cfg, arch, data, batch_size, |_, _| Ok(()))
+}
+
+/// [`evaluate_text`], handing each batch and its logits `[B, C]` to `seen`
+/// as they are computed (for confusion counts, or a dump that holds only
+/// what it writes).
+pub fn evaluate_text_with(
+    w: &Weights,
+    cfg: &engine::Config,
+    arch: &Arch,
+    data: &TokenizedDataset,
+    batch_size: usize,
+    mut seen: impl FnMut(&crate::data::text::TextBatch, &Tensor) -> Result<()>,
+) -> Result<EvalResult> {
     let (mut correct, mut loss_sum) = (0usize, 0f64);
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(batch_size.max(1)) {
         let b = data.batch(chunk, &Device::Cpu)?;
         let logits = engine::token_logits(w, cfg, arch, &b.ids, &b.attention_mask)?;
+        seen(&b, &logits)?;
         correct += logits
             .argmax(D::Minus1)?
             .eq(&b.labels)?
@@ -246,6 +351,10 @@ pub fn start(recipe: &Recipe, space: &Space, opts: &RunOptions) -> Result<Summar
     recipe.validate_resolved()?;
     rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
     let data = load_train_val(recipe, space)?;
+    let space = &resolve_space(recipe, space, &data)?;
+    if opts.progress {
+        eprintln!("{}", data_summary(&data));
+    }
     let mut resolved = recipe.clone();
     resolved.data.path = Some(data.data_dir.clone());
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -277,6 +386,9 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
     recipe.output_dir = dir.to_path_buf();
     let space = Space::from_file(dir.join(SPACE_FILE))?;
     let data = load_train_val(&recipe, &space)?;
+    if opts.progress {
+        eprintln!("{}", data_summary(&data));
+    }
     let (tensors, state) = checkpoint::read_checkpoint(&ckpt)?;
     super::session::truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
     run(&recipe, &space, &data, Some((tensors, state)), opts)
@@ -578,43 +690,25 @@ impl TextRun {
     /// Accuracy and loss of subnet `arch` on `data` (by the engine, on the
     /// supernet's weights).
     pub fn evaluate(&self, arch: &Arch, data: &TokenizedDataset) -> Result<EvalResult> {
+        self.evaluate_with(arch, data, |_, _| Ok(()))
+    }
+
+    /// [`TextRun::evaluate`], handing each batch and its logits to `seen`
+    /// (see [`evaluate_text_with`]).
+    pub fn evaluate_with(
+        &self,
+        arch: &Arch,
+        data: &TokenizedDataset,
+        seen: impl FnMut(&crate::data::text::TextBatch, &Tensor) -> Result<()>,
+    ) -> Result<EvalResult> {
         self.weights.check(&self.cfg, arch)?;
-        evaluate_text(
+        evaluate_text_with(
             &self.weights,
             &self.cfg,
             arch,
             data,
             self.recipe.data.eval_batch_size,
+            seen,
         )
-    }
-}
-
-/// Text: subnets of a trained BERT supernet scored by the engine on a
-/// tokenised validation set; latency of the extracted static BERT on the
-/// engine ([`crate::latency::time_text_arch`]).
-pub struct TextJudge<'a> {
-    pub run: &'a TextRun,
-    pub val: &'a TokenizedDataset,
-}
-
-impl crate::search::Judge for TextJudge<'_> {
-    fn examples(&self) -> usize {
-        self.val.len()
-    }
-
-    fn score(
-        &self,
-        arch: &Arch,
-        range: std::ops::Range<usize>,
-        batch: usize,
-    ) -> Result<EvalResult> {
-        let idx: Vec<usize> = range.collect();
-        let r = self.run;
-        evaluate_text(&r.weights, &r.cfg, arch, &self.val.subset(&idx), batch)
-    }
-
-    fn latency_ms(&self, arch: &Arch, batch: usize) -> Result<f64> {
-        let p = crate::latency::Protocol::default();
-        Ok(crate::latency::time_text_arch(&self.run.net, arch, batch, &p)?.mean_ms)
     }
 }

@@ -51,6 +51,26 @@ impl TrainedRun {
         })
     }
 
+    /// The run at `path` and the architecture `spec` names in it
+    /// ([`Self::arch`]). For a few-shot directory (`[few_shot]`), `spec` is
+    /// read on the whole space and the run is the sub-supernet that holds
+    /// that architecture.
+    pub fn load_with_arch(
+        path: &Path,
+        spec: &str,
+        off_grid: bool,
+    ) -> Result<(Self, crate::space::Arch)> {
+        if super::few_shot::FewShot::is_few_shot(path) {
+            let fs = super::few_shot::FewShot::load(path)?;
+            let arch = fs.manifest.space.arch_from_spec(spec, off_grid)?;
+            let run = Self::load(&fs.part_for(&arch)?)?;
+            return Ok((run, arch));
+        }
+        let run = Self::load(path)?;
+        let arch = run.arch(spec, off_grid)?;
+        Ok((run, arch))
+    }
+
     /// `largest`, `smallest`, or an architecture JSON file on the space's
     /// grid (or, with `off_grid`, any that fits the supernet).
     pub fn arch(&self, spec: &str, off_grid: bool) -> Result<crate::space::Arch> {

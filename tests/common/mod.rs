@@ -4,8 +4,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::PathBuf;
+use vitnas::data::text::TextBatch;
+use vitnas::init::{seeded_var_builder, InitScheme};
+use vitnas::supernet::bert::BertSupernet;
 use vitnas::supernet::scaling::{ScalingConfig, Switch};
-use vitnas::{init::seeded_var_builder, Space, Supernet};
+use vitnas::{Space, Supernet};
 
 pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -96,4 +99,104 @@ pub fn small_quickstart(out: &std::path::Path) -> vitnas::train::recipe::Recipe 
     r.optimizer.clip_grad_norm = Some(1.0);
     r.output_dir = out.to_path_buf();
     r
+}
+
+/// A fresh scratch directory `vitnas-{tag}-{pid}` under the system's
+/// temporary directory (emptied first).
+pub fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vitnas-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+// ------------------------------------------------------------------ text
+
+/// A tiny text space: a 3-layer supernet 32 wide (4 heads of 8, FFN 64,
+/// layer-norm eps 1e-12), `text` the fields of its `[text]` section and
+/// `choices` those of its `[choices]` section (then any `[[layer]]`
+/// sections), both as TOML.
+pub fn text_space(name: &str, text: &str, choices: &str) -> Space {
+    let toml = format!(
+        "name = \"{name}\"\n[text]\n{text}\n[supernet]\nembed_dim = 32\ndepth = 3\n\
+         num_heads = 4\nhead_dim = 8\nmlp_dim = 64\nlayer_norm_eps = 1e-12\n[choices]\n{choices}\n"
+    );
+    Space::from_toml_str(&toml, &format!("{name}.toml")).unwrap()
+}
+
+/// The tiny BERT space of the supernet and rewiring tests: vocabulary 50,
+/// 16 positions, 3 classes, 12 tokens, `pooling` (`pooler` or `mean`);
+/// widths 16 / 24 / 32, depth 2 or 3, the head choices `heads` (a TOML
+/// list), FFN 16 / 40 / 64.
+pub fn tiny_bert(pooling: &str, heads: &str) -> Space {
+    text_space(
+        "tiny-bert",
+        &format!(
+            "vocab_size = 50\nmax_position_embeddings = 16\nnum_classes = 3\nseq_len = 12\n\
+             pooling = \"{pooling}\""
+        ),
+        &format!(
+            "embed_dim = [16, 24, 32]\ndepth = [2, 3]\nnum_heads = {heads}\nmlp_dim = [16, 40, 64]"
+        ),
+    )
+}
+
+/// A seeded BERT supernet of `space` (truncated-normal 0.02 init) and its
+/// variables.
+pub fn bert_supernet(space: &Space, seed: u64) -> (BertSupernet, VarMap) {
+    let vm = VarMap::new();
+    let vb = seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu);
+    (
+        BertSupernet::with_init(space, InitScheme::TruncNormal002, vb).unwrap(),
+        vm,
+    )
+}
+
+/// A labelled `[b, t]` batch of seeded ids in `1..vocab` and labels in
+/// `0..classes`, whose odd rows end in padding (the last `t / 3` tokens,
+/// id 0).
+pub fn text_batch(b: usize, t: usize, vocab: u32, classes: u32, seed: u64) -> TextBatch {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut ids, mut mask, mut lengths) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..b {
+        let len = if r % 2 == 1 { t - t / 3 } else { t };
+        for j in 0..t {
+            ids.push(if j < len {
+                rng.random_range(1..vocab)
+            } else {
+                0
+            });
+            mask.push(u32::from(j < len));
+        }
+        lengths.push(len);
+    }
+    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..classes)).collect();
+    TextBatch {
+        ids: Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
+        attention_mask: Tensor::from_vec(mask, (b, t), &Device::Cpu).unwrap(),
+        labels: Tensor::from_vec(labels, b, &Device::Cpu).unwrap(),
+        lengths,
+    }
+}
+
+/// The ids and mask of [`text_batch`] (the same values for the same seed).
+pub fn tokens(b: usize, t: usize, vocab: u32, seed: u64) -> (Tensor, Tensor) {
+    let batch = text_batch(b, t, vocab, 1, seed);
+    (batch.ids, batch.attention_mask)
+}
+
+/// Where all-MiniLM-L6-v2 lies (../shared/models beside the repository).
+pub fn minilm_dir() -> PathBuf {
+    repo_path("../shared/models/all-MiniLM-L6-v2")
+}
+
+/// [`minilm_dir`], which must hold the model.
+pub fn minilm() -> PathBuf {
+    let d = minilm_dir();
+    assert!(
+        d.join("model.safetensors").is_file(),
+        "{} is missing: the repository expects ../shared beside it",
+        d.display()
+    );
+    d
 }

@@ -4,29 +4,18 @@
 //! loss between the subnets of a step.
 
 mod alpha;
+mod config;
 mod kl;
 mod ranking;
 
+/// Defined with the evaluation that also reports it ([`crate::eval`]).
+pub use crate::eval::cross_entropy;
 pub use alpha::AlphaDivergence;
+pub use config::{AlphaSurrogate, DistillConfig, LossConfig};
 pub use kl::Kl;
 pub use ranking::{Prior, Ranking, RankingConfig, RankingTerms};
 
-use super::recipe::DistillConfig;
-use candle_core::{DType, Result, Tensor, D};
-use candle_nn::ops::log_softmax;
-
-/// Cross-entropy with label smoothing `eps`:
-/// `(1 − eps) · NLL + eps · mean over classes of −log p`, batch mean.
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<Tensor> {
-    let logp = log_softmax(logits, D::Minus1)?;
-    let picked = logp.gather(&labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
-    let nll = picked.neg()?.mean_all()?;
-    if eps == 0.0 {
-        return Ok(nll);
-    }
-    let smooth = logp.mean(D::Minus1)?.neg()?.mean_all()?;
-    (nll * (1.0 - eps))? + (smooth * eps)?
-}
+use candle_core::{Result, Tensor};
 
 /// A distillation loss of a student's logits against a teacher's (detached)
 /// logits.
@@ -34,6 +23,12 @@ pub trait Distill: Send + Sync {
     /// `(loss to backpropagate, value to report)`; they differ for losses
     /// whose gradient is given by a surrogate (alpha-divergence).
     fn loss(&self, student: &Tensor, teacher: &Tensor) -> Result<(Tensor, f32)>;
+
+    /// Statistics of the loss on one batch, for gradient diagnosis
+    /// (`[train] diagnose_gradients`); none by default.
+    fn diagnose(&self, _student: &Tensor, _teacher: &Tensor) -> Result<Option<serde_json::Value>> {
+        Ok(None)
+    }
 }
 
 pub fn from_config(c: &DistillConfig) -> Option<Box<dyn Distill>> {
@@ -44,10 +39,12 @@ pub fn from_config(c: &DistillConfig) -> Option<Box<dyn Distill>> {
             alpha_min,
             alpha_max,
             iw_clip,
+            surrogate,
         } => Some(Box::new(AlphaDivergence {
             alpha_min,
             alpha_max,
             iw_clip,
+            surrogate,
         })),
     }
 }

@@ -1,5 +1,7 @@
 //! The `[search]` section of a recipe (all fields have AutoFormer/HAT
 //! defaults) and the constraints a candidate must satisfy.
+//! It lives beside the recipe that embeds it, so that training needs
+//! nothing from [`crate::search`], which reads it as `search::config`.
 
 use serde::{Deserialize, Serialize};
 
@@ -197,6 +199,43 @@ impl SearchConfig {
 }
 
 impl Constraints {
+    /// Each bound in force, as `(field, "params ≤ 5000000")`: the fields of
+    /// `[search.constraints]`, for saying where each came from.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut push = |field: &'static str, text: String| out.push((field, text));
+        if let Some(v) = self.params_min {
+            push("params_min", format!("params ≥ {v}"));
+        }
+        if let Some(v) = self.params_max {
+            push("params_max", format!("params ≤ {v}"));
+        }
+        if let Some(v) = self.flops_min {
+            push("flops_min", format!("multiply-adds ≥ {v}"));
+        }
+        if let Some(v) = self.flops_max {
+            push("flops_max", format!("multiply-adds ≤ {v}"));
+        }
+        let how = match &self.latency_predictor {
+            Some(p) => format!("predicted by {}", p.display()),
+            None => "measured".to_string(),
+        };
+        let batch = self.latency_batch.unwrap_or(1);
+        if let Some(ms) = self.latency_ms_max {
+            push(
+                "latency_ms_max",
+                format!("latency ≤ {ms} ms ({how}, batch {batch})"),
+            );
+        }
+        if let Some(f) = self.latency_fraction {
+            push(
+                "latency_fraction",
+                format!("latency ≤ {f} × the largest subnet's ({how}, batch {batch})"),
+            );
+        }
+        out
+    }
+
     /// The latency bound in ms: `latency_ms_max`, or `latency_fraction` of
     /// the largest subnet's measured latency (`latency_largest_ms`).
     pub fn latency_bound(&self) -> Option<f64> {

@@ -1,6 +1,8 @@
 //! Rank and linear correlation between two paired samples (inherited vs
 //! standalone accuracy): Kendall τ-b, Spearman ρ, Pearson r, top-k overlap.
 //! Ties are handled the way scipy.stats handles them (τ-b; average ranks).
+//! A low module: the rank harness ([`crate::rank::stats`] re-exports it)
+//! and the accuracy predictor's fit scores both use it.
 
 /// Pearson's r; `None` when either sample is constant or shorter than 2.
 pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {

@@ -1,10 +1,11 @@
 //! The Hugging Face tensor names of each model family, spelled once: the
 //! supernets, the static models, export and the [`crate::engine`] all find
-//! their tensors through this table. Names are prefixes: a linear layer or
+//! their tensors through this table. It lives in the engine, the lowest of
+//! them, and [`crate::models::names`] re-exports it. Names are prefixes: a linear layer or
 //! layer norm `p` holds `p.weight` and `p.bias`.
 //!
 //! ```
-//! use vitnas::models::names::Family;
+//! use vitnas::engine::names::Family;
 //! let l = Family::Bert.layer(2);
 //! assert_eq!(l.query, "bert.encoder.layer.2.attention.self.query");
 //! assert_eq!(Family::Vit.layer(0).norm1, "vit.encoder.layer.0.layernorm_before");

@@ -1,5 +1,6 @@
 //! Text input for the BERT encoder: Hugging Face `tokenizer.json` through
-//! the tokenizers crate, batches padded to the longest sequence.
+//! the tokenizers crate, batches padded to the longest sequence. The
+//! models re-export it as [`crate::models::text`].
 
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
