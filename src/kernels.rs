@@ -15,6 +15,7 @@
 
 mod attention;
 mod linear;
+pub mod simd;
 pub mod vecmath;
 
 pub use attention::attention;

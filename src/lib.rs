@@ -7,11 +7,13 @@
 //! [`rank`] measures how well a supernet ranks architectures. See the
 //! repository README for the commands.
 //!
-//! The public surface: [`space`], [`supernet`], [`init`], [`models`],
+//! The public surface, twelve modules: [`space`], [`supernet`] (with its
+//! seeded initialisation, [`supernet::init`]), [`train`] (with run
+//! directories, evaluation and accuracy predictors), [`search`],
+//! [`latency`], [`models`] and [`hub`] (export and loading), [`rank`],
 //! [`engine`] (its [`engine::Model`] for inference, its step functions for
-//! training), [`train`], [`search`], [`rank`], [`hub`], [`data`], [`eval`],
-//! [`rundir`], [`ops`] (differentiable fused ops) and [`error`]. The fused
-//! CPU kernels behind [`ops`] and [`engine`] are private.
+//! training, the differentiable ops in [`engine::ops`]), [`data`], [`dist`]
+//! and [`error`]. The fused CPU kernels and the low file I/O are private.
 //!
 //! Build a space, sample an architecture, run it in the supernet, extract
 //! it as a standalone model that gives the same logits:
@@ -20,7 +22,7 @@
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::VarMap;
 //! use rand::{rngs::StdRng, SeedableRng};
-//! use vitnas::init::{seeded_var_builder, InitScheme};
+//! use vitnas::supernet::init::{seeded_var_builder, InitScheme};
 //! use vitnas::{Space, Supernet};
 //!
 //! # fn main() -> vitnas::Result<()> {
@@ -66,20 +68,13 @@ pub mod data;
 pub mod dist;
 pub mod engine;
 pub mod error;
-pub mod eval;
 pub mod hub;
-pub mod init;
 mod io;
 mod kernels;
 pub mod latency;
 pub mod models;
-pub mod ops;
-pub mod predictor;
-pub mod progress;
 pub mod rank;
-pub mod rundir;
 pub mod search;
-pub mod simd;
 pub mod space;
 mod stats;
 pub mod supernet;

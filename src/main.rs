@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
     cli::allocator::tune_mimalloc();
     cli::threads::keep_candle_elementwise_on_caller();
     let args = cli::Cli::parse();
-    if let Err(e) = vitnas::simd::check_env() {
+    if let Err(e) = vitnas::engine::simd::check_env() {
         eprintln!("error: {e}");
         return std::process::ExitCode::FAILURE;
     }

@@ -229,7 +229,7 @@ fn a_second_train_on_a_run_in_use_is_refused_and_a_killed_runs_lock_is_taken_ove
     assert!(err.contains(dir), "{err}");
     child.kill().unwrap(); // SIGKILL: the lock file stays behind, stale
     child.wait().unwrap();
-    assert!(run.join(vitnas::rundir::LOCK_FILE).exists());
+    assert!(run.join(vitnas::train::rundir::LOCK_FILE).exists());
     let step = state_step(&run);
     let (ok, out, err) = vitnas(&[
         "train",
@@ -241,7 +241,7 @@ fn a_second_train_on_a_run_in_use_is_refused_and_a_killed_runs_lock_is_taken_ove
     assert!(ok, "{err}");
     assert!(out.contains(&format!("\"steps\": {}", step + 1)), "{out}");
     // Released on exit.
-    assert!(!run.join(vitnas::rundir::LOCK_FILE).exists());
+    assert!(!run.join(vitnas::train::rundir::LOCK_FILE).exists());
     std::fs::remove_dir_all(run.parent().unwrap()).ok();
 }
 
@@ -778,7 +778,7 @@ fn outputs_written_over_time_are_locked_and_a_search_out_follows_the_rules() {
     let base = run.parent().unwrap();
     let out = base.join("search");
     std::fs::create_dir_all(&out).unwrap();
-    let held = vitnas::rundir::RunLock::acquire(&out).unwrap();
+    let held = vitnas::train::rundir::RunLock::acquire(&out).unwrap();
     let (ok, _, err) = vitnas(&["search", dir, "--out", out.to_str().unwrap()]);
     assert!(
         !ok && err.contains("in use by another vitnas process"),
@@ -787,7 +787,7 @@ fn outputs_written_over_time_are_locked_and_a_search_out_follows_the_rules() {
     assert!(!out.join(vitnas::search::STATE_FILE).exists());
     drop(held);
     let csv = base.join("l.csv");
-    let held = vitnas::rundir::RunLock::acquire_file(&csv).unwrap();
+    let held = vitnas::train::rundir::RunLock::acquire_file(&csv).unwrap();
     let (ok, _, err) = vitnas(&[
         "latency",
         "measure",

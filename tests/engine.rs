@@ -305,16 +305,16 @@ fn engine_and_autograd_sandwich_steps_agree() {
 /// runs this file at every level the machine has).
 #[test]
 fn the_forced_simd_level_is_the_one_in_use() {
-    let have = vitnas::simd::Level::available();
-    match std::env::var(vitnas::simd::ENV) {
-        Ok(v) if !v.is_empty() => assert_eq!(vitnas::simd::level().name(), v),
-        _ => assert_eq!(vitnas::simd::level(), have[0]),
+    let have = vitnas::engine::simd::Level::available();
+    match std::env::var(vitnas::engine::simd::ENV) {
+        Ok(v) if !v.is_empty() => assert_eq!(vitnas::engine::simd::level().name(), v),
+        _ => assert_eq!(vitnas::engine::simd::level(), have[0]),
     }
     #[cfg(target_arch = "x86_64")]
     if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
-        assert!(have.contains(&vitnas::simd::Level::Avx512));
+        assert!(have.contains(&vitnas::engine::simd::Level::Avx512));
     }
-    assert!(!have.contains(&vitnas::simd::Level::Avx512) || cfg!(feature = "avx512"));
+    assert!(!have.contains(&vitnas::engine::simd::Level::Avx512) || cfg!(feature = "avx512"));
 }
 
 /// With scaling layers under every switch, on the odd-sized space: the

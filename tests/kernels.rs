@@ -8,7 +8,7 @@ mod common;
 use candle_core::{Device, Tensor, Var};
 use common::{images, max_abs_diff, space, supernet, uniform};
 use rand::{rngs::StdRng, SeedableRng};
-use vitnas::ops::{self, composite};
+use vitnas::engine::ops::{self, composite};
 use vitnas::train::loss::Kl;
 use vitnas::train::sampler::{Sampler, Sandwich};
 use vitnas::train::step::{accumulate, Backend, Params};

@@ -19,11 +19,11 @@ use tract_onnx::prelude::{
     Framework, InferenceModelExt, IntoRunnable, IntoTValue, TypedRunnableModel,
 };
 use vitnas::engine::Model;
-use vitnas::init::{seeded_var_builder, InitScheme};
 use vitnas::models::bert::Bert;
 use vitnas::models::onnx::{self, TextPreprocessing};
 use vitnas::models::vit::VitConfig;
 use vitnas::supernet::bert::BertSupernet;
+use vitnas::supernet::init::{seeded_var_builder, InitScheme};
 use vitnas::supernet::scaling::Switch;
 use vitnas::{Arch, Space};
 

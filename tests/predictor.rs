@@ -10,10 +10,10 @@ use rand::{rngs::StdRng, SeedableRng};
 use std::path::{Path, PathBuf};
 use vitnas::data::batch::Normalize;
 use vitnas::data::{idx, Split};
-use vitnas::predictor::{dataset, fit, AccuracyPredictor};
 use vitnas::search::config::{Screening, SearchConfig};
 use vitnas::search::{self, Evaluator, ImageJudge, Search};
 use vitnas::space::{flops, Arch, Space};
+use vitnas::train::predictor::{dataset, fit, AccuracyPredictor};
 use vitnas::train::recipe::{AttentivePick, AttentiveProxy, Recipe, SamplerConfig};
 use vitnas::train::sampler::{self, Attentive, AttentiveByPredictor, Sampler};
 
@@ -105,7 +105,7 @@ fn a_predictor_is_refused_for_another_space_another_supernet_and_too_few_rows_na
     let dir = tmp("refusals");
     let weights = dir.join("supernet.safetensors");
     std::fs::write(&weights, b"the weights this predictor learnt").unwrap();
-    let hash = vitnas::predictor::supernet_hash(&weights).unwrap();
+    let hash = vitnas::train::predictor::supernet_hash(&weights).unwrap();
     let file = dir.join("p.json");
     fitted(&synthetic_csv(&dir, &s, 60, &hash), 0, 100)
         .save(&file)

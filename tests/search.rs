@@ -254,7 +254,7 @@ fn a_search_directory_in_use_by_another_process_is_refused() {
     with_evaluator(|s, ev| {
         let d = tmp("locked");
         std::fs::create_dir_all(&d).unwrap();
-        let held = vitnas::rundir::RunLock::acquire(&d).unwrap();
+        let held = vitnas::train::rundir::RunLock::acquire(&d).unwrap();
         let e = search::run(s, config(), ev, &d, false, false)
             .unwrap_err()
             .to_string();
@@ -264,7 +264,7 @@ fn a_search_directory_in_use_by_another_process_is_refused() {
         let mut short = config();
         short.generations = 1;
         search::run(s, short, ev, &d, false, false).unwrap();
-        assert!(!d.join(vitnas::rundir::LOCK_FILE).exists());
+        assert!(!d.join(vitnas::train::rundir::LOCK_FILE).exists());
         std::fs::remove_dir_all(d).ok();
     });
 }

@@ -177,8 +177,11 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
     if let Some(o) = out.as_object_mut() {
         // What was measured: the vector-math level and whether gemm has its
         // AVX-512 kernels in this build.
-        o.insert("simd".into(), vitnas::simd::level().name().into());
-        o.insert("gemm_avx512".into(), vitnas::simd::GEMM_AVX512.into());
+        o.insert("simd".into(), vitnas::engine::simd::level().name().into());
+        o.insert(
+            "gemm_avx512".into(),
+            vitnas::engine::simd::GEMM_AVX512.into(),
+        );
     }
     println!("{out}");
     Ok(())

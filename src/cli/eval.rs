@@ -7,9 +7,9 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use vitnas::eval::{evaluate_with, Confusion};
 use vitnas::models::export_bert;
 use vitnas::space::{flops, params};
+use vitnas::train::eval::{evaluate_with, Confusion};
 use vitnas::train::text::{evaluate_text_with, TextRun};
 use vitnas::train::{self, TrainedRun};
 
@@ -76,7 +76,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             .flat_map(|m| ["model.safetensors", "config.json"].map(|f| m.join(f)))
             .collect();
         let inputs: Vec<&std::path::Path> = model_files.iter().map(|p| p.as_path()).collect();
-        vitnas::rundir::check_output_file(d, &inputs, false, true)?;
+        vitnas::train::rundir::check_output_file(d, &inputs, false, true)?;
     }
     if let Some(m) = a.model.as_deref().filter(|m| export_bert::is_bert_dir(m)) {
         return eval_text_model(m, a.data.as_deref(), a.limit, a.dump.as_deref());

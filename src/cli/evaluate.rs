@@ -244,7 +244,7 @@ fn quality(a: QualityArgs) -> anyhow::Result<()> {
     let mut inputs: Vec<&std::path::Path> = vec![path.as_path()];
     inputs.extend(a.accuracy_predictor.iter().map(|p| p.as_path()));
     let merges = SearchQuality::from_file(&a.out).is_ok();
-    let out = vitnas::rundir::check_output_file(&a.out, &inputs, false, merges)?;
+    let out = vitnas::train::rundir::check_output_file(&a.out, &inputs, false, merges)?;
     let truth = quality::Truth::of(&reference);
     anyhow::ensure!(
         truth.acc.len() >= 3,

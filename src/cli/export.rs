@@ -4,8 +4,8 @@
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::models::{export, onnx};
-use vitnas::rundir;
 use vitnas::space::flops;
+use vitnas::train::rundir;
 use vitnas::train::text::TextRun;
 use vitnas::train::TrainedRun;
 
@@ -165,7 +165,7 @@ fn export_text(a: &ExportArgs, out: &std::path::Path) -> anyhow::Result<()> {
             &run.recipe.to_toml_string(),
         )?;
         let tok = std::fs::read(&tok_file).map_err(|e| vitnas::Error::io(&tok_file, e))?;
-        vitnas::rundir::write_atomic(&out.join(vitnas::train::text::TOKENIZER_FILE), &tok)?;
+        vitnas::train::rundir::write_atomic(&out.join(vitnas::train::text::TOKENIZER_FILE), &tok)?;
         println!(
             "exported {} (model.onnx, opset {}, {:.1} MB; tokenizer.json beside it)",
             a.out.display(),
@@ -212,7 +212,7 @@ fn write_onnx(
     arch: &vitnas::Arch,
     recipe: &str,
 ) -> anyhow::Result<()> {
-    use vitnas::rundir::write_atomic;
+    use vitnas::train::rundir::write_atomic;
     std::fs::create_dir_all(out).map_err(|e| vitnas::Error::io(out, e))?;
     write_atomic(&out.join("model.onnx"), bytes)?;
     let arch_json = serde_json::json!({

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use vitnas::latency::{self, dataset, fit, Predictor, Protocol};
-use vitnas::rundir;
+use vitnas::train::rundir;
 use vitnas::{Arch, Space};
 
 #[derive(Debug, Subcommand)]
@@ -164,7 +164,11 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                         said = done / step;
                         eprintln!(
                             "measured {done}/{total} architectures ({})",
-                            vitnas::progress::elapsed_eta(started, done - first, total - first)
+                            vitnas::train::progress::elapsed_eta(
+                                started,
+                                done - first,
+                                total - first
+                            )
                         );
                     }
                 })?;

@@ -8,11 +8,11 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::dist::{self, Collective};
 use vitnas::latency::{self, Machine, Predictor};
-use vitnas::predictor::AccuracyPredictor;
-use vitnas::rundir;
 use vitnas::search::config::Algorithm;
 use vitnas::search::{self, Evaluator, FewShotJudge, ImageJudge, Judge, TextJudge};
 use vitnas::train::few_shot::FewShot;
+use vitnas::train::predictor::AccuracyPredictor;
+use vitnas::train::rundir;
 use vitnas::train::text::TextRun;
 use vitnas::train::TrainedRun;
 

@@ -25,7 +25,7 @@ pub struct TrainArgs {
     /// Override the recipe's initialisation: torch_default,
     /// trunc_normal_0.02 or xavier_uniform.
     #[arg(long)]
-    init: Option<vitnas::init::InitScheme>,
+    init: Option<vitnas::supernet::init::InitScheme>,
     #[command(flatten)]
     run: RunArgs,
 }

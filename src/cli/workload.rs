@@ -205,7 +205,7 @@ pub fn infer(
     let vit = net.extract(&arch)?;
     if let Some(path) = onnx {
         let bytes = vitnas::models::onnx::vit_to_onnx(&vit, &arch, &[], None)?;
-        vitnas::rundir::write_atomic(path, &bytes)?;
+        vitnas::train::rundir::write_atomic(path, &bytes)?;
     }
     let model = vitnas::engine::Model::from_vit(&vit)?;
     let (x, _) = random_batch(batch, 0)?;
@@ -603,7 +603,7 @@ pub fn bert_infer(
         );
         let bert = vitnas::models::bert::Bert::load(&config, vb, "bert")?;
         let bytes = vitnas::models::onnx::bert_to_onnx(&bert, &space.largest(), &[], None)?;
-        vitnas::rundir::write_atomic(path, &bytes)?;
+        vitnas::train::rundir::write_atomic(path, &bytes)?;
     }
     let model = Model {
         weights: bert_supernet(&space, 0)?,

@@ -195,7 +195,7 @@ pub fn build_identity() -> String {
     format!(
         "vitnas {} simd {} executable {exe}",
         env!("CARGO_PKG_VERSION"),
-        crate::simd::level().name()
+        crate::kernels::simd::level().name()
     )
 }
 

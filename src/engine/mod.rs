@@ -41,6 +41,10 @@
 //! ([`Model`]) run here, candle's autograd stays as the reference and the
 //! fallback. A supernet and a static model (whose tensors are their own
 //! full slices) run through the same code.
+//!
+//! [`ops`] holds the differentiable numeric building blocks (linear, layer
+//! norm, softmax, GELU) the candle layers call; [`simd`] the SIMD level of
+//! the vector math under both.
 
 mod attention;
 mod blas;
@@ -49,11 +53,15 @@ mod head;
 mod input;
 pub mod names;
 mod norm;
+pub mod ops;
 mod parallel;
 pub mod scaling;
 mod stem;
 mod weights;
 
+/// The SIMD level of the vector math (kept with the kernels; re-exported
+/// here for the binary's `VITNAS_SIMD` check and benchmark reports).
+pub use crate::kernels::simd;
 pub use input::{check_input, Input, Layout, Seq};
 pub use parallel::{backward_chunks, forward_chunks, split};
 pub(crate) use parallel::{par_ok, serial};

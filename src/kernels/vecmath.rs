@@ -1,7 +1,7 @@
 //! Element-wise and row math over f32 slices: exp, exact (erf) GELU and its
 //! derivative, a scaled row softmax, layer-norm rows and their backward,
 //! the AdamW update. Written once against `pulp`'s portable `Simd` trait
-//! and run at the process's SIMD level ([`crate::simd`]): AVX-512, AVX2+FMA,
+//! and run at the process's SIMD level ([`crate::kernels::simd`]): AVX-512, AVX2+FMA,
 //! NEON or scalar, the same formulas at each, so results differ between
 //! levels by rounding only.
 //!
@@ -16,7 +16,7 @@
 //! kept. Hot loops use no closures: a closure is compiled without the
 //! level's target features and its intrinsics would not inline.
 
-use crate::simd::{isa, Isa};
+use crate::kernels::simd::{isa, Isa};
 use pulp::{Simd, WithSimd};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -474,7 +474,7 @@ fn gelu_backward_on(isa: Isa, u: &[f32], g: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simd::Level;
+    use crate::kernels::simd::Level;
 
     /// Every level this CPU and build run.
     fn isas() -> Vec<Isa> {

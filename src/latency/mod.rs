@@ -32,7 +32,7 @@ pub const PREDICTOR_FORMAT: &str = "vitnas-latency-predictor/1";
 pub struct Machine {
     /// CPU model name (from /proc/cpuinfo where there is one).
     pub cpu: String,
-    /// Vector-math SIMD level ([`crate::simd::level`]).
+    /// Vector-math SIMD level ([`crate::kernels::simd::level`]).
     pub simd: String,
     /// Whether gemm's AVX-512 kernels are built in.
     pub gemm_avx512: bool,
@@ -45,8 +45,8 @@ impl Machine {
     pub fn current(threads: usize) -> Machine {
         Machine {
             cpu: cpu_model(),
-            simd: crate::simd::level().name().to_string(),
-            gemm_avx512: crate::simd::GEMM_AVX512,
+            simd: crate::kernels::simd::level().name().to_string(),
+            gemm_avx512: crate::kernels::simd::GEMM_AVX512,
             threads,
         }
     }
@@ -162,7 +162,7 @@ impl Timed {
             false => Timed::Image(crate::train::build_supernet(space, seed, Default::default())?.0),
             true => {
                 let vm = candle_nn::VarMap::new();
-                let vb = crate::init::seeded_var_builder(
+                let vb = crate::supernet::init::seeded_var_builder(
                     &vm,
                     seed,
                     candle_core::DType::F32,

@@ -1,14 +1,14 @@
 //! A static BERT encoder (post-layer-norm, absolute positions) with the
 //! Hugging Face tensor layout: `bert.`-prefixed (`BertForSequenceClassification`,
 //! `BertModel` saved by transformers) or bare names (sentence-transformers'
-//! all-MiniLM-L6-v2). Computed with the same [`crate::ops`] kernels as the
+//! all-MiniLM-L6-v2). Computed with the same [`crate::engine::ops`] kernels as the
 //! ViT; the attention takes the padding mask.
 
 use super::layers::{LayerNorm, Linear};
+use crate::engine::ops;
 use crate::engine::{self, names::Family};
 use crate::error::{Error, Result};
 use crate::io::read_weights;
-use crate::ops;
 use crate::space::Arch;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::VarBuilder;

@@ -98,6 +98,37 @@ pub fn pad_uniform(m: &Vit) -> Result<Vit> {
 }
 
 /// Writes the exported directory. Returns the note on HF representability.
+///
+/// Extract the smallest subnet of a (here randomly initialised) supernet,
+/// export it and load it back as a plain ViT that gives the same logits:
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::VarMap;
+/// use vitnas::models::export::{export, load_dir};
+/// use vitnas::supernet::init::{seeded_var_builder, InitScheme};
+/// use vitnas::{Space, Supernet};
+///
+/// # fn main() -> vitnas::Result<()> {
+/// let space = Space::from_file("search_spaces/fmnist-tiny.toml")?;
+/// let vars = VarMap::new();
+/// let vb = seeded_var_builder(&vars, 0, DType::F32, &Device::Cpu);
+/// let net = Supernet::with_init(&space, InitScheme::TorchDefault, vb)?;
+///
+/// let arch = space.smallest();
+/// let subnet = net.extract(&arch)?;
+/// let dir = std::env::temp_dir().join(format!("vitnas-doc-export-{}", std::process::id()));
+/// let note = export(&subnet, &space, &arch, None, &dir)?;
+/// assert!(note.is_none(), "{note:?}"); // uniform layers: a Hugging Face ViT
+///
+/// let (loaded, _normalize) = load_dir(&dir)?;
+/// let images = Tensor::rand(0f32, 1.0, (2, 1, 28, 28), &Device::Cpu)?;
+/// let diff = (loaded.forward(&images)? - subnet.forward(&images)?)?.abs()?.max_all()?;
+/// assert!(diff.to_scalar::<f32>()? < 1e-5);
+/// std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
 pub fn export(
     model: &Vit,
     space: &Space,

@@ -1,7 +1,7 @@
 //! Plain (non-elastic) layers of the static models, computed with the same
-//! [`crate::ops`] kernels as the supernet.
+//! [`crate::engine::ops`] kernels as the supernet.
 
-use crate::ops;
+use crate::engine::ops;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

@@ -3,8 +3,8 @@
 //! `ViTForImageClassification`.
 
 use super::layers::{LayerNorm, Linear};
+use crate::engine::ops;
 use crate::engine::{self, names::Family};
-use crate::ops;
 use crate::space::{Arch, Space};
 use candle_core::{IndexOp, Result, Tensor};
 use candle_nn::VarBuilder;

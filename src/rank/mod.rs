@@ -32,10 +32,10 @@ use crate::data::batch::Normalize;
 use crate::data::Dataset;
 use crate::dist::{self, Collective, Single};
 use crate::error::{Error, Result};
-use crate::eval::evaluate;
 use crate::models::export::load_dir;
 use crate::space::{flops, params, Arch, Space};
 use crate::train::checkpoint::{write_atomic, TrainState};
+use crate::train::eval::evaluate;
 use crate::train::recipe::Recipe;
 use crate::train::{self, standalone, RunOptions, TrainedRun, CHECKPOINT_FILE, STATE_FILE};
 use candle_core::Device;
@@ -437,7 +437,7 @@ impl Pace {
             "{}/{}, {}",
             self.done,
             self.mine,
-            crate::progress::elapsed_eta(self.started, self.done, self.mine)
+            crate::train::progress::elapsed_eta(self.started, self.done, self.mine)
         )
     }
 }

@@ -15,9 +15,9 @@
 //! - [`Proxy::Synflow`]: Σ over parameters of Σ |θ ⊙ ∂R/∂θ| on |θ|, in f64.
 
 use crate::error::{Error, Result};
-use crate::init::InitScheme;
 use crate::models::vit::Vit;
 use crate::space::{Arch, Space};
+use crate::supernet::init::InitScheme;
 use crate::train::loss::cross_entropy;
 use crate::train::standalone::{self, Init};
 use crate::train::step::Params;
@@ -99,7 +99,7 @@ pub fn score(
 ///   (its `synflow` measure bypasses BatchNorm layers only), the layer
 ///   norms stay in, with |γ| and |β|. vitnas's ViT has no dropout, so
 ///   train and eval mode agree. f64 needs candle's unfused ops
-///   ([`crate::ops::composite`]), as the fused kernels are f32 only.
+///   ([`crate::engine::ops::composite`]), as the fused kernels are f32 only.
 ///
 /// The batch is checked against the model's input shape and classes.
 pub fn score_model(proxy: Proxy, model: &Vit, images: &Tensor, labels: &Tensor) -> Result<f64> {
@@ -231,7 +231,7 @@ fn synflow(model: &Vit) -> Result<f64> {
         DType::F64,
         net.cls_token.device(),
     )?;
-    let grads = crate::ops::with_composite(|| -> Result<_> {
+    let grads = crate::engine::ops::with_composite(|| -> Result<_> {
         Ok(net.forward(&ones)?.sum_all()?.backward()?)
     })?;
     let mut total = 0.0;

@@ -425,7 +425,7 @@ fn inherited_accuracy(
     let model = crate::engine::Model::from_vit(&run.net.extract(arch)?)?;
     let fwd = |x: &candle_core::Tensor| model.logits(x);
     let bs = run.recipe.data.eval_batch_size;
-    Ok(crate::eval::evaluate(val, norm, bs, &candle_core::Device::Cpu, fwd)?.accuracy)
+    Ok(crate::train::eval::evaluate(val, norm, bs, &candle_core::Device::Cpu, fwd)?.accuracy)
 }
 
 /// A zero-cost proxy's score of every ranked architecture at
@@ -461,11 +461,11 @@ pub fn proxy_ranker(
     })
 }
 
-/// An accuracy predictor's ([`crate::predictor`]) prediction for every
+/// An accuracy predictor's ([`crate::train::predictor`]) prediction for every
 /// ranked architecture, named `predictor:<file stem>`. Refuses a predictor
 /// of another space.
 pub fn predictor_ranker(reference: &Reference, file: &Path) -> Result<Ranker> {
-    let p = crate::predictor::AccuracyPredictor::load(file)?;
+    let p = crate::train::predictor::AccuracyPredictor::load(file)?;
     let space = crate::space::Space::from_file(&reference.config.space)?;
     p.check_space(file, &space)?;
     let name = file

@@ -531,7 +531,7 @@ fn accuracy(
     model: &crate::engine::Model,
 ) -> Result<f64> {
     let fwd = |x: &candle_core::Tensor| model.logits(x);
-    Ok(crate::eval::evaluate(ds, norm, batch, &candle_core::Device::Cpu, fwd)?.accuracy)
+    Ok(crate::train::eval::evaluate(ds, norm, batch, &candle_core::Device::Cpu, fwd)?.accuracy)
 }
 
 /// Builds (or continues) the reference set. Returns it as far as it got:

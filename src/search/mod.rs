@@ -21,12 +21,12 @@ use crate::data::batch::Normalize;
 use crate::data::Dataset;
 use crate::dist::{self, Collective};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, EvalResult};
-use crate::predictor::AccuracyPredictor;
 use crate::space::arch::gene_cardinalities;
 use crate::space::{flops, params, Arch, Space};
 use crate::supernet::Supernet;
 use crate::train::checkpoint::write_atomic;
+use crate::train::eval::{evaluate, EvalResult};
+use crate::train::predictor::AccuracyPredictor;
 use candle_core::Device;
 use config::{Algorithm, Constraints, SearchConfig};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-pub const STATE_FILE: &str = crate::rundir::SEARCH_STATE_FILE;
+pub const STATE_FILE: &str = crate::train::rundir::SEARCH_STATE_FILE;
 
 /// One evaluated architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,10 +204,10 @@ pub struct Evaluator<'a> {
 /// the screening images first and then, unless rejected, the rest.
 #[derive(Debug, Clone, Copy)]
 enum Measured {
-    Whole(crate::eval::EvalResult),
+    Whole(crate::train::eval::EvalResult),
     Screened {
-        screen: crate::eval::EvalResult,
-        rest: Option<crate::eval::EvalResult>,
+        screen: crate::train::eval::EvalResult,
+        rest: Option<crate::train::eval::EvalResult>,
     },
 }
 
@@ -483,7 +483,7 @@ impl<'a> Search<'a> {
                 rest: Some(r2),
             } => {
                 let w = |a: f64, b: f64| (a * early as f64 + b * (n - early) as f64) / n as f64;
-                let r = crate::eval::EvalResult {
+                let r = crate::train::eval::EvalResult {
                     accuracy: w(r1.accuracy, r2.accuracy),
                     loss: w(r1.loss, r2.loss),
                     examples: n,
@@ -748,6 +748,32 @@ fn json_differences(
 
 /// Runs (or, with `resume`, continues) a search in `out`, saving the state
 /// after every generation and writing the result files at the end.
+///
+/// Search a trained image run with the settings of its recipe's `[search]`
+/// (`no_run`: it needs a trained run directory, e.g. from `vitnas train
+/// recipes/quickstart.toml`, and scores every candidate on the validation
+/// split, minutes):
+///
+/// ```no_run
+/// use candle_core::Device;
+/// use std::path::Path;
+/// use vitnas::dist::Single;
+/// use vitnas::search::{self, Evaluator, ImageJudge, Search};
+/// use vitnas::train::TrainedRun;
+///
+/// # fn main() -> vitnas::Result<()> {
+/// let run = TrainedRun::load(Path::new("runs/quickstart"))?;
+/// let (val, norm) = run.validation()?;
+/// let judge = ImageJudge { net: &run.net, val: &val, norm: &norm, device: Device::Cpu };
+/// let ev = Evaluator { judge: &judge, predictor: None, collective: &Single };
+/// let out = run.dir.join("search-evolution");
+/// let state = search::run(&run.space, run.recipe.search.clone(), &ev, &out, false, false)?;
+/// for r in Search::from_state(&run.space, state).ranking(3) {
+///     println!("{:.2} %  {} params  {:?}", 100.0 * r.accuracy, r.params, r.arch);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub fn run(
     space: &Space,
     config: SearchConfig,
@@ -780,7 +806,7 @@ pub fn run_with(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // One search at a time in a directory: a second one would replace the
     // first one's state and results.
-    let _lock = crate::rundir::RunLock::acquire(out)?;
+    let _lock = crate::train::rundir::RunLock::acquire(out)?;
     let state_path = out.join(STATE_FILE);
     let mut search = if resume {
         let saved = Search::load_state(&state_path)?;
@@ -844,7 +870,7 @@ pub fn run_with(
             None if progress => eprintln!(
                 "generation {}/{total}: {msg} ({})",
                 search.state.generation,
-                crate::progress::elapsed_eta(
+                crate::train::progress::elapsed_eta(
                     started,
                     search.state.generation - first,
                     total - first

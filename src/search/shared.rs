@@ -11,8 +11,8 @@
 use super::{Evaluator, Measured, Search};
 use crate::dist::{self, Collective};
 use crate::error::Result;
-use crate::eval::EvalResult;
 use crate::space::{Arch, Space};
+use crate::train::eval::EvalResult;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 

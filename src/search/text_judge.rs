@@ -5,9 +5,9 @@
 use super::Judge;
 use crate::data::text::TokenizedDataset;
 use crate::error::Result;
-use crate::eval::EvalResult;
 use crate::latency::{time_text_arch, Protocol};
 use crate::space::Arch;
+use crate::train::eval::EvalResult;
 use crate::train::text::{evaluate_text, TextRun};
 
 /// Text: subnets of a trained BERT supernet scored by the engine on a

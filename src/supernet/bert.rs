@@ -11,9 +11,9 @@ use super::linear::{elastic_linear, ElasticLinear};
 use super::text_embeddings::{elastic_text_embeddings, ElasticTextEmbeddings};
 use crate::engine::names::Family;
 use crate::error::{Error, Result};
-use crate::init::InitScheme;
 use crate::models::bert::{mean_pool, Bert, BertConfig};
 use crate::space::{Arch, Modality, Pooling, Space, TextInput};
+use crate::supernet::init::InitScheme;
 use candle_core::{DType, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 

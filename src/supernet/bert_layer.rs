@@ -7,9 +7,9 @@
 use super::layer_norm::{elastic_layer_norm, ElasticLayerNorm};
 use super::linear::{elastic_linear, ElasticLinear};
 use crate::engine::names::LayerNames;
-use crate::init::InitScheme;
+use crate::engine::ops;
 use crate::models::bert::{masked_attention, BertLayer};
-use crate::ops;
+use crate::supernet::init::InitScheme;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

@@ -8,8 +8,8 @@ use super::layer_norm::{elastic_layer_norm, ElasticLayerNorm};
 use super::mlp::{elastic_mlp, ElasticMlp};
 use super::scaling::{fold, ElasticScaling};
 use crate::engine::names::LayerNames;
-use crate::init::InitScheme;
 use crate::models::vit::VitLayer;
+use crate::supernet::init::InitScheme;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

@@ -4,7 +4,7 @@
 use super::linear::detached_copy;
 use super::patch_embed::{elastic_patch_embed, ElasticPatchEmbed};
 use crate::engine::names::StemNames;
-use crate::init::InitScheme;
+use crate::supernet::init::InitScheme;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -55,7 +55,7 @@ impl ElasticEmbeddings {
         let x = self.patch_embeddings.forward(images, embed)?;
         let (cls, pos) = self.slice(embed)?;
         let cls = cls.broadcast_as((x.dim(0)?, 1, embed))?;
-        crate::ops::bias_add(&Tensor::cat(&[&cls, &x], 1)?, &pos.squeeze(0)?)
+        crate::engine::ops::bias_add(&Tensor::cat(&[&cls, &x], 1)?, &pos.squeeze(0)?)
     }
 
     /// `(cls_token, position_embeddings)`, detached copies.

@@ -1,8 +1,8 @@
 //! Elastic classifier head: all classes, the first `embed` input columns.
 
 use super::linear::{elastic_linear, ElasticLinear};
-use crate::init::InitScheme;
 use crate::models::layers::Linear;
+use crate::supernet::init::InitScheme;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

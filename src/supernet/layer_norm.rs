@@ -2,8 +2,8 @@
 //! first `dim` entries of gamma and beta.
 
 use super::linear::detached_copy;
+use crate::engine::ops;
 use crate::models::layers::LayerNorm;
-use crate::ops;
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 

@@ -3,9 +3,9 @@
 //! entries (weight entanglement). Narrowing is differentiable, so the full
 //! weight receives a full-shape gradient that is zero outside the slice.
 
-use crate::init::InitScheme;
+use crate::engine::ops;
 use crate::models::layers::Linear;
-use crate::ops;
+use crate::supernet::init::InitScheme;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

@@ -3,8 +3,8 @@
 
 use super::linear::{elastic_linear, ElasticLinear};
 use crate::engine::names::LayerNames;
-use crate::init::InitScheme;
-use crate::ops;
+use crate::engine::ops;
+use crate::supernet::init::InitScheme;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

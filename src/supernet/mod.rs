@@ -4,6 +4,7 @@
 //! architecture is an argument of [`Supernet::forward`], never stored
 //! state. Optional switchable scaling layers ([`scaling`]) multiply each
 //! block's branch outputs; they are folded away by [`Supernet::extract`].
+//! New variables start from a seeded [`init::InitScheme`] ([`init`]).
 
 pub mod attention;
 pub mod bert;
@@ -11,6 +12,7 @@ pub mod bert_layer;
 pub mod block;
 pub mod embeddings;
 pub mod head;
+pub mod init;
 pub mod layer_norm;
 pub mod linear;
 pub mod mlp;
@@ -22,9 +24,9 @@ pub mod text_embeddings;
 
 use crate::engine::names::Family;
 use crate::error::{Error, Result};
-use crate::init::InitScheme;
 use crate::models::vit::{Vit, VitConfig};
 use crate::space::{Arch, Space};
+use crate::supernet::init::InitScheme;
 use block::{elastic_block, BlockDims, ElasticBlock};
 use candle_core::{IndexOp, Tensor};
 use candle_nn::VarBuilder;

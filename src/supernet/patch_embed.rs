@@ -3,8 +3,8 @@
 //! flattened patches; a subnet uses the first `embed` output channels.
 
 use super::linear::detached_copy;
-use crate::init::InitScheme;
-use crate::ops;
+use crate::engine::ops;
+use crate::supernet::init::InitScheme;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

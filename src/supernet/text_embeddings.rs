@@ -5,7 +5,7 @@
 use super::layer_norm::{elastic_layer_norm, ElasticLayerNorm};
 use super::linear::detached_copy;
 use crate::engine::names::StemNames;
-use crate::init::InitScheme;
+use crate::supernet::init::InitScheme;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

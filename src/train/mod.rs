@@ -19,6 +19,11 @@
 //!   [`RunOptions::collective`] the caller passes;
 //! - [`checkpoint`]: atomic checkpoint files and their restore;
 //! - [`summary`]: what a run returns; [`TrainedRun`]: a run loaded for use.
+//! - [`rundir`]: run and output directories (their kind, `--force`, the
+//!   run lock); [`eval`]: accuracy, loss and confusion counts on a dataset;
+//!   [`progress`]: elapsed time and ETA of long commands;
+//! - [`predictor`]: accuracy predictors fitted on a trained supernet's
+//!   scores (the attentive sampler and predictor-screened search use them).
 //!
 //! Every source of randomness is derived from the recipe seed: the
 //! initialisation, the per-epoch data order `(seed, epoch)`, and per step
@@ -29,14 +34,18 @@
 pub mod checkpoint;
 pub mod data;
 mod data_parallel;
+pub mod eval;
 pub mod few_shot;
 mod flat;
 pub mod gradient;
 mod image;
 pub mod loss;
 pub mod optim;
+pub mod predictor;
+pub mod progress;
 pub mod recipe;
 mod run;
+pub mod rundir;
 pub mod sampler;
 mod session;
 pub mod standalone;
@@ -74,8 +83,8 @@ pub const SPLIT_FILE: &str = "data-split.json";
 /// run that stopped before its first checkpoint is started over with
 /// `--force` (nothing trained is lost).
 pub(crate) fn nothing_to_resume(dir: &std::path::Path) -> String {
-    match crate::rundir::Artifact::of(dir) {
-        Ok(crate::rundir::Artifact::UnstartedRun) => format!(
+    match crate::train::rundir::Artifact::of(dir) {
+        Ok(crate::train::rundir::Artifact::UnstartedRun) => format!(
             "not found: the run stopped before its first checkpoint, so there is nothing to \
              resume; start it over in {} with the command that started it and --force (no \
              trained weights are lost)",
@@ -125,6 +134,36 @@ pub struct RunOptions<'a> {
 
 /// Starts a supernet run from a recipe: creates the run directory with the
 /// resolved recipe and the space, then trains.
+///
+/// Train the quickstart recipe for 25 steps into a directory of your
+/// choice (`no_run`: even a few steps read the Fashion-MNIST sample and
+/// evaluate on its validation and test splits, several seconds):
+///
+/// ```no_run
+/// use std::sync::atomic::AtomicBool;
+/// use vitnas::dist::Single;
+/// use vitnas::train::{recipe::Recipe, train, RunOptions};
+///
+/// # fn main() -> vitnas::Result<()> {
+/// let mut recipe = Recipe::from_file("recipes/quickstart.toml")?;
+/// recipe.output_dir = std::env::temp_dir().join("vitnas-quickstart");
+/// let stop = AtomicBool::new(false); // set it (e.g. on Ctrl-C) to checkpoint and return
+/// let opts = RunOptions {
+///     resume: false,
+///     stop: &stop,
+///     progress: false,
+///     max_steps: Some(25),
+///     force: false,
+///     collective: &Single, // one process; an MPI world trains data-parallel
+/// };
+/// let summary = train(&recipe, &opts)?;
+/// assert_eq!(summary.steps, 25);
+/// if let Some(v) = summary.val_largest {
+///     println!("largest subnet: {:.2} % validation accuracy", 100.0 * v.accuracy);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<Summary> {
     if opts.resume {
         return resume(&recipe.output_dir, opts);

@@ -36,7 +36,7 @@ pub struct Recipe {
     /// of each tensor, and tensors the checkpoint lacks (e.g. a classifier
     /// for other classes), keep this initialisation.
     #[serde(default)]
-    pub init: crate::init::InitScheme,
+    pub init: crate::supernet::init::InitScheme,
     pub data: DataConfig,
     pub sampler: SamplerConfig,
     /// How the step's subnet gradients combine (`sum` when left out).

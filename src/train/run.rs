@@ -20,8 +20,8 @@ use super::task::{Metrics, Restore, TrainTask};
 use super::{step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
 use crate::data::batch::epoch_order;
 use crate::error::{Error, Result};
-use crate::eval::EvalResult;
 use crate::space::{flops, Arch, Space};
+use crate::train::eval::EvalResult;
 use serde_json::json;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -403,7 +403,7 @@ impl Progress {
                 "step {done}/{} epoch {} loss {loss0:.4} lr {lr:.2e} {rate:.0} {unit}/s ({})",
                 self.total,
                 epoch + 1,
-                crate::progress::elapsed_eta(
+                crate::train::progress::elapsed_eta(
                     self.started,
                     done.saturating_sub(self.first),
                     end.saturating_sub(self.first)

@@ -15,8 +15,8 @@ use super::{standalone, RunOptions};
 use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE, SPLIT_FILE};
 use crate::dist;
 use crate::error::{Error, Result};
-use crate::rundir::{self, Artifact, RunLock};
 use crate::space::Space;
+use crate::train::rundir::{self, Artifact, RunLock};
 use std::path::Path;
 
 /// Starts a run of `kind` in `recipe.output_dir`: checks the recipe (with

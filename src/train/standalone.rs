@@ -11,10 +11,10 @@ use super::recipe::{DistillConfig, GradientConfig, Recipe};
 use super::step::Params;
 use super::{build_supernet, RunKind, RunOptions, Summary};
 use crate::error::{Error, Result};
-use crate::init::InitScheme;
 use crate::models::export::load_dir;
 use crate::models::vit::{Vit, VitConfig};
 use crate::space::{Arch, Space};
+use crate::supernet::init::InitScheme;
 use candle_core::{DType, Device, Var};
 use candle_nn::{VarBuilder, VarMap};
 use std::path::{Path, PathBuf};
@@ -131,7 +131,7 @@ pub fn finetune(
     output_dir: PathBuf,
     opts: &RunOptions,
 ) -> Result<Summary> {
-    crate::rundir::check_distinct(model_dir, &output_dir)?;
+    crate::train::rundir::check_distinct(model_dir, &output_dir)?;
     let (arch, space) = read_arch_file(model_dir)?;
     let r = standalone_recipe(recipe, output_dir);
     super::start(

@@ -124,11 +124,11 @@ pub enum Backend {
     /// candle's autograd for anything else (e.g. other dtypes).
     #[default]
     Engine,
-    /// candle's autograd over vitnas's fused kernels (via [`crate::ops`]): the
+    /// candle's autograd over vitnas's fused kernels (via [`crate::engine::ops`]): the
     /// reference path.
     Autograd,
     /// candle's autograd over the unfused candle composites
-    /// ([`crate::ops::composite`]): the reference of the fused kernels.
+    /// ([`crate::engine::ops::composite`]): the reference of the fused kernels.
     Composite,
 }
 
@@ -197,7 +197,7 @@ pub fn accumulate(
     let path = Path::Autograd { net, params };
     let mut autograd = || accumulate_groups(path, plan, batch, &one_group, &mut [&mut *grads]);
     match backend {
-        Backend::Composite => crate::ops::with_composite(autograd),
+        Backend::Composite => crate::engine::ops::with_composite(autograd),
         _ => autograd(),
     }
 }

@@ -1,7 +1,7 @@
 //! What a run reports when it returns: steps, time, and the accuracy of the
 //! reported architectures on validation and test data.
 
-use crate::eval::EvalResult;
+use crate::train::eval::EvalResult;
 use std::path::PathBuf;
 
 /// The architectures a run reports at every epoch's end and at the end.

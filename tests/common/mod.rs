@@ -5,8 +5,8 @@ use candle_nn::VarMap;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::PathBuf;
 use vitnas::data::text::TextBatch;
-use vitnas::init::{seeded_var_builder, InitScheme};
 use vitnas::supernet::bert::BertSupernet;
+use vitnas::supernet::init::{seeded_var_builder, InitScheme};
 use vitnas::supernet::scaling::{ScalingConfig, Switch};
 use vitnas::{Space, Supernet};
 

@@ -8,8 +8,8 @@ mod config;
 mod kl;
 mod ranking;
 
-/// Defined with the evaluation that also reports it ([`crate::eval`]).
-pub use crate::eval::cross_entropy;
+/// Defined with the evaluation that also reports it ([`crate::train::eval`]).
+pub use crate::train::eval::cross_entropy;
 pub use alpha::AlphaDivergence;
 pub use config::{AlphaSurrogate, DistillConfig, LossConfig};
 pub use kl::Kl;

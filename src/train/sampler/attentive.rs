@@ -5,8 +5,8 @@
 //! predictor ([`AttentiveByPredictor`]).
 
 use super::{Plan, Sampler};
-use crate::predictor::AccuracyPredictor;
 use crate::space::{flops, Arch, Space};
+use crate::train::predictor::AccuracyPredictor;
 use crate::train::recipe::AttentivePick;
 use rand::rngs::StdRng;
 

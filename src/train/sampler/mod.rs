@@ -13,8 +13,8 @@ pub use uniform::Uniform;
 
 use super::recipe::{AttentiveProxy, SamplerConfig};
 use crate::error::{Error, Result};
-use crate::predictor::AccuracyPredictor;
 use crate::space::{Arch, Space};
+use crate::train::predictor::AccuracyPredictor;
 use rand::rngs::StdRng;
 
 /// The subnets of one step, trained in order with gradients accumulated.
