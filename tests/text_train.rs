@@ -200,8 +200,11 @@ fn text_supernet_trains_resumes_bit_exactly_searches_and_exports() {
     assert!(arch1.is_file());
 
     // HAT: a latency dataset of the space, its predictor, and a search
-    // under half the largest subnet's measured latency that times no
+    // under 0.9 × the largest subnet's measured latency that times no
     // candidate (only the largest, for the bound, and the top-k at the end).
+    // This tiny model runs in microseconds, where one timing can be half
+    // of the predictor's (measured under load: 0.015 against 0.026 ms);
+    // at 0.5 the bound could then fall below every prediction.
     let csv = dir.join("latency.csv");
     let pred = dir.join("latency.predictor.json");
     let space = run.join("space.toml");
@@ -249,7 +252,7 @@ fn text_supernet_trains_resumes_bit_exactly_searches_and_exports() {
             s(&run.join(out)),
         ])
     };
-    let (ok, out, err) = hat("0.5", "search-hat");
+    let (ok, out, err) = hat("0.9", "search-hat");
     assert!(ok, "{err}");
     let res: serde_json::Value = serde_json::from_str(&out).unwrap();
     let b = &res["latency_budget"];
@@ -257,7 +260,7 @@ fn text_supernet_trains_resumes_bit_exactly_searches_and_exports() {
         b["largest_measured_ms"].as_f64().unwrap(),
         b["max_ms"].as_f64().unwrap(),
     );
-    assert!(largest > 0.0 && (max - 0.5 * largest).abs() < 1e-9, "{out}");
+    assert!(largest > 0.0 && (max - 0.9 * largest).abs() < 1e-9, "{out}");
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run.join("search-hat/search-state.json")).unwrap(),
     )
