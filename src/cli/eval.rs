@@ -202,10 +202,7 @@ fn eval_model(
             ("pixel_values".to_string(), Tensor::cat(&xs, 0)?),
             ("logits".to_string(), Tensor::cat(&ls, 0)?),
         ];
-        vitnas::train::checkpoint::write_atomic(
-            path,
-            &vitnas::train::checkpoint::to_safetensors_bytes(&tensors, None)?,
-        )?;
+        vitnas::train::checkpoint::write_safetensors(path, &tensors, None)?;
     }
     println!(
         "{}",
@@ -363,10 +360,7 @@ fn eval_text_model(
                 Tensor::from_vec(logits_dump, (n, classes), dev)?,
             ),
         ];
-        vitnas::train::checkpoint::write_atomic(
-            path,
-            &vitnas::train::checkpoint::to_safetensors_bytes(&tensors, None)?,
-        )?;
+        vitnas::train::checkpoint::write_safetensors(path, &tensors, None)?;
     }
     println!(
         "{}",
