@@ -454,3 +454,118 @@ fn a_measurement_stops_between_rows_and_continues() {
     assert_eq!(dataset::measure(&s, &quick(8), &csv, |_, _| {}).unwrap(), 5);
     assert_eq!(dataset::read(&csv).unwrap().samples.len(), 8);
 }
+
+/// The exported file as tract runs it (loaded, typed with its symbolic
+/// batch, optimised), on `x`.
+fn tract_logits(path: &std::path::Path, x: &candle_core::Tensor) -> candle_core::Tensor {
+    use tract_onnx::prelude::{tvec, Framework, InferenceModelExt, IntoRunnable, IntoTValue};
+    let m = tract_onnx::onnx()
+        .model_for_path(path)
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let data: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let input = tract_onnx::prelude::Tensor::from_shape(x.dims(), &data).unwrap();
+    let out = m.run(tvec![input.into_tvalue()]).unwrap();
+    let view = out[0].to_plain_array_view::<f32>().unwrap();
+    let shape = view.shape().to_vec();
+    candle_core::Tensor::from_vec(
+        view.iter().copied().collect::<Vec<_>>(),
+        shape,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn exported_archs_are_the_planned_subnets_in_onnx_and_their_csv_fits_the_dataset_format() {
+    use vitnas::latency::export_archs::{self, ExportOptions};
+    let s = space("fmnist-tiny");
+    let dir = tmp("export-archs");
+    let out = dir.join("archs");
+    let opts = ExportOptions {
+        n: 3,
+        batch: 1,
+        seed: 5,
+        protocol: Protocol::default(),
+    };
+    let m = export_archs::export_archs(&s, &opts, &out).unwrap();
+    assert_eq!(m, export_archs::read_manifest(&out).unwrap());
+    assert_eq!(m.archs.len(), 3);
+    assert_eq!(m.space_hash, latency::space_hash(&s));
+    // The same architectures `latency measure --seed 5` times.
+    let planned = dataset::plan(&s, 3, 5);
+    let net = vitnas::train::build_supernet(&s, 5, Default::default())
+        .unwrap()
+        .0;
+    for (e, want) in m.archs.iter().zip(&planned) {
+        assert_eq!(&e.arch, want);
+        assert_eq!(e.genes, e.arch.to_genes(&s).unwrap());
+        let path = out.join(&e.file);
+        assert!(path.is_file(), "{} missing", path.display());
+        // The file is that subnet: tract's logits are the engine's.
+        let x = common::images(&s, 2, e.index as u64);
+        let got = tract_logits(&path, &x);
+        assert_eq!(got.dims(), &[2, s.image().num_classes]);
+        let engine = vitnas::engine::Model::from_vit(&net.extract(&e.arch).unwrap()).unwrap();
+        let want = engine.logits(&x).unwrap();
+        let d = common::max_abs_diff(&got, &want);
+        assert!(
+            d <= 1e-4 * common::max_abs(&want).max(1.0),
+            "{}: {d}",
+            e.file
+        );
+    }
+    // A CSV written from the manifest as evaluate/ort_latency.py writes it
+    // is a dataset `latency fit` reads, with the manifest's architectures.
+    let mut csv = format!(
+        "# format: {}\n# space: {}\n# space_hash: {}\n# cpu: test\n# simd: onnxruntime 0\n\
+         # gemm_avx512: false\n# threads: 1\n# batch: {}\n# seed: {}\n# n: {}\n# warmup: {}\n\
+         # runs: {}\n# trim: {}\n# runtime: onnxruntime 0\n",
+        m.dataset_format,
+        m.space_name,
+        m.space_hash,
+        m.batch,
+        m.seed,
+        m.n,
+        m.protocol.warmup,
+        m.protocol.runs,
+        m.protocol.trim
+    );
+    for l in m.space_toml.lines() {
+        csv.push_str(&format!("#| {l}\n"));
+    }
+    csv.push_str(&format!("{}\n", m.columns));
+    for e in &m.archs {
+        csv.push_str(&format!("{},0.5,0.01,0.5\n", e.csv_prefix));
+    }
+    let path = dir.join("lat.csv");
+    std::fs::write(&path, csv).unwrap();
+    let d = dataset::read(&path).unwrap();
+    assert_eq!(d.header.machine.simd, "onnxruntime 0");
+    let archs: Vec<_> = d.samples.iter().map(|x| x.arch.clone()).collect();
+    assert_eq!(archs, planned);
+    // A second export into the same directory is refused.
+    let e = export_archs::export_archs(&s, &opts, &out).unwrap_err();
+    assert!(e.to_string().contains("already holds"), "{e}");
+}
+
+#[test]
+fn exporting_archs_of_a_text_space_is_refused_as_not_supported_yet() {
+    let s = space("bert-minilm-mean");
+    let out = tmp("export-archs-text").join("archs");
+    let opts = vitnas::latency::export_archs::ExportOptions {
+        n: 3,
+        batch: 1,
+        seed: 0,
+        protocol: Protocol::default(),
+    };
+    let e = vitnas::latency::export_archs::export_archs(&s, &opts, &out).unwrap_err();
+    assert!(
+        e.to_string().contains("text space") && e.to_string().contains("not supported yet"),
+        "{e}"
+    );
+    assert!(!out.join("manifest.json").exists());
+}

@@ -1,10 +1,10 @@
-//! `vitnas latency measure | fit | check | recalibrate | predict`: latency datasets and learned
-//! latency predictors for hardware-aware search (HAT).
+//! `vitnas latency measure | fit | check | recalibrate | export-archs | predict`:
+//! latency datasets and learned latency predictors for hardware-aware search (HAT).
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
-use vitnas::latency::{self, dataset, fit, Predictor, Protocol};
+use vitnas::latency::{self, dataset, export_archs, fit, Predictor, Protocol};
 use vitnas::train::rundir;
 use vitnas::{Arch, Space};
 
@@ -33,6 +33,11 @@ pub enum LatencyCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Write the architectures `measure` would time as ONNX files
+    /// (`<out>/arch-<i>.onnx`) with `<out>/manifest.json`, for timing on
+    /// another machine with `evaluate/ort_latency.py` (ONNX Runtime), whose
+    /// CSV `fit` reads. Image spaces only.
+    ExportArchs(ExportArchsArgs),
     /// Predicted latency of one architecture (JSON file).
     Predict {
         /// A predictor file from `vitnas latency fit`.
@@ -70,6 +75,24 @@ pub struct MeasureArgs {
     seq_len: Option<usize>,
     /// Output CSV (an existing one made with the same settings is
     /// continued).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArchsArgs {
+    /// Search-space file (an image space, e.g. search_spaces/fmnist-tiny.toml).
+    space: PathBuf,
+    /// Architectures to export.
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    /// Batch the runner times (the files' batch dimension is symbolic).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Seeds the architecture sample (as `measure --seed`) and the weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory (must not hold a manifest.json yet).
     #[arg(long)]
     out: PathBuf,
 }
@@ -301,6 +324,28 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                     "out": out, "scale": r.scale, "rows": r.rows,
                     "mean_rel_error_before": r.before.mean_rel, "mean_rel_error_after": r.after.mean_rel,
                     "p95_rel_error_before": r.before.p95_rel, "p95_rel_error_after": r.after.p95_rel,
+                }))?
+            );
+        }
+        LatencyCmd::ExportArchs(a) => {
+            let space = Space::from_file(&a.space)?;
+            space.require_classes(&a.space.display().to_string())?;
+            let opts = export_archs::ExportOptions {
+                n: a.n,
+                batch: a.batch,
+                seed: a.seed,
+                protocol: Protocol::default(),
+            };
+            let started = std::time::Instant::now();
+            let m = export_archs::export_archs(&space, &opts, &a.out)
+                .with_context(|| format!("exporting architectures to {}", a.out.display()))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "out": a.out, "files": m.archs.len(), "space": m.space_name,
+                    "space_hash": m.space_hash, "batch": m.batch, "seed": m.seed,
+                    "seconds": started.elapsed().as_secs_f64(),
+                    "next": format!("python evaluate/ort_latency.py {} --threads 1 --out lat.csv", a.out.display()),
                 }))?
             );
         }

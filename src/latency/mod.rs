@@ -7,6 +7,9 @@
 //!   space's FLOPs range, extracted as static models and timed with the
 //!   engine inference that `eval` and export use; a resumable CSV whose
 //!   header records the space and the machine.
+//! * [`export_archs`]: `vitnas latency export-archs`: the same stratified
+//!   architectures as ONNX files with a manifest, for timing on another
+//!   machine (`evaluate/ort_latency.py`, ONNX Runtime).
 //! * [`features`]: what a predictor sees of an architecture: HAT's
 //!   architecture features, or per-layer cost terms of the engine's work.
 //! * [`fit`]: HAT's MLP and an additive per-layer cost model, fitted on a
@@ -14,6 +17,7 @@
 //! * [`Predictor`]: the fitted file (space, machine, features, errors).
 
 pub mod dataset;
+pub mod export_archs;
 pub mod features;
 pub mod fit;
 
