@@ -185,3 +185,12 @@ pub fn load_into_vars(
     }
     Ok(())
 }
+
+/// Reads the JSON file `path` into a `T`; errors name the file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|error| Error::Json {
+        path: path.into(),
+        error,
+    })
+}

@@ -145,11 +145,7 @@ pub fn export_archs(space: &Space, opts: &ExportOptions, out: &Path) -> Result<M
 /// Reads `dir/manifest.json`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|error| Error::Json {
-        path: path.clone(),
-        error,
-    })?;
+    let m: Manifest = crate::io::read_json(&path)?;
     if m.format != MANIFEST_FORMAT {
         return Err(Error::Latency {
             path,

@@ -333,11 +333,7 @@ impl Predictor {
     }
 
     pub fn load(path: &Path) -> Result<Predictor> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let p: Predictor = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.into(),
-            error: e,
-        })?;
+        let p: Predictor = crate::io::read_json(path)?;
         if p.format != PREDICTOR_FORMAT {
             return Err(Error::Latency {
                 path: path.into(),

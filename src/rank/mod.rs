@@ -34,10 +34,10 @@ use crate::dist::{self, Collective, Single};
 use crate::error::{Error, Result};
 use crate::models::export::load_dir;
 use crate::space::{flops, params, Arch, Space};
-use crate::train::checkpoint::{write_atomic, TrainState};
+use crate::train::checkpoint::{read_state, write_atomic};
 use crate::train::eval::evaluate;
 use crate::train::recipe::Recipe;
-use crate::train::{self, standalone, RunOptions, TrainedRun, CHECKPOINT_FILE, STATE_FILE};
+use crate::train::{self, standalone, RunOptions, TrainedRun, CHECKPOINT_FILE};
 use candle_core::Device;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -460,7 +460,7 @@ fn ensure_supernet(recipe: &Recipe, opts: &Options) -> Result<bool> {
     let decide = || -> Result<u8> {
         Ok(if !dir.join(CHECKPOINT_FILE).exists() {
             0
-        } else if run_state(dir)?.is_some_and(|s| s.step < s.total_steps) {
+        } else if read_state(dir)?.is_some_and(|s| s.step < s.total_steps) {
             1
         } else {
             2
@@ -490,18 +490,6 @@ fn ensure_supernet(recipe: &Recipe, opts: &Options) -> Result<bool> {
     }
 }
 
-/// The `state.json` of a run directory, if it has one.
-fn run_state(dir: &Path) -> Result<Option<TrainState>> {
-    let path = dir.join(STATE_FILE);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|error| Error::Json { path, error })
-}
-
 fn accuracy(
     ds: &Dataset,
     norm: &Normalize,
@@ -522,11 +510,7 @@ fn reuse_references(cfg: &RankConfig, entries: &mut [Entry]) -> Result<()> {
         } else {
             dir.clone()
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let r: Report = serde_json::from_str(&text).map_err(|error| Error::Json {
-            path: path.clone(),
-            error,
-        })?;
+        let r: Report = crate::io::read_json(&path)?;
         if !r.config.standalone.same_apart_from_seed(&cfg.standalone) {
             return Err(Error::InvalidConfig {
                 file: path.display().to_string(),
@@ -743,7 +727,7 @@ fn prepare_entries(cfg: &RankConfig, out: &Path, entries: &mut [Entry]) -> Resul
     // Before anything is written: the output directory must not hold
     // standalone runs of another sample (another seed or k).
     for e in entries.iter() {
-        let other = run_state(&e.standalone_dir)?.and_then(|s| s.arch);
+        let other = read_state(&e.standalone_dir)?.and_then(|s| s.arch);
         if let Some(other) = other.filter(|a| *a != e.arch) {
             return Err(Error::Data {
                 source_name: e.standalone_dir.display().to_string(),
@@ -796,7 +780,7 @@ fn train_alone(
     recipe: &Recipe,
     opts: &Options,
 ) -> Result<Option<bool>> {
-    let state = run_state(dir)?;
+    let state = read_state(dir)?;
     let finished = match &state {
         Some(s) if s.step >= s.total_steps => true,
         Some(_) if dir.join(CHECKPOINT_FILE).exists() => {

@@ -105,11 +105,7 @@ pub struct SearchQuality {
 
 impl SearchQuality {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|error| Error::Json {
-            path: path.into(),
-            error,
-        })
+        crate::io::read_json(path)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {

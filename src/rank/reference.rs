@@ -224,8 +224,7 @@ impl Reference {
         } else {
             path.to_path_buf()
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|error| Error::Json { path, error })
+        crate::io::read_json(&path)
     }
 
     /// The ranked architectures with their ground truth (mean standalone
@@ -698,7 +697,7 @@ fn adopt_earlier(out: &Path, reference: &mut Reference) -> Result<()> {
     }
     for e in &reference.entries {
         for r in &e.runs {
-            let other = super::run_state(&r.dir)?.and_then(|s| s.arch);
+            let other = crate::train::checkpoint::read_state(&r.dir)?.and_then(|s| s.arch);
             if let Some(other) = other.filter(|a| *a != e.arch) {
                 return Err(Error::Data {
                     source_name: r.dir.display().to_string(),

@@ -338,11 +338,7 @@ impl<'a> Search<'a> {
     }
 
     pub fn load_state(path: &Path) -> Result<SearchState> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|error| Error::Json {
-            path: path.into(),
-            error,
-        })
+        crate::io::read_json(path)
     }
 
     pub fn save_state(&self, path: &Path) -> Result<()> {

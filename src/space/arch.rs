@@ -27,11 +27,7 @@ pub struct Arch {
 impl Arch {
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|error| Error::Json {
-            path: path.into(),
-            error,
-        })
+        crate::io::read_json(path)
     }
 
     pub fn to_json(&self) -> String {

@@ -93,6 +93,15 @@ pub(crate) fn save(
     write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
 }
 
+/// The `state.json` of a run directory, if it has one.
+pub fn read_state(dir: &Path) -> Result<Option<TrainState>> {
+    let path = dir.join(STATE_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    crate::io::read_json(&path).map(Some)
+}
+
 /// Writes `checkpoint.safetensors` in `dir`: the weights, AdamW's moments
 /// and the state (as metadata); returns the state as JSON.
 pub(crate) fn write_checkpoint(

@@ -19,8 +19,9 @@
 //! - `<choice>-<value>/`: each sub-supernet, an ordinary training run
 //!   (resumable by itself, or all together with `vitnas train --resume`).
 
+use super::checkpoint::read_state;
 use super::recipe::{FewShotConfig, Recipe, Split};
-use super::{RunOptions, Summary, SPACE_FILE, STATE_FILE, SUPERNET_FILE};
+use super::{RunOptions, Summary, SPACE_FILE, SUPERNET_FILE};
 use crate::error::{Error, Result};
 use crate::space::{Arch, Space};
 use crate::supernet::params::Params;
@@ -115,11 +116,7 @@ impl FewShot {
 
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let manifest = serde_json::from_str(&text).map_err(|error| Error::Json {
-            path: path.clone(),
-            error,
-        })?;
+        let manifest = crate::io::read_json(&path)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
@@ -200,20 +197,6 @@ fn bad(field: &str, message: String) -> Error {
         field: field.into(),
         message,
     }
-}
-
-/// Is the run in `dir` trained to its end?
-fn finished(dir: &Path) -> bool {
-    #[derive(Deserialize)]
-    struct State {
-        step: usize,
-        total_steps: usize,
-    }
-    let Ok(text) = std::fs::read_to_string(dir.join(STATE_FILE)) else {
-        return false;
-    };
-    matches!(serde_json::from_str::<State>(&text), Ok(s) if s.step >= s.total_steps)
-        && dir.join(SUPERNET_FILE).is_file()
 }
 
 /// Continues the few-shot run in `dir` (its manifest's recipe).
@@ -311,15 +294,13 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<FewShotSummary> {
         crate::io::write_atomic(&out.join(MANIFEST_FILE), text.as_bytes())?;
         m
     };
-    let mut summaries = Vec::new();
+    let mut parts = Vec::new();
+    let mut interrupted = false;
     for (v, rel) in &manifest.parts {
         let dir = out.join(rel);
-        if finished(&dir) {
-            continue;
-        }
-        let sub = if dir.join(super::CHECKPOINT_FILE).is_file() {
-            super::resume(&dir, opts)?
-        } else {
+        // As `rank` decides for a supernet: no checkpoint, train; a
+        // checkpoint short of the last step, resume; else it is done.
+        let sub = if !dir.join(super::CHECKPOINT_FILE).is_file() {
             let mut r = recipe.clone();
             r.few_shot = None;
             r.name = format!("{}-{}-{v}", recipe.name, manifest.choice.name());
@@ -337,18 +318,15 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<FewShotSummary> {
                 collective: opts.collective,
             };
             super::train(&r, &o)?
+        } else if read_state(&dir)?.is_some_and(|s| s.step < s.total_steps) {
+            super::resume(&dir, opts)?
+        } else {
+            continue;
         };
-        let interrupted = sub.interrupted;
-        summaries.push(sub);
+        interrupted = sub.interrupted;
+        parts.push(sub);
         if interrupted {
-            return Ok(FewShotSummary {
-                dir: out.clone(),
-                choice: manifest.choice,
-                chosen_by: manifest.chosen_by.clone(),
-                gm_cosine: manifest.gm_cosine.clone(),
-                parts: summaries,
-                interrupted: true,
-            });
+            break;
         }
     }
     Ok(FewShotSummary {
@@ -356,8 +334,8 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<FewShotSummary> {
         choice: manifest.choice,
         chosen_by: manifest.chosen_by,
         gm_cosine: manifest.gm_cosine,
-        parts: summaries,
-        interrupted: false,
+        parts,
+        interrupted,
     })
 }
 

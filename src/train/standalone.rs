@@ -77,11 +77,7 @@ pub fn read_arch_file(dir: &Path) -> Result<(Arch, Space)> {
         space: Space,
     }
     let path = dir.join(ARCH_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let r: Record = serde_json::from_str(&text).map_err(|error| Error::Json {
-        path: path.clone(),
-        error,
-    })?;
+    let r: Record = crate::io::read_json(&path)?;
     r.space.validate(&path.display().to_string())?;
     r.arch.check_fits(&r.space)?;
     Ok((r.arch, r.space))

@@ -636,11 +636,7 @@ impl TextRun {
         let recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
         let space = Space::from_file(dir.join(SPACE_FILE))?;
         let labels_path = dir.join(LABELS_FILE);
-        let text = std::fs::read_to_string(&labels_path).map_err(|e| Error::io(&labels_path, e))?;
-        let labels: Vec<String> = serde_json::from_str(&text).map_err(|error| Error::Json {
-            path: labels_path.clone(),
-            error,
-        })?;
+        let labels: Vec<String> = crate::io::read_json(&labels_path)?;
         let (tensors, _) = read_weights(&file, &Device::Cpu)?;
         let mut named: Vec<(String, Tensor)> = tensors
             .iter()

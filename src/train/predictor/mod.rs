@@ -124,11 +124,7 @@ pub struct AccuracyPredictor {
 
 impl AccuracyPredictor {
     pub fn load(path: &Path) -> Result<AccuracyPredictor> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let p: AccuracyPredictor = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.into(),
-            error: e,
-        })?;
+        let p: AccuracyPredictor = crate::io::read_json(path)?;
         if p.format != FORMAT {
             return Err(Error::Predictor {
                 path: path.into(),
