@@ -7,6 +7,7 @@
 #   evaluate/bench.sh [path/to/python-with-torch]
 #   VITNAS=/path/to/other/vitnas evaluate/bench.sh ...   # a before/after pair
 #   PART=vit|text|deploy evaluate/bench.sh ...  # one part only (default: all)
+#   PART=scaling evaluate/bench.sh ...  # cost against work, at users' sizes
 #   ORT_PY=/tmp/ortenv/bin/python PART=deploy evaluate/bench.sh
 #
 # The deploy part times vitnas's engine against ONNX Runtime on the same
@@ -27,6 +28,15 @@
 # VITNAS_SIMD=scalar (gemm keeps its AVX2+FMA kernels: it has no switch for
 # less) and PyTorch to ATen's default level, MKL SSE4.2, oneDNN SSE4.1.
 #
+# PART=scaling (never part of "all": about 25 minutes on 2 quiet cores) runs
+# evaluate/scaling.py: autoformer-tiny at 50, 197 and 577 tokens and
+# bert-minilm (mean pooling) at 64 to 512 tokens, training at batch 32 and
+# inference at batch 1 and 64, vitnas against the PyTorch peers of
+# evaluate/peers/ (copies of ../shared/bench's, with sizes) and ONNX Runtime
+# at batch 1 (ORT_PY); one process per size; writes
+# evaluate/results/scaling/<date>/{scaling.csv,summary.md,scaling.svg}.
+# SCALING_ARGS passes more options (e.g. "--only vit", "--quick").
+#
 # The PyTorch side needs a venv with torch (outside the repo):
 #   python3 -m venv ../torchenv && ../torchenv/bin/pip install torch
 set -euo pipefail
@@ -35,7 +45,7 @@ PY=${1:-../torchenv/bin/python}
 PEER=../shared/bench/torch_reference.py
 PEER_BERT=../shared/bench/torch_bert_reference.py
 PART=${PART:-all}
-case "$PART" in vit|text|deploy|all) ;; *) echo "PART must be vit, text, deploy or all, not $PART" >&2; exit 2 ;; esac
+case "$PART" in vit|text|deploy|scaling|all) ;; *) echo "PART must be vit, text, deploy, scaling or all, not $PART" >&2; exit 2 ;; esac
 ORT_PY=${ORT_PY:-$PY}
 SIMD=${SIMD:-native}
 case "$SIMD" in
@@ -143,4 +153,10 @@ print(f"{'MiniLM-L6 128 tok, batch 1 ms':40} {db1['ms_per_batch']:10.2f} {dob1['
 print(f"{'MiniLM-L6 128 tok, batch 64 seq/s':40} {db64['sequences_per_s']:10.1f} {dob64['sequences_per_s']:10.1f} {db64['sequences_per_s']/dob64['sequences_per_s']:7.2f}x  >= 1.2x")
 print("(batch 64: every second sequence's last quarter is padding; vitnas skips it, ONNX Runtime computes it)")
 PYEOF
+fi
+if [ "$PART" = scaling ]; then
+  ort=$ORT_PY
+  $ORT_PY -c 'import onnxruntime' 2>/dev/null || ort=""
+  # shellcheck disable=SC2086
+  run "python3 evaluate/scaling.py --vitnas $V --torch-py $PY --ort-py '$ort' ${SCALING_ARGS:-}"
 fi

@@ -10,14 +10,17 @@ evaluate/bench.sh (vitnas's engine against ONNX Runtime on the same subnet).
 Inputs as `vitnas bench` builds them: images uniform in [0, 1); token ids
 uniform in 1000..vocab with the last quarter of every second sequence padded
 (ONNX Runtime computes the padding, vitnas does not). Prints one JSON line:
-ms_per_batch (mean over --iters after 5 warm-up runs) and images_per_s or
-sequences_per_s. Session: --threads intra-op threads, 1 inter-op thread,
+ms_per_batch (mean over --iters after --warmup warm-up runs, default 5) and
+images_per_s or sequences_per_s; and the fields evaluate/scaling.py reads from
+every side: tokens, ms_per_step, throughput, peak_rss_mib (ru_maxrss: run one
+size per process). Session: --threads intra-op threads, 1 inter-op thread,
 every graph optimisation on (ORT's default).
 
 Needs: pip install onnxruntime numpy
 """
 import argparse
 import json
+import resource
 import sys
 import time
 
@@ -36,6 +39,7 @@ def main():
     p.add_argument("--seq", type=int, default=128, help="tokens per sequence (text models)")
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=5)
     a = p.parse_args()
     so = ort.SessionOptions()
     so.intra_op_num_threads = a.threads
@@ -51,6 +55,9 @@ def main():
         _, c, h, w = sess.get_inputs()[0].shape
         feeds = {"pixel_values": rng.random((a.batch, c, h, w), dtype=np.float32)}
         unit = "images_per_s"
+        meta = sess.get_modelmeta().custom_metadata_map
+        patch = json.loads(meta.get("vitnas.config", "{}")).get("patch_size")
+        tokens = (h // patch) * (w // patch) + 1 if patch else None
     else:
         meta = sess.get_modelmeta().custom_metadata_map
         vocab = json.loads(meta["vitnas.config"])["vocab_size"]
@@ -59,7 +66,8 @@ def main():
         mask[1::2, a.seq - a.seq // 4 :] = 0
         feeds = {"input_ids": ids, "attention_mask": mask}
         unit = "sequences_per_s"
-    for _ in range(5):
+        tokens = a.seq
+    for _ in range(a.warmup):
         sess.run(None, feeds)
     t0 = time.perf_counter()
     for _ in range(a.iters):
@@ -73,6 +81,11 @@ def main():
                 "threads": a.threads,
                 "ms_per_batch": 1e3 * dt / a.iters,
                 unit: a.batch * a.iters / dt,
+                "tokens": tokens,
+                "ms_per_step": 1e3 * dt / a.iters,
+                "throughput": a.batch * a.iters / dt,
+                "throughput_unit": unit,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
     )

@@ -3,11 +3,16 @@
 
     python evaluate/ort_latency.py <dir> --threads T --out lat.csv
 
-<dir> holds arch-<i>.onnx and manifest.json. Each file is timed under HAT's
-protocol as `vitnas latency measure` times it (the manifest's warm-up runs,
-timed runs and trim: the trimmed mean, the standard deviation of the kept
-runs and the median of all runs), on inputs of zeros at the manifest's
-batch, with T intra-op threads and sequential execution. The CSV is the
+<dir> holds arch-<i>.onnx and manifest.json (and, for a text space, the
+word_embeddings-<dim>.bin tables the files read as ONNX external data: copy
+the directory whole). Each file is timed under HAT's protocol as `vitnas
+latency measure` times it (the manifest's warm-up runs, timed runs and trim:
+the trimmed mean, the standard deviation of the kept runs and the median of
+all runs), with T intra-op threads and sequential execution, on the
+manifest's input_shape: images of zeros, or for a text space int64
+input_ids drawn uniformly below the vocabulary (seeded by the manifest's
+seed, the same ids for every file) and an all-ones attention_mask, both
+[batch, seq_len]. The CSV is the
 latency dataset `vitnas latency fit` reads: the manifest's space (name,
 hash, TOML), this machine (the CPU from /proc/cpuinfo or platform, and
 `simd: onnxruntime <version>` as the runtime), then one row per file.
@@ -81,9 +86,28 @@ def session(path, threads):
         )
 
 
-def time_file(sess, x, protocol):
-    name = sess.get_inputs()[0].name
-    feed = {name: x}
+def inputs(m):
+    """The feed of every file: name -> array, from the manifest."""
+    shape = m["input_shape"]
+    t = m.get("text")
+    if t is None:
+        return {"pixel_values": np.zeros(shape, dtype=np.float32)}
+    if len(shape) != 2 or shape[1] != t["seq_len"]:
+        sys.exit(f"manifest: text input_shape {shape} is not [batch, {t['seq_len']}]")
+    for dim, name in t["word_embeddings"].items():
+        path = os.path.join(m["_dir"], name)
+        want = t["vocab_size"] * int(dim) * 4
+        if not os.path.isfile(path) or os.path.getsize(path) != want:
+            sys.exit(f"{path}: missing or not {want} bytes: the files read their word embeddings "
+                     "from it (ONNX external data); copy the export directory whole")
+    ids = np.random.default_rng(m["seed"]).integers(0, t["vocab_size"], size=shape, dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones(shape, dtype=np.int64)}
+
+
+def time_file(sess, feed, protocol):
+    names = sorted(i.name for i in sess.get_inputs())
+    if names != sorted(feed):
+        sys.exit(f"the file's inputs {names} are not the manifest's {sorted(feed)}")
     for _ in range(protocol["warmup"]):
         sess.run(None, feed)
     t = []
@@ -127,6 +151,8 @@ def main():
         m = json.load(f)
     if m.get("format") != "vitnas-latency-archs/1":
         sys.exit(f"{a.dir}/manifest.json: format {m.get('format')!r} is not vitnas-latency-archs/1")
+    m["_dir"] = a.dir
+    feed = inputs(m)
     head = header(m, a.threads)
     done = set()
     if os.path.exists(a.out) and os.path.getsize(a.out) > 0:
@@ -134,7 +160,6 @@ def main():
     else:
         with open(a.out, "w") as f:
             f.write(head)
-    x = np.zeros(m["input_shape"], dtype=np.float32)
     total = len(m["archs"])
     started = time.time()
     with open(a.out, "a") as f:
@@ -142,7 +167,7 @@ def main():
             if e["index"] in done:
                 continue
             sess = session(os.path.join(a.dir, e["file"]), a.threads)
-            mean, std, median = time_file(sess, x, m["protocol"])
+            mean, std, median = time_file(sess, feed, m["protocol"])
             f.write(f"{e['csv_prefix']},{mean:.6f},{std:.6f},{median:.6f}\n")
             f.flush()
             if (k + 1) % max(total // 10, 1) == 0 or k + 1 == total:

@@ -194,3 +194,20 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         error,
     })
 }
+
+/// [`read_json`] of a file that names its format: a `T` whose format,
+/// `format_of(&t)`, must be `want`, else the error is `wrong` of the message
+/// "format "found" is not `what` (`want`)" (the caller's variant naming the
+/// file).
+pub fn read_json_format<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    (want, what): (&str, &str),
+    format_of: impl Fn(&T) -> &str,
+    wrong: impl FnOnce(String) -> Error,
+) -> Result<T> {
+    let t: T = read_json(path)?;
+    match format_of(&t) {
+        f if f == want => Ok(t),
+        f => Err(wrong(format!("format {f:?} is not {what} ({want})"))),
+    }
+}

@@ -2,21 +2,8 @@
 
 mod common;
 
-use common::repo_path;
+use common::{repo_path, s, vitnas, vitnas_env};
 use std::process::Command;
-
-fn vitnas(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vitnas"))
-        .args(args)
-        .current_dir(repo_path(""))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 #[test]
 fn arch_params_prints_the_autoformer_t_count_with_off_grid() {
@@ -142,6 +129,14 @@ fn wait_for_steps(run: &std::path::Path, n: usize) {
     }
 }
 
+/// Resumes `run` up to step `steps`, which its summary must report.
+fn resume_to(run: &std::path::Path, steps: u64) {
+    let max = steps.to_string();
+    let (ok, out, err) = vitnas(&["train", "--resume", s(run), "--max-steps", &max]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("\"steps\": {steps}")), "{out}");
+}
+
 fn state_step(run: &std::path::Path) -> u64 {
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
@@ -175,15 +170,7 @@ fn sigint_finishes_the_step_writes_a_checkpoint_and_resume_continues() {
         step >= 3 && step as usize == steps_logged(&run),
         "checkpoint at {step}"
     );
-    let (ok, out, err) = vitnas(&[
-        "train",
-        "--resume",
-        run.to_str().unwrap(),
-        "--max-steps",
-        &(step + 2).to_string(),
-    ]);
-    assert!(ok, "{err}");
-    assert!(out.contains(&format!("\"steps\": {}", step + 2)), "{out}");
+    resume_to(&run, step + 2);
     std::fs::remove_dir_all(run.parent().unwrap()).ok();
 }
 
@@ -197,15 +184,7 @@ fn kill_9_loses_at_most_the_steps_since_the_last_checkpoint() {
     // The checkpoint on disk is whole (never half-written) and resumes.
     let step = state_step(&run);
     assert!(step >= 3, "{step}");
-    let (ok, out, err) = vitnas(&[
-        "train",
-        "--resume",
-        run.to_str().unwrap(),
-        "--max-steps",
-        &(step + 1).to_string(),
-    ]);
-    assert!(ok, "{err}");
-    assert!(out.contains(&format!("\"steps\": {}", step + 1)), "{out}");
+    resume_to(&run, step + 1);
     std::fs::remove_dir_all(run.parent().unwrap()).ok();
 }
 
@@ -231,15 +210,7 @@ fn a_second_train_on_a_run_in_use_is_refused_and_a_killed_runs_lock_is_taken_ove
     child.wait().unwrap();
     assert!(run.join(vitnas::train::rundir::LOCK_FILE).exists());
     let step = state_step(&run);
-    let (ok, out, err) = vitnas(&[
-        "train",
-        "--resume",
-        dir,
-        "--max-steps",
-        &(step + 1).to_string(),
-    ]);
-    assert!(ok, "{err}");
-    assert!(out.contains(&format!("\"steps\": {}", step + 1)), "{out}");
+    resume_to(&run, step + 1);
     // Released on exit.
     assert!(!run.join(vitnas::train::rundir::LOCK_FILE).exists());
     std::fs::remove_dir_all(run.parent().unwrap()).ok();
@@ -494,20 +465,6 @@ fn under_an_mpi_launcher_a_build_without_mpi_refuses_and_says_how_to_build_it() 
     // One process under a launcher is an ordinary run.
     let (ok, _, err) = vitnas(&["space", "show", "search_spaces/fmnist-tiny.toml"]);
     assert!(ok, "{err}");
-}
-
-fn vitnas_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vitnas"))
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(repo_path(""))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 /// Every file name in `dir` with its bytes, sorted (the lock file aside).

@@ -552,20 +552,151 @@ fn exported_archs_are_the_planned_subnets_in_onnx_and_their_csv_fits_the_dataset
     assert!(e.to_string().contains("already holds"), "{e}");
 }
 
+/// `ids` and an all-ones mask (as ort_latency.py feeds text), as tract
+/// runs the file at `path` (its external data read beside it).
+fn tract_text_logits(path: &std::path::Path, ids: &[i64]) -> candle_core::Tensor {
+    use tract_onnx::prelude::{tvec, Framework, InferenceModelExt, IntoRunnable, IntoTValue};
+    let m = tract_onnx::onnx()
+        .model_for_path(path)
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let shape = [1, ids.len()];
+    let ids = tract_onnx::prelude::Tensor::from_shape(&shape, ids).unwrap();
+    let mask = tract_onnx::prelude::Tensor::from_shape(&shape, &vec![1i64; shape[1]]).unwrap();
+    let out = m.run(tvec![ids.into_tvalue(), mask.into_tvalue()]).unwrap();
+    let view = out[0].to_plain_array_view::<f32>().unwrap();
+    let shape = view.shape().to_vec();
+    candle_core::Tensor::from_vec(
+        view.iter().copied().collect::<Vec<_>>(),
+        shape,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Text spaces (pooler and mean pooling): each file holds the encoder, and
+/// its word embeddings are ONNX external data, the whole table of its width
+/// shared by every file of that width; tract reads them and computes the
+/// engine's logits for ids anywhere in the vocabulary.
 #[test]
-fn exporting_archs_of_a_text_space_is_refused_as_not_supported_yet() {
+fn exported_text_archs_share_one_embedding_table_per_width_and_run_in_tract_as_in_the_engine() {
+    use onnx_protobuf::Message;
+    use vitnas::latency::export_archs::{self, ExportOptions};
+    for pooling in ["pooler", "mean"] {
+        let s = common::tiny_bert(pooling, "[2, 4]");
+        let out = tmp(&format!("export-archs-text-{pooling}")).join("archs");
+        let opts = ExportOptions {
+            n: 2,
+            batch: 1,
+            seed: 3,
+            protocol: Protocol::default(),
+        };
+        let m = export_archs::export_archs(&s, &opts, &out).unwrap();
+        assert_eq!(m, export_archs::read_manifest(&out).unwrap());
+        let t = s.text.as_ref().unwrap();
+        assert_eq!(m.input_shape, vec![1, t.seq_len]);
+        let text = m.text.as_ref().expect("a text manifest records its inputs");
+        assert_eq!((text.seq_len, text.vocab_size), (t.seq_len, t.vocab_size));
+        let archs: Vec<_> = m.archs.iter().map(|e| e.arch.clone()).collect();
+        assert_eq!(archs, dataset::plan(&s, 2, 3));
+        let latency::Timed::Text(net) = latency::Timed::build(&s, 3).unwrap() else {
+            panic!("a text space builds a text supernet")
+        };
+        // Ids over the whole vocabulary, the last one included.
+        let ids: Vec<i64> = (0..t.seq_len)
+            .map(|i| ((i * 17 + 5) % t.vocab_size) as i64)
+            .chain([t.vocab_size as i64 - 1])
+            .skip(1)
+            .collect();
+        for e in &m.archs {
+            let w = e.arch.embed_dim;
+            let table = out.join(&text.word_embeddings[&w]);
+            let table_bytes = std::fs::metadata(&table).unwrap().len() as usize;
+            assert_eq!(table_bytes, t.vocab_size * w * 4, "{}", table.display());
+            // The file's table is that shared file, as external data.
+            let path = out.join(&e.file);
+            let model = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(&path).unwrap())
+                .unwrap();
+            let words = model
+                .graph
+                .initializer
+                .iter()
+                .find(|i| i.name == vitnas::models::onnx::WORD_EMBEDDINGS)
+                .unwrap();
+            assert!(words.raw_data.is_empty(), "{}", e.file);
+            assert_eq!(words.dims, vec![t.vocab_size as i64, w as i64]);
+            let kv: Vec<(&str, &str)> = words
+                .external_data
+                .iter()
+                .map(|x| (x.key.as_str(), x.value.as_str()))
+                .collect();
+            let length = table_bytes.to_string();
+            assert_eq!(
+                kv,
+                [
+                    ("location", text.word_embeddings[&w].as_str()),
+                    ("offset", "0"),
+                    ("length", length.as_str())
+                ]
+            );
+            let got = tract_text_logits(&path, &ids);
+            assert_eq!(got.dims(), &[1, t.num_classes], "{}", e.file);
+            let engine = vitnas::engine::Model::from_bert(&net.extract(&e.arch).unwrap()).unwrap();
+            let ids_u32: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+            let ids_t =
+                candle_core::Tensor::from_vec(ids_u32, (1, ids.len()), &Device::Cpu).unwrap();
+            let mask =
+                candle_core::Tensor::ones((1, ids.len()), candle_core::DType::U32, &Device::Cpu)
+                    .unwrap();
+            let want = engine.token_logits(&ids_t, &mask).unwrap();
+            let d = common::max_abs_diff(&got, &want);
+            assert!(
+                d <= 1e-4 * common::max_abs(&want).max(1.0),
+                "{pooling} {}: {d}",
+                e.file
+            );
+        }
+        let _ = std::fs::remove_dir_all(out.parent().unwrap());
+    }
+}
+
+/// The real target, bert-minilm-mean at 128 tokens: two architectures
+/// export as files of the encoder only (the 30,522-row tables beside them)
+/// that tract runs to `[1, 2]` logits.
+#[test]
+fn bert_minilm_mean_archs_export_without_their_embedding_tables_and_run_in_tract() {
+    use vitnas::latency::export_archs::{self, ExportOptions};
     let s = space("bert-minilm-mean");
-    let out = tmp("export-archs-text").join("archs");
-    let opts = vitnas::latency::export_archs::ExportOptions {
-        n: 3,
+    let out = tmp("export-archs-minilm").join("archs");
+    let opts = ExportOptions {
+        n: 2,
         batch: 1,
         seed: 0,
         protocol: Protocol::default(),
     };
-    let e = vitnas::latency::export_archs::export_archs(&s, &opts, &out).unwrap_err();
-    assert!(
-        e.to_string().contains("text space") && e.to_string().contains("not supported yet"),
-        "{e}"
-    );
-    assert!(!out.join("manifest.json").exists());
+    let m = export_archs::export_archs(&s, &opts, &out).unwrap();
+    assert_eq!(m.input_shape, vec![1, 128]);
+    let text = m.text.as_ref().unwrap();
+    assert_eq!(text.vocab_size, 30522);
+    let ids: Vec<i64> = (0..128).map(|i| (i * 239 + 101) % 30522).collect();
+    for e in &m.archs {
+        let path = out.join(&e.file);
+        let table = 30522 * e.arch.embed_dim * 4;
+        let bytes = std::fs::metadata(&path).unwrap().len() as usize;
+        let params = vitnas::space::params(&s, &e.arch) as usize;
+        assert!(bytes < params * 4 - table + 8192, "{}: {bytes}", e.file);
+        let got = tract_text_logits(&path, &ids);
+        assert_eq!(got.dims(), &[1, 2], "{}", e.file);
+        assert!(got
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite()));
+    }
+    let _ = std::fs::remove_dir_all(out.parent().unwrap());
 }

@@ -6,37 +6,12 @@
 //! counts; a search prints every bound in force and drops the recipe's with
 //! `--no-recipe-bounds`. The tokenizer is all-MiniLM-L6-v2's (../shared).
 
+mod common;
+
+use common::{repo_path, s, scratch, vitnas};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn repo_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn vitnas(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vitnas"))
-        .args(args)
-        .current_dir(repo_path(""))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn fresh(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vitnas-new-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The bundled spam sample relabelled into three classes (`ham`, `spam`,
 /// and `eggs` for every third line), as train.jsonl and test.jsonl.
@@ -62,85 +37,18 @@ fn three_class_data(dir: &Path) -> PathBuf {
 /// A tiny text space (`classes`: the num_classes line, or none) and a
 /// recipe stating the cost length 24 (the space says 32).
 fn setup(dir: &Path, data: &Path, classes: &str, max_len: usize) -> PathBuf {
-    let tok = repo_path("../shared/models/all-MiniLM-L6-v2/tokenizer.json");
-    assert!(tok.is_file(), "{} is missing", tok.display());
-    std::fs::write(
-        dir.join("space.toml"),
-        format!(
-            r#"
-name = "tiny-text"
-[text]
-vocab_size = 30522
-max_position_embeddings = 128
-{classes}
-seq_len = 32
-[supernet]
-embed_dim = 32
-depth = 2
-num_heads = 4
-head_dim = 8
-mlp_dim = 64
-layer_norm_eps = 1e-12
-[choices]
-embed_dim = [16, 32]
-depth = [1, 2]
-num_heads = [2, 4]
-mlp_dim = [32, 48, 64]
-"#
-        ),
-    )
-    .unwrap();
+    let space = dir.join("space.toml");
+    std::fs::write(&space, common::tiny_text_space_toml(128, classes)).unwrap();
     let recipe = dir.join("recipe.toml");
-    std::fs::write(
-        &recipe,
-        format!(
-            r#"
-name = "tiny-text"
-space = "{space}"
-seed = 0
-output_dir = "{out}"
-init = "trunc_normal_0.02"
-[data]
-format = "text"
-path = "{data}"
-val_size = 60
-eval_batch_size = 50
-[data.text]
-max_len = {max_len}
-cost_seq_len = 24
-tokenizer = "{tok}"
-[sampler]
-kind = "sandwich"
-num_random = 1
-[loss]
-label_smoothing = 0.0
-distill = {{ kind = "kl" }}
-[optimizer]
-lr = 1e-3
-min_lr = 1e-5
-warmup_lr = 1e-5
-warmup_epochs = 0.1
-weight_decay = 0.01
-clip_grad_norm = 1.0
-[train]
-epochs = 1
-batch_size = 16
-checkpoint_every = 5
-log_every = 1
-"#,
-            space = dir.join("space.toml").display(),
-            out = dir.join("run").display(),
-            data = data.display(),
-            tok = tok.display(),
-        ),
-    )
-    .unwrap();
+    let text = format!("max_len = {max_len}\ncost_seq_len = 24");
+    let toml = common::tiny_text_recipe_toml((&space, data, &dir.join("run")), 60, &text, 1);
+    std::fs::write(&recipe, toml).unwrap();
     recipe
 }
 
 #[test]
 fn a_text_run_takes_its_classes_from_the_data_and_its_cost_length_from_the_recipe() {
-    let dir = fresh("classes");
+    let dir = scratch("new-classes");
     let data = three_class_data(&dir);
     // A space that states 2 classes is refused before training, naming
     // both numbers, the space file and the data file.
@@ -265,23 +173,14 @@ fn peak_rss_kib(args: &[&str]) -> (bool, u64, String) {
 /// few KB per example. Bound: 400 MB peak for the whole process.
 #[test]
 fn eval_dump_of_a_text_model_holds_what_it_writes_not_every_activation() {
-    let dir = fresh("dump");
+    let dir = scratch("new-dump");
     let data = three_class_data(&dir);
     let recipe = setup(&dir, &data, "", 128);
     let run = dir.join("run");
     let (ok, _, err) = vitnas(&["train", s(&recipe), "--max-steps", "1"]);
     assert!(ok, "{err}");
     let exp = dir.join("export");
-    let (ok, _, err) = vitnas(&[
-        "export",
-        "--supernet",
-        s(&run),
-        "--arch",
-        "largest",
-        "--out",
-        s(&exp),
-    ]);
-    assert!(ok, "{err}");
+    common::export(&run, "largest", &exp);
     // Long texts: every one reaches max_len.
     let n = 4000;
     let big = dir.join("big.jsonl");
@@ -327,7 +226,7 @@ fn eval_dump_of_a_text_model_holds_what_it_writes_not_every_activation() {
 /// recipe's, leaving the flag's.
 #[test]
 fn search_prints_every_bound_in_force_and_drops_the_recipes_on_request() {
-    let dir = fresh("bounds");
+    let dir = scratch("new-bounds");
     let mut r =
         vitnas::train::recipe::Recipe::from_file(repo_path("recipes/quickstart.toml")).unwrap();
     r.space = repo_path("search_spaces/fmnist-tiny.toml");

@@ -11,7 +11,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use common::{max_abs, max_abs_diff, repo_path, scaled_supernet, space};
+use common::{max_abs, max_abs_diff, repo_path, scaled_supernet, space, vitnas};
 use onnx_protobuf::Message;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::sync::Arc;
@@ -332,19 +332,6 @@ fn a_model_too_large_for_one_onnx_file_is_refused_with_the_reason() {
     let small = scaled_vit(&s).extract(&s.largest()).unwrap();
     assert!(onnx::size_obstacle(onnx::vit_params(&small.config)).is_none());
     assert_eq!(onnx::vit_params(&small.config) as usize, small.num_params());
-}
-
-fn vitnas(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitnas"))
-        .args(args)
-        .current_dir(repo_path(""))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 /// `vitnas export --format onnx --check-batch 3` on a trained run: the

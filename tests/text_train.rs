@@ -7,111 +7,20 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{max_abs_diff, repo_path};
+use common::{max_abs_diff, minilm_tokenizer as tokenizer, repo_path, s, vitnas};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn vitnas(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vitnas"))
-        .args(args)
-        .current_dir(repo_path(""))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn tokenizer() -> PathBuf {
-    let t = repo_path("../shared/models/all-MiniLM-L6-v2/tokenizer.json");
-    assert!(
-        t.is_file(),
-        "{} is missing: the repository expects ../shared beside it",
-        t.display()
-    );
-    t
-}
 
 /// A tiny text space and a one-epoch recipe on the bundled sample, in a
 /// fresh directory.
 fn setup(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vitnas-text-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("space.toml"),
-        r#"
-name = "tiny-text"
-[text]
-vocab_size = 30522
-max_position_embeddings = 64
-num_classes = 2
-seq_len = 32
-[supernet]
-embed_dim = 32
-depth = 2
-num_heads = 4
-head_dim = 8
-mlp_dim = 64
-layer_norm_eps = 1e-12
-[choices]
-embed_dim = [16, 32]
-depth = [1, 2]
-num_heads = [2, 4]
-mlp_dim = [32, 48, 64]
-"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("recipe.toml"),
-        format!(
-            r#"
-name = "tiny-text"
-space = "{space}"
-seed = 0
-output_dir = "{out}"
-init = "trunc_normal_0.02"
-[data]
-format = "text"
-path = "{data}"
-val_size = 100
-eval_batch_size = 50
-[data.text]
-max_len = 32
-tokenizer = "{tok}"
-[sampler]
-kind = "sandwich"
-num_random = 1
-[loss]
-label_smoothing = 0.0
-distill = {{ kind = "kl" }}
-[optimizer]
-lr = 1e-3
-min_lr = 1e-5
-warmup_lr = 1e-5
-warmup_epochs = 0.1
-weight_decay = 0.01
-clip_grad_norm = 1.0
-[train]
-epochs = 1
-batch_size = 16
-checkpoint_every = 5
-log_every = 5
-"#,
-            space = dir.join("space.toml").display(),
-            out = dir.join("run").display(),
-            data = repo_path("data/spam-sample").display(),
-            tok = tokenizer().display(),
-        ),
-    )
-    .unwrap();
+    let dir = common::scratch(&format!("text-{tag}"));
+    let space = dir.join("space.toml");
+    std::fs::write(&space, common::tiny_text_space_toml(64, "num_classes = 2")).unwrap();
+    let data = repo_path("data/spam-sample");
+    let recipe =
+        common::tiny_text_recipe_toml((&space, &data, &dir.join("run")), 100, "max_len = 32", 5);
+    std::fs::write(dir.join("recipe.toml"), recipe).unwrap();
     dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -286,16 +195,7 @@ fn text_supernet_trains_resumes_bit_exactly_searches_and_exports() {
     // The largest (4 heads × 8 = hidden 32): transformers' layout, loaded
     // by candle-transformers' BERT with the same hidden states.
     let exp = dir.join("export");
-    let (ok, out, err) = vitnas(&[
-        "export",
-        "--supernet",
-        s(&run),
-        "--arch",
-        "largest",
-        "--out",
-        s(&exp),
-    ]);
-    assert!(ok, "{err}");
+    let out = common::export(&run, "largest", &exp);
     assert!(
         out.contains("BertForSequenceClassification layout"),
         "{out}"
@@ -361,16 +261,7 @@ fn text_supernet_trains_resumes_bit_exactly_searches_and_exports() {
     assert!(ok || err.contains("no padding makes this"), "{err}");
     if ok {
         let plain = dir.join("plain");
-        let (ok, _, err) = vitnas(&[
-            "export",
-            "--supernet",
-            s(&run),
-            "--arch",
-            s(&arch1),
-            "--out",
-            s(&plain),
-        ]);
-        assert!(ok, "{err}");
+        common::export(&run, s(&arch1), &plain);
         let (p, _) = vitnas::models::export_bert::load_dir(&padded).unwrap();
         let (q, _) = vitnas::models::export_bert::load_dir(&plain).unwrap();
         let d = max_abs_diff(

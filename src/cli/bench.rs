@@ -1,18 +1,85 @@
 //! `vitnas bench train|infer|search|data|bert-train|bert-infer`: the benchmark workload
 //! ([`vitnas::bench`]), printed as one JSON line, the form the PyTorch peer
 //! of evaluate/bench.sh prints too.
+//!
+//! `train`, `infer` and `search` run on the benchmark space unless
+//! `--space` names another (an image or a text space: a text space runs
+//! the text workload), at its own sizes unless `--image-size`,
+//! `--patch-size` or `--seq-len` replace them ([`SizeArgs`]).
 
 use super::workload as bench;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use vitnas::dist::Collective;
+use vitnas::space::Space;
+
+/// The space a benchmark runs on and the sizes that replace its own.
+#[derive(Debug, Clone, Args)]
+pub struct SizeArgs {
+    /// A search space file, image or text (default: the benchmark space,
+    /// search_spaces/fmnist-tiny.toml); a text space runs the text
+    /// workload (random token ids, every second sequence's last quarter
+    /// padded).
+    #[arg(long)]
+    space: Option<PathBuf>,
+    /// Image side in pixels, in place of the image space's own
+    /// (tokens = (image size / patch size)² + 1).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Patch side in pixels, in place of the image space's own.
+    #[arg(long)]
+    patch_size: Option<usize>,
+    /// Tokens per sequence, in place of the text space's `text.seq_len`.
+    #[arg(long)]
+    seq_len: Option<usize>,
+}
+
+impl SizeArgs {
+    fn space(&self) -> vitnas::error::Result<Space> {
+        bench::load_space(
+            self.space.as_deref(),
+            bench::space,
+            bench::Geometry {
+                image_size: self.image_size,
+                patch_size: self.patch_size,
+                seq_len: self.seq_len,
+            },
+        )
+    }
+}
+
+/// The bert-minilm space with mean pooling (the text peer's) unless
+/// `space` names another text space, at `seq` tokens.
+fn text_space(space: Option<&std::path::Path>, seq: usize) -> vitnas::error::Result<Space> {
+    bench::load_space(
+        space,
+        bench::bert_space,
+        bench::Geometry {
+            seq_len: Some(seq),
+            ..Default::default()
+        },
+    )
+}
+
+/// Refuses an option the text workload has no counterpart for.
+fn image_only(flag: &str, space: &Space) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "{flag} is for image spaces; {} reads text (its workload runs on the engine)",
+        space.name
+    )
+}
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Sandwich training steps (largest, smallest, 2 random; CE + KL; AdamW).
     Train {
+        #[command(flatten)]
+        size: SizeArgs,
         #[arg(long, default_value_t = 30)]
         steps: usize,
+        /// Untimed steps first (default 3; 2 on a text space).
+        #[arg(long)]
+        warmup: Option<usize>,
         #[arg(long, default_value_t = 64)]
         batch: usize,
         #[arg(long, default_value_t = 2)]
@@ -32,10 +99,15 @@ pub enum BenchCmd {
     },
     /// Inference of the largest subnet, extracted as a static model.
     Infer {
+        #[command(flatten)]
+        size: SizeArgs,
         #[arg(long, default_value_t = 1)]
         batch: usize,
         #[arg(long, default_value_t = 200)]
         iters: usize,
+        /// Untimed batches first (default 10; 5 on a text space).
+        #[arg(long)]
+        warmup: Option<usize>,
         #[arg(long, default_value_t = 2)]
         threads: usize,
         /// Run the candle model's forward instead of the engine.
@@ -48,6 +120,8 @@ pub enum BenchCmd {
     },
     /// Search evaluations: random subnets scored with inherited weights.
     Search {
+        #[command(flatten)]
+        size: SizeArgs,
         #[arg(long, default_value_t = 20)]
         archs: usize,
         /// Images per architecture (as `vitnas search --val-subset`).
@@ -78,8 +152,14 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 32)]
         batch: usize,
         /// Tokens per sequence.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, visible_alias = "seq-len", default_value_t = 128)]
         seq: usize,
+        /// Another text space (default: bert-minilm with mean pooling).
+        #[arg(long)]
+        space: Option<PathBuf>,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
@@ -87,10 +167,17 @@ pub enum BenchCmd {
     BertInfer {
         #[arg(long, default_value_t = 1)]
         batch: usize,
-        #[arg(long, default_value_t = 128)]
+        /// Tokens per sequence.
+        #[arg(long, visible_alias = "seq-len", default_value_t = 128)]
         seq: usize,
+        /// Another text space (default: bert-minilm with mean pooling).
+        #[arg(long)]
+        space: Option<PathBuf>,
         #[arg(long, default_value_t = 100)]
         iters: usize,
+        /// Untimed batches first.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
         /// Also write the benchmarked subnet to this ONNX file.
@@ -109,13 +196,24 @@ pub enum BenchCmd {
 pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
     let out = match cmd {
         BenchCmd::Train {
+            size,
             steps,
+            warmup,
             batch,
             threads,
             candle_autograd,
         } => {
+            let space = size.space()?;
             super::threads::init_pool(threads)?;
-            bench::train(steps, batch, threads, candle_autograd)?
+            if space.is_text() {
+                if candle_autograd {
+                    image_only("--candle-autograd", &space)?;
+                }
+                bench::bert_train(&space, steps, warmup.unwrap_or(2), batch, threads)?
+            } else {
+                let warmup = warmup.unwrap_or(3);
+                bench::train(&space, steps, warmup, batch, threads, candle_autograd)?
+            }
         }
         BenchCmd::Gemm { n, threads } => {
             super::threads::init_pool(threads)?;
@@ -123,41 +221,62 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
                 "gflops": bench::gemm_peak(n, threads)})
         }
         BenchCmd::Infer {
+            size,
             batch,
             iters,
+            warmup,
             threads,
             candle,
             onnx,
         } => {
+            let space = size.space()?;
             super::threads::init_pool(threads)?;
-            bench::infer(batch, iters, threads, candle, onnx.as_deref())?
+            let onnx = onnx.as_deref();
+            if space.is_text() {
+                if candle {
+                    image_only("--candle", &space)?;
+                }
+                let warmup = warmup.unwrap_or(5);
+                bench::bert_infer(&space, batch, iters, warmup, threads, onnx)?
+            } else {
+                let warmup = warmup.unwrap_or(10);
+                bench::infer(&space, batch, iters, warmup, threads, candle, onnx)?
+            }
         }
         BenchCmd::Search {
+            size,
             archs,
             images,
             threads,
         } => {
+            let space = size.space()?;
             super::threads::init_pool(threads)?;
-            bench::search(archs, images, threads)?
+            bench::search(&space, archs, images, threads)?
         }
         BenchCmd::BertTrain {
             steps,
             batch,
             seq,
+            space,
+            warmup,
             threads,
         } => {
+            let space = text_space(space.as_deref(), seq)?;
             super::threads::init_pool(threads)?;
-            bench::bert_train(steps, batch, seq, threads)?
+            bench::bert_train(&space, steps, warmup, batch, threads)?
         }
         BenchCmd::BertInfer {
             batch,
             seq,
+            space,
             iters,
+            warmup,
             threads,
             onnx,
         } => {
+            let space = text_space(space.as_deref(), seq)?;
             super::threads::init_pool(threads)?;
-            bench::bert_infer(batch, seq, iters, threads, onnx.as_deref())?
+            bench::bert_infer(&space, batch, iters, warmup, threads, onnx.as_deref())?
         }
         BenchCmd::Data { batch, iters } => bench::data(batch, iters)?,
         BenchCmd::Allreduce {

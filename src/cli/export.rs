@@ -142,7 +142,7 @@ fn export_text(a: &ExportArgs, out: &std::path::Path) -> anyhow::Result<()> {
     let run = TextRun::load(&a.supernet)?;
     let space = &run.space;
     let arch = space.arch_from_spec(&a.arch, a.off_grid)?;
-    let mut model = run.net.extract(&arch)?;
+    let mut model = run.extract(&arch)?;
     if a.format == Format::Onnx {
         let tok_file = run.dir.join(vitnas::train::text::TOKENIZER_FILE);
         let tokenizer = run.tokenizer()?;

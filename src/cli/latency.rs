@@ -36,7 +36,9 @@ pub enum LatencyCmd {
     /// Write the architectures `measure` would time as ONNX files
     /// (`<out>/arch-<i>.onnx`) with `<out>/manifest.json`, for timing on
     /// another machine with `evaluate/ort_latency.py` (ONNX Runtime), whose
-    /// CSV `fit` reads. Image spaces only.
+    /// CSV `fit` reads. Text spaces share one word-embedding table per width
+    /// (`<out>/word_embeddings-<dim>.bin`, ONNX external data): copy the
+    /// directory whole.
     ExportArchs(ExportArchsArgs),
     /// Predicted latency of one architecture (JSON file).
     Predict {
@@ -81,7 +83,8 @@ pub struct MeasureArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArchsArgs {
-    /// Search-space file (an image space, e.g. search_spaces/fmnist-tiny.toml).
+    /// Search-space file (e.g. search_spaces/fmnist-tiny.toml or
+    /// search_spaces/bert-minilm-mean.toml).
     space: PathBuf,
     /// Architectures to export.
     #[arg(long, default_value_t = 1000)]
@@ -92,6 +95,11 @@ pub struct ExportArchsArgs {
     /// Seeds the architecture sample (as `measure --seed`) and the weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Text spaces: time sequences of this many tokens instead of the
+    /// space's stated `text.seq_len` (as `measure --seq-len`; the manifest
+    /// and the CSV then record the space with this length).
+    #[arg(long)]
+    seq_len: Option<usize>,
     /// Output directory (must not hold a manifest.json yet).
     #[arg(long)]
     out: PathBuf,
@@ -328,8 +336,16 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             );
         }
         LatencyCmd::ExportArchs(a) => {
-            let space = Space::from_file(&a.space)?;
+            let mut space = Space::from_file(&a.space)?;
             space.require_classes(&a.space.display().to_string())?;
+            if let Some(l) = a.seq_len {
+                let t = space
+                    .text
+                    .as_mut()
+                    .context("--seq-len applies to text spaces only")?;
+                t.seq_len = l;
+                space.validate(&format!("{} with --seq-len {l}", a.space.display()))?;
+            }
             let opts = export_archs::ExportOptions {
                 n: a.n,
                 batch: a.batch,
@@ -344,6 +360,7 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&serde_json::json!({
                     "out": a.out, "files": m.archs.len(), "space": m.space_name,
                     "space_hash": m.space_hash, "batch": m.batch, "seed": m.seed,
+                    "input_shape": m.input_shape,
                     "seconds": started.elapsed().as_secs_f64(),
                     "next": format!("python evaluate/ort_latency.py {} --threads 1 --out lat.csv", a.out.display()),
                 }))?

@@ -14,17 +14,27 @@
 //! 32 × 128 tokens, inference of the largest subnet at batch 1 and 64 ×
 //! 128; the PyTorch peer is an entangled BERT supernet written directly in
 //! PyTorch.
+//!
+//! Both run at other sizes too ([`load_space`]): any image or text space
+//! file, a ViT's image and patch size (e.g. autoformer-tiny at 224², patch
+//! 16: 197 tokens), a text space's sequence length. Every timed mode adds
+//! the same fields ([`sized`]): the space and its tokens, time per step
+//! (one training step or one inference batch), throughput, the model FLOPs
+//! of one step and the process's peak resident memory so far, the figures
+//! evaluate/scaling.py sets against the PyTorch peers under
+//! evaluate/peers/.
 
 use candle_core::{Device, Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
+use std::path::Path;
 use std::time::Instant;
 use vitnas::data::batch::{make_batch, Augment, Normalize};
 use vitnas::data::Dataset;
 use vitnas::engine::{self, Input, Model, Weights};
-use vitnas::error::Result;
+use vitnas::error::{Error, Result};
 use vitnas::models::names::Family;
-use vitnas::space::{flops, Arch, Pooling, Space};
+use vitnas::space::{flops, Arch, Modality, Pooling, Space};
 use vitnas::train::build_supernet;
 use vitnas::train::loss::{cross_entropy, Distill, Kl};
 use vitnas::train::optim::AdamW;
@@ -90,26 +100,155 @@ pub fn space() -> Space {
     .expect("the bundled space is valid")
 }
 
-fn random_batch(batch: usize, seed: u64) -> Result<(Tensor, Tensor)> {
+/// The sizes that replace a benchmark space's own: the image geometry of a
+/// ViT space, the sequence length of a text space.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Geometry {
+    pub image_size: Option<usize>,
+    pub patch_size: Option<usize>,
+    pub seq_len: Option<usize>,
+}
+
+/// The space a benchmark runs on: `file`'s (or `default`, a bundled
+/// benchmark space, when there is none) with `g`'s sizes in place of its
+/// own, validated again with them (the error names the file, the flags and
+/// the field). Image sizes on a text space, or a sequence length on an
+/// image space, are refused.
+pub fn load_space(file: Option<&Path>, default: fn() -> Space, g: Geometry) -> Result<Space> {
+    let (mut space, origin) = match file {
+        Some(p) => (Space::from_file(p)?, p.display().to_string()),
+        None => {
+            let s = default();
+            let origin = format!("the bundled {} space", s.name);
+            (s, origin)
+        }
+    };
+    let refuse = |field: &str, message: &str| Error::InvalidSpace {
+        file: origin.clone(),
+        field: field.into(),
+        message: message.into(),
+    };
+    let mut flags = Vec::new();
+    match (space.input.as_mut(), space.text.as_mut()) {
+        (Some(i), _) => {
+            if g.seq_len.is_some() {
+                return Err(refuse(
+                    "input",
+                    "--seq-len is for text spaces; this space reads images (--image-size, --patch-size)",
+                ));
+            }
+            if let Some(v) = g.image_size {
+                i.image_size = v;
+                flags.push(format!("--image-size {v}"));
+            }
+            if let Some(v) = g.patch_size {
+                i.patch_size = v;
+                flags.push(format!("--patch-size {v}"));
+            }
+        }
+        (None, Some(t)) => {
+            if g.image_size.is_some() || g.patch_size.is_some() {
+                return Err(refuse(
+                    "text",
+                    "--image-size and --patch-size are for image spaces; this space reads text (--seq-len)",
+                ));
+            }
+            if let Some(v) = g.seq_len {
+                t.seq_len = v;
+                flags.push(format!("--seq-len {v}"));
+            }
+        }
+        (None, None) => {}
+    }
+    if !flags.is_empty() {
+        space.validate(&format!("{origin} with {}", flags.join(" ")))?;
+    }
+    space.require_classes(&origin)?;
+    Ok(space)
+}
+
+/// The process's peak resident memory so far in MiB: `VmHWM` of
+/// /proc/self/status (what the peers' `ru_maxrss` reports); `None` where
+/// the kernel does not report it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The fields every sized benchmark mode reports, added to `out`: the
+/// space, its tokens per input (and image geometry or sequence length),
+/// milliseconds per step (a training step or an inference batch),
+/// throughput (images or sequences per second), the model FLOPs of one
+/// step (2 per multiply-add of the full model as [`flops`] counts it,
+/// padding included; training ≈ 3 × forward) and the peak resident memory.
+pub fn sized(
+    mut out: Value,
+    space: &Space,
+    ms_per_step: f64,
+    throughput: f64,
+    gflop_per_step: f64,
+) -> Value {
+    let (unit, geometry) = match space.modality() {
+        Modality::Image(i) => (
+            "images_per_s",
+            json!({"image_size": i.image_size, "patch_size": i.patch_size}),
+        ),
+        Modality::Text(t) => ("sequences_per_s", json!({"seq": t.seq_len})),
+    };
+    if let (Some(o), Value::Object(g)) = (out.as_object_mut(), geometry) {
+        o.insert("space".into(), space.name.clone().into());
+        o.insert("tokens".into(), space.seq_len().into());
+        o.extend(g);
+        o.insert("ms_per_step".into(), ms_per_step.into());
+        o.insert("throughput".into(), throughput.into());
+        o.insert("throughput_unit".into(), unit.into());
+        o.insert("model_gflop_per_step".into(), gflop_per_step.into());
+        o.insert("peak_rss_mib".into(), peak_rss_mib().into());
+    }
+    out
+}
+
+/// `batch` random images of `space`'s geometry, uniform in [0, 1), and
+/// labels in its classes.
+fn random_batch(space: &Space, batch: usize, seed: u64) -> Result<(Tensor, Tensor)> {
+    let i = space.image();
+    let (c, s) = (i.channels, i.image_size);
     let mut rng = StdRng::seed_from_u64(seed);
-    let x: Vec<f32> = (0..batch * 28 * 28).map(|_| rng.random()).collect();
-    let y: Vec<u32> = (0..batch).map(|_| rng.random_range(0..10)).collect();
+    let x: Vec<f32> = (0..batch * c * s * s).map(|_| rng.random()).collect();
+    let y: Vec<u32> = (0..batch)
+        .map(|_| rng.random_range(0..i.num_classes as u32))
+        .collect();
     Ok((
-        Tensor::from_vec(x, (batch, 1, 28, 28), &Device::Cpu)?,
+        Tensor::from_vec(x, (batch, c, s, s), &Device::Cpu)?,
         Tensor::from_vec(y, batch, &Device::Cpu)?,
     ))
 }
 
-/// Sandwich training steps; `candle_autograd` runs them through candle's
+/// Sandwich training steps on `space`'s supernet (an image space), after
+/// `warmup` untimed ones; `candle_autograd` runs them through candle's
 /// autograd (the fused kernels) instead of the engine, for before/after.
-pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) -> Result<Value> {
+pub fn train(
+    space: &Space,
+    steps: usize,
+    warmup: usize,
+    batch: usize,
+    threads: usize,
+    candle_autograd: bool,
+) -> Result<Value> {
     let backend = if candle_autograd {
         Backend::Autograd
     } else {
         Backend::Engine
     };
-    let space = space();
-    let (net, _vm, params) = build_supernet(&space, 0, Default::default())?;
+    let (net, _vm, params) = build_supernet(space, 0, Default::default())?;
     let cfg = OptimizerConfig {
         lr: 5e-4,
         lr_reference_batch: None,
@@ -122,13 +261,13 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
         clip_grad_norm: None,
     };
     let mut opt = AdamW::new(&params.names, &params.sizes(), cfg);
-    let (x, y) = random_batch(batch, 0)?;
+    let (x, y) = random_batch(space, batch, 0)?;
     let sampler = Sandwich { num_random: 2 };
     let mut rng = StdRng::seed_from_u64(0);
     let mut grads = params.zero_grads();
     let mut macs = 0u64;
     let mut executed = 0u64;
-    let ecfg = vitnas::engine::Config::from_space(&space);
+    let ecfg = vitnas::engine::Config::from_space(space);
     // As the trainer does it: the engine keeps the weights flat between
     // steps and AdamW updates them in place.
     let mut flat = match backend {
@@ -150,13 +289,13 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
         }
         Ok(())
     };
-    for s in 0..3 {
-        step(&sampler.plan(&space, s, &mut rng), &mut grads)?;
+    for s in 0..warmup {
+        step(&sampler.plan(space, s, &mut rng), &mut grads)?;
     }
     let t0 = Instant::now();
     for s in 0..steps {
-        let plan = sampler.plan(&space, s, &mut rng);
-        macs += plan.archs.iter().map(|a| flops(&space, a)).sum::<u64>();
+        let plan = sampler.plan(space, s, &mut rng);
+        macs += plan.archs.iter().map(|a| flops(space, a)).sum::<u64>();
         executed += plan
             .archs
             .iter()
@@ -164,7 +303,7 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
                 if backend == Backend::Engine {
                     vitnas::engine::forward_macs(&ecfg, a, space.seq_len())
                 } else {
-                    flops(&space, a)
+                    flops(space, a)
                 }
             })
             .sum::<u64>();
@@ -174,33 +313,41 @@ pub fn train(steps: usize, batch: usize, threads: usize, candle_autograd: bool) 
     // Training FLOPs ≈ 3 × forward (forward + two backward matmuls), 2 FLOPs per MAC.
     let gflops = 6.0 * executed as f64 * batch as f64 / dt / 1e9;
     let peak = gemm_peak(1024, threads);
-    Ok(json!({
+    let out = json!({
         "mode": "train", "batch": batch, "threads": threads,
         "path": if backend == Backend::Engine { "engine" } else { "candle-autograd" },
         "steps_per_s": steps as f64 / dt, "images_per_s": (steps * batch) as f64 / dt,
-        "ms_per_step": 1e3 * dt / steps as f64,
         "gflops": gflops,
         "full_model_gflops": 6.0 * macs as f64 * batch as f64 / dt / 1e9,
         "gemm_peak_gflops": peak,
         "gemm_peak_fraction": gflops / peak,
         "reference_peak_fraction": gflops / GEMM_PEAK_GFLOPS,
-    }))
+    });
+    Ok(sized(
+        out,
+        space,
+        1e3 * dt / steps as f64,
+        (steps * batch) as f64 / dt,
+        6.0 * macs as f64 * batch as f64 / steps as f64 / 1e9,
+    ))
 }
 
-/// Inference of the largest subnet extracted as a static model, by the
-/// engine or (`candle`) by the candle model's forward.
+/// Inference of `space`'s largest subnet (an image space) extracted as a
+/// static model, by the engine or (`candle`) by the candle model's
+/// forward, timed over `iters` batches after `warmup` untimed ones.
 ///
 /// `onnx`: also writes the benchmarked subnet there as an ONNX file (for
 /// evaluate/onnx_bench.py: ONNX Runtime on the same subnet).
 pub fn infer(
+    space: &Space,
     batch: usize,
     iters: usize,
+    warmup: usize,
     threads: usize,
     candle: bool,
-    onnx: Option<&std::path::Path>,
+    onnx: Option<&Path>,
 ) -> Result<Value> {
-    let space = space();
-    let (net, _vm, _) = build_supernet(&space, 0, Default::default())?;
+    let (net, _vm, _) = build_supernet(space, 0, Default::default())?;
     let arch = space.largest();
     let vit = net.extract(&arch)?;
     if let Some(path) = onnx {
@@ -208,7 +355,7 @@ pub fn infer(
         vitnas::train::rundir::write_atomic(path, &bytes)?;
     }
     let model = vitnas::engine::Model::from_vit(&vit)?;
-    let (x, _) = random_batch(batch, 0)?;
+    let (x, _) = random_batch(space, batch, 0)?;
     let run = |x: &Tensor| -> Result<Tensor> {
         if candle {
             Ok(vit.forward(x)?)
@@ -216,7 +363,7 @@ pub fn infer(
             model.logits(x)
         }
     };
-    for _ in 0..10 {
+    for _ in 0..warmup {
         run(&x)?;
     }
     let t0 = Instant::now();
@@ -225,48 +372,84 @@ pub fn infer(
     }
     let dt = t0.elapsed().as_secs_f64();
     let executed = if candle {
-        flops(&space, &arch)
+        flops(space, &arch)
     } else {
         vitnas::engine::forward_macs(&model.cfg, &arch, space.seq_len())
     };
     let gflops = 2.0 * executed as f64 * (batch * iters) as f64 / dt / 1e9;
-    Ok(json!({
+    let out = json!({
         "mode": "infer", "batch": batch, "threads": threads,
         "path": if candle { "candle" } else { "engine" },
         "ms_per_batch": 1e3 * dt / iters as f64, "images_per_s": (batch * iters) as f64 / dt,
         "gflops": gflops,
-        "full_model_gflops": 2.0 * flops(&space, &arch) as f64 * (batch * iters) as f64 / dt / 1e9,
-    }))
+        "full_model_gflops": 2.0 * flops(space, &arch) as f64 * (batch * iters) as f64 / dt / 1e9,
+    });
+    Ok(sized(
+        out,
+        space,
+        1e3 * dt / iters as f64,
+        (batch * iters) as f64 / dt,
+        2.0 * flops(space, &arch) as f64 * batch as f64 / 1e9,
+    ))
 }
 
-/// Search evaluations: `archs` uniformly sampled subnets, each scored with
-/// inherited weights on `images` random images in batches of 500 (what
-/// `vitnas search` does per candidate with `--val-subset images`).
-pub fn search(archs: usize, images: usize, threads: usize) -> Result<Value> {
-    let space = space();
-    let (net, _vm, _) = build_supernet(&space, 0, Default::default())?;
-    let (x, _) = random_batch(images.min(500), 1)?;
-    let batches = images.div_ceil(500);
+/// Search evaluations on `space`: `archs` uniformly sampled subnets, each
+/// scored with inherited weights on `images` random inputs, images in
+/// batches of 500 (what `vitnas search` does per candidate with
+/// `--val-subset images`), token sequences in batches of 64 by the engine
+/// on the supernet's weights (as text search scores a candidate). One step
+/// is one candidate's evaluation.
+pub fn search(space: &Space, archs: usize, images: usize, threads: usize) -> Result<Value> {
     let mut rng = StdRng::seed_from_u64(0);
     let candidates: Vec<_> = (0..archs).map(|_| space.sample(&mut rng)).collect();
-    net.infer(&x, &space.largest())?;
-    let mut macs = 0u64;
-    let t0 = Instant::now();
-    for arch in &candidates {
-        // as `vitnas search` does: the subnet prepared once, then its batches
-        let model = vitnas::engine::Model::from_vit(&net.extract(arch)?)?;
-        for _ in 0..batches {
-            model.logits(&x)?.argmax(1)?;
+    let (per_batch, t0) = if space.is_text() {
+        let w = bert_supernet(space, 0)?;
+        let cfg = engine::Config::from_space(space);
+        let seq = space.text_input().seq_len;
+        let n = images.clamp(1, 64);
+        let (ids, mask, _) = token_batch(space, n, seq, 1);
+        let ids = Tensor::from_vec(ids, (n, seq), &Device::Cpu)?;
+        let mask = Tensor::from_vec(mask, (n, seq), &Device::Cpu)?;
+        engine::token_logits(&w, &cfg, &space.largest(), &ids, &mask)?;
+        let t0 = Instant::now();
+        for arch in &candidates {
+            for _ in 0..images.div_ceil(n) {
+                engine::token_logits(&w, &cfg, arch, &ids, &mask)?.argmax(1)?;
+            }
         }
-        macs += flops(&space, arch) * (batches * x.dim(0)?) as u64;
-    }
+        (n, t0)
+    } else {
+        let (net, _vm, _) = build_supernet(space, 0, Default::default())?;
+        let (x, _) = random_batch(space, images.clamp(1, 500), 1)?;
+        net.infer(&x, &space.largest())?;
+        let t0 = Instant::now();
+        for arch in &candidates {
+            // as `vitnas search` does: the subnet prepared once, then its batches
+            let model = vitnas::engine::Model::from_vit(&net.extract(arch)?)?;
+            for _ in 0..images.div_ceil(x.dim(0)?) {
+                model.logits(&x)?.argmax(1)?;
+            }
+        }
+        (x.dim(0)?, t0)
+    };
     let dt = t0.elapsed().as_secs_f64();
+    let per_arch = images.div_ceil(per_batch) * per_batch;
+    let macs: u64 = candidates.iter().map(|a| flops(space, a)).sum::<u64>() * per_arch as u64;
     let gflops = 2.0 * macs as f64 / dt / 1e9;
-    Ok(json!({
-        "mode": "search", "archs": archs, "images_per_arch": batches * x.dim(0)?, "threads": threads,
-        "evals_per_s": archs as f64 / dt, "images_per_s": (archs * batches * x.dim(0)?) as f64 / dt,
+    let inputs_per_s = (archs * per_arch) as f64 / dt;
+    let out = json!({
+        "mode": "search", "archs": archs, "images_per_arch": per_arch, "threads": threads,
+        "evals_per_s": archs as f64 / dt, "images_per_s": inputs_per_s,
         "gflops": gflops,
-    }))
+    });
+    let archs = archs.max(1) as f64;
+    Ok(sized(
+        out,
+        space,
+        1e3 * dt / archs,
+        inputs_per_s,
+        2.0 * macs as f64 / archs / 1e9,
+    ))
 }
 
 pub fn data(batch: usize, iters: usize) -> Result<Value> {
@@ -479,15 +662,22 @@ fn executed_macs(cfg: &engine::Config, arch: &Arch, mask: &[u32], seq: usize) ->
         .sum()
 }
 
-/// Sandwich training steps on the text supernet (mean pooling), as the
-/// peer runs them: largest (cross-entropy), smallest and 2 random subnets
+/// Sandwich training steps on the supernet of text space `space` (the
+/// peer's is [`bert_space`]: mean pooling) at its `text.seq_len` tokens,
+/// after `warmup` untimed ones, as the peer runs them: largest (cross-entropy), smallest and 2 random subnets
 /// (KL to the largest's detached output), AdamW; the engine computes the
 /// forward and backward passes, candle the losses and their gradients
 /// with respect to the logits (as `train::step`'s engine path).
-pub fn bert_train(steps: usize, batch: usize, seq: usize, threads: usize) -> Result<Value> {
-    let space = bert_space();
-    let mut w = bert_supernet(&space, 0)?;
-    let cfg = engine::Config::from_space(&space);
+pub fn bert_train(
+    space: &Space,
+    steps: usize,
+    warmup: usize,
+    batch: usize,
+    threads: usize,
+) -> Result<Value> {
+    let seq = space.text_input().seq_len;
+    let mut w = bert_supernet(space, 0)?;
+    let cfg = engine::Config::from_space(space);
     let opt_cfg = OptimizerConfig {
         lr: 5e-5,
         lr_reference_batch: None,
@@ -501,7 +691,7 @@ pub fn bert_train(steps: usize, batch: usize, seq: usize, threads: usize) -> Res
     };
     let sizes: Vec<usize> = w.data.iter().map(|d| d.len()).collect();
     let mut opt = AdamW::new(&w.names, &sizes, opt_cfg);
-    let (ids, mask, labels) = token_batch(&space, batch, seq, 0);
+    let (ids, mask, labels) = token_batch(space, batch, seq, 0);
     let y = Tensor::from_vec(labels, batch, &Device::Cpu)?;
     let input = Input::Tokens {
         ids: &ids,
@@ -544,13 +734,14 @@ pub fn bert_train(steps: usize, batch: usize, seq: usize, threads: usize) -> Res
         w.refresh_transposed();
         Ok(())
     };
-    for s in 0..2 {
-        step(&mut w, &sampler.plan(&space, s, &mut rng))?;
+    for s in 0..warmup {
+        step(&mut w, &sampler.plan(space, s, &mut rng))?;
     }
-    let mut executed = 0u64;
+    let (mut executed, mut macs) = (0u64, 0u64);
     let t0 = Instant::now();
     for s in 0..steps {
-        let plan = sampler.plan(&space, s, &mut rng);
+        let plan = sampler.plan(space, s, &mut rng);
+        macs += plan.archs.iter().map(|a| flops(space, a)).sum::<u64>();
         executed += plan
             .archs
             .iter()
@@ -559,28 +750,38 @@ pub fn bert_train(steps: usize, batch: usize, seq: usize, threads: usize) -> Res
         step(&mut w, &plan)?;
     }
     let dt = t0.elapsed().as_secs_f64();
-    Ok(json!({
+    let out = json!({
         "mode": "bert-train", "batch": batch, "seq": seq, "threads": threads,
         "steps_per_s": steps as f64 / dt, "sequences_per_s": (steps * batch) as f64 / dt,
         "ms_per_step": 1e3 * dt / steps as f64,
         // training ≈ 3 × forward, 2 FLOPs per multiply-add
         "gflops": 6.0 * executed as f64 / dt / 1e9,
-    }))
+    });
+    Ok(sized(
+        out,
+        space,
+        1e3 * dt / steps as f64,
+        (steps * batch) as f64 / dt,
+        6.0 * macs as f64 * batch as f64 / steps as f64 / 1e9,
+    ))
 }
 
-/// Inference of the largest subnet of the text supernet (mean pooling) on
-/// `batch × seq` tokens, by the engine's [`Model`].
+/// Inference of the largest subnet of text space `space`'s supernet (the
+/// peer's is [`bert_space`]: mean pooling) on `batch ×` its `text.seq_len`
+/// tokens, by the engine's [`Model`], timed over `iters` batches after
+/// `warmup` untimed ones.
 ///
 /// `onnx`: also writes that subnet (all-MiniLM-L6-v2's shape, mean pooling,
 /// the same seeded weights) there as an ONNX file.
 pub fn bert_infer(
+    space: &Space,
     batch: usize,
-    seq: usize,
     iters: usize,
+    warmup: usize,
     threads: usize,
-    onnx: Option<&std::path::Path>,
+    onnx: Option<&Path>,
 ) -> Result<Value> {
-    let space = bert_space();
+    let seq = space.text_input().seq_len;
     if let Some(path) = onnx {
         let t = space.text_input();
         let s = &space.supernet;
@@ -597,7 +798,7 @@ pub fn bert_infer(
             pooling: t.pooling,
         };
         let vb = candle_nn::VarBuilder::from_tensors(
-            bert_supernet_tensors(&space, 0)?.into_iter().collect(),
+            bert_supernet_tensors(space, 0)?.into_iter().collect(),
             candle_core::DType::F32,
             &Device::Cpu,
         );
@@ -606,16 +807,16 @@ pub fn bert_infer(
         vitnas::train::rundir::write_atomic(path, &bytes)?;
     }
     let model = Model {
-        weights: bert_supernet(&space, 0)?,
-        cfg: engine::Config::from_space(&space),
+        weights: bert_supernet(space, 0)?,
+        cfg: engine::Config::from_space(space),
         arch: space.largest(),
     };
     model.weights.check(&model.cfg, &model.arch)?;
-    let (ids, mask, _) = token_batch(&space, batch, seq, 0);
+    let (ids, mask, _) = token_batch(space, batch, seq, 0);
     let macs = executed_macs(&model.cfg, &model.arch, &mask, seq);
     let ids = Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?;
     let mask_t = Tensor::from_vec(mask, (batch, seq), &Device::Cpu)?;
-    for _ in 0..5 {
+    for _ in 0..warmup {
         model.token_logits(&ids, &mask_t)?;
     }
     let t0 = Instant::now();
@@ -623,10 +824,17 @@ pub fn bert_infer(
         model.token_logits(&ids, &mask_t)?;
     }
     let dt = t0.elapsed().as_secs_f64();
-    Ok(json!({
+    let out = json!({
         "mode": "bert-infer", "batch": batch, "seq": seq, "threads": threads,
         "ms_per_batch": 1e3 * dt / iters as f64,
         "sequences_per_s": (batch * iters) as f64 / dt,
         "gflops": 2.0 * macs as f64 * iters as f64 / dt / 1e9,
-    }))
+    });
+    Ok(sized(
+        out,
+        space,
+        1e3 * dt / iters as f64,
+        (batch * iters) as f64 / dt,
+        2.0 * flops(space, &model.arch) as f64 * batch as f64 / 1e9,
+    ))
 }

@@ -2,12 +2,14 @@
 //! CIFAR-10/100 binary, or an image folder; seeded splits; batching with
 //! normalisation and light augmentation. Text classification data (JSON
 //! lines or CSV, tokenized, padded per batch) is in [`text`], its
-//! tokenizer in [`tokenizer`].
+//! tokenizer in [`tokenizer`]. The row files of the latency and accuracy
+//! datasets are read and appended by the crate-private `rows`.
 
 pub mod batch;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub(crate) mod rows;
 pub mod text;
 pub mod tokenizer;
 

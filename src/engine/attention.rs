@@ -102,67 +102,118 @@ fn for_each_task(d: &Dims, tasks: &[Task], work: usize, f: impl Fn(&Task, usize)
     }
 }
 
-/// Context `[query rows, width]` and the probabilities.
-pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
+thread_local! {
+    /// One task's probability block when the probabilities are not kept
+    /// (inference): reused by every task on this thread, so the memory is
+    /// one `tq × n` block per thread instead of `[batch, heads, tq, n]`.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch block of `len` elements (this thread's
+/// [`SCRATCH`], or a fresh one if it is in use). Its contents are stale:
+/// [`task_forward`] overwrites every element (a product that does not read
+/// its destination, or the uniform fill) before reading any.
+fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => {
+            if s.len() < len {
+                s.resize(len, 0.0);
+            }
+            f(&mut s[..len])
+        }
+        Err(_) => f(&mut vec![0f32; len]),
+    })
+}
+
+/// Context `[query rows, width]` and the probabilities (for the backward),
+/// or an empty probability buffer when `keep_probs` is false (inference:
+/// each (sequence, head) task then computes its block in a per-thread
+/// scratch, the same numbers without the `[batch, heads, tq, n]` buffer).
+pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims, keep_probs: bool) -> (Vec<f32>, Vec<f32>) {
     let w = d.width();
     let (tasks, plen) = d.tasks();
     assert!(q.len() == d.query_rows() * w && k.len() == d.layout.rows() * w && v.len() == k.len());
     let mut ctx = vec![0f32; q.len()];
-    let mut probs = vec![0f32; plen];
+    let mut probs = vec![0f32; if keep_probs { plen } else { 0 }];
     let (cp, pp) = (Shared(ctx.as_mut_ptr()), Shared(probs.as_mut_ptr()));
     let (scale, hd) = (d.scale(), d.head_dim);
     for_each_task(&d, &tasks, plen * hd, |t, h| {
         let (cp, pp) = (cp, pp);
-        // SAFETY: task (sequence, h) writes only its probability block and
-        // the head-h columns of its query rows of the context; reads stay
-        // in bounds (rows from the layout, checked above).
-        unsafe {
-            let p = std::slice::from_raw_parts_mut(pp.0.add(t.p0 + h * t.tq * t.n), t.tq * t.n);
-            let (qp, kp, vp) = (
-                q.as_ptr().add(t.q0 * w + h * hd),
-                k.as_ptr().add(t.k0 * w + h * hd),
-                v.as_ptr().add(t.k0 * w + h * hd),
-            );
-            if t.seq.uniform {
-                p.fill(1.0 / t.n as f32);
-            } else {
-                mm(
-                    t.tq,
-                    t.n,
-                    hd,
-                    p.as_mut_ptr(),
-                    t.n,
-                    false,
-                    qp,
-                    w,
-                    1,
-                    kp,
-                    1,
-                    w,
-                    false,
-                );
-                for row in p.chunks_mut(t.n) {
-                    vecmath::softmax_row(row, scale);
-                }
-            }
-            mm(
-                t.tq,
-                hd,
-                t.n,
-                cp.0.add(t.q0 * w + h * hd),
-                w,
-                false,
-                p.as_ptr(),
-                t.n,
-                1,
-                vp,
-                w,
-                1,
-                false,
-            );
+        let len = t.tq * t.n;
+        if keep_probs {
+            // SAFETY: task (sequence, h) owns its probability block.
+            let p = unsafe { std::slice::from_raw_parts_mut(pp.0.add(t.p0 + h * len), len) };
+            task_forward(q, k, v, &d, t, h, cp, p, scale);
+        } else {
+            with_scratch(len, |p| task_forward(q, k, v, &d, t, h, cp, p, scale));
         }
     });
     (ctx, probs)
+}
+
+/// One (sequence, head) task of [`forward`]: its probabilities into `p`
+/// (`tq × n`, every element written before it is read) and its head-`h`
+/// columns of the context.
+#[allow(clippy::too_many_arguments)]
+fn task_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: &Dims,
+    t: &Task,
+    h: usize,
+    cp: Shared,
+    p: &mut [f32],
+    scale: f32,
+) {
+    let (w, hd) = (d.width(), d.head_dim);
+    // SAFETY: task (sequence, h) writes only `p` and the head-h columns
+    // of its query rows of the context; reads stay in bounds (rows from
+    // the layout, checked by `forward`).
+    unsafe {
+        let (qp, kp, vp) = (
+            q.as_ptr().add(t.q0 * w + h * hd),
+            k.as_ptr().add(t.k0 * w + h * hd),
+            v.as_ptr().add(t.k0 * w + h * hd),
+        );
+        if t.seq.uniform {
+            p.fill(1.0 / t.n as f32);
+        } else {
+            mm(
+                t.tq,
+                t.n,
+                hd,
+                p.as_mut_ptr(),
+                t.n,
+                false,
+                qp,
+                w,
+                1,
+                kp,
+                1,
+                w,
+                false,
+            );
+            for row in p.chunks_mut(t.n) {
+                vecmath::softmax_row(row, scale);
+            }
+        }
+        mm(
+            t.tq,
+            hd,
+            t.n,
+            cp.0.add(t.q0 * w + h * hd),
+            w,
+            false,
+            p.as_ptr(),
+            t.n,
+            1,
+            vp,
+            w,
+            1,
+            false,
+        );
+    }
 }
 
 /// `(dq, dk, dv)` from the context gradient (rows that are no key get

@@ -148,8 +148,10 @@ struct Attn {
 }
 
 /// Attention of the rows `h` (`[layout rows, embed]`), output projected
-/// and scaled by `sa`.
-fn attend(h: &[f32], w: &Weights, li: &LayerIdx, d: &Dims, sa: Option<&[f32]>) -> Attn {
+/// and scaled by `sa`. Without `keep` (inference) only `out` is filled:
+/// the probabilities are never held for the whole batch, and queries, keys,
+/// values and context are freed as soon as they are read.
+fn attend(h: &[f32], w: &Weights, li: &LayerIdx, d: &Dims, sa: Option<&[f32]>, keep: bool) -> Attn {
     let (e, qd) = (d.embed, d.qd());
     let (wk, bk) = lin(w, li.key, qd, e);
     let (wv, bv) = lin(w, li.value, qd, e);
@@ -158,8 +160,27 @@ fn attend(h: &[f32], w: &Weights, li: &LayerIdx, d: &Dims, sa: Option<&[f32]>) -
     let v = blas::forward(h, wv, bv);
     let hq = d.first_only.then(|| d.layout.gather_first(h, e));
     let q = blas::forward(hq.as_deref().unwrap_or(h), wq, bq);
-    let (ctx, probs) = attention::forward(&q, &k, &v, d.attention());
+    let (ctx, probs) = attention::forward(&q, &k, &v, d.attention(), keep);
     let (wo, bo) = lin(w, li.output, e, qd);
+    if !keep {
+        // inference: the projection's output alone leaves
+        drop((hq, q, k, v));
+        let mut out = blas::forward(&ctx, wo, bo);
+        drop(ctx);
+        if let Some(sa) = sa {
+            scale_rows(&mut out, sa);
+        }
+        return Attn {
+            hq: None,
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            probs,
+            ctx: Vec::new(),
+            out,
+            branch: None,
+        };
+    }
     let mut out = blas::forward(&ctx, wo, bo);
     let branch = sa.map(|sa| {
         let b = out.clone();
@@ -175,6 +196,55 @@ fn attend(h: &[f32], w: &Weights, li: &LayerIdx, d: &Dims, sa: Option<&[f32]>) -
         ctx,
         out,
         branch,
+    }
+}
+
+/// [`mlp`] for inference: its output alone, the pre-activation freed as
+/// soon as it is read (the same numbers).
+fn mlp_infer(h: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> Vec<f32> {
+    let (w1, b1) = lin(w, li.fc1, d.mlp, d.embed);
+    let (w2, b2) = lin(w, li.fc2, d.embed, d.mlp);
+    let u = blas::forward(h, w1, b1);
+    let mut a = vec![0f32; u.len()];
+    gelu(&u, &mut a);
+    drop(u);
+    blas::forward(&a, w2, b2)
+}
+
+/// [`forward`] for inference: the output alone, each activation freed as
+/// soon as the block has read it for the last time (the same numbers as
+/// [`forward`], bit for bit).
+pub fn forward_infer(x: Vec<f32>, w: &Weights, li: &LayerIdx, d: &Dims) -> Vec<f32> {
+    let scales = scales(w, li, d);
+    let (sa, sm) = (scales.map(|s| s.0), scales.map(|s| s.1));
+    let scale_mlp = |m: &mut Vec<f32>| {
+        if let Some(sm) = sm {
+            scale_rows(m, sm);
+        }
+    };
+    if d.post_norm {
+        let mut r = attend(&x, w, li, d, sa, false).out;
+        add_residual(&mut r, &x, d);
+        drop(x);
+        let n1 = layer_norm(&r, w, li.norm1, d).y;
+        drop(r);
+        let mut m = mlp_infer(&n1, w, li, d);
+        scale_mlp(&mut m);
+        add_into(&mut m, &n1);
+        drop(n1);
+        layer_norm(&m, w, li.norm2, d).y
+    } else {
+        let n1 = layer_norm(&x, w, li.norm1, d).y;
+        let mut r = attend(&n1, w, li, d, sa, false).out;
+        drop(n1);
+        add_residual(&mut r, &x, d);
+        drop(x);
+        let n2 = layer_norm(&r, w, li.norm2, d).y;
+        let mut m = mlp_infer(&n2, w, li, d);
+        drop(n2);
+        scale_mlp(&mut m);
+        add_into(&mut m, &r);
+        m
     }
 }
 
@@ -202,7 +272,7 @@ pub fn forward(x: Vec<f32>, w: &Weights, li: &LayerIdx, d: &Dims) -> (Vec<f32>, 
     };
     let (input, norm1, attn, norm2, u, a, out, mlp_branch);
     if d.post_norm {
-        attn = attend(&x, w, li, d, sa);
+        attn = attend(&x, w, li, d, sa, true);
         let mut r = attn.out;
         add_residual(&mut r, &x, d);
         norm1 = layer_norm(&r, w, li.norm1, d);
@@ -217,7 +287,7 @@ pub fn forward(x: Vec<f32>, w: &Weights, li: &LayerIdx, d: &Dims) -> (Vec<f32>, 
         input = Some(x);
     } else {
         norm1 = layer_norm(&x, w, li.norm1, d);
-        attn = attend(&norm1.y, w, li, d, sa);
+        attn = attend(&norm1.y, w, li, d, sa, true);
         let mut r = attn.out;
         add_residual(&mut r, &x, d);
         drop(x);
@@ -285,7 +355,7 @@ pub fn forward_split(x: &[f32], w: &Weights, li: &LayerIdx, d: &Dims) -> Vec<f32
                 head_dim: hd,
                 tq: Some(tq),
             };
-            let (ctx, _) = attention::forward(&q, &k, &v, ad);
+            let (ctx, _) = attention::forward(&q, &k, &v, ad, false);
             blas::product(&ctx, w.mat(li.output.0, e, qd).cols(c), &mut y);
             y
         })

@@ -63,14 +63,16 @@ mod weights;
 /// here for the binary's `VITNAS_SIMD` check and benchmark reports).
 pub use crate::kernels::simd;
 pub use input::{check_input, Input, Layout, Seq};
-pub use parallel::{backward_chunks, forward_chunks, split};
-pub(crate) use parallel::{par_ok, serial};
+pub use parallel::{
+    backward_chunks, backward_chunks_hidden, forward_chunks, forward_chunks_hidden, split,
+};
+pub(crate) use parallel::{forward_chunks_features, par_ok, serial};
 pub use weights::{Config, Head, LayerIdx, Pair, Stem, Weights};
 
 use crate::error::{Error, Result};
 use crate::kernels::vecmath;
 use crate::space::Arch;
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Element-wise work below this many elements stays on the calling thread.
@@ -104,9 +106,26 @@ pub struct Tape {
     /// Whether the last block produced first-token rows only.
     first_only: bool,
     head: head::Tape,
+    /// The hidden states at the layer boundaries, when the forward kept
+    /// them ([`forward_hidden`]); else empty.
+    hidden: Vec<Vec<f32>>,
 }
 
 impl Tape {
+    /// The hidden states at the layer boundaries of a [`forward_hidden`]
+    /// (empty after any other forward): `[0]` the stem's output (text: the
+    /// embeddings after their layer norm), `[l + 1]` block `l`'s output,
+    /// each `[layout rows, embed]`.
+    pub fn hidden(&self) -> &[Vec<f32>] {
+        &self.hidden
+    }
+
+    /// Moves the hidden states out of the tape (the backward does not read
+    /// them).
+    pub fn take_hidden(&mut self) -> Vec<Vec<f32>> {
+        std::mem::take(&mut self.hidden)
+    }
+
     /// The classifier's input, `[batch, embed]`: the pooled features.
     pub fn features(&self) -> &[f32] {
         &self.head.features
@@ -155,16 +174,61 @@ pub fn forward_with(
     input: Input,
     first_only: bool,
 ) -> (Vec<f32>, Tape) {
+    forward_impl(w, cfg, arch, input, first_only, false, true)
+}
+
+/// [`forward`] for inference: each block's activations (attention
+/// probabilities included) are dropped as soon as the next block has its
+/// input, so memory holds one block's activations at a time instead of
+/// every block's. The same logits as [`forward`], bit for bit; the tape
+/// it returns has the stem, layout and head (its [`Tape::features`]) but
+/// no blocks: it is no input to [`backward`].
+pub fn forward_infer(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (Vec<f32>, Tape) {
+    forward_impl(w, cfg, arch, input, true, false, false)
+}
+
+/// [`forward`] that keeps the hidden states at every layer boundary in
+/// the tape ([`Tape::hidden`]), for hidden-state distillation: every
+/// block computes every token (no first-token shortcut), and
+/// [`backward_hidden`] takes gradients with respect to those states.
+pub fn forward_hidden(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (Vec<f32>, Tape) {
+    forward_impl(w, cfg, arch, input, false, true, true)
+}
+
+fn forward_impl(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    input: Input,
+    first_only: bool,
+    keep_hidden: bool,
+    keep_layers: bool,
+) -> (Vec<f32>, Tape) {
     let e = arch.embed_dim;
     let first_token = cfg.head.first_token_only();
-    let (mut h, layout, stem) = stem::forward(w, cfg, e, input, first_token);
+    let (mut h, layout, mut stem) = stem::forward(w, cfg, e, input, first_token);
+    if !keep_layers {
+        stem.drop_activations();
+    }
     let first_only = first_only && first_token && arch.depth > 0;
     let mut layers = Vec::with_capacity(arch.depth);
+    let mut hidden = Vec::new();
     for l in 0..arch.depth {
+        if keep_hidden {
+            hidden.push(h.clone());
+        }
         let d = block_dims(cfg, arch, l, &layout, first_only);
-        let (out, tape) = block::forward(h, w, &w.idx.layers[l], &d);
-        h = out;
-        layers.push(tape);
+        let li = &w.idx.layers[l];
+        if keep_layers {
+            let (out, tape) = block::forward(h, w, li, &d);
+            h = out;
+            layers.push(tape);
+        } else {
+            h = block::forward_infer(h, w, li, &d);
+        }
+    }
+    if keep_hidden {
+        hidden.push(h.clone());
     }
     if first_token && !first_only {
         h = layout.gather_first(&h, e);
@@ -176,6 +240,7 @@ pub fn forward_with(
         layers,
         first_only,
         head,
+        hidden,
     };
     (logits, tape)
 }
@@ -190,7 +255,7 @@ fn infer_one_split(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> Vec<
     rayon::scope(|_| {
         let (mut h, layout, _) = serial(|| stem::forward(w, cfg, e, input, first_token));
         if !layout.is_dense() {
-            return forward(w, cfg, arch, input).0;
+            return forward_infer(w, cfg, arch, input).0;
         }
         let first_only = first_token && arch.depth > 0;
         for l in 0..arch.depth {
@@ -214,17 +279,50 @@ pub fn backward(
     dlogits: &[f32],
     grads: &mut [Vec<f32>],
 ) {
+    backward_hidden(w, cfg, arch, tape, dlogits, &[], grads)
+}
+
+/// [`backward`] with gradients with respect to the hidden states of a
+/// [`forward_hidden`] added at each layer boundary: `dhidden[j]` (laid
+/// out as [`Tape::hidden`]`[j]`, or empty for none) joins the gradient
+/// that flows back through boundary `j`; `dhidden` may be shorter than
+/// the `depth + 1` boundaries. With `dhidden` empty this is [`backward`].
+pub fn backward_hidden(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    tape: &Tape,
+    dlogits: &[f32],
+    dhidden: &[Vec<f32>],
+    grads: &mut [Vec<f32>],
+) {
     let (e, layout) = (arch.embed_dim, &tape.layout);
     assert_eq!(grads.len(), w.data.len());
+    let add_hidden = |j: usize, dh: &mut Vec<f32>| {
+        if let Some(g) = dhidden.get(j).filter(|g| !g.is_empty()) {
+            assert_eq!(
+                g.len(),
+                dh.len(),
+                "hidden-state gradient {j}: [rows, embed]"
+            );
+            dh.iter_mut().zip(g).for_each(|(d, g)| *d += g);
+        }
+    };
     let mut dh = head::backward(w, cfg, e, layout, &tape.head, dlogits, grads);
     if cfg.head.first_token_only() && !tape.first_only {
         let mut full = vec![0f32; layout.rows() * e];
         layout.scatter_first_add(&dh, e, &mut full);
         dh = full;
     }
+    assert!(
+        !tape.first_only || dhidden.get(arch.depth).is_none_or(Vec::is_empty),
+        "hidden-state gradients need a forward_hidden tape"
+    );
+    add_hidden(arch.depth, &mut dh);
     for l in (0..arch.depth).rev() {
         let d = block_dims(cfg, arch, l, layout, tape.first_only);
         dh = block::backward(&dh, w, &w.idx.layers[l], &d, &tape.layers[l], grads);
+        add_hidden(l, &mut dh);
     }
     stem::backward(w, cfg, e, &tape.stem, &dh, grads);
 }
@@ -323,11 +421,23 @@ pub fn token_buffers(
 pub fn logits(w: &Weights, cfg: &Config, arch: &Arch, images: &Tensor) -> Result<Tensor> {
     let batch = check_images(cfg, images)?;
     w.check(cfg, arch)?;
-    let x = images
-        .flatten_all()?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?;
-    let (l, _) = forward_chunks(w, cfg, arch, Input::Images(&x), &split(batch), false);
+    let run = |x: &[f32]| forward_chunks(w, cfg, arch, Input::Images(x), &split(batch), false).0;
+    // Contiguous f32 images on the CPU are read in place (no copy of the
+    // batch beside the caller's tensor); others are converted first.
+    let in_place = {
+        let (storage, layout) = images.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Some(run(&v[a..b])),
+            _ => None,
+        }
+    };
+    let l = match in_place {
+        Some(l) => l,
+        None => run(&images
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?),
+    };
     Ok(Tensor::from_vec(l, (batch, cfg.classes), images.device())?)
 }
 
@@ -383,7 +493,7 @@ pub fn token_features(
         mask: &m,
         t,
     };
-    let (_, tapes) = forward_chunks(w, cfg, arch, input, &split(batch), true);
+    let (_, tapes) = forward_chunks_features(w, cfg, arch, input, &split(batch));
     let f: Vec<f32> = tapes.iter().flat_map(|t| t.features().to_vec()).collect();
     Ok(Tensor::from_vec(f, (batch, arch.embed_dim), ids.device())?)
 }

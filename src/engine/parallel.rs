@@ -2,7 +2,10 @@
 //! subnets per chunk with single-threaded ops inside), and the switch that
 //! keeps an op on its thread when splitting it would not pay.
 
-use super::{backward, forward, infer_one_split, Config, Input, Tape, Weights};
+use super::{
+    backward_hidden, forward, forward_hidden, forward_infer, infer_one_split, Config, Input, Tape,
+    Weights,
+};
 use crate::space::Arch;
 use rayon::prelude::*;
 
@@ -49,9 +52,54 @@ pub fn split(batch: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// [`forward`] of each chunk of [`split`] on its own thread; the logits of
-/// the whole batch and one tape per chunk (none when `tape` is false, which
-/// lets one sequence be split over the threads by rows).
+/// the whole batch and one tape per chunk (none when `tape` is false:
+/// inference, by [`forward_infer`], which keeps one block's activations at
+/// a time and lets one sequence be split over the threads by rows).
 pub fn forward_chunks(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    input: Input,
+    chunks: &[std::ops::Range<usize>],
+    tape: bool,
+) -> (Vec<f32>, Vec<Tape>) {
+    match tape {
+        true => chunks_by(forward, w, cfg, arch, input, chunks, true),
+        false => {
+            let (logits, _) = chunks_by(forward_infer, w, cfg, arch, input, chunks, false);
+            (logits, Vec::new())
+        }
+    }
+}
+
+/// [`forward_chunks`] by [`forward_infer`], keeping each chunk's tape for
+/// its pooled features ([`Tape::features`]); the tapes hold no blocks.
+pub(crate) fn forward_chunks_features(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    input: Input,
+    chunks: &[std::ops::Range<usize>],
+) -> (Vec<f32>, Vec<Tape>) {
+    chunks_by(forward_infer, w, cfg, arch, input, chunks, true)
+}
+
+/// [`forward_chunks`] by [`forward_hidden`]: each chunk's tape keeps its
+/// hidden states ([`Tape::hidden`]).
+pub fn forward_chunks_hidden(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    input: Input,
+    chunks: &[std::ops::Range<usize>],
+) -> (Vec<f32>, Vec<Tape>) {
+    chunks_by(forward_hidden, w, cfg, arch, input, chunks, true)
+}
+
+type ForwardFn = fn(&Weights, &Config, &Arch, Input) -> (Vec<f32>, Tape);
+
+fn chunks_by(
+    fwd: ForwardFn,
     w: &Weights,
     cfg: &Config,
     arch: &Arch,
@@ -64,7 +112,7 @@ pub fn forward_chunks(
         if !tape && r.len() == 1 && par_ok(2, 2) {
             return (infer_one_split(w, cfg, arch, x), Vec::new());
         }
-        let run = || forward(w, cfg, arch, x);
+        let run = || fwd(w, cfg, arch, x);
         let work = r.len() * input.seq_len(cfg) * arch.embed_dim * arch.embed_dim * arch.depth;
         let (l, t) = if work < SERIAL_MAX_WORK {
             serial(run)
@@ -75,7 +123,7 @@ pub fn forward_chunks(
     }
     let outs: Vec<(Vec<f32>, Tape)> = chunks
         .par_iter()
-        .map(|r| serial(|| forward(w, cfg, arch, input.slice(cfg, r.clone()))))
+        .map(|r| serial(|| fwd(w, cfg, arch, input.slice(cfg, r.clone()))))
         .collect();
     let mut logits = Vec::with_capacity(input.batch(cfg) * cfg.classes);
     let mut tapes = Vec::with_capacity(outs.len());
@@ -86,7 +134,7 @@ pub fn forward_chunks(
     (logits, tapes)
 }
 
-/// [`backward`] of each chunk on its own thread: chunk 0 adds into
+/// [`backward`](super::backward) of each chunk on its own thread: chunk 0 adds into
 /// `grads`, chunk `i` into `extra[i - 1]` (buffers of the same shapes, to be
 /// summed into `grads` by the caller once per step).
 #[allow(clippy::too_many_arguments)]
@@ -100,10 +148,31 @@ pub fn backward_chunks(
     grads: &mut [Vec<f32>],
     extra: &mut [Vec<Vec<f32>>],
 ) {
+    backward_chunks_hidden(w, cfg, arch, tapes, dlogits, &[], chunks, grads, extra)
+}
+
+/// [`backward_chunks`] by [`backward_hidden`]: `dhidden[i]` holds chunk
+/// `i`'s gradients with respect to its hidden states (empty: none, as
+/// [`backward_chunks`]).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_chunks_hidden(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    tapes: &[Tape],
+    dlogits: &[f32],
+    dhidden: &[Vec<Vec<f32>>],
+    chunks: &[std::ops::Range<usize>],
+    grads: &mut [Vec<f32>],
+    extra: &mut [Vec<Vec<f32>>],
+) {
     assert!(tapes.len() == chunks.len() && extra.len() + 1 >= chunks.len());
+    assert!(dhidden.is_empty() || dhidden.len() == chunks.len());
     let c = cfg.classes;
+    let dh = |i: usize| dhidden.get(i).map_or(&[][..], Vec::as_slice);
     if let ([t], [r]) = (tapes, chunks) {
-        return backward(w, cfg, arch, t, &dlogits[r.start * c..r.end * c], grads);
+        let dl = &dlogits[r.start * c..r.end * c];
+        return backward_hidden(w, cfg, arch, t, dl, dh(0), grads);
     }
     let mut targets: Vec<&mut [Vec<f32>]> = std::iter::once(grads)
         .chain(extra.iter_mut().map(|e| e.as_mut_slice()))
@@ -112,8 +181,9 @@ pub fn backward_chunks(
     targets
         .par_iter_mut()
         .zip(tapes.par_iter())
-        .zip(chunks.par_iter())
-        .for_each(|((g, t), r)| {
-            serial(|| backward(w, cfg, arch, t, &dlogits[r.start * c..r.end * c], g))
+        .zip(chunks.par_iter().enumerate())
+        .for_each(|((g, t), (i, r))| {
+            let dl = &dlogits[r.start * c..r.end * c];
+            serial(|| backward_hidden(w, cfg, arch, t, dl, dh(i), g))
         });
 }

@@ -28,6 +28,15 @@ pub enum Tape {
     },
 }
 
+impl Tape {
+    /// Frees the patch rows (inference, where no backward reads them).
+    pub fn drop_activations(&mut self) {
+        if let Tape::Patches(p) = self {
+            *p = Vec::new();
+        }
+    }
+}
+
 /// Cuts `[B, C, H, W]` images into `[B · patches, C · p · p]` rows in
 /// `(C, p, p)` order, the order of the convolution weight.
 fn patchify(cfg: &Config, images: &[f32]) -> Vec<f32> {

@@ -14,16 +14,25 @@
 
 use super::fit::Sample;
 use super::{space_hash, Machine, Protocol, Timing};
+use crate::data::rows;
 use crate::error::{Error, Result};
 use crate::space::{flops, params, Arch, Space};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
+use std::collections::HashSet;
 use std::path::Path;
 
 pub const FORMAT: &str = "vitnas-latency-dataset/1";
 const COLUMNS: &str =
     "index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,mean_ms,std_ms,median_ms";
+
+/// The error of `message` about the dataset file `path`.
+fn error_in(path: &Path) -> impl Fn(String) -> Error + '_ {
+    |message| Error::Latency {
+        path: path.into(),
+        message,
+    }
+}
+
 /// Candidates drawn per architecture kept, before stratifying by FLOPs.
 const POOL_FACTOR: usize = 10;
 /// FLOPs strata.
@@ -46,7 +55,7 @@ impl Header {
     fn to_text(&self) -> String {
         let p = &self.protocol;
         let m = &self.machine;
-        let mut s = format!(
+        let fields = format!(
             "# format: {FORMAT}\n# space: {}\n# space_hash: {}\n# cpu: {}\n# simd: {}\n\
              # gemm_avx512: {}\n# threads: {}\n# batch: {}\n# seed: {}\n# n: {}\n\
              # warmup: {}\n# runs: {}\n# trim: {}\n",
@@ -63,61 +72,30 @@ impl Header {
             p.runs,
             p.trim
         );
-        for l in self.space_toml.lines() {
-            s.push_str("#| ");
-            s.push_str(l);
-            s.push('\n');
-        }
-        s
+        rows::header_text(fields, &self.space_toml)
     }
 
     fn parse(text: &str, path: &Path) -> Result<Header> {
-        let bad = |m: String| Error::Latency {
-            path: path.into(),
-            message: m,
-        };
-        let mut kv = BTreeMap::new();
-        let mut toml = String::new();
-        for l in text.lines().take_while(|l| l.starts_with('#')) {
-            if let Some(t) = l.strip_prefix("#| ").or_else(|| l.strip_prefix("#|")) {
-                toml.push_str(t);
-                toml.push('\n');
-            } else if let Some((k, v)) = l.trim_start_matches('#').split_once(':') {
-                kv.insert(k.trim().to_string(), v.trim().to_string());
-            }
-        }
-        let get = |k: &str| {
-            kv.get(k).cloned().ok_or_else(|| {
-                bad(format!(
-                    "header line `# {k}:` is missing: not a latency dataset"
-                ))
-            })
-        };
-        let num = |k: &str| -> Result<u64> {
-            get(k)?
-                .parse()
-                .map_err(|_| bad(format!("header `{k}` is not a number")))
-        };
-        if get("format")? != FORMAT {
-            return Err(bad(format!("format is not {FORMAT}")));
-        }
+        let bad = error_in(path);
+        let h = rows::Header::parse(text, FORMAT, "not a latency dataset", &bad)?;
         Ok(Header {
-            space_name: get("space")?,
-            space_hash: get("space_hash")?,
-            space_toml: toml,
+            space_name: h.get("space")?,
+            space_hash: h.get("space_hash")?,
+            space_toml: h.space_toml.clone(),
             machine: Machine {
-                cpu: get("cpu")?,
-                simd: get("simd")?,
-                gemm_avx512: get("gemm_avx512")? == "true",
-                threads: num("threads")? as usize,
+                cpu: h.get("cpu")?,
+                simd: h.get("simd")?,
+                gemm_avx512: h.get("gemm_avx512")? == "true",
+                threads: h.num("threads")? as usize,
             },
-            batch: num("batch")? as usize,
-            seed: num("seed")?,
-            n: num("n")? as usize,
+            batch: h.num("batch")? as usize,
+            seed: h.num("seed")?,
+            n: h.num("n")? as usize,
             protocol: Protocol {
-                warmup: num("warmup")? as usize,
-                runs: num("runs")? as usize,
-                trim: get("trim")?
+                warmup: h.num("warmup")? as usize,
+                runs: h.num("runs")? as usize,
+                trim: h
+                    .get("trim")?
                     .parse()
                     .map_err(|_| bad("header `trim` is not a number".into()))?,
             },
@@ -202,7 +180,7 @@ pub fn measure_until(
     opts: &MeasureOptions,
     out: &Path,
     stop: &std::sync::atomic::AtomicBool,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<(usize, bool)> {
     if opts.n == 0 || opts.batch == 0 || opts.protocol.runs == 0 || opts.threads == 0 {
         return Err(Error::InvalidConfig {
@@ -221,41 +199,22 @@ pub fn measure_until(
         n: opts.n,
         protocol: opts.protocol,
     };
-    let done = if out.exists() {
-        resume(out, &header)?
-    } else {
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::write(out, format!("{}{COLUMNS}\n", header.to_text()))
-            .map_err(|e| Error::io(out, e))?;
-        HashSet::new()
-    };
+    let (done, mut file) = rows::start_or_resume(out, &header.to_text(), COLUMNS, |whole| {
+        resume(out, whole, &header)
+    })?;
     let archs = plan(space, opts.n, opts.seed);
     let net = super::Timed::build(space, opts.seed)?;
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(out)
-        .map_err(|e| Error::io(out, e))?;
-    let mut measured = 0;
-    let total = archs.len();
-    progress(done.len(), total);
-    for (i, arch) in archs.iter().enumerate() {
-        if done.contains(&i) {
-            continue;
-        }
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok((measured, true));
-        }
-        let t = net.time(arch, opts.batch, &opts.protocol)?;
-        let row = row(space, i, arch, &t)?;
-        file.write_all(row.as_bytes())
-            .and_then(|_| file.flush())
-            .map_err(|e| Error::io(out, e))?;
-        measured += 1;
-        progress(done.len() + measured, total);
-    }
-    Ok((measured, false))
+    rows::append_rows(
+        (&mut file, out),
+        &archs,
+        &done,
+        stop,
+        progress,
+        |i, arch| {
+            let t = net.time(arch, opts.batch, &opts.protocol)?;
+            row(space, i, arch, &t)
+        },
+    )
 }
 
 fn row(space: &Space, i: usize, a: &Arch, t: &Timing) -> Result<String> {
@@ -278,13 +237,9 @@ fn row(space: &Space, i: usize, a: &Arch, t: &Timing) -> Result<String> {
     ))
 }
 
-/// Checks an existing file against `want` and returns its measured
-/// indices, after dropping a last row cut short.
-fn resume(path: &Path, want: &Header) -> Result<HashSet<usize>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    // A kill mid-row leaves a last line without its newline: only whole
-    // lines count.
-    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+/// Checks the whole lines `whole` of the existing file `path` against
+/// `want` and returns its measured indices.
+fn resume(path: &Path, whole: &str, want: &Header) -> Result<HashSet<usize>> {
     let (have, rows) = read_rows(whole, path)?;
     let mismatch = |what: &str, a: String, b: String| Error::Latency {
         path: path.into(),
@@ -321,9 +276,6 @@ fn resume(path: &Path, want: &Header) -> Result<HashSet<usize>> {
             format!("{:?}", want.protocol),
         ));
     }
-    if whole.len() < text.len() {
-        std::fs::write(path, whole).map_err(|e| Error::io(path, e))?;
-    }
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
@@ -331,38 +283,8 @@ type Row = (usize, Vec<usize>, Timing);
 
 fn read_rows(text: &str, path: &Path) -> Result<(Header, Vec<Row>)> {
     let header = Header::parse(text, path)?;
-    let mut rows = Vec::new();
-    // Columns are read by position: the column line must name them in the
-    // order this build writes them, once, before the first row.
-    let mut columns = false;
-    for (ln, l) in text.lines().enumerate() {
-        if l.starts_with('#') || l.trim().is_empty() {
-            continue;
-        }
-        let bad = |m: &str| Error::Latency {
-            path: path.into(),
-            message: format!("line {}: {m}", ln + 1),
-        };
-        if !columns {
-            if l.trim_end() != COLUMNS {
-                return Err(bad(&format!(
-                    "column names {:?}, want {COLUMNS:?} (columns are read in that order)",
-                    l.trim_end()
-                )));
-            }
-            columns = true;
-            continue;
-        }
-        let f: Vec<&str> = l.split(',').collect();
-        if f.len() != 11 {
-            return Err(bad(&format!("{} fields, want 11 ({COLUMNS})", f.len())));
-        }
-        let index = f[0].parse().map_err(|_| bad("index is not a number"))?;
-        let genes = f[1]
-            .split_whitespace()
-            .map(|g| g.parse::<usize>())
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| bad("genes are not numbers"))?;
+    let rows = rows::read_rows(text, COLUMNS, error_in(path), |r, bad| {
+        let f = &r.fields;
         let num = |s: &str, what: &str| -> Result<f64> {
             s.parse::<f64>()
                 .ok()
@@ -378,8 +300,8 @@ fn read_rows(text: &str, path: &Path) -> Result<(Header, Vec<Row>)> {
                 .ok_or_else(|| bad("std_ms is not a non-negative number"))?,
             median_ms: num(f[10], "median_ms")?,
         };
-        rows.push((index, genes, t));
-    }
+        Ok((r.index, r.genes, t))
+    })?;
     Ok((header, rows))
 }
 

@@ -8,15 +8,38 @@
 //! stratified draw as `vitnas latency measure`), each extracted from a
 //! seeded supernet of the space (latency does not depend on the weights'
 //! values). The manifest records the space (name, hash, TOML), the batch,
-//! seed and protocol, and per architecture its index, file, genes, the
-//! architecture and the CSV row prefix (every column before the timings),
-//! so that the runner writes exactly the dataset format.
+//! seed and protocol, the input, and per architecture its index, file,
+//! genes, the architecture and the CSV row prefix (every column before the
+//! timings), so that the runner writes exactly the dataset format.
+//!
+//! ## Text spaces: one word-embedding table per width, as ONNX external data
+//! A BERT subnet's word-embedding table is `[vocab, embed_dim]` f32: 47 MB
+//! of bert-minilm's ~90 MB file at width 384, 1,000 files ≈ 40–90 GB. But
+//! every subnet of one width reads the *same* table (weight entanglement:
+//! the supernet's table cut to its first `embed_dim` columns). So the table
+//! is written once per width, `word_embeddings-<embed_dim>.bin` (raw
+//! little-endian f32, row-major), and each file's `embeddings.word`
+//! initializer is ONNX external data pointing at it (`location`,
+//! `offset` 0, `length`), with its full shape `[vocab, embed_dim]`. The
+//! graph, the shapes and the values are exactly the subnet's (nothing is
+//! truncated, so any id of the vocabulary is valid and the `Gather` runs on
+//! the real table, cache effects included); the files stay a few MB (the
+//! encoder layers only). ONNX Runtime and tract both read external data
+//! relative to the model file, so the directory must be copied whole.
+//! The inputs are `vitnas export --format onnx`'s: `input_ids` and
+//! `attention_mask`, int64 `[batch, sequence]`, both dimensions symbolic;
+//! the manifest records the timed `[batch, seq_len]` and the vocabulary the
+//! runner draws ids from (every position a token: an all-ones mask, as
+//! `vitnas latency measure` times text).
 
 use super::dataset;
 use super::{space_hash, Protocol};
 use crate::error::{Error, Result};
+use crate::models::onnx::{bert_to_onnx, vit_to_onnx, WORD_EMBEDDINGS};
 use crate::space::{flops, params, Arch, Space};
+use onnx_protobuf::{tensor_proto::DataLocation, Message, ModelProto, StringStringEntryProto};
 use serde::{Deserialize, Serialize};
+use std::collections::{btree_map, BTreeMap};
 use std::path::Path;
 
 /// Format tag of the manifest.
@@ -50,6 +73,21 @@ pub struct Entry {
     pub csv_prefix: String,
 }
 
+/// A text space's inputs and external data (see the module doc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextInputs {
+    /// Tokens per timed sequence (the space's `text.seq_len`, or
+    /// `--seq-len`): every position a token (attention mask all ones).
+    pub seq_len: usize,
+    /// The vocabulary: `input_ids` are drawn uniformly in `[0, vocab_size)`.
+    pub vocab_size: usize,
+    /// Per embedding width, the raw f32 `[vocab_size, embed_dim]` table
+    /// every file of that width reads as ONNX external data.
+    pub word_embeddings: BTreeMap<usize, String>,
+    /// Why the tables are external (for whoever opens the manifest).
+    pub note: String,
+}
+
 /// `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -61,9 +99,14 @@ pub struct Manifest {
     pub space_name: String,
     pub space_hash: String,
     pub space_toml: String,
-    /// Input of every file: `[batch, channels, image_size, image_size]`
-    /// (the batch dimension is symbolic in the files).
-    pub input_shape: [usize; 4],
+    /// The timed input: `[batch, channels, image_size, image_size]`
+    /// (`pixel_values`), or for a text space `[batch, seq_len]` (each of
+    /// `input_ids` and `attention_mask`). The batch (and the sequence)
+    /// dimensions are symbolic in the files.
+    pub input_shape: Vec<usize>,
+    /// Text spaces: what the runner feeds and the shared embedding files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextInputs>,
     pub batch: usize,
     pub seed: u64,
     pub n: usize,
@@ -71,9 +114,10 @@ pub struct Manifest {
     pub archs: Vec<Entry>,
 }
 
-/// Writes `opts.n` architectures of the image space `space` as
-/// `out/arch-<i>.onnx` and `out/manifest.json` (written last, so a
-/// directory with a manifest is complete). Refuses text spaces, and a
+/// Writes `opts.n` architectures of `space` as `out/arch-<i>.onnx` (and,
+/// for a text space, one `out/word_embeddings-<embed_dim>.bin` per width)
+/// and `out/manifest.json` (written last, so a directory with a manifest is
+/// complete). A text space is timed at its `text.seq_len`. Refuses a
 /// directory that already holds a manifest.
 pub fn export_archs(space: &Space, opts: &ExportOptions, out: &Path) -> Result<Manifest> {
     let bad = |field: &str, message: String| Error::InvalidConfig {
@@ -81,17 +125,6 @@ pub fn export_archs(space: &Space, opts: &ExportOptions, out: &Path) -> Result<M
         field: field.into(),
         message,
     };
-    if space.is_text() {
-        return Err(bad(
-            "space",
-            format!(
-                "`{}` is a text space: exporting text architectures is not supported yet (each \
-                 file would hold the whole embedding table, ~90 MB for bert-minilm); time them \
-                 on this machine with `vitnas latency measure`",
-                space.name
-            ),
-        ));
-    }
     if opts.n == 0 || opts.batch == 0 || opts.protocol.runs == 0 {
         return Err(bad("n / batch / runs", "must be at least 1".into()));
     }
@@ -105,13 +138,31 @@ pub fn export_archs(space: &Space, opts: &ExportOptions, out: &Path) -> Result<M
         });
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let net = crate::train::build_supernet(space, opts.seed, Default::default())?.0;
     let archs = dataset::plan(space, opts.n, opts.seed);
     let mut entries = Vec::with_capacity(archs.len());
+    let mut tables = BTreeMap::new();
+    let net = super::Timed::build(space, opts.seed)?;
     for (i, arch) in archs.into_iter().enumerate() {
-        let model = net.extract(&arch)?;
-        let bytes = crate::models::onnx::vit_to_onnx(&model, &arch, &[], None)?;
         let file = format!("arch-{i}.onnx");
+        let bytes = match &net {
+            super::Timed::Image(net) => vit_to_onnx(&net.extract(&arch)?, &arch, &[], None)?,
+            super::Timed::Text(net) => {
+                let mut model = net.extract(&arch)?;
+                let (vocab, e) = model.word_embeddings.dims2()?;
+                let table = format!("word_embeddings-{e}.bin");
+                if let btree_map::Entry::Vacant(slot) = tables.entry(e) {
+                    let data: Vec<f32> = model.word_embeddings.flatten_all()?.to_vec1()?;
+                    let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    crate::io::write_atomic(&out.join(&table), &raw)?;
+                    slot.insert(table.clone());
+                }
+                // One row stands in for the table while the graph is built;
+                // the initializer then points at the whole shared table.
+                model.word_embeddings = model.word_embeddings.narrow(0, 0, 1)?;
+                let bytes = bert_to_onnx(&model, &arch, &[], None)?;
+                external_word_embeddings(&bytes, [vocab, e], &table, &file)?
+            }
+        };
         crate::io::write_atomic(&out.join(&file), &bytes)?;
         let genes = arch.to_genes(space)?;
         entries.push(Entry {
@@ -122,7 +173,26 @@ pub fn export_archs(space: &Space, opts: &ExportOptions, out: &Path) -> Result<M
             arch,
         });
     }
-    let img = space.image();
+    let (input_shape, text) = match &space.text {
+        Some(t) => (
+            vec![opts.batch, t.seq_len],
+            Some(TextInputs {
+                seq_len: t.seq_len,
+                vocab_size: t.vocab_size,
+                word_embeddings: tables,
+                note: "each file's `embeddings.word` is ONNX external data: the whole \
+                       [vocab_size, embed_dim] table of its width, shared by every file of that \
+                       width (exact: weight entanglement gives them one table); copy the \
+                       directory whole"
+                    .into(),
+            }),
+        ),
+        None => {
+            let img = space.image();
+            let shape = vec![opts.batch, img.channels, img.image_size, img.image_size];
+            (shape, None)
+        }
+    };
     let m = Manifest {
         format: MANIFEST_FORMAT.into(),
         dataset_format: dataset::FORMAT.into(),
@@ -130,7 +200,8 @@ pub fn export_archs(space: &Space, opts: &ExportOptions, out: &Path) -> Result<M
         space_name: space.name.clone(),
         space_hash: space_hash(space),
         space_toml: space.to_toml_string(),
-        input_shape: [opts.batch, img.channels, img.image_size, img.image_size],
+        input_shape,
+        text,
         batch: opts.batch,
         seed: opts.seed,
         n: opts.n,
@@ -153,6 +224,47 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
         });
     }
     Ok(m)
+}
+
+/// `bytes` (a BERT graph) with its word-embedding initializer replaced by
+/// external data: `shape` `[vocab, embed_dim]` f32 read from `table` (a
+/// file beside the model) at offset 0.
+fn external_word_embeddings(
+    bytes: &[u8],
+    shape: [usize; 2],
+    table: &str,
+    file: &str,
+) -> Result<Vec<u8>> {
+    let bad = |message: String| Error::OnnxExport {
+        message: format!("{file}: {message}"),
+    };
+    let mut m = ModelProto::parse_from_bytes(bytes)
+        .map_err(|e| bad(format!("re-reading the graph failed: {e}")))?;
+    let g = m
+        .graph
+        .as_mut()
+        .ok_or_else(|| bad("the model has no graph".into()))?;
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == WORD_EMBEDDINGS)
+        .ok_or_else(|| bad(format!("the graph has no initializer `{WORD_EMBEDDINGS}`")))?;
+    let entry = |key: &str, value: String| {
+        let mut e = StringStringEntryProto::new();
+        e.key = key.into();
+        e.value = value;
+        e
+    };
+    t.dims = shape.iter().map(|&d| d as i64).collect();
+    t.raw_data.clear();
+    t.data_location = DataLocation::EXTERNAL.into();
+    t.external_data = vec![
+        entry("location", table.into()),
+        entry("offset", "0".into()),
+        entry("length", (shape[0] * shape[1] * 4).to_string()),
+    ];
+    m.write_to_bytes()
+        .map_err(|e| bad(format!("protobuf encoding failed: {e}")))
 }
 
 /// The dataset's column line (see [`dataset`]).

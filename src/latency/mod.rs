@@ -201,8 +201,19 @@ pub fn time_text_arch(
     batch: usize,
     protocol: &Protocol,
 ) -> Result<Timing> {
-    let model = crate::engine::Model::from_bert(&net.extract(arch)?)?;
-    let shape = (batch, net.space.seq_len());
+    time_text_model(&net.extract(arch)?, net.space.seq_len(), batch, protocol)
+}
+
+/// Timing of the static BERT `bert` (a subnet extracted from a supernet)
+/// on the engine, on `batch` sequences of `seq_len` tokens (no padding).
+pub fn time_text_model(
+    bert: &crate::models::bert::Bert,
+    seq_len: usize,
+    batch: usize,
+    protocol: &Protocol,
+) -> Result<Timing> {
+    let model = crate::engine::Model::from_bert(bert)?;
+    let shape = (batch, seq_len);
     let ids = candle_core::Tensor::ones(shape, candle_core::DType::U32, &candle_core::Device::Cpu)?;
     time(protocol, || model.token_logits(&ids, &ids).map(|_| ()))
 }
@@ -333,16 +344,15 @@ impl Predictor {
     }
 
     pub fn load(path: &Path) -> Result<Predictor> {
-        let p: Predictor = crate::io::read_json(path)?;
-        if p.format != PREDICTOR_FORMAT {
-            return Err(Error::Latency {
+        let p: Predictor = crate::io::read_json_format(
+            path,
+            (PREDICTOR_FORMAT, "a latency predictor"),
+            |p: &Predictor| &p.format,
+            |message| Error::Latency {
                 path: path.into(),
-                message: format!(
-                    "format {:?} is not a latency predictor ({PREDICTOR_FORMAT})",
-                    p.format
-                ),
-            });
-        }
+                message,
+            },
+        )?;
         p.validate(path)?;
         Ok(p)
     }

@@ -48,6 +48,10 @@ pub const MAX_BYTES: u64 = (1 << 31) - 1;
 /// Room left under [`MAX_BYTES`] for the graph itself and the metadata.
 const GRAPH_MARGIN: u64 = 16 << 20;
 
+/// The name of a BERT graph's word-embedding initializer (`[vocab, hidden]`,
+/// read by a `Gather` on `input_ids`).
+pub const WORD_EMBEDDINGS: &str = "embeddings.word";
+
 /// What a text model's input needs: the tokenizer that produced the ids.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TextPreprocessing {
@@ -235,7 +239,7 @@ pub fn bert_to_onnx(
     let mut g = Builder::default();
     // Embeddings: word rows, plus position rows (with the token-type-0 row
     // added once here) for the first `sequence` positions.
-    let words = g.init("embeddings.word", &model.word_embeddings, false)?;
+    let words = g.init(WORD_EMBEDDINGS, &model.word_embeddings, false)?;
     let x = g.node("Gather", &[&words, "input_ids"], vec![]);
     let tt0 = model.token_type_embeddings.narrow(0, 0, 1)?;
     let pos = model.position_embeddings.broadcast_add(&tt0)?;

@@ -5,14 +5,14 @@
 use super::Judge;
 use crate::data::text::TokenizedDataset;
 use crate::error::Result;
-use crate::latency::{time_text_arch, Protocol};
+use crate::latency::{time_text_model, Protocol};
 use crate::space::Arch;
 use crate::train::eval::EvalResult;
 use crate::train::text::{evaluate_text, TextRun};
 
 /// Text: subnets of a trained BERT supernet scored by the engine on a
 /// tokenised validation set; latency of the extracted static BERT on the
-/// engine ([`crate::latency::time_text_arch`]).
+/// engine ([`crate::latency::time_text_model`]).
 pub struct TextJudge<'a> {
     pub run: &'a TextRun,
     pub val: &'a TokenizedDataset,
@@ -35,7 +35,10 @@ impl Judge for TextJudge<'_> {
     }
 
     fn latency_ms(&self, arch: &Arch, batch: usize) -> Result<f64> {
+        // The candle supernet the subnet is extracted from is dropped
+        // before the timing starts: the run holds the engine's weights only.
+        let bert = self.run.extract(arch)?;
         let p = Protocol::default();
-        Ok(time_text_arch(&self.run.net, arch, batch, &p)?.mean_ms)
+        Ok(time_text_model(&bert, self.run.space.seq_len(), batch, &p)?.mean_ms)
     }
 }

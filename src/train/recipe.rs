@@ -5,7 +5,7 @@
 pub mod search_config;
 
 use super::loss::RankingConfig;
-pub use super::loss::{AlphaSurrogate, DistillConfig, LossConfig};
+pub use super::loss::{AlphaSurrogate, DistillConfig, HiddenDistillConfig, LossConfig};
 use crate::data::batch::{Augment, Normalize};
 use crate::data::Format;
 use crate::error::{Error, Result};
@@ -573,6 +573,23 @@ impl Recipe {
             }
             if !positive(iw_clip) {
                 return Err(bad("loss.distill.iw_clip", "must be positive"));
+            }
+        }
+        if let Some(h) = &self.loss.hidden_distill {
+            if !positive(h.weight) {
+                return Err(bad(
+                    "loss.hidden_distill.weight",
+                    &format!(
+                        "{} must be a positive number (leave the table out for none)",
+                        h.weight
+                    ),
+                ));
+            }
+            if self.loss.distill == DistillConfig::None {
+                return Err(bad(
+                    "loss.hidden_distill",
+                    "goes with a logits distillation: set loss.distill (kind = \"kl\" or \"alpha\")",
+                ));
             }
         }
         Ok(())

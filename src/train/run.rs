@@ -73,7 +73,7 @@ pub(super) fn run(
     // from them only when candle reads them (validation, checkpoints, the
     // end). Models the engine does not run train through candle's autograd.
     let mut flat = FlatWeights::new(params, task.net())?;
-    let distill = loss::from_config(&recipe.loss.distill);
+    let distill = loss::from_loss_config(&recipe.loss);
     let metrics = Metrics::new(root.then(|| dir.join(METRICS_FILE)));
     let end = opts
         .max_steps

@@ -7,7 +7,9 @@
 //! [`engine`] or candle's autograd, chosen by the [`Path`] value the caller
 //! passes.
 
-use super::loss::{cross_entropy, Distill, Ranking, RankingTerms};
+use super::loss::{
+    cross_entropy, hidden_mse, Distill, HiddenDistillConfig, HiddenStates, Ranking, RankingTerms,
+};
 use super::sampler::Plan;
 use crate::engine::{self, Weights};
 use crate::error::Result;
@@ -156,7 +158,8 @@ pub struct Batch<'a> {
     pub input: Input<'a>,
     pub labels: &'a Tensor,
     pub label_smoothing: f64,
-    /// In-place distillation of the subnets after the plan's teacher.
+    /// In-place distillation of the subnets after the plan's teacher (with
+    /// its hidden-state term, [`Distill::hidden`], on the engine only).
     pub distill: Option<&'a dyn Distill>,
     /// The ranking-consistency term between the plan's subnets (none:
     /// each subnet's loss alone, as without it).
@@ -276,17 +279,23 @@ trait Pass {
     /// nothing for candle, whose logits hold their graph).
     type Tape;
     /// Logits of `arch` as a tensor that `loss.backward()` differentiates,
-    /// and what the backward of `arch` needs.
-    fn forward(&mut self, arch: &Arch) -> Result<(Tensor, Self::Tape)>;
+    /// and what the backward of `arch` needs; with `hidden`, the tape also
+    /// keeps the hidden states ([`Pass::take_hidden`]).
+    fn forward(&mut self, arch: &Arch, hidden: bool) -> Result<(Tensor, Self::Tape)>;
+    /// The hidden states a `hidden` forward kept, moved out of its tape.
+    fn take_hidden(&self, tape: &mut Self::Tape) -> HiddenStates;
     /// Adds the gradients of `loss` (a function of `logits`, from the
-    /// forward that returned `tape`) into `grads`, or sets them aside to
-    /// be added by [`Pass::flush`].
+    /// forward that returned `tape`), plus those of a hidden-state term
+    /// given by `dhidden` (its gradient with respect to the states, as
+    /// [`Pass::take_hidden`] lays them out; empty: none), into `grads`, or
+    /// sets them aside to be added by [`Pass::flush`].
     fn backward(
         &mut self,
         arch: &Arch,
         tape: &Self::Tape,
         logits: &Tensor,
         loss: &Tensor,
+        dhidden: &[Vec<Vec<f32>>],
         grads: &mut [Vec<f32>],
     ) -> Result<()>;
     /// Adds what was set aside since the last flush into `grads`; `last`:
@@ -299,6 +308,37 @@ struct Forwarded<T> {
     logits: Tensor,
     tape: T,
     loss: Tensor,
+    /// The hidden-state term's gradient (empty: none).
+    dhidden: HiddenStates,
+}
+
+/// The teacher's hidden states of a step: its embedding width and states.
+type TeacherStates = Option<(usize, HiddenStates)>;
+
+/// Hidden-state distillation of one subnet's forward: the teacher's
+/// states are kept (first subnet of a teacher-first plan), a student's
+/// compared with them: the term's value and gradient (zero and empty for
+/// the teacher or without the term).
+fn hidden_term<P: Pass>(
+    pass: &P,
+    config: Option<&HiddenDistillConfig>,
+    arch: &Arch,
+    tape: &mut P::Tape,
+    teacher: &mut TeacherStates,
+    is_teacher: bool,
+) -> Result<(f32, HiddenStates)> {
+    let Some(config) = config else {
+        return Ok((0.0, Vec::new()));
+    };
+    let states = pass.take_hidden(tape);
+    if is_teacher {
+        *teacher = Some((arch.embed_dim, states));
+        return Ok((0.0, Vec::new()));
+    }
+    match teacher {
+        Some((te, ts)) => hidden_mse(config, &states, arch.embed_dim, ts, *te),
+        None => Ok((0.0, Vec::new())),
+    }
 }
 
 /// The step loop, the same for every path: each subnet's forward, its loss
@@ -317,19 +357,27 @@ fn run_subnets<P: Pass>(
 ) -> Result<StepLosses> {
     let n = plan.archs.len();
     let mut teacher: Option<Tensor> = None;
+    let hidden = batch
+        .distill
+        .and_then(|d| d.hidden())
+        .filter(|_| plan.teacher_first);
+    let mut teacher_states = None;
     let mut losses = Vec::with_capacity(n);
     let mut held = Vec::new();
     let mut backward = |pass: &mut P, k: usize, f: Forwarded<P::Tape>| -> Result<()> {
         let g = group_of[k];
-        pass.backward(&plan.archs[k], &f.tape, &f.logits, &f.loss, groups[g])?;
+        let (arch, tape) = (&plan.archs[k], &f.tape);
+        pass.backward(arch, tape, &f.logits, &f.loss, &f.dhidden, groups[g])?;
         if group_of.get(k + 1) != Some(&g) {
             pass.flush(groups[g], k + 1 == n);
         }
         Ok(())
     };
     for (k, arch) in plan.archs.iter().enumerate() {
-        let (logits, tape) = pass.forward(arch)?;
-        let (loss, value) = subnet_loss(&logits, teacher.as_ref(), &batch)?;
+        let (logits, mut tape) = pass.forward(arch, hidden.is_some())?;
+        let (loss, mut value) = subnet_loss(&logits, teacher.as_ref(), &batch)?;
+        let (h, dhidden) = hidden_term(pass, hidden, arch, &mut tape, &mut teacher_states, k == 0)?;
+        value += h;
         losses.push(value);
         if !value.is_finite() {
             return Ok(StepLosses {
@@ -341,7 +389,12 @@ fn run_subnets<P: Pass>(
         if k == 0 && plan.teacher_first {
             teacher = Some(logits.detach());
         }
-        let f = Forwarded { logits, tape, loss };
+        let f = Forwarded {
+            logits,
+            tape,
+            loss,
+            dhidden,
+        };
         match batch.ranking {
             Some(_) => held.push(f),
             None => backward(pass, k, f)?,
@@ -487,16 +540,23 @@ fn diagnose<P: Pass>(
 ) -> Result<Vec<SubnetDiagnosis>> {
     let mut ce_scratch = scratch.clone();
     let mut teacher: Option<Tensor> = None;
+    let hidden = batch
+        .distill
+        .and_then(|d| d.hidden())
+        .filter(|_| plan.teacher_first);
+    let mut teacher_states = None;
     let mut out = Vec::with_capacity(plan.archs.len());
     let ce = |z: &Tensor| Ok(cross_entropy(z, batch.labels, batch.label_smoothing)?);
     for (k, arch) in plan.archs.iter().enumerate() {
-        let (logits, tape) = pass.forward(arch)?;
-        let (loss, value) = subnet_loss(&logits, teacher.as_ref(), &batch)?;
+        let (logits, mut tape) = pass.forward(arch, hidden.is_some())?;
+        let (loss, mut value) = subnet_loss(&logits, teacher.as_ref(), &batch)?;
+        let (h, dhidden) = hidden_term(pass, hidden, arch, &mut tape, &mut teacher_states, k == 0)?;
+        value += h;
         if !value.is_finite() {
             break;
         }
         scratch.iter_mut().for_each(|g| g.fill(0.0));
-        pass.backward(arch, &tape, &logits, &loss, &mut scratch)?;
+        pass.backward(arch, &tape, &logits, &loss, &dhidden, &mut scratch)?;
         pass.flush(&mut scratch, false);
         let own = |z: &Tensor| Ok(subnet_loss(z, teacher.as_ref(), &batch)?.0);
         let dz = logit_grad(&logits, own)?;
@@ -514,7 +574,7 @@ fn diagnose<P: Pass>(
         if let (Some(t), Some(distill)) = (&teacher, batch.distill) {
             let ce_loss = ce(&logits)?;
             ce_scratch.iter_mut().for_each(|g| g.fill(0.0));
-            pass.backward(arch, &tape, &logits, &ce_loss, &mut ce_scratch)?;
+            pass.backward(arch, &tape, &logits, &ce_loss, &[], &mut ce_scratch)?;
             pass.flush(&mut ce_scratch, false);
             let (dot, aa, bb) = dot_all(&scratch, &ce_scratch);
             d.distilled = true;
@@ -604,12 +664,19 @@ impl Pass for EnginePass<'_> {
     /// One tape per chunk of the batch.
     type Tape = Vec<engine::Tape>;
 
-    fn forward(&mut self, arch: &Arch) -> Result<(Tensor, Self::Tape)> {
+    fn forward(&mut self, arch: &Arch, hidden: bool) -> Result<(Tensor, Self::Tape)> {
         self.w.check(self.cfg, arch)?;
-        let (logits, tapes) =
-            engine::forward_chunks(self.w, self.cfg, arch, self.x.input(), &self.chunks, true);
+        let (w, cfg, x, chunks) = (self.w, self.cfg, self.x.input(), &self.chunks);
+        let (logits, tapes) = match hidden {
+            true => engine::forward_chunks_hidden(w, cfg, arch, x, chunks),
+            false => engine::forward_chunks(w, cfg, arch, x, chunks, true),
+        };
         let logits = Var::from_vec(logits, (self.batch, self.cfg.classes), &self.device)?;
         Ok((logits.as_tensor().clone(), tapes))
+    }
+
+    fn take_hidden(&self, tapes: &mut Self::Tape) -> HiddenStates {
+        tapes.iter_mut().map(engine::Tape::take_hidden).collect()
     }
 
     fn backward(
@@ -618,19 +685,22 @@ impl Pass for EnginePass<'_> {
         tapes: &Self::Tape,
         logits: &Tensor,
         loss: &Tensor,
+        dhidden: &[Vec<Vec<f32>>],
         grads: &mut [Vec<f32>],
     ) -> Result<()> {
         let g = loss.backward()?;
-        let Some(d) = g.get(logits) else {
-            return Ok(());
+        let dlogits = match g.get(logits) {
+            Some(d) => d.flatten_all()?.to_vec1::<f32>()?,
+            None if dhidden.is_empty() => return Ok(()),
+            None => vec![0.0; self.batch * self.cfg.classes],
         };
-        let dlogits = d.flatten_all()?.to_vec1::<f32>()?;
-        engine::backward_chunks(
+        engine::backward_chunks_hidden(
             self.w,
             self.cfg,
             arch,
             tapes,
             &dlogits,
+            dhidden,
             &self.chunks,
             grads,
             &mut self.extra,
@@ -660,8 +730,21 @@ struct AutogradPass<'a> {
 impl Pass for AutogradPass<'_> {
     type Tape = ();
 
-    fn forward(&mut self, arch: &Arch) -> Result<(Tensor, ())> {
+    fn forward(&mut self, arch: &Arch, hidden: bool) -> Result<(Tensor, ())> {
+        if hidden {
+            return Err(crate::error::Error::InvalidRecipe {
+                file: "the recipe".into(),
+                field: "loss.hidden_distill".into(),
+                message: "hidden-state distillation runs on the engine (f32 models), and this \
+                          step runs on candle's autograd"
+                    .into(),
+            });
+        }
         Ok((self.net.forward_train(self.input, arch)?, ()))
+    }
+
+    fn take_hidden(&self, _tape: &mut ()) -> HiddenStates {
+        Vec::new()
     }
 
     fn backward(
@@ -670,6 +753,7 @@ impl Pass for AutogradPass<'_> {
         _tape: &(),
         _logits: &Tensor,
         loss: &Tensor,
+        _dhidden: &[Vec<Vec<f32>>],
         grads: &mut [Vec<f32>],
     ) -> Result<()> {
         let g = loss.backward()?;

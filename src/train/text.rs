@@ -612,11 +612,14 @@ fn rewire(
 /// A trained text supernet, loaded from its run directory.
 pub struct TextRun {
     pub dir: PathBuf,
+    /// The supernet file [`TextRun::weights`] were read from.
+    pub file: PathBuf,
     pub recipe: Recipe,
     pub space: Space,
-    pub net: BertSupernet,
-    /// The supernet's weights as the engine reads them (evaluation runs on
-    /// them, with the architecture as argument, without extracting).
+    /// The supernet's weights as the engine reads them, its only copy in
+    /// memory: evaluation runs on them, with the architecture as argument,
+    /// without extracting; [`TextRun::supernet`] builds candle's supernet
+    /// from them where a static subnet is extracted (export, latency).
     pub weights: Weights,
     pub cfg: engine::Config,
     /// Label names in id order (`labels.json`).
@@ -638,31 +641,53 @@ impl TextRun {
         let labels_path = dir.join(LABELS_FILE);
         let labels: Vec<String> = crate::io::read_json(&labels_path)?;
         let (tensors, _) = read_weights(&file, &Device::Cpu)?;
-        let mut named: Vec<(String, Tensor)> = tensors
-            .iter()
-            .map(|(n, t)| (n.clone(), t.clone()))
-            .collect();
+        let mut named: Vec<(String, Tensor)> = tensors.into_iter().collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let weights = Weights::from_tensors(&named).map_err(|e| Error::Checkpoint {
             path: file.clone(),
             message: e.to_string(),
         })?;
+        drop(named);
         let cfg = engine::Config::from_space(&space);
-        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let net =
-            BertSupernet::with_init(&space, recipe.init, vb).map_err(|e| Error::Checkpoint {
-                path: file.clone(),
-                message: e.to_string(),
-            })?;
         Ok(Self {
             dir,
+            file,
             recipe,
             space,
-            net,
             weights,
             cfg,
             labels,
         })
+    }
+
+    /// Candle's supernet, built from a copy of [`TextRun::weights`] (the
+    /// tensors the run directory's file holds), for extracting static
+    /// subnets: drop it when done, as it doubles the supernet in memory.
+    pub fn supernet(&self) -> Result<BertSupernet> {
+        let w = &self.weights;
+        let tensors = w
+            .names
+            .iter()
+            .zip(&w.data)
+            .zip(&w.dims)
+            .map(|((n, d), dims)| {
+                Ok((
+                    n.clone(),
+                    Tensor::from_slice(d, dims.as_slice(), &Device::Cpu)?,
+                ))
+            })
+            .collect::<Result<std::collections::HashMap<String, Tensor>>>()?;
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        BertSupernet::with_init(&self.space, self.recipe.init, vb).map_err(|e| Error::Checkpoint {
+            path: self.file.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Subnet `arch` as a static BERT, extracted from a supernet built for
+    /// the purpose (see [`TextRun::supernet`]) and dropped after.
+    pub fn extract(&self, arch: &Arch) -> Result<crate::models::bert::Bert> {
+        self.supernet()?.extract(arch)
     }
 
     /// The run's tokenizer (`tokenizer.json` in the run directory).

@@ -110,6 +110,50 @@ pub fn scratch(tag: &str) -> PathBuf {
     d
 }
 
+// ------------------------------------------------------------ the binary
+
+/// Runs the `vitnas` binary in the repository root, as a user would:
+/// whether it succeeded, its stdout and its stderr.
+pub fn vitnas(args: &[&str]) -> (bool, String, String) {
+    vitnas_env(args, &[])
+}
+
+/// [`vitnas`] with the environment variables `env` set.
+pub fn vitnas_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitnas"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(repo_path(""))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// `vitnas export` of subnet `arch` (`largest`, `smallest` or a JSON
+/// file) of the run `run` into `out`, which must succeed: its stdout.
+pub fn export(run: &std::path::Path, arch: &str, out: &std::path::Path) -> String {
+    let (ok, stdout, err) = vitnas(&[
+        "export",
+        "--supernet",
+        s(run),
+        "--arch",
+        arch,
+        "--out",
+        s(out),
+    ]);
+    assert!(ok, "{err}");
+    stdout
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
 // ------------------------------------------------------------------ text
 
 /// A tiny text space: a 3-layer supernet 32 wide (4 heads of 8, FFN 64,
@@ -199,4 +243,96 @@ pub fn minilm() -> PathBuf {
         d.display()
     );
     d
+}
+
+/// all-MiniLM-L6-v2's tokenizer.json, which must exist.
+pub fn minilm_tokenizer() -> PathBuf {
+    let t = minilm_dir().join("tokenizer.json");
+    assert!(
+        t.is_file(),
+        "{} is missing: the repository expects ../shared beside it",
+        t.display()
+    );
+    t
+}
+
+/// The tiny text space of the binary's text tests, as TOML: a 2-layer
+/// supernet 32 wide (4 heads of 8, FFN 64) on all-MiniLM-L6-v2's
+/// vocabulary, `positions` position embeddings, sequences of 32 tokens,
+/// `classes` its num_classes line (or none: from the data).
+pub fn tiny_text_space_toml(positions: usize, classes: &str) -> String {
+    format!(
+        r#"
+name = "tiny-text"
+[text]
+vocab_size = 30522
+max_position_embeddings = {positions}
+{classes}
+seq_len = 32
+[supernet]
+embed_dim = 32
+depth = 2
+num_heads = 4
+head_dim = 8
+mlp_dim = 64
+layer_norm_eps = 1e-12
+[choices]
+embed_dim = [16, 32]
+depth = [1, 2]
+num_heads = [2, 4]
+mlp_dim = [32, 48, 64]
+"#
+    )
+}
+
+/// A one-epoch recipe (sandwich with one random subnet, KL distillation,
+/// batch 16, a checkpoint every 5 steps, a log line every `log_every`) for
+/// the space file `space` on the text data `data` with all-MiniLM-L6-v2's
+/// tokenizer, writing to `out`; `val_size` examples held out and
+/// `data_text` the other lines of its `[data.text]` section.
+pub fn tiny_text_recipe_toml(
+    (space, data, out): (&std::path::Path, &std::path::Path, &std::path::Path),
+    val_size: usize,
+    data_text: &str,
+    log_every: usize,
+) -> String {
+    format!(
+        r#"
+name = "tiny-text"
+space = "{space}"
+seed = 0
+output_dir = "{out}"
+init = "trunc_normal_0.02"
+[data]
+format = "text"
+path = "{data}"
+val_size = {val_size}
+eval_batch_size = 50
+[data.text]
+{data_text}
+tokenizer = "{tok}"
+[sampler]
+kind = "sandwich"
+num_random = 1
+[loss]
+label_smoothing = 0.0
+distill = {{ kind = "kl" }}
+[optimizer]
+lr = 1e-3
+min_lr = 1e-5
+warmup_lr = 1e-5
+warmup_epochs = 0.1
+weight_decay = 0.01
+clip_grad_norm = 1.0
+[train]
+epochs = 1
+batch_size = 16
+checkpoint_every = 5
+log_every = {log_every}
+"#,
+        space = space.display(),
+        out = out.display(),
+        data = data.display(),
+        tok = minilm_tokenizer().display(),
+    )
 }

@@ -14,6 +14,44 @@ pub struct LossConfig {
     /// In-place distillation of the non-largest subnets from the largest's
     /// detached output (when the sampler trains the largest first).
     pub distill: DistillConfig,
+    /// Hidden-state distillation beside `distill` (DynaBERT): left out,
+    /// the subnets distill the logits alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_distill: Option<HiddenDistillConfig>,
+}
+
+/// `[loss] hidden_distill`: each distilled subnet also learns the
+/// teacher's hidden states, a mean squared error per layer boundary over
+/// the non-padding tokens and the student's channels, summed over the
+/// boundaries ([`crate::train::loss::hidden_mse`]). Needs a logits
+/// `distill` and runs on the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiddenDistillConfig {
+    /// The term's weight beside the logits loss (DynaBERT: 1).
+    pub weight: f64,
+    /// Whether the embedding output (the first layer's input) is matched
+    /// too (DynaBERT: yes).
+    #[serde(default = "yes")]
+    pub embeddings: bool,
+    /// Which teacher layer each student layer learns from.
+    #[serde(default)]
+    pub layer_map: LayerMap,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Which teacher layer a student layer learns from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerMap {
+    /// TinyBERT's and DynaBERT's uniform map: student layer `i` of `d`
+    /// learns from teacher layer `ceil((i + 1) · L / d) − 1` of `L`, so
+    /// the last meets the last.
+    #[default]
+    Uniform,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

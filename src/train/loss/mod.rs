@@ -5,13 +5,15 @@
 
 mod alpha;
 mod config;
+mod hidden;
 mod kl;
 mod ranking;
 
 /// Defined with the evaluation that also reports it ([`crate::train::eval`]).
 pub use crate::train::eval::cross_entropy;
 pub use alpha::AlphaDivergence;
-pub use config::{AlphaSurrogate, DistillConfig, LossConfig};
+pub use config::{AlphaSurrogate, DistillConfig, HiddenDistillConfig, LayerMap, LossConfig};
+pub use hidden::{hidden_mse, teacher_boundary, HiddenStates, WithHidden};
 pub use kl::Kl;
 pub use ranking::{Prior, Ranking, RankingConfig, RankingTerms};
 
@@ -29,6 +31,21 @@ pub trait Distill: Send + Sync {
     fn diagnose(&self, _student: &Tensor, _teacher: &Tensor) -> Result<Option<serde_json::Value>> {
         Ok(None)
     }
+
+    /// The hidden-state term that goes with it, if any ([`WithHidden`]).
+    fn hidden(&self) -> Option<&HiddenDistillConfig> {
+        None
+    }
+}
+
+/// The distillation of a recipe's `[loss]`: `distill`, with the
+/// hidden-state term of `hidden_distill` beside it when given.
+pub fn from_loss_config(c: &LossConfig) -> Option<Box<dyn Distill>> {
+    let logits = from_config(&c.distill)?;
+    Some(match c.hidden_distill {
+        Some(config) => Box::new(WithHidden { logits, config }),
+        None => logits,
+    })
 }
 
 pub fn from_config(c: &DistillConfig) -> Option<Box<dyn Distill>> {

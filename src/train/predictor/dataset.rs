@@ -11,15 +11,23 @@
 //! row cut short by a kill, and scores only the indices not in the file.
 
 use super::space_hash;
+use crate::data::rows;
 use crate::error::{Error, Result};
 use crate::space::{flops, params, Arch, Space};
 use rand::{rngs::StdRng, SeedableRng};
-use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
+use std::collections::HashSet;
 use std::path::Path;
 
 pub const FORMAT: &str = "vitnas-accuracy-dataset/1";
 const COLUMNS: &str = "index,genes,params,flops,accuracy,loss";
+
+/// The error of `message` about the dataset file `path`.
+fn error_in(path: &Path) -> impl Fn(String) -> Error + '_ {
+    |message| Error::Predictor {
+        path: path.into(),
+        message,
+    }
+}
 
 /// What a dataset is: the header of its file.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +58,7 @@ impl Header {
     }
 
     fn to_text(&self) -> String {
-        let mut s = format!(
+        let fields = format!(
             "# format: {FORMAT}\n# space: {}\n# space_hash: {}\n# supernet_hash: {}\n\
              # seed: {}\n# n: {}\n# val_images: {}\n",
             self.space_name,
@@ -60,53 +68,25 @@ impl Header {
             self.n,
             self.val_images
         );
-        for l in self.space_toml.lines() {
-            s.push_str("#| ");
-            s.push_str(l);
-            s.push('\n');
-        }
-        s
+        rows::header_text(fields, &self.space_toml)
     }
 
     fn parse(text: &str, path: &Path) -> Result<Header> {
-        let bad = |m: String| Error::Predictor {
-            path: path.into(),
-            message: m,
-        };
-        let mut kv = BTreeMap::new();
-        let mut toml = String::new();
-        for l in text.lines().take_while(|l| l.starts_with('#')) {
-            if let Some(t) = l.strip_prefix("#| ").or_else(|| l.strip_prefix("#|")) {
-                toml.push_str(t);
-                toml.push('\n');
-            } else if let Some((k, v)) = l.trim_start_matches('#').split_once(':') {
-                kv.insert(k.trim().to_string(), v.trim().to_string());
-            }
-        }
-        let get = |k: &str| {
-            kv.get(k).cloned().ok_or_else(|| {
-                bad(format!(
-                    "header line `# {k}:` is missing: not an accuracy dataset \
-                     (`vitnas predictor fit <run dir>` writes one)"
-                ))
-            })
-        };
-        let num = |k: &str| -> Result<u64> {
-            get(k)?
-                .parse()
-                .map_err(|_| bad(format!("header `{k}` is not a number")))
-        };
-        if get("format")? != FORMAT {
-            return Err(bad(format!("format is not {FORMAT}")));
-        }
+        let bad = error_in(path);
+        let h = rows::Header::parse(
+            text,
+            FORMAT,
+            "not an accuracy dataset (`vitnas predictor fit <run dir>` writes one)",
+            &bad,
+        )?;
         Ok(Header {
-            space_name: get("space")?,
-            space_hash: get("space_hash")?,
-            space_toml: toml,
-            supernet_hash: get("supernet_hash")?,
-            seed: num("seed")?,
-            n: num("n")? as usize,
-            val_images: num("val_images")? as usize,
+            space_name: h.get("space")?,
+            space_hash: h.get("space_hash")?,
+            space_toml: h.space_toml.clone(),
+            supernet_hash: h.get("supernet_hash")?,
+            seed: h.num("seed")?,
+            n: h.num("n")? as usize,
+            val_images: h.num("val_images")? as usize,
         })
     }
 }
@@ -141,7 +121,7 @@ pub fn collect(
     out: &Path,
     stop: &std::sync::atomic::AtomicBool,
     mut score: impl FnMut(&Arch) -> Result<(f64, f64)>,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<(usize, bool)> {
     if header.n == 0 || header.val_images == 0 {
         return Err(Error::InvalidConfig {
@@ -150,57 +130,36 @@ pub fn collect(
             message: "must be at least 1".into(),
         });
     }
-    let done = if out.exists() {
-        resume(out, header)?
-    } else {
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::write(out, format!("{}{COLUMNS}\n", header.to_text()))
-            .map_err(|e| Error::io(out, e))?;
-        HashSet::new()
-    };
+    let (done, mut file) = rows::start_or_resume(out, &header.to_text(), COLUMNS, |whole| {
+        resume(out, whole, header)
+    })?;
     let archs = plan(space, header.n, header.seed);
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(out)
-        .map_err(|e| Error::io(out, e))?;
-    let total = archs.len();
-    let mut scored = 0;
-    progress(done.len(), total);
-    for (i, arch) in archs.iter().enumerate() {
-        if done.contains(&i) {
-            continue;
-        }
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok((scored, true));
-        }
-        let (accuracy, loss) = score(arch)?;
-        let genes: Vec<String> = arch
-            .to_genes(space)?
-            .iter()
-            .map(|g| g.to_string())
-            .collect();
-        let row = format!(
-            "{i},{},{},{},{accuracy},{loss}\n",
-            genes.join(" "),
-            params(space, arch),
-            flops(space, arch)
-        );
-        file.write_all(row.as_bytes())
-            .and_then(|_| file.flush())
-            .map_err(|e| Error::io(out, e))?;
-        scored += 1;
-        progress(done.len() + scored, total);
-    }
-    Ok((scored, false))
+    rows::append_rows(
+        (&mut file, out),
+        &archs,
+        &done,
+        stop,
+        progress,
+        |i, arch| {
+            let (accuracy, loss) = score(arch)?;
+            let genes: Vec<String> = arch
+                .to_genes(space)?
+                .iter()
+                .map(|g| g.to_string())
+                .collect();
+            Ok(format!(
+                "{i},{},{},{},{accuracy},{loss}\n",
+                genes.join(" "),
+                params(space, arch),
+                flops(space, arch)
+            ))
+        },
+    )
 }
 
-/// Checks an existing file against `want` and returns its scored indices,
-/// after dropping a last row cut short.
-fn resume(path: &Path, want: &Header) -> Result<HashSet<usize>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+/// Checks the whole lines `whole` of the existing file `path` against
+/// `want` and returns its scored indices.
+fn resume(path: &Path, whole: &str, want: &Header) -> Result<HashSet<usize>> {
     let (have, rows) = read_rows(whole, path)?;
     for (what, a, b) in [
         ("space", &have.space_hash, &want.space_hash),
@@ -231,9 +190,6 @@ fn resume(path: &Path, want: &Header) -> Result<HashSet<usize>> {
             });
         }
     }
-    if whole.len() < text.len() {
-        std::fs::write(path, whole).map_err(|e| Error::io(path, e))?;
-    }
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
@@ -241,43 +197,19 @@ type Row = (usize, Vec<usize>, f64);
 
 fn read_rows(text: &str, path: &Path) -> Result<(Header, Vec<Row>)> {
     let header = Header::parse(text, path)?;
-    let mut rows = Vec::new();
-    let mut columns = false;
-    for (ln, l) in text.lines().enumerate() {
-        if l.starts_with('#') || l.trim().is_empty() {
-            continue;
-        }
-        let bad = |m: &str| Error::Predictor {
-            path: path.into(),
-            message: format!("line {}: {m}", ln + 1),
-        };
-        if !columns {
-            if l.trim_end() != COLUMNS {
-                return Err(bad(&format!(
-                    "column names {:?}, want {COLUMNS:?} (columns are read in that order)",
-                    l.trim_end()
-                )));
-            }
-            columns = true;
-            continue;
-        }
-        let f: Vec<&str> = l.split(',').collect();
-        if f.len() != 6 {
-            return Err(bad(&format!("{} fields, want 6 ({COLUMNS})", f.len())));
-        }
-        let index = f[0].parse().map_err(|_| bad("index is not a number"))?;
-        let genes = f[1]
-            .split_whitespace()
-            .map(|g| g.parse::<usize>())
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| bad("genes are not numbers"))?;
-        let accuracy = f[4]
+    let rows = rows::read_rows(text, COLUMNS, error_in(path), |r, bad| {
+        let accuracy = r.fields[4]
             .parse::<f64>()
             .ok()
             .filter(|a| (0.0..=1.0).contains(a))
-            .ok_or_else(|| bad(&format!("accuracy {:?} is not a fraction in [0, 1]", f[4])))?;
-        rows.push((index, genes, accuracy));
-    }
+            .ok_or_else(|| {
+                bad(&format!(
+                    "accuracy {:?} is not a fraction in [0, 1]",
+                    r.fields[4]
+                ))
+            })?;
+        Ok((r.index, r.genes, accuracy))
+    })?;
     Ok((header, rows))
 }
 

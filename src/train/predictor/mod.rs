@@ -124,16 +124,15 @@ pub struct AccuracyPredictor {
 
 impl AccuracyPredictor {
     pub fn load(path: &Path) -> Result<AccuracyPredictor> {
-        let p: AccuracyPredictor = crate::io::read_json(path)?;
-        if p.format != FORMAT {
-            return Err(Error::Predictor {
+        let p: AccuracyPredictor = crate::io::read_json_format(
+            path,
+            (FORMAT, "an accuracy predictor"),
+            |p: &AccuracyPredictor| &p.format,
+            |message| Error::Predictor {
                 path: path.into(),
-                message: format!(
-                    "format {:?} is not an accuracy predictor ({FORMAT})",
-                    p.format
-                ),
-            });
-        }
+                message,
+            },
+        )?;
         p.validate(path)?;
         Ok(p)
     }
