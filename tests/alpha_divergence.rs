@@ -189,11 +189,7 @@ fn default_alpha_divergence_gradient_is_bounded_like_kl_whatever_the_clip() {
 fn tiny_run(out: &Path, diagnose: bool) -> serde_json::Value {
     let text = std::fs::read_to_string(repo_path("recipes/quickstart.toml")).unwrap();
     let mut r = Recipe::from_toml_str(&text, Path::new("quickstart.toml")).unwrap();
-    r.space = repo_path("search_spaces/fmnist-tiny.toml");
-    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
-    r.data.val_size = 64;
-    r.data.train_limit = Some(128);
-    r.train.batch_size = 32;
+    common::on_fmnist_sample(&mut r, "fmnist-tiny", 128, 32);
     r.train.log_every = 2;
     r.train.diagnose_gradients = diagnose;
     r.sampler = vitnas::train::recipe::SamplerConfig::Sandwich { num_random: 1 };

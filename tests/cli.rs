@@ -91,11 +91,7 @@ fn long_recipe(tag: &str, checkpoint_every: usize) -> (std::path::PathBuf, std::
     std::fs::create_dir_all(&dir).unwrap();
     let mut r =
         vitnas::train::recipe::Recipe::from_file(repo_path("recipes/quickstart.toml")).unwrap();
-    r.space = repo_path("search_spaces/fmnist-tiny.toml");
-    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
-    r.data.val_size = 64;
-    r.data.train_limit = Some(512);
-    r.train.batch_size = 16;
+    common::on_fmnist_sample(&mut r, "fmnist-tiny", 512, 16);
     r.train.epochs = 100;
     r.train.checkpoint_every = checkpoint_every;
     r.output_dir = dir.join("run");

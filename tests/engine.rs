@@ -6,16 +6,17 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{images, max_abs, max_abs_diff, scaled_supernet, space, supernet, uniform, SWITCHES};
+use common::{
+    accumulate_once, images, max_abs, max_abs_and_diff, max_abs_diff, scaled_supernet, space,
+    supernet, uniform, SWITCHES,
+};
 use rand::{rngs::StdRng, SeedableRng};
 use vitnas::engine::{self, Config, Input, Weights};
 use vitnas::supernet::scaling::Switch;
 use vitnas::train::gradient::{GradientStrategy, Nasvit};
 use vitnas::train::loss::{AlphaDivergence, Distill, Kl};
 use vitnas::train::sampler::{Sampler, Sandwich};
-use vitnas::train::step::{
-    accumulate, accumulate_groups, Backend, Batch, Input as StepInput, Params, Path,
-};
+use vitnas::train::step::{accumulate_groups, Backend, Batch, Input as StepInput, Params, Path};
 use vitnas::{Arch, Space};
 
 /// A supernet whose biases and norm parameters are not at their initial
@@ -254,22 +255,7 @@ fn engine_and_autograd_sandwich_steps_agree() {
     };
     let distills: [&dyn Distill; 2] = [&Kl, &alpha];
     for distill in distills {
-        let run = |backend| {
-            let mut g = params.zero_grads();
-            let l = accumulate(
-                &net,
-                &params,
-                &plan,
-                &x,
-                &y,
-                0.1,
-                Some(distill),
-                &mut g,
-                backend,
-            )
-            .unwrap();
-            (l, g)
-        };
+        let run = |backend| accumulate_once(&net, &params, &plan, &x, &y, Some(distill), backend);
         let (le, ge) = run(Backend::Engine);
         assert_eq!(le.nonfinite, None);
         // against the fused kernels and against the unfused candle composites
@@ -286,11 +272,8 @@ fn engine_and_autograd_sandwich_steps_agree() {
                 } else {
                     1e-12
                 };
-                let scale = ga[k].iter().fold(0f32, |m, v| m.max(v.abs())).max(floor);
-                let d = ge[k]
-                    .iter()
-                    .zip(&ga[k])
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                let (scale, d) = max_abs_and_diff(&ge[k], &ga[k]);
+                let scale = scale.max(floor);
                 assert!(
                     d / scale <= 1e-4,
                     "{name}: gradients differ by {} relative",

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{bert_supernet, text_batch, tiny_bert};
+use vitnas::data::text::TextBatch;
 use vitnas::engine::{self, Input as EngineInput, Weights};
 use vitnas::space::{Arch, Space};
 use vitnas::supernet::bert::Tokens;
@@ -172,6 +173,25 @@ fn the_hidden_state_gradient_through_the_engine_matches_finite_differences() {
     }
 }
 
+/// `b` as a step's batch, with label smoothing `label_smoothing`,
+/// distilled by `distill`, without the ranking term.
+fn step_batch<'a>(
+    b: &'a TextBatch,
+    label_smoothing: f64,
+    distill: &'a dyn vitnas::train::loss::Distill,
+) -> Batch<'a> {
+    Batch {
+        input: Input::Tokens(Tokens {
+            ids: &b.ids,
+            mask: &b.attention_mask,
+        }),
+        labels: &b.labels,
+        label_smoothing,
+        distill: Some(distill),
+        ranking: None,
+    }
+}
+
 /// One step of `plan` on the tiny space with `distill`, by the engine: its
 /// losses and summed gradients.
 fn engine_step(
@@ -182,16 +202,7 @@ fn engine_step(
     let (net, vm) = bert_supernet(space, 11);
     let params = Params::from_varmap(&vm);
     let b = text_batch(5, 11, 50, 3, 4);
-    let batch = Batch {
-        input: Input::Tokens(Tokens {
-            ids: &b.ids,
-            mask: &b.attention_mask,
-        }),
-        labels: &b.labels,
-        label_smoothing: 0.1,
-        distill: Some(distill),
-        ranking: None,
-    };
+    let batch = step_batch(&b, 0.1, distill);
     let cfg = net.engine_config().unwrap();
     let weights = Weights::from_tensors(&params.tensors()).unwrap();
     let mut grads = params.zero_grads();
@@ -293,16 +304,7 @@ fn hidden_distillation_on_candle_autograd_is_refused_by_name() {
         logits: Box::new(Kl),
         config: hidden_config(true),
     };
-    let batch = Batch {
-        input: Input::Tokens(Tokens {
-            ids: &b.ids,
-            mask: &b.attention_mask,
-        }),
-        labels: &b.labels,
-        label_smoothing: 0.0,
-        distill: Some(&with),
-        ranking: None,
-    };
+    let batch = step_batch(&b, 0.0, &with);
     let plan = Plan {
         archs: vec![space.largest(), student(&space)],
         teacher_first: true,

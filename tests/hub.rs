@@ -4,10 +4,12 @@
 mod common;
 
 use candle_core::Device;
+use candle_nn::VarMap;
 use common::{max_abs_diff, repo_path};
-use vitnas::hub::{load_vit_into, resolve};
+use vitnas::hub::{load_vit_into, resolve, LoadReport};
 use vitnas::space::{Arch, Space};
 use vitnas::train::{build_supernet, step::Params};
+use vitnas::Supernet;
 
 fn space(embed: usize, depth: usize, heads: usize) -> Space {
     // Each choice listed once (a space refuses repeats).
@@ -59,16 +61,18 @@ fn hf_arch() -> Arch {
     }
 }
 
+/// A seed-0 supernet over `s` with the pretrained ViT in `dir` (head size
+/// 16) loaded into it, its variables, and what the load did.
+fn pretrained(s: &Space, dir: &std::path::Path) -> (Supernet, VarMap, LoadReport) {
+    let (net, vm, _) = build_supernet(s, 0, Default::default()).unwrap();
+    let report = load_vit_into(&Params::from_varmap(&vm), dir, 16).unwrap();
+    (net, vm, report)
+}
+
 #[test]
 fn largest_subnet_of_a_matching_supernet_is_the_pretrained_model() {
     let s = space(48, 3, 3);
-    let (net, vm, _) = build_supernet(&s, 0, Default::default()).unwrap();
-    let report = load_vit_into(
-        &Params::from_varmap(&vm),
-        &repo_path("tests/fixtures/hf-tiny-vit"),
-        16,
-    )
-    .unwrap();
+    let (net, _vm, report) = pretrained(&s, &repo_path("tests/fixtures/hf-tiny-vit"));
     assert_eq!(
         (
             report.loaded.len(),
@@ -88,13 +92,7 @@ fn largest_subnet_of_a_matching_supernet_is_the_pretrained_model() {
 #[test]
 fn a_larger_supernet_holds_the_pretrained_model_in_its_leading_slices() {
     let s = space(64, 4, 4);
-    let (net, vm, _) = build_supernet(&s, 0, Default::default()).unwrap();
-    let report = load_vit_into(
-        &Params::from_varmap(&vm),
-        &repo_path("tests/fixtures/hf-tiny-vit"),
-        16,
-    )
-    .unwrap();
+    let (net, _vm, report) = pretrained(&s, &repo_path("tests/fixtures/hf-tiny-vit"));
     assert_eq!(
         report.initialised.len(),
         16,
@@ -129,8 +127,7 @@ fn hub_ids_resolve_through_the_offline_cache_layout() {
     let dir = resolve("vitnas/hf-tiny-vit").unwrap();
     assert_eq!(dir, snap);
     let s = space(48, 3, 3);
-    let (net, vm, _) = build_supernet(&s, 0, Default::default()).unwrap();
-    load_vit_into(&Params::from_varmap(&vm), &dir, 16).unwrap();
+    let (net, _vm, _) = pretrained(&s, &dir);
     let r = reference();
     assert!(
         max_abs_diff(

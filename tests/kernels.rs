@@ -6,12 +6,12 @@
 mod common;
 
 use candle_core::{Device, Tensor, Var};
-use common::{images, max_abs_diff, space, supernet, uniform};
+use common::{accumulate_once, images, max_abs_and_diff, max_abs_diff, space, supernet, uniform};
 use rand::{rngs::StdRng, SeedableRng};
 use vitnas::engine::ops::{self, composite};
 use vitnas::train::loss::Kl;
 use vitnas::train::sampler::{Sampler, Sandwich};
-use vitnas::train::step::{accumulate, Backend, Params};
+use vitnas::train::step::{Backend, Params};
 
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let scale = common::max_abs(b).max(1e-12);
@@ -141,33 +141,15 @@ fn fused_and_composite_supernets_agree_on_a_sandwich_step() {
     let x = images(&s, 8, 3);
     let y = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 6, 7], &Device::Cpu).unwrap();
     let plan = Sandwich { num_random: 2 }.plan(&s, 0, &mut StdRng::seed_from_u64(1));
-    let run = |backend| {
-        let mut g = params.zero_grads();
-        let l = accumulate(
-            &net,
-            &params,
-            &plan,
-            &x,
-            &y,
-            0.1,
-            Some(&Kl),
-            &mut g,
-            backend,
-        )
-        .unwrap();
-        (l, g)
-    };
+    let run = |backend| accumulate_once(&net, &params, &plan, &x, &y, Some(&Kl), backend);
     let (lf, gf) = run(Backend::Autograd);
     let (lr, gr) = run(Backend::Composite);
     for (a, b) in lf.losses.iter().zip(&lr.losses) {
         assert!((a - b).abs() <= 1e-5, "losses {a} vs {b}");
     }
     for (k, name) in params.names.iter().enumerate() {
-        let scale = gr[k].iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-8);
-        let d = gf[k]
-            .iter()
-            .zip(&gr[k])
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (scale, d) = max_abs_and_diff(&gf[k], &gr[k]);
+        let scale = scale.max(1e-8);
         // The key bias's true gradient is 0 (softmax shift invariance): both are rounding noise.
         if name.ends_with("key.bias") {
             assert!(d <= 1e-5, "{name}: {d}");

@@ -3,12 +3,10 @@
 mod common;
 
 use candle_core::Device;
-use common::{repo_path, space, supernet};
-use vitnas::data::batch::Normalize;
-use vitnas::data::{idx, Split};
+use common::{space, supernet, with_fmnist_evaluator};
 use vitnas::latency::{self, dataset, fit, Machine, Predictor, Protocol};
+use vitnas::search;
 use vitnas::search::config::SearchConfig;
-use vitnas::search::{self, Evaluator, ImageJudge};
 
 fn tmp(tag: &str) -> std::path::PathBuf {
     common::scratch(&format!("latency-{tag}"))
@@ -144,13 +142,6 @@ fn a_latency_constrained_search_predicts_and_times_no_candidate() {
     let dir = tmp("search");
     let (p, path) = predictor(&dir);
     let (net, _vm) = supernet(&s, 5);
-    let val = idx::load_split(&repo_path("data/fashion-mnist-sample"), Split::Test)
-        .unwrap()
-        .head(32);
-    let norm = Normalize {
-        mean: vec![0.286],
-        std: vec![0.353],
-    };
     let budget = 0.5 * (p.predict(&s, &s.smallest()) + p.predict(&s, &s.largest()));
     let mut cfg = SearchConfig {
         population: 6,
@@ -165,18 +156,10 @@ fn a_latency_constrained_search_predicts_and_times_no_candidate() {
     };
     cfg.constraints.latency_ms_max = Some(budget);
     cfg.constraints.latency_predictor = Some(path);
-    let judge = ImageJudge {
-        net: &net,
-        val: &val,
-        norm: &norm,
-        device: Device::Cpu,
-    };
-    let ev = Evaluator {
-        judge: &judge,
-        predictor: Some(&p),
-        collective: &vitnas::dist::Single,
-    };
-    let state = search::run(&s, cfg, &ev, &dir.join("out"), false, false).unwrap();
+    let state = with_fmnist_evaluator(&net, 32, Some(&p), |ev| {
+        search::run(&s, cfg, ev, &dir.join("out"), false, false)
+    })
+    .unwrap();
     assert!(!state.records.is_empty());
     for r in &state.records {
         assert_eq!(r.latency_ms, None, "no candidate is timed");

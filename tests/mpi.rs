@@ -10,7 +10,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{repo_path, small_quickstart};
+use common::{max_abs_diff, repo_path, small_quickstart};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -92,19 +92,6 @@ fn tensors(dir: &Path) -> HashMap<String, Tensor> {
     read_safetensors(&dir.join(CHECKPOINT_FILE), &Device::Cpu)
         .unwrap()
         .0
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn state_step(dir: &Path) -> Option<usize> {
@@ -222,7 +209,7 @@ fn two_mpi_ranks_train_what_one_process_trains_on_the_same_global_batch() {
     let (wa, wb) = (tensors(&one), tensors(&two));
     assert_eq!(wa.len(), wb.len());
     for (name, ta) in &wa {
-        let diff = max_diff(ta, &wb[name]);
+        let diff = max_abs_diff(ta, &wb[name]);
         assert!(diff < 5e-4, "{name}: max difference {diff}");
     }
     let _ = std::fs::remove_dir_all(d);
@@ -310,7 +297,7 @@ fn killing_one_rank_ends_the_job_within_seconds_and_the_last_checkpoint_resumes(
     assert_eq!(state_step(&run), Some(16));
     for (name, t) in &a {
         assert_eq!(
-            max_diff(t, &b[name]),
+            max_abs_diff(t, &b[name]),
             0.0,
             "{name}: resumed differs from uninterrupted"
         );

@@ -229,11 +229,8 @@ fn search_prints_every_bound_in_force_and_drops_the_recipes_on_request() {
     let dir = scratch("new-bounds");
     let mut r =
         vitnas::train::recipe::Recipe::from_file(repo_path("recipes/quickstart.toml")).unwrap();
-    r.space = repo_path("search_spaces/fmnist-tiny.toml");
-    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
+    common::on_fmnist_sample(&mut r, "fmnist-tiny", 64, 16);
     r.data.val_size = 32;
-    r.data.train_limit = Some(64);
-    r.train.batch_size = 16;
     r.train.epochs = 1;
     r.output_dir = dir.join("run");
     r.search.constraints.latency_ms_max = Some(1000.0);

@@ -273,10 +273,9 @@ fn non_uniform_mean_pooling_bert_runs_in_tract_as_in_the_engine_on_padded_batche
     check_text(&bert, &arch, "mean-pooling BERT");
 }
 
-/// A real (tiny) Hugging Face `BertForSequenceClassification` checkpoint.
-#[test]
-fn a_hugging_face_bert_checkpoint_runs_in_tract_as_in_the_engine() {
-    let bert = Bert::load_dir(&repo_path("tests/fixtures/hf-tiny-bert")).unwrap();
+/// [`check_text`] on the whole of a loaded model: every layer, head and
+/// FFN unit its config names.
+fn check_whole_text(bert: &Bert, what: &str) {
     let c = &bert.config;
     let arch = Arch::with_dims(
         c.hidden_size,
@@ -284,7 +283,14 @@ fn a_hugging_face_bert_checkpoint_runs_in_tract_as_in_the_engine() {
         c.num_heads.clone(),
         c.intermediate_sizes.clone(),
     );
-    check_text(&bert, &arch, "hf-tiny-bert");
+    check_text(bert, &arch, what);
+}
+
+/// A real (tiny) Hugging Face `BertForSequenceClassification` checkpoint.
+#[test]
+fn a_hugging_face_bert_checkpoint_runs_in_tract_as_in_the_engine() {
+    let bert = Bert::load_dir(&repo_path("tests/fixtures/hf-tiny-bert")).unwrap();
+    check_whole_text(&bert, "hf-tiny-bert");
 }
 
 /// all-MiniLM-L6-v2 (no classifier: mean-pooled features), from
@@ -298,14 +304,7 @@ fn all_minilm_l6_v2_features_run_in_tract_as_in_the_engine() {
     }
     let bert = Bert::load_dir(&dir).unwrap();
     assert!(bert.classifier.is_none());
-    let c = &bert.config;
-    let arch = Arch::with_dims(
-        c.hidden_size,
-        c.num_heads.len(),
-        c.num_heads.clone(),
-        c.intermediate_sizes.clone(),
-    );
-    check_text(&bert, &arch, "all-MiniLM-L6-v2");
+    check_whole_text(&bert, "all-MiniLM-L6-v2");
 }
 
 /// A model over protobuf's 2 GiB is refused, naming the limit, from its

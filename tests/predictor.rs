@@ -4,14 +4,11 @@
 
 mod common;
 
-use candle_core::Device;
-use common::{repo_path, space, supernet};
+use common::{repo_path, space, supernet, with_fmnist_evaluator};
 use rand::{rngs::StdRng, SeedableRng};
 use std::path::{Path, PathBuf};
-use vitnas::data::batch::Normalize;
-use vitnas::data::{idx, Split};
 use vitnas::search::config::{Screening, SearchConfig};
-use vitnas::search::{self, Evaluator, ImageJudge, Search};
+use vitnas::search::{self, Search};
 use vitnas::space::{flops, Arch, Space};
 use vitnas::train::predictor::{dataset, fit, AccuracyPredictor};
 use vitnas::train::recipe::{AttentivePick, AttentiveProxy, Recipe, SamplerConfig};
@@ -236,16 +233,8 @@ fn the_sampler_proxy_defaults_to_flops_and_a_recipe_without_it_is_unchanged() {
 
 fn config(screening: Option<Screening>) -> SearchConfig {
     SearchConfig {
-        population: 8,
-        generations: 4,
-        parents: 3,
-        mutations: 3,
-        crossovers: 3,
-        val_subset: 48,
-        eval_batch_size: 48,
-        seed: 11,
         screening,
-        ..SearchConfig::default()
+        ..common::small_search_config()
     }
 }
 
@@ -255,146 +244,130 @@ fn screened_search_scores_only_the_best_predicted_fraction_and_keeps_its_parents
     let dir = tmp("screened");
     let p = fitted(&synthetic_csv(&dir, &s, 60, "feed"), 0, 100);
     let (net, _vm) = supernet(&s, 5);
-    let val = idx::load_split(&repo_path("data/fashion-mnist-sample"), Split::Test)
-        .unwrap()
-        .head(48);
-    let norm = Normalize {
-        mean: vec![0.286],
-        std: vec![0.353],
-    };
-    let judge = ImageJudge {
-        net: &net,
-        val: &val,
-        norm: &norm,
-        device: Device::Cpu,
-    };
-    let ev = Evaluator {
-        judge: &judge,
-        predictor: None,
-        collective: &vitnas::dist::Single,
-    };
-    let screening = Screening {
-        predictor: dir.join("p.json"),
-        fraction: 0.5,
-    };
+    with_fmnist_evaluator(&net, 48, None, |ev| {
+        let screening = Screening {
+            predictor: dir.join("p.json"),
+            fraction: 0.5,
+        };
 
-    // Generation 0 draws the same 8 candidates with and without screening;
-    // screened, only the 4 with the best predictions are scored.
-    let mut plain = Search::new(&s, config(None)).unwrap();
-    plain.step(&ev).unwrap();
-    let mut all: Vec<(f64, Vec<usize>)> = plain
-        .state
-        .records
-        .iter()
-        .map(|r| (p.predict(&s, &r.arch), r.genes.clone()))
-        .collect();
-    assert_eq!(all.len(), 8);
-    all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    let mut screened = Search::new(&s, config(Some(screening.clone())))
-        .unwrap()
-        .with_accuracy_predictor(Some(&p));
-    screened.step(&ev).unwrap();
-    let mut got: Vec<Vec<usize>> = screened
-        .state
-        .records
-        .iter()
-        .map(|r| r.genes.clone())
-        .collect();
-    got.sort();
-    let mut want: Vec<Vec<usize>> = all[..4].iter().map(|(_, g)| g.clone()).collect();
-    want.sort();
-    assert_eq!(got, want);
-    assert_eq!(screened.state.screened_out, 4);
-
-    // Every later generation: the population (hence the next parents) is
-    // made of scored candidates only, the previous generation's parents
-    // among them, and a fraction of the new ones was left unscored.
-    for g in 1..4 {
-        let before_out = screened.state.screened_out;
-        let before = screened.state.records.len();
-        let mut ranked: Vec<&search::Record> = screened
+        // Generation 0 draws the same 8 candidates with and without screening;
+        // screened, only the 4 with the best predictions are scored.
+        let mut plain = Search::new(&s, config(None)).unwrap();
+        plain.step(ev).unwrap();
+        let mut all: Vec<(f64, Vec<usize>)> = plain
             .state
-            .population
+            .records
             .iter()
-            .map(|g| {
-                screened
-                    .state
-                    .records
-                    .iter()
-                    .find(|r| &r.genes == g)
-                    .unwrap()
-            })
+            .map(|r| (p.predict(&s, &r.arch), r.genes.clone()))
             .collect();
-        ranked.sort_by(|a, b| {
-            b.accuracy
-                .total_cmp(&a.accuracy)
-                .then_with(|| a.genes.cmp(&b.genes))
-        });
-        let parents: Vec<Vec<usize>> = ranked.iter().take(3).map(|r| r.genes.clone()).collect();
-        screened.step(&ev).unwrap();
-        let st = &screened.state;
-        assert!(
-            st.population
-                .iter()
-                .all(|g| st.records.iter().any(|r| &r.genes == g)),
-            "generation {g}: an unscored candidate in the population"
-        );
-        assert!(parents.iter().all(|p| st.population.contains(p)));
-        let new = st.records.len() - before;
-        let out = st.screened_out - before_out;
-        assert!(
-            new >= 1 && new == (0.5 * (new + out) as f64).ceil() as usize,
-            "{new} {out}"
-        );
-    }
-    assert!(screened
-        .state
-        .records
-        .iter()
-        .all(|r| r.predicted_accuracy == Some(p.predict(&s, &r.arch))));
-    let best = screened.best().unwrap();
-    assert!(screened.state.records.contains(best));
+        assert_eq!(all.len(), 8);
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut screened = Search::new(&s, config(Some(screening.clone())))
+            .unwrap()
+            .with_accuracy_predictor(Some(&p));
+        screened.step(ev).unwrap();
+        let mut got: Vec<Vec<usize>> = screened
+            .state
+            .records
+            .iter()
+            .map(|r| r.genes.clone())
+            .collect();
+        got.sort();
+        let mut want: Vec<Vec<usize>> = all[..4].iter().map(|(_, g)| g.clone()).collect();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(screened.state.screened_out, 4);
 
-    // Through `run_with`: a resumed screened search replays the
-    // uninterrupted one; a screening config without its predictor is refused.
-    let (a, c) = (dir.join("a"), dir.join("c"));
-    let full = search::run_with(
-        &s,
-        config(Some(screening.clone())),
-        &ev,
-        Some(&p),
-        &a,
-        false,
-        false,
-    )
-    .unwrap();
-    assert_eq!(full.records, screened.state.records);
-    let mut short = config(Some(screening.clone()));
-    short.generations = 2;
-    search::run_with(&s, short, &ev, Some(&p), &c, false, false).unwrap();
-    let resumed = search::run_with(
-        &s,
-        config(Some(screening.clone())),
-        &ev,
-        Some(&p),
-        &c,
-        true,
-        false,
-    )
-    .unwrap();
-    assert_eq!(resumed.records, full.records);
-    assert_eq!(resumed.population, full.population);
-    assert_eq!(resumed.screened_out, full.screened_out);
-    let e = search::run_with(
-        &s,
-        config(Some(screening)),
-        &ev,
-        None,
-        &dir.join("d"),
-        false,
-        false,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("search.screening"), "{e}");
+        // Every later generation: the population (hence the next parents) is
+        // made of scored candidates only, the previous generation's parents
+        // among them, and a fraction of the new ones was left unscored.
+        for g in 1..4 {
+            let before_out = screened.state.screened_out;
+            let before = screened.state.records.len();
+            let mut ranked: Vec<&search::Record> = screened
+                .state
+                .population
+                .iter()
+                .map(|g| {
+                    screened
+                        .state
+                        .records
+                        .iter()
+                        .find(|r| &r.genes == g)
+                        .unwrap()
+                })
+                .collect();
+            ranked.sort_by(|a, b| {
+                b.accuracy
+                    .total_cmp(&a.accuracy)
+                    .then_with(|| a.genes.cmp(&b.genes))
+            });
+            let parents: Vec<Vec<usize>> = ranked.iter().take(3).map(|r| r.genes.clone()).collect();
+            screened.step(ev).unwrap();
+            let st = &screened.state;
+            assert!(
+                st.population
+                    .iter()
+                    .all(|g| st.records.iter().any(|r| &r.genes == g)),
+                "generation {g}: an unscored candidate in the population"
+            );
+            assert!(parents.iter().all(|p| st.population.contains(p)));
+            let new = st.records.len() - before;
+            let out = st.screened_out - before_out;
+            assert!(
+                new >= 1 && new == (0.5 * (new + out) as f64).ceil() as usize,
+                "{new} {out}"
+            );
+        }
+        assert!(screened
+            .state
+            .records
+            .iter()
+            .all(|r| r.predicted_accuracy == Some(p.predict(&s, &r.arch))));
+        let best = screened.best().unwrap();
+        assert!(screened.state.records.contains(best));
+
+        // Through `run_with`: a resumed screened search replays the
+        // uninterrupted one; a screening config without its predictor is refused.
+        let (a, c) = (dir.join("a"), dir.join("c"));
+        let full = search::run_with(
+            &s,
+            config(Some(screening.clone())),
+            ev,
+            Some(&p),
+            &a,
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(full.records, screened.state.records);
+        let mut short = config(Some(screening.clone()));
+        short.generations = 2;
+        search::run_with(&s, short, ev, Some(&p), &c, false, false).unwrap();
+        let resumed = search::run_with(
+            &s,
+            config(Some(screening.clone())),
+            ev,
+            Some(&p),
+            &c,
+            true,
+            false,
+        )
+        .unwrap();
+        assert_eq!(resumed.records, full.records);
+        assert_eq!(resumed.population, full.population);
+        assert_eq!(resumed.screened_out, full.screened_out);
+        let e = search::run_with(
+            &s,
+            config(Some(screening)),
+            ev,
+            None,
+            &dir.join("d"),
+            false,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("search.screening"), "{e}");
+    })
 }

@@ -11,14 +11,13 @@ use candle_core::{Device, Tensor, Var};
 use common::{images, repo_path, small_quickstart, space, supernet, uniform};
 use rand::{rngs::StdRng, SeedableRng};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use vitnas::engine::{Config, Weights};
 use vitnas::space::{flops, Space};
 use vitnas::train::loss::{cross_entropy, Distill, Kl, Prior, Ranking, RankingConfig};
 use vitnas::train::recipe::{Recipe, SamplerConfig};
 use vitnas::train::sampler::{Plan, Sampler, Sandwich};
 use vitnas::train::step::{accumulate_groups, Batch, Input, Params, Path as StepPath, StepLosses};
-use vitnas::train::{self, RunOptions, CHECKPOINT_FILE, METRICS_FILE, SUPERNET_FILE};
+use vitnas::train::{self, CHECKPOINT_FILE, METRICS_FILE, SUPERNET_FILE};
 
 fn tmp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vitnas-ranking-{tag}-{}", std::process::id()));
@@ -27,20 +26,7 @@ fn tmp_dir(tag: &str) -> PathBuf {
 }
 
 fn train_run(r: &Recipe, resume: bool, max_steps: Option<usize>) -> vitnas::train::Summary {
-    let flag = AtomicBool::new(false);
-    let opts = RunOptions {
-        resume,
-        stop: &flag,
-        progress: false,
-        max_steps,
-        force: false,
-        collective: &vitnas::dist::Single,
-    };
-    if resume {
-        train::resume(&r.output_dir, &opts).unwrap()
-    } else {
-        train::train(r, &opts).unwrap()
-    }
+    common::train_in_process(r, resume, max_steps, false).unwrap()
 }
 
 /// The step lines of a run's metrics.jsonl.
@@ -499,17 +485,8 @@ fn ranking_values_are_checked_naming_the_field() {
     let m = Recipe::from_toml_str(&minimal, Path::new("m.toml")).unwrap();
     assert_eq!(m.ranking, Some(ranking(0.25, 0.0, Prior::Flops, 0.0)));
 
-    let refused = |from: &str, to: &str, field: &str| {
-        assert!(text.contains(from), "{from}");
-        let bad = text.replace(from, to);
-        let msg = Recipe::from_toml_str(&bad, Path::new("bad.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("bad.toml") && msg.contains(field),
-            "{to}: {msg}"
-        );
-    };
+    let refused =
+        |from: &str, to: &str, field: &str| common::assert_recipe_refused(&text, from, to, field);
     refused("weight = 0.5", "weight = -0.5", "ranking.weight");
     refused("weight = 0.5", "weight = nan", "ranking.weight");
     refused("weight = 0.5", "weight = inf", "ranking.weight");

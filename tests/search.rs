@@ -3,51 +3,20 @@
 
 mod common;
 
-use candle_core::Device;
-use common::{repo_path, space, supernet};
-use vitnas::data::batch::Normalize;
-use vitnas::data::{idx, Split};
+use common::{space, supernet, with_fmnist_evaluator};
 use vitnas::search::config::{Algorithm, SearchConfig, SETTINGS_SOURCE};
 use vitnas::search::pareto::{front, Measure};
-use vitnas::search::{self, Evaluator, ImageJudge, Record, STATE_FILE};
+use vitnas::search::{self, Evaluator, Record, STATE_FILE};
 use vitnas::space::{params, Space};
 
 fn config() -> SearchConfig {
-    SearchConfig {
-        population: 8,
-        generations: 4,
-        parents: 3,
-        mutations: 3,
-        crossovers: 3,
-        val_subset: 48,
-        eval_batch_size: 48,
-        seed: 11,
-        ..SearchConfig::default()
-    }
+    common::small_search_config()
 }
 
 fn with_evaluator<T>(f: impl FnOnce(&Space, &Evaluator) -> T) -> T {
     let s = space("fmnist-tiny");
     let (net, _vm) = supernet(&s, 5);
-    let val = idx::load_split(&repo_path("data/fashion-mnist-sample"), Split::Test)
-        .unwrap()
-        .head(48);
-    let norm = Normalize {
-        mean: vec![0.286],
-        std: vec![0.353],
-    };
-    let judge = ImageJudge {
-        net: &net,
-        val: &val,
-        norm: &norm,
-        device: Device::Cpu,
-    };
-    let ev = Evaluator {
-        judge: &judge,
-        predictor: None,
-        collective: &vitnas::dist::Single,
-    };
-    f(&s, &ev)
+    with_fmnist_evaluator(&net, 48, None, |ev| f(&s, ev))
 }
 
 fn tmp(tag: &str) -> std::path::PathBuf {

@@ -208,11 +208,7 @@ fn an_invalid_reference_file_names_the_field() {
 /// 256 training images of the bundled sample, batch 64, 1 epoch.
 fn tiny_recipe() -> Recipe {
     let mut r = Recipe::from_file(repo_path("recipes/fmnist-small-standalone.toml")).unwrap();
-    r.space = repo_path("search_spaces/fmnist-small.toml");
-    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
-    r.data.val_size = 64;
-    r.data.train_limit = Some(256);
-    r.train.batch_size = 64;
+    common::on_fmnist_sample(&mut r, "fmnist-small", 256, 64);
     r.train.epochs = 1;
     r.train.checkpoint_every = 2;
     r.optimizer.warmup_epochs = 0.0;

@@ -27,12 +27,8 @@ fn tmp_dir(tag: &str) -> PathBuf {
 /// 128 training images of the bundled sample, batch 32: 4 steps per epoch.
 fn tiny_recipe(out: &Path) -> Recipe {
     let mut r = Recipe::from_file(repo_path("recipes/quickstart.toml")).unwrap();
-    r.space = repo_path("search_spaces/fmnist-tiny.toml");
-    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
-    r.data.val_size = 64;
-    r.data.train_limit = Some(128);
+    common::on_fmnist_sample(&mut r, "fmnist-tiny", 128, 32);
     r.data.eval_batch_size = 500;
-    r.train.batch_size = 32;
     r.train.epochs = 1;
     r.train.checkpoint_every = 2;
     r.output_dir = out.to_path_buf();

@@ -25,40 +25,20 @@ fn tmp_dir(tag: &str) -> PathBuf {
     d
 }
 
-/// A tiny but real run: 256 training images of the bundled sample, batch 32
-/// (8 steps per epoch), 2 epochs, sandwich with one random subnet.
+/// A tiny but real run: `common::small_quickstart` (256 training images
+/// of the bundled sample, batch 32, 2 epochs, sandwich with one random
+/// subnet) with the quickstart recipe's own optimizer (clipping at 5).
 fn small_recipe(out: &Path) -> Recipe {
     let text = std::fs::read_to_string(repo_path("recipes/quickstart.toml")).unwrap();
-    let mut r = Recipe::from_toml_str(&text, Path::new("quickstart.toml")).unwrap();
-    r.space = repo_path("search_spaces/fmnist-tiny.toml");
-    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
-    r.data.val_size = 64;
-    r.data.train_limit = Some(256);
-    r.data.augment.crop_padding = 2;
-    r.data.augment.hflip = true;
-    r.train.batch_size = 32;
-    r.sampler = vitnas::train::recipe::SamplerConfig::Sandwich { num_random: 1 };
-    r.train.epochs = 2;
-    r.train.checkpoint_every = 3;
-    r.output_dir = out.to_path_buf();
-    r
+    let quickstart = Recipe::from_toml_str(&text, Path::new("quickstart.toml")).unwrap();
+    Recipe {
+        optimizer: quickstart.optimizer,
+        ..common::small_quickstart(out)
+    }
 }
 
 fn run(r: &Recipe, resume: bool, max_steps: Option<usize>, stop: bool) -> vitnas::Result<Summary> {
-    let flag = AtomicBool::new(stop);
-    let opts = RunOptions {
-        resume,
-        stop: &flag,
-        progress: false,
-        max_steps,
-        force: false,
-        collective: &vitnas::dist::Single,
-    };
-    if resume {
-        train::resume(&r.output_dir, &opts)
-    } else {
-        train::train(r, &opts)
-    }
+    common::train_in_process(r, resume, max_steps, stop)
 }
 
 fn weights(dir: &Path) -> HashMap<String, Tensor> {
@@ -406,17 +386,8 @@ fn nasvit_recipe_values_are_checked_naming_the_field() {
         !resolved.contains("[gradient]") && !resolved.contains("[scaling]"),
         "{resolved}"
     );
-    let refused = |from: &str, to: &str, field: &str| {
-        assert!(text.contains(from), "{from}");
-        let bad = text.replace(from, to);
-        let msg = Recipe::from_toml_str(&bad, Path::new("bad.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("bad.toml") && msg.contains(field),
-            "{to}: {msg}"
-        );
-    };
+    let refused =
+        |from: &str, to: &str, field: &str| common::assert_recipe_refused(&text, from, to, field);
     refused("init = 1e-4", "init = -0.5", "scaling.init");
     refused("init = 1e-4", "init = 1e-4\nswich = \"none\"", "swich");
     refused("switch = \"depth\"", "switch = \"width\"", "width");

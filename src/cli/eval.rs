@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use vitnas::models::export_bert;
 use vitnas::space::{flops, params};
-use vitnas::train::eval::{evaluate_with, Confusion};
+use vitnas::train::eval::{evaluate_with, Confusion, EvalResult};
 use vitnas::train::text::{evaluate_text_with, TextRun};
 use vitnas::train::{self, TrainedRun};
 
@@ -118,15 +118,24 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         |y, logits| confusion.add_batch(y, logits),
     )?;
     eprint!("{}", confusion.table());
-    println!(
-        "{}",
-        serde_json::json!({
-            "split": split, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
-            "classes": confusion.report(),
-            "arch": arch, "params": params(space, &arch), "flops_macs": flops(space, &arch),
-        })
-    );
+    println!("{}", subnet_line(split, &r, &confusion, space, &arch));
     Ok(())
+}
+
+/// The JSON line of a supernet subnet's evaluation: the split, its scores
+/// and per-class report, the architecture and its size.
+fn subnet_line(
+    split: &str,
+    r: &EvalResult,
+    confusion: &Confusion,
+    space: &vitnas::Space,
+    arch: &vitnas::Arch,
+) -> serde_json::Value {
+    serde_json::json!({
+        "split": split, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
+        "classes": confusion.report(),
+        "arch": arch, "params": params(space, arch), "flops_macs": flops(space, arch),
+    })
 }
 
 fn eval_model(
@@ -277,16 +286,11 @@ fn eval_text_supernet(path: &std::path::Path, a: &EvalArgs) -> anyhow::Result<()
         }
         false => None,
     };
-    println!(
-        "{}",
-        serde_json::json!({
-            "split": split, "examples": r.examples, "accuracy": r.accuracy, "loss": r.loss,
-            "classes": confusion.report(),
-            "arch": arch, "params": params(space, &arch), "flops_macs": flops(space, &arch),
-            "flops_at_tokens": space.seq_len(), "latency_ms_batch1": latency,
-            "threads": rayon::current_num_threads(),
-        })
-    );
+    let mut line = subnet_line(split, &r, &confusion, space, &arch);
+    line["flops_at_tokens"] = serde_json::json!(space.seq_len());
+    line["latency_ms_batch1"] = serde_json::json!(latency);
+    line["threads"] = serde_json::json!(rayon::current_num_threads());
+    println!("{line}");
     Ok(())
 }
 

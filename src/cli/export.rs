@@ -81,20 +81,8 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
             0 => None,
             n => Some(onnx::vit_check_batch(&model, n, 0)?),
         };
-        write_onnx(
-            &out,
-            &bytes,
-            check,
-            space,
-            &arch,
-            &run.recipe.to_toml_string(),
-        )?;
-        println!(
-            "exported {} (model.onnx, opset {}, {:.1} MB)",
-            a.out.display(),
-            onnx::OPSET,
-            bytes.len() as f64 / 1e6
-        );
+        write_onnx(&out, &bytes, check, space, &arch, &run.recipe)?;
+        say_onnx_exported(&a.out, bytes.len(), "");
         return Ok(());
     }
     if a.hf_pad {
@@ -156,22 +144,10 @@ fn export_text(a: &ExportArgs, out: &std::path::Path) -> anyhow::Result<()> {
             0 => None,
             n => Some(onnx::bert_check_batch(&model, n, text.pad_token_id, 0)?),
         };
-        write_onnx(
-            out,
-            &bytes,
-            check,
-            space,
-            &arch,
-            &run.recipe.to_toml_string(),
-        )?;
+        write_onnx(out, &bytes, check, space, &arch, &run.recipe)?;
         let tok = std::fs::read(&tok_file).map_err(|e| vitnas::Error::io(&tok_file, e))?;
         vitnas::train::rundir::write_atomic(&out.join(vitnas::train::text::TOKENIZER_FILE), &tok)?;
-        println!(
-            "exported {} (model.onnx, opset {}, {:.1} MB; tokenizer.json beside it)",
-            a.out.display(),
-            onnx::OPSET,
-            bytes.len() as f64 / 1e6
-        );
+        say_onnx_exported(&a.out, bytes.len(), "; tokenizer.json beside it");
         return Ok(());
     }
     if a.hf_pad && export_bert::hf_obstacle(&model.config).is_some() {
@@ -202,6 +178,17 @@ fn export_text(a: &ExportArgs, out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says where an ONNX export went (`out`), its opset and size (`bytes`),
+/// and `beside`: what was written with it.
+fn say_onnx_exported(out: &std::path::Path, bytes: usize, beside: &str) {
+    println!(
+        "exported {} (model.onnx, opset {}, {:.1} MB{beside})",
+        out.display(),
+        onnx::OPSET,
+        bytes as f64 / 1e6
+    );
+}
+
 /// An ONNX export directory: model.onnx, arch.json (the architecture, its
 /// space, params and FLOPs), the run's recipe and, when asked, check.json.
 fn write_onnx(
@@ -210,7 +197,7 @@ fn write_onnx(
     check: Option<serde_json::Value>,
     space: &vitnas::Space,
     arch: &vitnas::Arch,
-    recipe: &str,
+    recipe: &vitnas::train::recipe::Recipe,
 ) -> anyhow::Result<()> {
     use vitnas::train::rundir::write_atomic;
     std::fs::create_dir_all(out).map_err(|e| vitnas::Error::io(out, e))?;
@@ -223,7 +210,10 @@ fn write_onnx(
         &out.join("arch.json"),
         serde_json::to_string_pretty(&arch_json)?.as_bytes(),
     )?;
-    write_atomic(&out.join(vitnas::train::RECIPE_FILE), recipe.as_bytes())?;
+    write_atomic(
+        &out.join(vitnas::train::RECIPE_FILE),
+        recipe.to_toml_string().as_bytes(),
+    )?;
     if let Some(c) = check {
         write_atomic(
             &out.join("check.json"),

@@ -147,16 +147,7 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             // One measurement at a time into a file: two would interleave rows.
             let _lock = rundir::RunLock::acquire_file(&out)?;
             let stop = super::stop_flag()?;
-            let mut space = Space::from_file(&a.space)?;
-            space.require_classes(&a.space.display().to_string())?;
-            if let Some(l) = a.seq_len {
-                let t = space
-                    .text
-                    .as_mut()
-                    .context("--seq-len applies to text spaces only")?;
-                t.seq_len = l;
-                space.validate(&format!("{} with --seq-len {l}", a.space.display()))?;
-            }
+            let space = load_space(&a.space, a.seq_len)?;
             let opts = dataset::MeasureOptions {
                 n: a.n,
                 batch: a.batch,
@@ -168,16 +159,7 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
                     trim: Protocol::default().trim,
                 },
             };
-            let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-                let b = indicatif::ProgressBar::new(a.n as u64);
-                b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:30} {pos}/{len} architectures  ETA {eta}",
-                    )
-                    .expect("template"),
-                );
-                b
-            });
+            let bar = architectures_bar(a.n);
             let started = std::time::Instant::now();
             // Without a terminal: a line every 10 % with elapsed time and ETA.
             let mut first: Option<usize> = None;
@@ -336,16 +318,7 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
             );
         }
         LatencyCmd::ExportArchs(a) => {
-            let mut space = Space::from_file(&a.space)?;
-            space.require_classes(&a.space.display().to_string())?;
-            if let Some(l) = a.seq_len {
-                let t = space
-                    .text
-                    .as_mut()
-                    .context("--seq-len applies to text spaces only")?;
-                t.seq_len = l;
-                space.validate(&format!("{} with --seq-len {l}", a.space.display()))?;
-            }
+            let space = load_space(&a.space, a.seq_len)?;
             let opts = export_archs::ExportOptions {
                 n: a.n,
                 batch: a.batch,
@@ -390,4 +363,35 @@ pub fn run(cmd: LatencyCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `path`'s space, checked to have every class count it needs, with a text
+/// space's sequence length replaced by `seq_len` (`--seq-len`) where given.
+fn load_space(path: &std::path::Path, seq_len: Option<usize>) -> anyhow::Result<Space> {
+    let mut space = Space::from_file(path)?;
+    space.require_classes(&path.display().to_string())?;
+    if let Some(l) = seq_len {
+        let t = space
+            .text
+            .as_mut()
+            .context("--seq-len applies to text spaces only")?;
+        t.seq_len = l;
+        space.validate(&format!("{} with --seq-len {l}", path.display()))?;
+    }
+    Ok(space)
+}
+
+/// A progress bar over `n` architectures on a terminal's stderr; none
+/// without a terminal (the caller then logs a line now and then).
+pub(super) fn architectures_bar(n: usize) -> Option<indicatif::ProgressBar> {
+    std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let b = indicatif::ProgressBar::new(n as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} architectures  ETA {eta}",
+            )
+            .expect("template"),
+        );
+        b
+    })
 }

@@ -174,16 +174,7 @@ fn collect(run: &Path, csv: &Path, a: &FitArgs) -> anyhow::Result<()> {
     let batch = search_cfg.eval_batch_size;
     let header = dataset::Header::new(space, &supernet_hash, a.seed, a.n, images);
     let stop = super::stop_flag()?;
-    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-        let b = indicatif::ProgressBar::new(a.n as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} architectures  ETA {eta}",
-            )
-            .expect("template"),
-        );
-        b
-    });
+    let bar = super::latency::architectures_bar(a.n);
     let started = std::time::Instant::now();
     let (scored, interrupted) = dataset::collect(
         space,

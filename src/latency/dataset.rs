@@ -218,10 +218,23 @@ pub fn measure_until(
 }
 
 fn row(space: &Space, i: usize, a: &Arch, t: &Timing) -> Result<String> {
-    let join = |v: Vec<String>| v.join(" ");
     Ok(format!(
-        "{i},{},{},{},{},{},{},{},{:.6},{:.6},{:.6}\n",
-        join(a.to_genes(space)?.iter().map(|g| g.to_string()).collect()),
+        "{},{:.6},{:.6},{:.6}\n",
+        csv_prefix(space, i, &a.to_genes(space)?, a),
+        t.mean_ms,
+        t.std_ms,
+        t.median_ms
+    ))
+}
+
+/// A row's columns before the timings: index, genes, the architecture's
+/// dims, parameters and MACs (also the prefix of each row that
+/// `latency export-archs` plans, for the CSV its timer writes).
+pub(super) fn csv_prefix(space: &Space, i: usize, genes: &[usize], a: &Arch) -> String {
+    let join = |v: Vec<String>| v.join(" ");
+    format!(
+        "{i},{},{},{},{},{},{},{}",
+        join(genes.iter().map(|g| g.to_string()).collect()),
         a.embed_dim,
         a.depth,
         join(a.num_heads.iter().map(|h| h.to_string()).collect()),
@@ -231,10 +244,7 @@ fn row(space: &Space, i: usize, a: &Arch, t: &Timing) -> Result<String> {
         },
         params(space, a),
         flops(space, a),
-        t.mean_ms,
-        t.std_ms,
-        t.median_ms
-    ))
+    )
 }
 
 /// Checks the whole lines `whole` of the existing file `path` against

@@ -36,7 +36,7 @@ use super::dataset;
 use super::{space_hash, Protocol};
 use crate::error::{Error, Result};
 use crate::models::onnx::{bert_to_onnx, vit_to_onnx, WORD_EMBEDDINGS};
-use crate::space::{flops, params, Arch, Space};
+use crate::space::{Arch, Space};
 use onnx_protobuf::{tensor_proto::DataLocation, Message, ModelProto, StringStringEntryProto};
 use serde::{Deserialize, Serialize};
 use std::collections::{btree_map, BTreeMap};
@@ -168,7 +168,7 @@ pub fn export_archs(space: &Space, opts: &ExportOptions, out: &Path) -> Result<M
         entries.push(Entry {
             index: i,
             file,
-            csv_prefix: csv_prefix(space, i, &genes, &arch),
+            csv_prefix: dataset::csv_prefix(space, i, &genes, &arch),
             genes,
             arch,
         });
@@ -270,20 +270,3 @@ fn external_word_embeddings(
 /// The dataset's column line (see [`dataset`]).
 const COLUMNS: &str =
     "index,genes,embed_dim,depth,num_heads,mlp_ratio,params,macs,mean_ms,std_ms,median_ms";
-
-fn csv_prefix(space: &Space, i: usize, genes: &[usize], a: &Arch) -> String {
-    let join = |v: Vec<String>| v.join(" ");
-    format!(
-        "{i},{},{},{},{},{},{},{}",
-        join(genes.iter().map(|g| g.to_string()).collect()),
-        a.embed_dim,
-        a.depth,
-        join(a.num_heads.iter().map(|h| h.to_string()).collect()),
-        match space.mlp_is_dim() {
-            true => join(a.mlp_dim.iter().map(|m| m.to_string()).collect()),
-            false => join(a.mlp_ratio.iter().map(|r| r.to_string()).collect()),
-        },
-        params(space, a),
-        flops(space, a),
-    )
-}

@@ -604,6 +604,15 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
     let (val, norm) = run.validation()?;
     let test = train::load_test(&run.recipe, space)?;
     let bs = run.recipe.data.eval_batch_size;
+    // Inherited and standalone subnets are scored alike: accuracy on the
+    // validation split, then on the test split.
+    let val_test = |model: &crate::engine::Model| -> Result<(f64, f64)> {
+        let fwd = |x: &candle_core::Tensor| model.logits(x);
+        Ok((
+            accuracy(&val, &norm, bs, fwd)?,
+            accuracy(&test, &norm, bs, fwd)?,
+        ))
+    };
     let save = |report: &mut Report| if root { report.save(out) } else { Ok(()) };
     // Inherited accuracies of the architectures left (validation, test).
     let left: Vec<usize> = (0..report.entries.len())
@@ -618,9 +627,7 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         let i = left[j];
         let arch = report.entries[i].arch.clone();
         let model = crate::engine::Model::from_vit(&run.net.extract(&arch)?)?;
-        let fwd = |x: &candle_core::Tensor| model.logits(x);
-        let v = accuracy(&val, &norm, bs, fwd)?;
-        let t = accuracy(&test, &norm, bs, fwd)?;
+        let (v, t) = val_test(&model)?;
         say(
             opts,
             format!(
@@ -675,9 +682,7 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         let dir = &e.standalone_dir;
         let (model, _) = load_dir(dir)?;
         let model = crate::engine::Model::from_vit(&model)?;
-        let fwd = |x: &candle_core::Tensor| model.logits(x);
-        let v = accuracy(&val, &norm, bs, fwd)?;
-        let t = accuracy(&test, &norm, bs, fwd)?;
+        let (v, t) = val_test(&model)?;
         say(
             opts,
             format!(

@@ -139,16 +139,7 @@ impl TrainTask for ImageTask<'_> {
     ) -> Result<()> {
         let test = match load_test(self.recipe, self.space) {
             Ok(t) => t,
-            Err(e) => {
-                let note = format!("no test results: the test split could not be used: {e}");
-                tracing::warn!("{note}");
-                if opts.progress {
-                    eprintln!("{note}");
-                }
-                metrics.line(json!({"step": summary.steps, "final_test_error": note}))?;
-                summary.test_error = Some(note);
-                return Ok(());
-            }
+            Err(e) => return metrics.no_test_results(e, summary, opts),
         };
         let mut line = json!({"step": summary.steps});
         for (which, arch) in self.trainee.reported(self.space) {

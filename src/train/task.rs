@@ -36,6 +36,25 @@ impl Metrics {
         Self(path)
     }
 
+    /// Records that the test split could not be used (`e`): a warning (on
+    /// stderr too with progress on), a metrics line and the summary's
+    /// `test_error`, so that the run still finishes and stays resumable.
+    pub(super) fn no_test_results(
+        &self,
+        e: impl std::fmt::Display,
+        summary: &mut Summary,
+        opts: &RunOptions,
+    ) -> Result<()> {
+        let note = format!("no test results: the test split could not be used: {e}");
+        tracing::warn!("{note}");
+        if opts.progress {
+            eprintln!("{note}");
+        }
+        self.line(serde_json::json!({"step": summary.steps, "final_test_error": note}))?;
+        summary.test_error = Some(note);
+        Ok(())
+    }
+
     /// Appends `v` as one line.
     pub(super) fn line(&self, v: serde_json::Value) -> Result<()> {
         let Some(path) = &self.0 else {

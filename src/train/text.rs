@@ -534,16 +534,7 @@ impl TrainTask for TextTask<'_> {
         let recipe = self.recipe;
         let test = match load_test(recipe, &self.data.label_names, &self.data.tokenizer) {
             Ok(t) => t,
-            Err(e) => {
-                let note = format!("no test results: the test split could not be used: {e}");
-                tracing::warn!("{note}");
-                if opts.progress {
-                    eprintln!("{note}");
-                }
-                metrics.line(json!({"step": summary.steps, "final_test_error": note}))?;
-                summary.test_error = Some(note);
-                return Ok(());
-            }
+            Err(e) => return metrics.no_test_results(e, summary, opts),
         };
         let mut line = json!({"step": summary.steps, "test": true});
         let (w, cfg) = engine_of(flat)?;

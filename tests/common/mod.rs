@@ -78,6 +78,22 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).unwrap())
 }
 
+/// Points `r` at the bundled Fashion-MNIST sample and the space
+/// `search_spaces/{space}.toml`: 64 validation images, the first
+/// `train_limit` training images, batches of `batch_size`.
+pub fn on_fmnist_sample(
+    r: &mut vitnas::train::recipe::Recipe,
+    space: &str,
+    train_limit: usize,
+    batch_size: usize,
+) {
+    r.space = repo_path(&format!("search_spaces/{space}.toml"));
+    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
+    r.data.val_size = 64;
+    r.data.train_limit = Some(train_limit);
+    r.train.batch_size = batch_size;
+}
+
 /// Quickstart, small: 256 training images, batch 32 (8 steps an epoch),
 /// 64 validation images, crop and flip augmentation, sandwich with one
 /// random subnet, gradient clipping at 1, a checkpoint every 3 steps;
@@ -86,13 +102,9 @@ pub fn small_quickstart(out: &std::path::Path) -> vitnas::train::recipe::Recipe 
     use vitnas::train::recipe::{Recipe, SamplerConfig};
     let text = std::fs::read_to_string(repo_path("recipes/quickstart.toml")).unwrap();
     let mut r = Recipe::from_toml_str(&text, std::path::Path::new("quickstart.toml")).unwrap();
-    r.space = repo_path("search_spaces/fmnist-tiny.toml");
-    r.data.path = Some(repo_path("data/fashion-mnist-sample"));
-    r.data.val_size = 64;
-    r.data.train_limit = Some(256);
+    on_fmnist_sample(&mut r, "fmnist-tiny", 256, 32);
     r.data.augment.crop_padding = 2;
     r.data.augment.hflip = true;
-    r.train.batch_size = 32;
     r.sampler = SamplerConfig::Sandwich { num_random: 1 };
     r.train.epochs = 2;
     r.train.checkpoint_every = 3;
@@ -108,6 +120,124 @@ pub fn scratch(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+// ---------------------------------------------------------------- search
+
+/// The small search the search tests share: 8 candidates a generation for
+/// 4 generations (3 parents, 3 mutations, 3 crossovers), each judged on 48
+/// validation images, seed 11.
+pub fn small_search_config() -> vitnas::search::config::SearchConfig {
+    vitnas::search::config::SearchConfig {
+        population: 8,
+        generations: 4,
+        parents: 3,
+        mutations: 3,
+        crossovers: 3,
+        val_subset: 48,
+        eval_batch_size: 48,
+        seed: 11,
+        ..Default::default()
+    }
+}
+
+/// Runs `f` with an evaluator that judges `net`'s candidates, on the CPU,
+/// by accuracy on the first `n` test images of the bundled Fashion-MNIST
+/// sample, bounding latency by `predictor` where one is given.
+pub fn with_fmnist_evaluator<T>(
+    net: &Supernet,
+    n: usize,
+    predictor: Option<&vitnas::latency::Predictor>,
+    f: impl FnOnce(&vitnas::search::Evaluator) -> T,
+) -> T {
+    use vitnas::data::{batch::Normalize, idx, Split};
+    let val = idx::load_split(&repo_path("data/fashion-mnist-sample"), Split::Test)
+        .unwrap()
+        .head(n);
+    let norm = Normalize {
+        mean: vec![0.286],
+        std: vec![0.353],
+    };
+    let judge = vitnas::search::ImageJudge {
+        net,
+        val: &val,
+        norm: &norm,
+        device: Device::Cpu,
+    };
+    f(&vitnas::search::Evaluator {
+        judge: &judge,
+        predictor,
+        collective: &vitnas::dist::Single,
+    })
+}
+
+// ------------------------------------------------------------- training
+
+/// One accumulation of `plan`'s subnets (label smoothing 0.1) on `backend`
+/// into zeroed gradients: the step's losses and the gradients.
+pub fn accumulate_once(
+    net: &dyn vitnas::train::step::Forward,
+    params: &vitnas::train::step::Params,
+    plan: &vitnas::train::sampler::Plan,
+    x: &Tensor,
+    y: &Tensor,
+    distill: Option<&dyn vitnas::train::loss::Distill>,
+    backend: vitnas::train::step::Backend,
+) -> (vitnas::train::step::StepLosses, Vec<Vec<f32>>) {
+    let mut g = params.zero_grads();
+    let l = vitnas::train::step::accumulate(net, params, plan, x, y, 0.1, distill, &mut g, backend)
+        .unwrap();
+    (l, g)
+}
+
+/// The largest absolute value of `reference`, and the largest absolute
+/// difference of `got` from it.
+pub fn max_abs_and_diff(got: &[f32], reference: &[f32]) -> (f32, f32) {
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = got
+        .iter()
+        .zip(reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    (scale, d)
+}
+
+/// Trains `r` in this process (with `resume`: resumes the run in its
+/// output directory), without progress output, for at most `max_steps`
+/// where given; `stop` set asks it to stop at once, as Ctrl-C would.
+pub fn train_in_process(
+    r: &vitnas::train::recipe::Recipe,
+    resume: bool,
+    max_steps: Option<usize>,
+    stop: bool,
+) -> vitnas::Result<vitnas::train::Summary> {
+    let flag = std::sync::atomic::AtomicBool::new(stop);
+    let opts = vitnas::train::RunOptions {
+        resume,
+        stop: &flag,
+        progress: false,
+        max_steps,
+        force: false,
+        collective: &vitnas::dist::Single,
+    };
+    if resume {
+        vitnas::train::resume(&r.output_dir, &opts)
+    } else {
+        vitnas::train::train(r, &opts)
+    }
+}
+
+/// Asserts that the recipe `text` with `from` replaced by `to`, read as
+/// bad.toml, is refused by an error that names the file and `field`.
+pub fn assert_recipe_refused(text: &str, from: &str, to: &str, field: &str) {
+    assert!(text.contains(from), "{from}");
+    let bad = text.replace(from, to);
+    let msg = vitnas::train::recipe::Recipe::from_toml_str(&bad, std::path::Path::new("bad.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("bad.toml") && msg.contains(field),
+        "{to}: {msg}"
+    );
 }
 
 // ------------------------------------------------------------ the binary
