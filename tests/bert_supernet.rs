@@ -191,6 +191,7 @@ fn the_engine_step_on_a_text_supernet_equals_the_autograd_step() {
             label_smoothing: 0.1,
             distill: Some(&Kl),
             ranking: None,
+            teacher: None,
         };
         let cfg = net
             .engine_config()

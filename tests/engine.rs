@@ -343,6 +343,7 @@ fn engine_and_autograd_nasvit_steps_agree_with_scaling_layers() {
         label_smoothing: 0.1,
         distill: Some(&alpha),
         ranking: None,
+        teacher: None,
     };
     let w = Weights::from_tensors(&params.tensors()).unwrap();
     let cfg = Config::from_supernet(&net);
@@ -422,6 +423,7 @@ fn nasvit_changes_only_the_conflicting_tensors_of_a_real_step() {
         label_smoothing: 0.1,
         distill: Some(&Kl),
         ranking: None,
+        teacher: None,
     };
     let w = Weights::from_tensors(&params.tensors()).unwrap();
     let cfg = Config::from_supernet(&net);

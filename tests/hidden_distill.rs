@@ -25,19 +25,7 @@ fn hidden_config(embeddings: bool) -> HiddenDistillConfig {
     }
 }
 
-/// A depth-2 student 16 wide, heads 3 and 2, FFN 40 and 64 (of the tiny
-/// space's 3 layers, 32 wide, 4 heads, FFN 64).
-fn student(space: &Space) -> Arch {
-    let a = Arch {
-        embed_dim: 16,
-        depth: 2,
-        num_heads: vec![3, 2],
-        mlp_ratio: Vec::new(),
-        mlp_dim: vec![40, 64],
-    };
-    a.validate(space).unwrap();
-    a
-}
+use common::tiny_bert_student as student;
 
 #[test]
 fn the_uniform_map_meets_last_with_last_and_spreads_the_rest() {
@@ -189,6 +177,7 @@ fn step_batch<'a>(
         label_smoothing,
         distill: Some(distill),
         ranking: None,
+        teacher: None,
     }
 }
 
@@ -275,6 +264,7 @@ fn without_hidden_distill_the_step_is_bit_identical_to_logits_distillation() {
         label_smoothing: 0.1,
         distill: DistillConfig::Kl,
         hidden_distill: None,
+        teacher: None,
     };
     let from_recipe = from_loss_config(&cfg).unwrap();
     assert!(from_recipe.hidden().is_none());

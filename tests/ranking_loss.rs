@@ -247,6 +247,7 @@ fn the_engine_step_with_the_ranking_loss_equals_autograd_of_the_whole_objective(
         label_smoothing: eps,
         distill: Some(&Kl),
         ranking,
+        teacher: None,
     };
     let w = Weights::from_tensors(&params.tensors()).unwrap();
     let cfg = Config::from_supernet(&net);
@@ -328,6 +329,7 @@ fn a_step_at_zero_weight_has_exactly_the_gradients_of_a_step_without_the_term() 
         label_smoothing: 0.1,
         distill: Some(&Kl),
         ranking,
+        teacher: None,
     };
     let w = Weights::from_tensors(&params.tensors()).unwrap();
     let cfg = Config::from_supernet(&net);

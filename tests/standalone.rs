@@ -203,6 +203,26 @@ fn finetune_starts_from_the_exported_weights() {
 }
 
 #[test]
+fn inherited_init_is_the_trained_supernets_slice() {
+    let s = space("fmnist-tiny");
+    let arch = some_arch(17);
+    let flag = AtomicBool::new(false);
+    let run = tmp_dir("inherit-run");
+    train::train(&tiny_recipe(&run), &opts(&flag, false, Some(2))).unwrap();
+    let (model, _, _) = standalone::build(&s, &arch, 0, &Init::Inherited(run.clone())).unwrap();
+    let trained = train::TrainedRun::load(&run).unwrap();
+    let x = common::images(&s, 2, 3);
+    let a = model.forward(&x).unwrap();
+    let b = trained.net.forward(&x, &arch, false).unwrap();
+    assert!(common::max_abs_diff(&a, &b) < 1e-5);
+    // Not the seeded initialisation: the two steps moved it.
+    let (fresh, _, _) =
+        standalone::build(&s, &arch, 0, &Init::Scratch(trained.recipe.init)).unwrap();
+    assert!(common::max_abs_diff(&fresh.forward(&x).unwrap(), &a) > 1e-6);
+    let _ = std::fs::remove_dir_all(&run);
+}
+
+#[test]
 fn stratified_sample_covers_the_flops_range_deterministically() {
     let s = space("fmnist-tiny");
     let a = rank::stratified(&s, 16, 0);

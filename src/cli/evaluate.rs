@@ -11,7 +11,9 @@ use vitnas::train::recipe::Recipe;
 #[derive(Debug, Subcommand)]
 pub enum EvaluateCmd {
     /// Rank correlation between inherited and standalone accuracy over K
-    /// architectures stratified by FLOPs (resumable: reruns skip what is done).
+    /// architectures stratified by FLOPs, for image or text supernets (a
+    /// text subnet trained alone starts from the recipe's pretrained
+    /// `init_from`: fine-tuned alone) (resumable: reruns skip what is done).
     Rank(RankArgs),
     /// Build (or continue) a search-quality reference set: architectures
     /// stratified by FLOPs and at equal-cost budgets, trained alone to

@@ -8,7 +8,9 @@ use vitnas::train::{self, recipe::Recipe, standalone, RECIPE_FILE};
 
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
-    /// An exported model directory (`vitnas export`, or a standalone run).
+    /// An exported model directory (`vitnas export`, or a standalone run),
+    /// image or text (a text model keeps its tokenizer, and its labels
+    /// must be the data's).
     #[arg(long, required_unless_present = "resume")]
     model: Option<PathBuf>,
     /// Data, optimizer and schedule [default: the recipe.toml the export

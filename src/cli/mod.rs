@@ -46,9 +46,11 @@ pub enum Command {
     Arch(arch::ArchCmd),
     /// Train a supernet from a recipe (recipes/*.toml), or resume a run.
     Train(train::TrainArgs),
-    /// Train one architecture from scratch as a plain static model.
+    /// Train one architecture alone as a plain static model (ViT or BERT),
+    /// from scratch or from a trained supernet's weights (--inherit).
     Retrain(retrain::RetrainArgs),
-    /// Continue training an exported subnet from its inherited weights.
+    /// Continue training an exported subnet (ViT or BERT) from its
+    /// inherited weights.
     Finetune(finetune::FinetuneArgs),
     /// Accuracy, loss, macro-F1, per-class scores and confusion counts of a
     /// subnet of a trained supernet or of an exported model (ViT on

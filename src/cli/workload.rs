@@ -34,7 +34,7 @@ use vitnas::data::Dataset;
 use vitnas::engine::{self, Input, Model, Weights};
 use vitnas::error::{Error, Result};
 use vitnas::models::names::Family;
-use vitnas::space::{flops, Arch, Modality, Pooling, Space};
+use vitnas::space::{flops, Arch, DepthLayers, Modality, Pooling, Space};
 use vitnas::train::build_supernet;
 use vitnas::train::loss::{cross_entropy, Distill, Kl};
 use vitnas::train::optim::AdamW;
@@ -543,7 +543,7 @@ pub fn allreduce(
 }
 
 /// The text benchmark space: search_spaces/bert-minilm.toml with mean
-/// pooling (the PyTorch peer's head).
+/// pooling and prefix depth (the PyTorch peer's head and layers).
 pub fn bert_space() -> Space {
     let mut space = Space::from_toml_str(
         include_str!("../../search_spaces/bert-minilm.toml"),
@@ -553,6 +553,7 @@ pub fn bert_space() -> Space {
     if let Some(t) = space.text.as_mut() {
         t.pooling = Pooling::Mean;
     }
+    space.supernet.depth_layers = DepthLayers::Prefix;
     space
 }
 

@@ -218,7 +218,7 @@ fn forward_impl(
             hidden.push(h.clone());
         }
         let d = block_dims(cfg, arch, l, &layout, first_only);
-        let li = &w.idx.layers[l];
+        let li = &w.idx.layers[cfg.block(w, arch, l)];
         if keep_layers {
             let (out, tape) = block::forward(h, w, li, &d);
             h = out;
@@ -260,7 +260,7 @@ fn infer_one_split(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> Vec<
         let first_only = first_token && arch.depth > 0;
         for l in 0..arch.depth {
             let d = block_dims(cfg, arch, l, &layout, first_only);
-            h = block::forward_split(&h, w, &w.idx.layers[l], &d);
+            h = block::forward_split(&h, w, &w.idx.layers[cfg.block(w, arch, l)], &d);
         }
         if first_token && !first_only {
             h = layout.gather_first(&h, e);
@@ -321,7 +321,8 @@ pub fn backward_hidden(
     add_hidden(arch.depth, &mut dh);
     for l in (0..arch.depth).rev() {
         let d = block_dims(cfg, arch, l, layout, tape.first_only);
-        dh = block::backward(&dh, w, &w.idx.layers[l], &d, &tape.layers[l], grads);
+        let li = &w.idx.layers[cfg.block(w, arch, l)];
+        dh = block::backward(&dh, w, li, &d, &tape.layers[l], grads);
         add_hidden(l, &mut dh);
     }
     stem::backward(w, cfg, e, &tape.stem, &dh, grads);

@@ -7,7 +7,7 @@ use super::blas::W;
 use super::names::Family;
 use super::scaling::Scaling;
 use crate::error::{Error, Result};
-use crate::space::{Arch, Modality, Pooling, Space};
+use crate::space::{Arch, DepthLayers, Modality, Pooling, Space};
 use candle_core::Tensor;
 
 /// What turns the input into token states.
@@ -71,6 +71,9 @@ pub struct Config {
     /// The row mapping of the blocks' scaling tables (a supernet with
     /// switchable scaling layers); `None` for models without them.
     pub scaling: Option<Scaling>,
+    /// Which blocks a subnet shallower than the weights runs (a
+    /// supernet's; a static model runs all of its own in order).
+    pub depth_layers: DepthLayers,
 }
 
 impl Config {
@@ -103,7 +106,13 @@ impl Config {
             classes: space.num_classes(),
             eps: space.supernet.layer_norm_eps as f32,
             scaling: None,
+            depth_layers: space.supernet.depth_layers,
         }
+    }
+
+    /// The block of `w` that layer `l` of `arch` runs.
+    pub(super) fn block(&self, w: &Weights, arch: &Arch, l: usize) -> usize {
+        self.depth_layers.layer(l, arch.depth, w.idx.layers.len())
     }
 
     /// Tokens per image (patches + class token); `None` for text, whose
@@ -207,6 +216,18 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// The weights of a safetensors file (a run's supernet), checked as
+    /// [`crate::io::read_weights`] checks them; errors name the file.
+    pub fn read(file: &std::path::Path) -> Result<Self> {
+        let (tensors, _) = crate::io::read_weights(file, &candle_core::Device::Cpu)?;
+        let mut named: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::from_tensors(&named).map_err(|e| Error::Checkpoint {
+            path: file.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
     /// Copies `named` tensors; the family (ViT or BERT) is the one whose
     /// embeddings are among them, and every tensor the engine reads is
     /// found by its name in [`crate::engine::names`].
@@ -407,7 +428,7 @@ impl Weights {
         }
         for l in 0..arch.depth {
             let (li, qd, m) = (
-                &x.layers[l],
+                &x.layers[cfg.block(self, arch, l)],
                 arch.num_heads[l] * cfg.head_dim,
                 arch.mlp_width(l),
             );

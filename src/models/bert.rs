@@ -70,6 +70,16 @@ fn bert_eps() -> f64 {
 }
 
 impl BertConfig {
+    /// The architecture this config describes (FFN widths as widths).
+    pub fn arch(&self) -> Arch {
+        Arch::with_dims(
+            self.hidden_size,
+            self.num_heads.len(),
+            self.num_heads.clone(),
+            self.intermediate_sizes.clone(),
+        )
+    }
+
     /// Reads a Hugging Face BERT config.json; unsupported variants (another
     /// activation, relative positions) and values no model can have (zero
     /// sizes, heads that do not divide the hidden size) are refused naming
@@ -508,6 +518,7 @@ impl engine::Config {
             classes: c.num_labels.unwrap_or(0),
             eps: c.layer_norm_eps as f32,
             scaling: None,
+            depth_layers: Default::default(),
         }
     }
 }
@@ -520,12 +531,7 @@ impl engine::Model {
         Self::new(
             engine::Weights::from_tensors(&bert.tensors())?,
             engine::Config::from_bert(c),
-            Arch::with_dims(
-                c.hidden_size,
-                c.num_heads.len(),
-                c.num_heads.clone(),
-                c.intermediate_sizes.clone(),
-            ),
+            c.arch(),
         )
     }
 }

@@ -2,7 +2,9 @@
 //! `BertForSequenceClassification` layout: `model.safetensors` (`bert.`
 //! names, [`crate::engine::names::Family::Bert`]), `config.json` (transformers'
 //! fields, `id2label` / `label2id`, plus a `vitnas` block with the
-//! per-layer shapes), `tokenizer.json` and `arch.json`.
+//! per-layer shapes), `tokenizer.json` and `arch.json` (the architecture
+//! and its whole space, as an image export's, so that `vitnas finetune`
+//! can train it further).
 //!
 //! transformers' BERT has one head count and FFN width for every layer and
 //! heads of `hidden / heads` channels. A subnet whose heads × head dim is
@@ -153,7 +155,7 @@ pub fn export(
     let tok = std::fs::read(tokenizer).map_err(|e| Error::io(tokenizer, e))?;
     write_atomic(&out.join("tokenizer.json"), &tok)?;
     let arch_json = json!({
-        "arch": arch, "space": space.name, "params": params(space, arch),
+        "arch": arch, "space": space, "params": params(space, arch),
         "flops_macs": flops(space, arch), "flops_at_tokens": space.seq_len(),
     });
     let text = serde_json::to_string_pretty(&arch_json).expect("serializes");

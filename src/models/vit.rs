@@ -264,6 +264,7 @@ impl engine::Config {
             classes: c.num_labels,
             eps: c.layer_norm_eps as f32,
             scaling: None,
+            depth_layers: Default::default(),
         }
     }
 }

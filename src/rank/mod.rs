@@ -5,7 +5,10 @@
 //! K architectures are sampled with a seed, stratified across the space's
 //! FLOPs range; each is evaluated with inherited weights (validation and
 //! test) and trained standalone from scratch on the same data with a fixed
-//! budget (`vitnas retrain`'s trainer), then evaluated. Kendall τ-b,
+//! budget (`vitnas retrain`'s trainer), then evaluated. Image and text
+//! supernets alike ([`scored`]): a text subnet "from scratch" starts from
+//! the recipe's pretrained `init_from`, so its standalone accuracy is that
+//! of the subnet fine-tuned alone. Kendall τ-b,
 //! Spearman ρ, Pearson r and top-k overlap compare the two. Everything is
 //! written to the output directory as it completes (`rank.json`), so an
 //! interrupted harness continues where it stopped and skips what is done.
@@ -21,6 +24,7 @@ pub mod plot;
 pub mod proxy;
 pub mod quality;
 pub mod reference;
+pub mod scored;
 /// Rank and linear correlation between paired samples: Kendall τ-b,
 /// Spearman ρ, Pearson r, top-k overlap (defined in a low module that the
 /// accuracy predictor also uses).
@@ -28,17 +32,12 @@ pub mod stats {
     pub use crate::stats::*;
 }
 
-use crate::data::batch::Normalize;
-use crate::data::Dataset;
 use crate::dist::{self, Collective, Single};
 use crate::error::{Error, Result};
-use crate::models::export::load_dir;
 use crate::space::{flops, params, Arch, Space};
 use crate::train::checkpoint::{read_state, write_atomic};
-use crate::train::eval::evaluate;
 use crate::train::recipe::Recipe;
-use crate::train::{self, standalone, RunOptions, TrainedRun, CHECKPOINT_FILE};
-use candle_core::Device;
+use crate::train::{self, standalone, RunOptions, CHECKPOINT_FILE};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -490,15 +489,6 @@ fn ensure_supernet(recipe: &Recipe, opts: &Options) -> Result<bool> {
     }
 }
 
-fn accuracy(
-    ds: &Dataset,
-    norm: &Normalize,
-    batch: usize,
-    f: impl FnMut(&candle_core::Tensor) -> Result<candle_core::Tensor>,
-) -> Result<f64> {
-    Ok(evaluate(ds, norm, batch, &Device::Cpu, f)?.accuracy)
-}
-
 /// Fills every entry's standalone results from `cfg.reference` (means over
 /// the references), refusing references of another budget or without a
 /// result for one of the architectures.
@@ -577,8 +567,8 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         }
         return Ok(report);
     }
-    let run = TrainedRun::load(&recipe.output_dir)?;
-    let space = &run.space;
+    let run = scored::ScoredRun::load(&recipe.output_dir)?;
+    let space = run.space();
     let archs = stratified(space, cfg.k, cfg.seed);
     report.entries = archs
         .iter()
@@ -601,18 +591,8 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         prepare_entries(cfg, out, &mut report.entries)?;
     }
     report.entries = dist::broadcast_json(c, root.then_some(&report.entries))?;
-    let (val, norm) = run.validation()?;
-    let test = train::load_test(&run.recipe, space)?;
-    let bs = run.recipe.data.eval_batch_size;
-    // Inherited and standalone subnets are scored alike: accuracy on the
-    // validation split, then on the test split.
-    let val_test = |model: &crate::engine::Model| -> Result<(f64, f64)> {
-        let fwd = |x: &candle_core::Tensor| model.logits(x);
-        Ok((
-            accuracy(&val, &norm, bs, fwd)?,
-            accuracy(&test, &norm, bs, fwd)?,
-        ))
-    };
+    // Inherited and standalone subnets are scored alike (`run`): accuracy
+    // on the validation split, then on the test split.
     let save = |report: &mut Report| if root { report.save(out) } else { Ok(()) };
     // Inherited accuracies of the architectures left (validation, test).
     let left: Vec<usize> = (0..report.entries.len())
@@ -626,8 +606,7 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
     let shared = dist::share(c, left.len(), 2, |j| {
         let i = left[j];
         let arch = report.entries[i].arch.clone();
-        let model = crate::engine::Model::from_vit(&run.net.extract(&arch)?)?;
-        let (v, t) = val_test(&model)?;
+        let (v, t) = run.inherited(&arch)?;
         say(
             opts,
             format!(
@@ -655,7 +634,7 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         save(&mut report)?;
     }
     // The supernet's resolved recipe: same data, split and normalisation.
-    let sa_recipe = cfg.standalone_recipe(&run.recipe);
+    let sa_recipe = cfg.standalone_recipe(run.recipe());
     let left: Vec<usize> = (0..report.entries.len())
         .filter(|&i| report.entries[i].standalone_test.is_none())
         .collect();
@@ -679,10 +658,7 @@ pub fn run(cfg: &RankConfig, opts: &Options) -> Result<Report> {
         let Some(in_one_go) = standalone_run(cfg, space, &e, &sa_recipe, opts)? else {
             return Ok(None);
         };
-        let dir = &e.standalone_dir;
-        let (model, _) = load_dir(dir)?;
-        let model = crate::engine::Model::from_vit(&model)?;
-        let (v, t) = val_test(&model)?;
+        let (v, t) = run.exported(&e.standalone_dir)?;
         say(
             opts,
             format!(

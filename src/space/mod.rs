@@ -87,10 +87,63 @@ pub struct SupernetDims {
     pub head_dim: usize,
     #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
+    /// Which of the supernet's layers a shallower subnet runs (text
+    /// spaces; image spaces keep the prefix).
+    #[serde(default, skip_serializing_if = "DepthLayers::is_prefix")]
+    pub depth_layers: DepthLayers,
 }
 
 fn default_layer_norm_eps() -> f64 {
     1e-6
+}
+
+/// Which of the supernet's `L` layers a subnet of depth `d < L` runs, in
+/// order (`[supernet] depth_layers`). Either way the subnet is a plain
+/// stack of `d` layers: it extracts and exports as one (its layer `i` is
+/// the supernet's layer [`DepthLayers::layer`]`(i, d, L)`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DepthLayers {
+    /// The first `d` layers (AutoFormer, HAT, OFA).
+    #[default]
+    Prefix,
+    /// The first `d − 1` layers and the supernet's last one. For a BERT
+    /// pooler space started from a checkpoint whose `[CLS]` state carries
+    /// the input only after its last layer (all-MiniLM-L6-v2, trained
+    /// with mean pooling: its `[CLS]` state is the same for every input
+    /// after layers 1–5), this gives every depth a `[CLS]` the pooler can
+    /// read from the first step.
+    PrefixAndLast,
+    /// DynaBERT's depth choice: the layers kept evenly spread, starting at
+    /// the first, layer `l` being the supernet's `floor(l · L / d)` (at
+    /// half depth, every other layer: 0, 2, 4 of 6). DynaBERT's
+    /// `kept_layers_index`. It never keeps the last layer below full depth,
+    /// so with a pooler on a mean-pooling checkpoint it has the prefix's
+    /// problem; see `every-other-to-last`.
+    EveryOther,
+    /// The same spread ending at the last layer: layer `l` is the
+    /// supernet's `floor((l + 1) · L / d) − 1` (1, 3, 5 of 6 at half
+    /// depth; PaddleNLP's DynaBERT). At `d = L − 1` it is
+    /// `prefix-and-last`.
+    EveryOtherToLast,
+}
+
+impl DepthLayers {
+    fn is_prefix(&self) -> bool {
+        *self == DepthLayers::Prefix
+    }
+
+    /// The supernet layer that layer `l` of a depth-`depth` subnet runs,
+    /// in a supernet of `max_depth` layers (`l < depth ≤ max_depth`; a
+    /// subnet as deep as the supernet runs every layer in order).
+    pub fn layer(self, l: usize, depth: usize, max_depth: usize) -> usize {
+        match self {
+            DepthLayers::PrefixAndLast if l + 1 == depth => max_depth - 1,
+            DepthLayers::EveryOther if depth > 0 => l * max_depth / depth,
+            DepthLayers::EveryOtherToLast if depth > 0 => (l + 1) * max_depth / depth - 1,
+            _ => l,
+        }
+    }
 }
 
 /// The global choices and the default per-layer choices. The MLP choice is
@@ -186,6 +239,14 @@ impl Space {
         ];
         match (&self.input, &self.text) {
             (Some(i), None) => {
+                if s.depth_layers != DepthLayers::Prefix {
+                    return Err(bad(
+                        "supernet.depth_layers",
+                        "\"prefix-and-last\" is for text spaces so far; an image space's \
+                         subnets run its first layers (leave the field out)"
+                            .into(),
+                    ));
+                }
                 positive.extend([
                     ("input.image_size", i.image_size),
                     ("input.patch_size", i.patch_size),

@@ -83,6 +83,13 @@ impl BertSupernet {
         self.space.text_input()
     }
 
+    /// The supernet layer that layer `l` of `arch` runs (the space's
+    /// `supernet.depth_layers`).
+    pub fn block(&self, arch: &Arch, l: usize) -> usize {
+        let s = &self.space.supernet;
+        s.depth_layers.layer(l, arch.depth, self.layers.len())
+    }
+
     /// Checks `[B, T]` ids and mask of the same shape, T within the
     /// position table, ids within the vocabulary.
     pub fn check_input(&self, x: Tokens) -> Result<(usize, usize)> {
@@ -161,7 +168,8 @@ impl BertSupernet {
         let mask = additive_mask(x.mask)?;
         for l in 0..arch.depth {
             let d = self.layer_dims(arch, l, (b, t));
-            h = self.layers[l].forward(&h, &mask, d, head_masks.map(|m| &m[l]))?;
+            let layer = &self.layers[self.block(arch, l)];
+            h = layer.forward(&h, &mask, d, head_masks.map(|m| &m[l]))?;
         }
         let pooled = match &self.pooler {
             Some(p) => p
@@ -196,7 +204,7 @@ impl BertSupernet {
         let e = arch.embed_dim;
         let (word, position, token_type, norm) = self.embeddings.extract(e)?;
         let layers = (0..arch.depth)
-            .map(|l| self.layers[l].extract(self.layer_dims(arch, l, (0, 0))))
+            .map(|l| self.layers[self.block(arch, l)].extract(self.layer_dims(arch, l, (0, 0))))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Bert {
             config: self.bert_config(arch),

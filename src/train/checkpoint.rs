@@ -60,6 +60,15 @@ pub(crate) enum ModelFile<'a> {
         space: &'a Space,
         norm: &'a Normalize,
     },
+    /// A standalone text run's model, exported as a static BERT
+    /// (`BertForSequenceClassification` layout, its labels and tokenizer).
+    TextStandalone {
+        model: &'a crate::models::bert::Bert,
+        arch: &'a Arch,
+        space: &'a Space,
+        labels: &'a [String],
+        tokenizer: &'a Path,
+    },
 }
 
 /// Writes a run's checkpoint files in `dir`, each atomically:
@@ -88,6 +97,15 @@ pub(crate) fn save(
             norm,
         } => {
             crate::models::export::export(model, space, arch, Some(norm), dir)?;
+        }
+        ModelFile::TextStandalone {
+            model,
+            arch,
+            space,
+            labels,
+            tokenizer,
+        } => {
+            crate::models::export_bert::export(model, space, arch, labels, tokenizer, dir)?;
         }
     }
     write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())

@@ -104,7 +104,7 @@ pub fn load_test(recipe: &Recipe, space: &Space) -> Result<Dataset> {
 }
 
 /// Image data needs an image space: a text space here is a command that
-/// does not handle text yet (retrain, finetune, evaluate rank).
+/// does not handle text yet (evaluate reference / quality).
 fn image_space(recipe: &Recipe, space: &Space) -> Result<()> {
     match space.is_text() {
         false => Ok(()),
@@ -112,8 +112,9 @@ fn image_space(recipe: &Recipe, space: &Space) -> Result<()> {
             file: format!("recipe `{}`", recipe.name),
             field: "space".into(),
             message: format!(
-                "`{}` is a text space: `vitnas train`, `search`, `eval` and `export` handle \
-                 text supernets; this command handles image spaces only so far",
+                "`{}` is a text space: `vitnas train`, `search`, `eval`, `export`, `retrain`, \
+                 `finetune` and `evaluate rank` handle text; this command handles image spaces \
+                 only so far",
                 space.name
             ),
         }),

@@ -52,6 +52,7 @@ pub mod standalone;
 pub mod step;
 pub mod summary;
 mod task;
+pub mod teacher;
 pub mod text;
 mod trained;
 mod trainee;
@@ -78,6 +79,10 @@ pub const SUPERNET_FILE: &str = "supernet.safetensors";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const STATE_FILE: &str = "state.json";
 pub const SPLIT_FILE: &str = "data-split.json";
+/// A text run's label names in id order.
+pub const LABELS_FILE: &str = "labels.json";
+/// A text run's tokenizer, copied into the run directory.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Why `dir` cannot be resumed (it has no checkpoint), and the way out: a
 /// run that stopped before its first checkpoint is started over with
@@ -105,6 +110,28 @@ pub fn run_paths(path: &std::path::Path) -> (std::path::PathBuf, std::path::Path
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(|| std::path::PathBuf::from("."));
     (dir, path.to_path_buf())
+}
+
+/// That the labels `theirs` a model was trained on (read from `file`,
+/// where the recipe or command names it by `field`) are `labels`, the same
+/// names in the same order (its classifier's rows are those labels).
+pub(crate) fn check_labels(
+    file: &std::path::Path,
+    field: &str,
+    theirs: &[String],
+    labels: &[String],
+) -> Result<()> {
+    if theirs == labels {
+        return Ok(());
+    }
+    Err(crate::error::Error::InvalidConfig {
+        file: file.display().to_string(),
+        field: field.into(),
+        message: format!(
+            "the model's labels {theirs:?} are not this data's {labels:?} (same names in the \
+             same order)"
+        ),
+    })
 }
 
 /// The RNG of step `step`: augmentation and sampling draw from it.

@@ -575,6 +575,13 @@ impl Recipe {
                 return Err(bad("loss.distill.iw_clip", "must be positive"));
             }
         }
+        if self.loss.teacher.is_some() && self.loss.distill == DistillConfig::None {
+            return Err(bad(
+                "loss.teacher",
+                "a fixed teacher teaches by a logits distillation: set loss.distill (kind = \"kl\" \
+                 or \"alpha\")",
+            ));
+        }
         if let Some(h) = &self.loss.hidden_distill {
             if !positive(h.weight) {
                 return Err(bad(
@@ -593,6 +600,16 @@ impl Recipe {
             }
         }
         Ok(())
+    }
+
+    /// The fixed teacher's run directory as an absolute path (when it
+    /// exists), so that a resume from another directory finds it.
+    pub fn resolve_teacher(&mut self) {
+        if let Some(t) = &mut self.loss.teacher {
+            if let Ok(abs) = std::fs::canonicalize(&*t) {
+                *t = abs;
+            }
+        }
     }
 
     /// The peak learning rate after batch scaling.

@@ -17,6 +17,7 @@ use super::step::{
 };
 use super::summary::{EvalSplit, Reported, Summary};
 use super::task::{Metrics, Restore, TrainTask};
+use super::teacher::FixedTeacher;
 use super::{step_rng, RunOptions, CHECKPOINT_FILE, METRICS_FILE};
 use crate::data::batch::epoch_order;
 use crate::error::{Error, Result};
@@ -74,6 +75,17 @@ pub(super) fn run(
     // end). Models the engine does not run train through candle's autograd.
     let mut flat = FlatWeights::new(params, task.net())?;
     let distill = loss::from_loss_config(&recipe.loss);
+    let teacher = match &recipe.loss.teacher {
+        Some(dir) => {
+            let hidden = recipe.loss.hidden_distill.is_some();
+            let t = FixedTeacher::load(dir, space, task.label_names(), hidden)?;
+            if opts.progress && root {
+                eprintln!("teacher: {} (largest subnet)", t.dir.display());
+            }
+            Some(t)
+        }
+        None => None,
+    };
     let metrics = Metrics::new(root.then(|| dir.join(METRICS_FILE)));
     let end = opts
         .max_steps
@@ -134,6 +146,7 @@ pub(super) fn run(
             label_smoothing: recipe.loss.label_smoothing,
             distill: distill.as_deref(),
             ranking: ranking.map(|r| r.at(step, schedule.steps_per_epoch, &prior)),
+            teacher: teacher.as_ref().map(FixedTeacher::model),
         };
         // Gradient diagnosis (before the update, on the step's weights and
         // batch): changes nothing the step computes.

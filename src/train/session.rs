@@ -21,13 +21,17 @@ use std::path::Path;
 
 /// Starts a run of `kind` in `recipe.output_dir`: checks the recipe (with
 /// every override applied) and the directory, writes the resolved recipe,
-/// the space and the data split, then trains.
+/// the space and the data split, then trains. A text space's run is
+/// [`super::text`]'s.
 pub(crate) fn start(
     recipe: &Recipe,
     space: &Space,
     kind: RunKind,
     opts: &RunOptions,
 ) -> Result<Summary> {
+    if space.is_text() {
+        return super::text::start_kind(recipe, space, kind, opts);
+    }
     let dir = &recipe.output_dir;
     if opts.resume {
         return resume(dir, opts);
@@ -44,6 +48,7 @@ pub(crate) fn start(
     // The data directory as found, so that a resume from anywhere reads
     // the same files.
     resolved.data.path = Some(data.split.data_dir.clone());
+    resolved.resolve_teacher();
     check_same_run(opts.collective, &resolved, &space.to_toml_string())?;
     let _lock = match root {
         true => Some(write_run_dir(dir, &resolved, space, &data.split, opts)?),

@@ -1,9 +1,13 @@
 //! Standalone training of one architecture as a plain static model (no
-//! supernet code in the loop): `vitnas retrain` trains it from scratch,
-//! `vitnas finetune` continues from an exported subnet's inherited weights.
+//! supernet code in the loop): `vitnas retrain` trains it from scratch
+//! ([`Init::Scratch`]) or from a trained supernet's slice
+//! ([`Init::Inherited`]), `vitnas finetune` continues from an exported
+//! subnet's weights ([`Init::Exported`]). Images train a static ViT
+//! (`image.rs`), text a static BERT ([`super::text`]), on the same loop.
 //!
 //! A standalone run directory is also an exported model directory
-//! (`model.safetensors`, `config.json`, `arch.json`), updated at every
+//! (`model.safetensors`, `config.json`, `arch.json`; for text also
+//! `tokenizer.json` and the labels in config.json), updated at every
 //! checkpoint, beside the run files `train` writes (`recipe.toml`,
 //! `space.toml`, `metrics.jsonl`, `checkpoint.safetensors`, `state.json`).
 
@@ -26,8 +30,15 @@ pub const ARCH_FILE: &str = "arch.json";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Init {
     /// The slices of a freshly seeded supernet initialised by this scheme
-    /// (fan-in of the supernet's full tensors).
+    /// (fan-in of the supernet's full tensors). A text supernet then takes
+    /// the recipe's `init_from` (pretrained BERT) and rewiring, as a
+    /// supernet run starts: text subnets are fine-tuned from pretrained
+    /// weights, not trained from random ones (a recipe without `init_from`
+    /// trains from random).
     Scratch(InitScheme),
+    /// The subnet's slice of the trained supernet run in this directory
+    /// (inherited weights).
+    Inherited(PathBuf),
     /// An exported model directory (inherited weights).
     Exported(PathBuf),
 }
@@ -41,6 +52,11 @@ pub fn build(space: &Space, arch: &Arch, seed: u64, init: &Init) -> Result<(Vit,
         Init::Scratch(scheme) => {
             let (net, _, _) = build_supernet(space, seed, *scheme)?;
             net.extract(arch)?.tensors()
+        }
+        Init::Inherited(dir) => {
+            let run = super::TrainedRun::load(dir)?;
+            arch.check_fits(&run.space)?;
+            run.net.extract(arch)?.tensors()
         }
         Init::Exported(dir) => {
             let (model, _) = load_dir(dir)?;
@@ -56,6 +72,17 @@ pub fn build(space: &Space, arch: &Arch, seed: u64, init: &Init) -> Result<(Vit,
             model.tensors()
         }
     };
+    let vm = varmap_of(tensors)?;
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let model = Vit::load(&config, vb)?;
+    let params = Params::from_varmap(&vm);
+    Ok((model, vm, params))
+}
+
+/// Trainable copies of a static model's `tensors`: the model loaded from
+/// them (`VarBuilder::from_varmap`) shares its variables with the
+/// parameters the training loop updates ([`Params::from_varmap`]).
+pub(super) fn varmap_of(tensors: Vec<(String, candle_core::Tensor)>) -> Result<VarMap> {
     let vm = VarMap::new();
     {
         let mut data = vm.data().lock().expect("varmap poisoned");
@@ -63,10 +90,7 @@ pub fn build(space: &Space, arch: &Arch, seed: u64, init: &Init) -> Result<(Vit,
             data.insert(name, Var::from_tensor(&t.contiguous()?.copy()?)?);
         }
     }
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    let model = Vit::load(&config, vb)?;
-    let params = Params::from_varmap(&vm);
-    Ok((model, vm, params))
+    Ok(vm)
 }
 
 /// The architecture and space recorded in a model directory's arch.json.
@@ -86,13 +110,19 @@ pub fn read_arch_file(dir: &Path) -> Result<(Arch, Space)> {
 /// A recipe made standalone: one architecture, no distillation (there is
 /// no teacher), no supernet scaling layers, no gradient strategy (one
 /// gradient per step) and no ranking loss (nothing to rank), the rest
-/// (data, optimizer, schedule) as given.
-fn standalone_recipe(recipe: &Recipe, output_dir: PathBuf) -> Recipe {
+/// (data, optimizer, schedule) as given. An image recipe's `init_from` is
+/// dropped (the model starts from `init`); a text recipe keeps it, as
+/// [`Init::Scratch`] says.
+fn standalone_recipe(recipe: &Recipe, space: &Space, output_dir: PathBuf) -> Recipe {
     let mut r = recipe.clone();
     r.output_dir = output_dir;
-    r.init_from = None;
+    if !space.is_text() {
+        r.init_from = None;
+    }
     r.few_shot = None;
     r.loss.distill = DistillConfig::None;
+    r.loss.hidden_distill = None;
+    r.loss.teacher = None;
     r.gradient = GradientConfig::Sum;
     r.scaling = Default::default();
     r.ranking = None;
@@ -107,17 +137,58 @@ pub fn retrain(
     output_dir: PathBuf,
     opts: &RunOptions,
 ) -> Result<Summary> {
+    retrain_from(
+        space,
+        arch,
+        recipe,
+        Init::Scratch(recipe.init),
+        output_dir,
+        opts,
+    )
+}
+
+/// Trains `arch` of `space` alone from `init` with `recipe`'s data and
+/// schedule: [`Init::Scratch`] as [`retrain`], or [`Init::Inherited`]
+/// from a trained supernet run of `space` (for text, its tokenizer then
+/// replaces the recipe's).
+pub fn retrain_from(
+    space: &Space,
+    arch: &Arch,
+    recipe: &Recipe,
+    init: Init,
+    output_dir: PathBuf,
+    opts: &RunOptions,
+) -> Result<Summary> {
     arch.check_fits(space)?;
-    let r = standalone_recipe(recipe, output_dir);
+    let mut r = standalone_recipe(recipe, space, output_dir);
+    if let Init::Inherited(dir) | Init::Exported(dir) = &init {
+        crate::train::rundir::check_distinct(dir, &r.output_dir)?;
+        use_tokenizer_of(&mut r, dir);
+    }
     super::start(
         &r,
         space,
         RunKind::Standalone {
             arch: arch.clone(),
-            init: Init::Scratch(r.init),
+            init,
         },
         opts,
     )
+}
+
+/// A text recipe reads the tokenizer the weights in `dir` were trained
+/// with (its `tokenizer.json`, by absolute path), not the one it names:
+/// token ids must mean what they meant to the model.
+fn use_tokenizer_of(r: &mut Recipe, dir: &Path) {
+    let file = dir.join(super::TOKENIZER_FILE);
+    if let (Some(t), true) = (r.data.text.as_mut(), file.is_file()) {
+        t.tokenizer = Some(
+            std::path::absolute(&file)
+                .unwrap_or(file)
+                .display()
+                .to_string(),
+        );
+    }
 }
 
 /// Continues training the exported model in `model_dir` with `recipe`.
@@ -127,16 +198,13 @@ pub fn finetune(
     output_dir: PathBuf,
     opts: &RunOptions,
 ) -> Result<Summary> {
-    crate::train::rundir::check_distinct(model_dir, &output_dir)?;
     let (arch, space) = read_arch_file(model_dir)?;
-    let r = standalone_recipe(recipe, output_dir);
-    super::start(
-        &r,
+    retrain_from(
         &space,
-        RunKind::Standalone {
-            arch,
-            init: Init::Exported(model_dir.to_path_buf()),
-        },
+        &arch,
+        recipe,
+        Init::Exported(model_dir.to_path_buf()),
+        output_dir,
         opts,
     )
 }

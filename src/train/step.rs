@@ -164,6 +164,19 @@ pub struct Batch<'a> {
     /// The ranking-consistency term between the plan's subnets (none:
     /// each subnet's loss alone, as without it).
     pub ranking: Option<Ranking<'a>>,
+    /// A fixed teacher (`[loss] teacher`): every subnet of the plan, the
+    /// first included, distills from it rather than from the plan's first
+    /// subnet (on the engine only).
+    pub teacher: Option<TeacherModel<'a>>,
+}
+
+/// A fixed teacher as a step runs it: the largest subnet of a trained
+/// run, on its own weights ([`crate::train::teacher::FixedTeacher`]).
+#[derive(Clone, Copy)]
+pub struct TeacherModel<'a> {
+    pub weights: &'a Weights,
+    pub cfg: &'a engine::Config,
+    pub arch: &'a Arch,
 }
 
 /// Forward and backward of every subnet in `plan`, adding gradients into
@@ -186,6 +199,7 @@ pub fn accumulate(
         label_smoothing,
         distill,
         ranking: None,
+        teacher: None,
     };
     let one_group = vec![0; plan.archs.len()];
     if backend == Backend::Engine && images.dtype() == DType::F32 {
@@ -228,6 +242,7 @@ pub fn accumulate_on_engine(
         label_smoothing,
         distill,
         ranking: None,
+        teacher: None,
     };
     accumulate_groups(path, plan, batch, &vec![0; plan.archs.len()], &mut [grads])
 }
@@ -284,6 +299,9 @@ trait Pass {
     fn forward(&mut self, arch: &Arch, hidden: bool) -> Result<(Tensor, Self::Tape)>;
     /// The hidden states a `hidden` forward kept, moved out of its tape.
     fn take_hidden(&self, tape: &mut Self::Tape) -> HiddenStates;
+    /// The fixed teacher's logits on the step's input (constants), and
+    /// with `hidden` its hidden states, laid out as [`Pass::take_hidden`]'s.
+    fn teacher(&mut self, teacher: TeacherModel, hidden: bool) -> Result<(Tensor, HiddenStates)>;
     /// Adds the gradients of `loss` (a function of `logits`, from the
     /// forward that returned `tape`), plus those of a hidden-state term
     /// given by `dhidden` (its gradient with respect to the states, as
@@ -341,6 +359,46 @@ fn hidden_term<P: Pass>(
     }
 }
 
+/// Where a step's subnets learn from: the fixed teacher's logits and
+/// states when there is one (computed here), else none yet (the plan's
+/// first subnet, when teacher-first, sets them). Also the hidden-state
+/// term to apply, and whether the first subnet teaches.
+struct StepTeacher<'a> {
+    logits: Option<Tensor>,
+    states: TeacherStates,
+    hidden: Option<&'a HiddenDistillConfig>,
+    in_place: bool,
+}
+
+impl<'a> StepTeacher<'a> {
+    fn new<P: Pass>(pass: &mut P, plan: &Plan, batch: &Batch<'a>) -> Result<Self> {
+        let distill = batch
+            .distill
+            .filter(|_| plan.teacher_first || batch.teacher.is_some());
+        let hidden = distill.and_then(|d| d.hidden());
+        let Some(t) = batch.teacher.filter(|_| distill.is_some()) else {
+            return Ok(Self {
+                logits: None,
+                states: None,
+                hidden,
+                in_place: plan.teacher_first,
+            });
+        };
+        let (logits, states) = pass.teacher(t, hidden.is_some())?;
+        Ok(Self {
+            logits: Some(logits),
+            states: hidden.map(|_| (t.arch.embed_dim, states)),
+            hidden,
+            in_place: false,
+        })
+    }
+
+    /// Whether subnet `k` of the plan teaches the rest.
+    fn teaches(&self, k: usize) -> bool {
+        k == 0 && self.in_place
+    }
+}
+
 /// The step loop, the same for every path: each subnet's forward, its loss
 /// (the first of a teacher-first plan teaches the rest), its backward into
 /// its group. With a ranking term, every subnet's forward comes first (the
@@ -356,12 +414,7 @@ fn run_subnets<P: Pass>(
     groups: &mut [&mut [Vec<f32>]],
 ) -> Result<StepLosses> {
     let n = plan.archs.len();
-    let mut teacher: Option<Tensor> = None;
-    let hidden = batch
-        .distill
-        .and_then(|d| d.hidden())
-        .filter(|_| plan.teacher_first);
-    let mut teacher_states = None;
+    let mut st = StepTeacher::new(pass, plan, &batch)?;
     let mut losses = Vec::with_capacity(n);
     let mut held = Vec::new();
     let mut backward = |pass: &mut P, k: usize, f: Forwarded<P::Tape>| -> Result<()> {
@@ -374,9 +427,10 @@ fn run_subnets<P: Pass>(
         Ok(())
     };
     for (k, arch) in plan.archs.iter().enumerate() {
-        let (logits, mut tape) = pass.forward(arch, hidden.is_some())?;
-        let (loss, mut value) = subnet_loss(&logits, teacher.as_ref(), &batch)?;
-        let (h, dhidden) = hidden_term(pass, hidden, arch, &mut tape, &mut teacher_states, k == 0)?;
+        let (logits, mut tape) = pass.forward(arch, st.hidden.is_some())?;
+        let (loss, mut value) = subnet_loss(&logits, st.logits.as_ref(), &batch)?;
+        let teaches = st.teaches(k);
+        let (h, dhidden) = hidden_term(pass, st.hidden, arch, &mut tape, &mut st.states, teaches)?;
         value += h;
         losses.push(value);
         if !value.is_finite() {
@@ -386,8 +440,8 @@ fn run_subnets<P: Pass>(
                 ranking: None,
             });
         }
-        if k == 0 && plan.teacher_first {
-            teacher = Some(logits.detach());
+        if teaches {
+            st.logits = Some(logits.detach());
         }
         let f = Forwarded {
             logits,
@@ -539,18 +593,14 @@ fn diagnose<P: Pass>(
     mut scratch: Vec<Vec<f32>>,
 ) -> Result<Vec<SubnetDiagnosis>> {
     let mut ce_scratch = scratch.clone();
-    let mut teacher: Option<Tensor> = None;
-    let hidden = batch
-        .distill
-        .and_then(|d| d.hidden())
-        .filter(|_| plan.teacher_first);
-    let mut teacher_states = None;
+    let mut st = StepTeacher::new(pass, plan, &batch)?;
     let mut out = Vec::with_capacity(plan.archs.len());
     let ce = |z: &Tensor| Ok(cross_entropy(z, batch.labels, batch.label_smoothing)?);
     for (k, arch) in plan.archs.iter().enumerate() {
-        let (logits, mut tape) = pass.forward(arch, hidden.is_some())?;
-        let (loss, mut value) = subnet_loss(&logits, teacher.as_ref(), &batch)?;
-        let (h, dhidden) = hidden_term(pass, hidden, arch, &mut tape, &mut teacher_states, k == 0)?;
+        let (logits, mut tape) = pass.forward(arch, st.hidden.is_some())?;
+        let (loss, mut value) = subnet_loss(&logits, st.logits.as_ref(), &batch)?;
+        let teaches = st.teaches(k);
+        let (h, dhidden) = hidden_term(pass, st.hidden, arch, &mut tape, &mut st.states, teaches)?;
         value += h;
         if !value.is_finite() {
             break;
@@ -558,7 +608,7 @@ fn diagnose<P: Pass>(
         scratch.iter_mut().for_each(|g| g.fill(0.0));
         pass.backward(arch, &tape, &logits, &loss, &dhidden, &mut scratch)?;
         pass.flush(&mut scratch, false);
-        let own = |z: &Tensor| Ok(subnet_loss(z, teacher.as_ref(), &batch)?.0);
+        let own = |z: &Tensor| Ok(subnet_loss(z, st.logits.as_ref(), &batch)?.0);
         let dz = logit_grad(&logits, own)?;
         let (entropy, batch_accuracy) = entropy_accuracy(&logits.detach(), batch.labels)?;
         let mut d = SubnetDiagnosis {
@@ -571,7 +621,7 @@ fn diagnose<P: Pass>(
             ce: None,
             distill: None,
         };
-        if let (Some(t), Some(distill)) = (&teacher, batch.distill) {
+        if let (Some(t), Some(distill)) = (&st.logits, batch.distill) {
             let ce_loss = ce(&logits)?;
             ce_scratch.iter_mut().for_each(|g| g.fill(0.0));
             pass.backward(arch, &tape, &logits, &ce_loss, &[], &mut ce_scratch)?;
@@ -590,8 +640,8 @@ fn diagnose<P: Pass>(
             });
             d.distill = distill.diagnose(&logits.detach(), t)?;
         }
-        if k == 0 && plan.teacher_first {
-            teacher = Some(logits.detach());
+        if teaches {
+            st.logits = Some(logits.detach());
         }
         out.push(d);
     }
@@ -679,6 +729,19 @@ impl Pass for EnginePass<'_> {
         tapes.iter_mut().map(engine::Tape::take_hidden).collect()
     }
 
+    /// On the same chunks as the subnets, so that its states line up
+    /// with theirs.
+    fn teacher(&mut self, t: TeacherModel, hidden: bool) -> Result<(Tensor, HiddenStates)> {
+        let (x, chunks) = (self.x.input(), &self.chunks);
+        let (logits, mut tapes) = match hidden {
+            true => engine::forward_chunks_hidden(t.weights, t.cfg, t.arch, x, chunks),
+            false => engine::forward_chunks(t.weights, t.cfg, t.arch, x, chunks, false),
+        };
+        let states = tapes.iter_mut().map(engine::Tape::take_hidden).collect();
+        let logits = Tensor::from_vec(logits, (self.batch, t.cfg.classes), &self.device)?;
+        Ok((logits, states))
+    }
+
     fn backward(
         &mut self,
         arch: &Arch,
@@ -745,6 +808,16 @@ impl Pass for AutogradPass<'_> {
 
     fn take_hidden(&self, _tape: &mut ()) -> HiddenStates {
         Vec::new()
+    }
+
+    fn teacher(&mut self, _t: TeacherModel, _hidden: bool) -> Result<(Tensor, HiddenStates)> {
+        Err(crate::error::Error::InvalidRecipe {
+            file: "the recipe".into(),
+            field: "loss.teacher".into(),
+            message: "a fixed teacher runs on the engine (f32 models), and this step runs on \
+                      candle's autograd"
+                .into(),
+        })
     }
 
     fn backward(

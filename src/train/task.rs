@@ -126,6 +126,10 @@ pub(super) trait TrainTask {
 
     /// What one example is called in progress rates (`img`, `seq`).
     fn unit(&self) -> &'static str;
+    /// The label names in id order, where the run has them (text).
+    fn label_names(&self) -> Option<&[String]> {
+        None
+    }
 }
 
 /// One step's examples: what the step's models read, and their labels.

@@ -10,23 +10,32 @@
 //! A run directory holds, besides the image trainer's files, the label
 //! names (`labels.json`) and the tokenizer (`tokenizer.json`), so that
 //! search, evaluation and export need nothing else.
+//!
+//! The same task trains one text subnet alone (`vitnas retrain`,
+//! `vitnas finetune`, the standalone side of `vitnas evaluate rank`): a
+//! static BERT of that architecture, on the engine like the supernet,
+//! whose run directory is also an exported model directory (see
+//! [`super::standalone`]).
 
-use super::checkpoint::{self, read_weights, write_atomic, ModelFile, TrainState};
+use super::checkpoint::{self, write_atomic, ModelFile, TrainState};
 use super::flat::FlatWeights;
 use super::loss::cross_entropy;
 use super::optim::AdamW;
 use super::recipe::{Recipe, TextDataConfig};
 use super::sampler::{self, Plan, Sampler};
+use super::standalone::Init;
 use super::step::{Forward, Params};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::task::{Examples, TrainTask};
 use super::task::{Metrics, Restore};
+use super::trainee::RunKind;
 use super::RunOptions;
 use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE};
 use crate::data::batch::epoch_order;
 use crate::data::text::{load_text, TextDataset, TokenizedDataset};
 use crate::engine::{self, Weights};
 use crate::error::{Error, Result};
+use crate::models::bert::Bert;
 use crate::models::text::TextTokenizer;
 use crate::space::{Arch, Space};
 use crate::supernet::bert::BertSupernet;
@@ -34,16 +43,16 @@ use crate::supernet::init::seeded_var_builder;
 use crate::train::eval::EvalResult;
 use crate::train::rundir::{self, Artifact, RunLock};
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::VarMap;
+use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use serde_json::json;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// The label names of a text run, in id order.
-pub const LABELS_FILE: &str = "labels.json";
+pub use super::LABELS_FILE;
 /// The tokenizer a text run was trained with.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub use super::TOKENIZER_FILE;
 
 /// `<dir>/<split>.{jsonl,jsonl.gz,csv,csv.gz}`, the first that exists.
 pub fn split_file(dir: &Path, split: &str) -> Result<PathBuf> {
@@ -343,6 +352,17 @@ pub fn evaluate_model(
 
 /// Starts a text supernet run in `recipe.output_dir` (or resumes it).
 pub fn start(recipe: &Recipe, space: &Space, opts: &RunOptions) -> Result<Summary> {
+    start_kind(recipe, space, RunKind::Supernet, opts)
+}
+
+/// Starts a text run of `kind` (the supernet, or one subnet alone) in
+/// `recipe.output_dir` (or resumes it).
+pub(crate) fn start_kind(
+    recipe: &Recipe,
+    space: &Space,
+    kind: RunKind,
+    opts: &RunOptions,
+) -> Result<Summary> {
     single_process(opts)?;
     let dir = &recipe.output_dir;
     if opts.resume {
@@ -351,12 +371,14 @@ pub fn start(recipe: &Recipe, space: &Space, opts: &RunOptions) -> Result<Summar
     recipe.validate_resolved()?;
     rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
     let data = load_train_val(recipe, space)?;
+    check_start_labels(&kind, &data.label_names)?;
     let space = &resolve_space(recipe, space, &data)?;
     if opts.progress {
         eprintln!("{}", data_summary(&data));
     }
     let mut resolved = recipe.clone();
     resolved.data.path = Some(data.data_dir.clone());
+    resolved.resolve_teacher();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let _lock = RunLock::acquire(dir)?;
     write_atomic(&dir.join(RECIPE_FILE), resolved.to_toml_string().as_bytes())?;
@@ -368,7 +390,7 @@ pub fn start(recipe: &Recipe, space: &Space, opts: &RunOptions) -> Result<Summar
     write_atomic(&dir.join(TOKENIZER_FILE), &tok)?;
     std::fs::write(dir.join(METRICS_FILE), b"")
         .map_err(|e| Error::io(dir.join(METRICS_FILE), e))?;
-    run(&resolved, space, &data, None, opts)
+    run(&resolved, space, &data, kind, None, opts)
 }
 
 /// Continues the text run in `dir` from its last checkpoint.
@@ -391,7 +413,16 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
     }
     let (tensors, state) = checkpoint::read_checkpoint(&ckpt)?;
     super::session::truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
-    run(&recipe, &space, &data, Some((tensors, state)), opts)
+    // A standalone run's directory is its exported model: the shapes come
+    // from there, the weights from the checkpoint.
+    let kind = match &state.arch {
+        None => RunKind::Supernet,
+        Some(arch) => RunKind::Standalone {
+            arch: arch.clone(),
+            init: Init::Exported(dir.to_path_buf()),
+        },
+    };
+    run(&recipe, &space, &data, kind, Some((tensors, state)), opts)
 }
 
 /// Text runs train in one process (data-parallel ranks are the image
@@ -416,19 +447,38 @@ pub fn build(space: &Space, recipe: &Recipe) -> Result<(BertSupernet, Params)> {
     Ok((net, Params::from_varmap(&vm)))
 }
 
-/// Trains the BERT supernet of `space` on `data` through the training loop,
-/// from scratch or from `restore`.
+/// Trains `kind` (the BERT supernet of `space`, or one subnet alone) on
+/// `data` through the training loop, from scratch or from `restore`.
 fn run(
     recipe: &Recipe,
     space: &Space,
     data: &TextData,
+    kind: RunKind,
     restore: Option<Restore>,
     opts: &RunOptions,
 ) -> Result<Summary> {
-    let (net, params) = build(space, recipe)?;
+    let (net, params) = match kind {
+        RunKind::Supernet => {
+            let (net, params) = build(space, recipe)?;
+            let sampler = sampler::from_config(&recipe.sampler, space)?;
+            (TextNet::Supernet { net, sampler }, params)
+        }
+        RunKind::Standalone { arch, init } => {
+            let say = opts.progress && restore.is_none();
+            let start = standalone_start(recipe, space, data, &arch, &init, say)?;
+            let (model, params) = trainable(&start)?;
+            let model_arch = model.config.arch();
+            let model = Box::new(model);
+            let net = TextNet::Static {
+                model,
+                arch,
+                model_arch,
+            };
+            (net, params)
+        }
+    };
     let task = TextTask {
         net,
-        sampler: sampler::from_config(&recipe.sampler, space)?,
         recipe,
         space,
         data,
@@ -436,11 +486,128 @@ fn run(
     super::run::run(recipe, space, &task, &params, restore, opts)
 }
 
+/// What a text run trains. (One per run: the variants' size difference
+/// costs nothing.)
+#[allow(clippy::large_enum_variant)]
+enum TextNet {
+    /// The supernet, subnets drawn by the sampler.
+    Supernet {
+        net: BertSupernet,
+        sampler: Box<dyn Sampler>,
+    },
+    /// One subnet alone, as a static BERT: `arch` is the space's
+    /// architecture (recorded in the state and the export), `model_arch`
+    /// the model's own dims, which the engine runs (the same values, as
+    /// widths; a padded export's are wider).
+    Static {
+        model: Box<Bert>,
+        arch: Arch,
+        model_arch: Arch,
+    },
+}
+
+/// A static model has one architecture: `arch` only labels it. (The
+/// engine runs its forward and backward; candle's forward is the
+/// reference the engine is tested against.)
+impl Forward for Bert {
+    fn forward_train(&self, input: super::step::Input, _arch: &Arch) -> Result<Tensor> {
+        let t = input.tokens()?;
+        Bert::forward(self, t.ids, t.mask)?
+            .logits
+            .ok_or_else(|| Error::Tensor {
+                name: "classifier".into(),
+                message: "a BERT without a classification head cannot be trained on labels".into(),
+            })
+    }
+    fn engine_config(&self) -> Option<engine::Config> {
+        Some(engine::Config::from_bert(&self.config))
+    }
+}
+
+/// The static BERT of `arch` a standalone text run starts from: the
+/// recipe's start (seeded supernet, then `init_from`'s pretrained weights
+/// and rewiring as a supernet run does them, reports written in the run
+/// directory) sliced to `arch`; a trained supernet run's slice
+/// (inherited); or an exported model (labels checked by
+/// `check_start_labels` before the run directory was written).
+fn standalone_start(
+    recipe: &Recipe,
+    space: &Space,
+    data: &TextData,
+    arch: &Arch,
+    init: &Init,
+    say: bool,
+) -> Result<Bert> {
+    arch.check_fits(space)?;
+    match init {
+        Init::Scratch(scheme) => {
+            let vm = VarMap::new();
+            let vb = seeded_var_builder(&vm, recipe.seed, DType::F32, &Device::Cpu);
+            let net = BertSupernet::with_init(space, *scheme, vb)?;
+            let params = Params::from_varmap(&vm);
+            let task = TextTask {
+                net: TextNet::Supernet {
+                    net,
+                    sampler: sampler::from_config(&recipe.sampler, space)?,
+                },
+                recipe,
+                space,
+                data,
+            };
+            task.init(&params, Some(&recipe.output_dir), say)?;
+            match &task.net {
+                TextNet::Supernet { net, .. } => net.extract(arch),
+                TextNet::Static { .. } => unreachable!("built as a supernet above"),
+            }
+        }
+        Init::Inherited(dir) => {
+            let run = TextRun::load(dir)?;
+            arch.check_fits(&run.space)?;
+            run.extract(arch)
+        }
+        Init::Exported(dir) => Ok(crate::models::export_bert::load_dir(dir)?.0),
+    }
+}
+
+/// Refuses, before anything is written, a standalone start whose weights
+/// classify into other labels than the data's `labels` (the same names in
+/// the same order: the classifier's rows are those labels), naming the
+/// file that says so.
+fn check_start_labels(kind: &RunKind, labels: &[String]) -> Result<()> {
+    let (file, field, theirs) = match kind {
+        RunKind::Standalone {
+            init: Init::Inherited(dir),
+            ..
+        } => {
+            let path = dir.join(LABELS_FILE);
+            let theirs: Vec<String> = crate::io::read_json(&path)?;
+            (path, "labels", theirs)
+        }
+        RunKind::Standalone {
+            init: Init::Exported(dir),
+            ..
+        } => {
+            let (_, theirs) = crate::models::export_bert::load_dir(dir)?;
+            (dir.join("config.json"), "id2label", theirs)
+        }
+        _ => return Ok(()),
+    };
+    super::check_labels(&file, field, &theirs, labels)
+}
+
+/// `model` rebuilt on trainable variables (its tensors copied), and those
+/// variables sorted by name (see [`super::standalone::varmap_of`]).
+fn trainable(model: &Bert) -> Result<(Bert, Params)> {
+    let vm = super::standalone::varmap_of(model.tensors())?;
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let trained = Bert::load(&model.config, vb, "bert")?;
+    Ok((trained, Params::from_varmap(&vm)))
+}
+
 /// A text run's side of the loop: token batches in the seeded epoch order,
 /// subnets evaluated by the engine on the run's flat weights.
 struct TextTask<'a> {
-    net: BertSupernet,
-    sampler: Box<dyn Sampler>,
+    net: TextNet,
     recipe: &'a Recipe,
     space: &'a Space,
     data: &'a TextData,
@@ -456,21 +623,41 @@ impl TrainTask for TextTask<'_> {
     }
 
     fn net(&self) -> &dyn Forward {
-        &self.net
+        match &self.net {
+            TextNet::Supernet { net, .. } => net,
+            TextNet::Static { model, .. } => model.as_ref(),
+        }
     }
 
     fn standalone_arch(&self) -> Option<&Arch> {
-        None
+        match &self.net {
+            TextNet::Supernet { .. } => None,
+            TextNet::Static { arch, .. } => Some(arch),
+        }
     }
 
     /// The pretrained BERT of `init_from` in the supernet's leading
-    /// slices, then DynaBERT rewiring (`data.text.rewire_batches`).
+    /// slices, then DynaBERT rewiring (`data.text.rewire_batches`). A
+    /// static model was given its first weights when built.
     fn init(&self, params: &Params, dir: Option<&Path>, say: bool) -> Result<()> {
+        let TextNet::Supernet { net, .. } = &self.net else {
+            return Ok(());
+        };
         let recipe = self.recipe;
         if let Some(spec) = &recipe.init_from {
-            let model_dir = crate::hub::resolve(spec)?;
-            let report =
-                crate::hub::load_bert_into(params, &model_dir, self.space.supernet.head_dim)?;
+            let (model_dir, report) = if super::few_shot::is_supernet_run(spec) {
+                // A trained vitnas text run (e.g. the largest fine-tuned
+                // alone: DynaBERT's width stage starts from its teacher).
+                let run = Path::new(spec);
+                check_run_labels(run, &self.data.label_names)?;
+                let report = super::few_shot::load_parent_into(params, run, self.space)?;
+                (run.to_path_buf(), report)
+            } else {
+                let model_dir = crate::hub::resolve(spec)?;
+                let report =
+                    crate::hub::load_bert_into(params, &model_dir, self.space.supernet.head_dim)?;
+                (model_dir, report)
+            };
             if let Some(dir) = dir {
                 let path = dir.join("init-report.txt");
                 std::fs::write(&path, report.to_string()).map_err(|e| Error::io(&path, e))?;
@@ -481,7 +668,7 @@ impl TrainTask for TextTask<'_> {
         }
         let n = text_config(recipe)?.rewire_batches;
         if n > 0 {
-            rewire(&self.net, params, self.data, recipe, n, dir, say)?;
+            rewire(net, params, self.data, recipe, n, dir, say)?;
         }
         Ok(())
     }
@@ -500,14 +687,23 @@ impl TrainTask for TextTask<'_> {
     }
 
     fn plan(&self, space: &Space, step: usize, rng: &mut StdRng) -> Plan {
-        self.sampler.plan(space, step, rng)
+        match &self.net {
+            TextNet::Supernet { sampler, .. } => sampler.plan(space, step, rng),
+            TextNet::Static { model_arch, .. } => Plan {
+                archs: vec![model_arch.clone()],
+                teacher_first: false,
+            },
+        }
     }
 
     fn reported(&self, space: &Space) -> Vec<(Reported, Arch)> {
-        vec![
-            (Reported::Largest, space.largest()),
-            (Reported::Smallest, space.smallest()),
-        ]
+        match &self.net {
+            TextNet::Supernet { .. } => vec![
+                (Reported::Largest, space.largest()),
+                (Reported::Smallest, space.smallest()),
+            ],
+            TextNet::Static { model_arch, .. } => vec![(Reported::Model, model_arch.clone())],
+        }
     }
 
     fn validate(&self, arch: &Arch, flat: &FlatWeights) -> Result<EvalResult> {
@@ -548,12 +744,33 @@ impl TrainTask for TextTask<'_> {
 
     fn save(&self, params: &Params, opt: &AdamW, state: &TrainState) -> Result<()> {
         let dir = &self.recipe.output_dir;
-        checkpoint::save(dir, self.recipe, ModelFile::Supernet, params, opt, state)
+        let model = match &self.net {
+            TextNet::Supernet { .. } => ModelFile::Supernet,
+            TextNet::Static { model, arch, .. } => ModelFile::TextStandalone {
+                model,
+                arch,
+                space: self.space,
+                labels: &self.data.label_names,
+                tokenizer: self.data.tokenizer.path(),
+            },
+        };
+        checkpoint::save(dir, self.recipe, model, params, opt, state)
     }
 
     fn unit(&self) -> &'static str {
         "seq"
     }
+
+    fn label_names(&self) -> Option<&[String]> {
+        Some(&self.data.label_names)
+    }
+}
+
+/// That a trained run `dir` started from (`init_from`) has `labels`.
+fn check_run_labels(dir: &Path, labels: &[String]) -> Result<()> {
+    let path = dir.join(LABELS_FILE);
+    let theirs: Vec<String> = crate::io::read_json(&path)?;
+    super::check_labels(&path, "init_from", &theirs, labels)
 }
 
 /// The engine's weights and configuration of a run's flat weights.
@@ -631,14 +848,7 @@ impl TextRun {
         let space = Space::from_file(dir.join(SPACE_FILE))?;
         let labels_path = dir.join(LABELS_FILE);
         let labels: Vec<String> = crate::io::read_json(&labels_path)?;
-        let (tensors, _) = read_weights(&file, &Device::Cpu)?;
-        let mut named: Vec<(String, Tensor)> = tensors.into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let weights = Weights::from_tensors(&named).map_err(|e| Error::Checkpoint {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
-        drop(named);
+        let weights = Weights::read(&file)?;
         let cfg = engine::Config::from_space(&space);
         Ok(Self {
             dir,

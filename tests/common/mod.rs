@@ -315,6 +315,20 @@ pub fn tiny_bert(pooling: &str, heads: &str) -> Space {
     )
 }
 
+/// A depth-2 student of [`tiny_bert`]'s space 16 wide, heads 3 and 2,
+/// FFN 40 and 64 (of the supernet's 3 layers, 32 wide, 4 heads, FFN 64).
+pub fn tiny_bert_student(space: &Space) -> vitnas::space::Arch {
+    let a = vitnas::space::Arch {
+        embed_dim: 16,
+        depth: 2,
+        num_heads: vec![3, 2],
+        mlp_ratio: Vec::new(),
+        mlp_dim: vec![40, 64],
+    };
+    a.validate(space).unwrap();
+    a
+}
+
 /// A seeded BERT supernet of `space` (truncated-normal 0.02 init) and its
 /// variables.
 pub fn bert_supernet(space: &Space, seed: u64) -> (BertSupernet, VarMap) {

@@ -18,6 +18,14 @@ pub struct LossConfig {
     /// the subnets distill the logits alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden_distill: Option<HiddenDistillConfig>,
+    /// A fixed teacher (DynaBERT's first stage): a trained vitnas run
+    /// directory (e.g. the largest model fine-tuned alone) whose largest
+    /// subnet teaches every subnet of every step, the largest included,
+    /// by `distill` (and `hidden_distill`), instead of the step's own
+    /// largest subnet; nothing learns from the labels then. Its input and
+    /// classes must be this run's. Left out: in-place distillation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<std::path::PathBuf>,
 }
 
 /// `[loss] hidden_distill`: each distilled subnet also learns the
