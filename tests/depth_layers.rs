@@ -271,3 +271,24 @@ fn with_minilms_last_layer_a_2_layer_subnet_pools_a_cls_that_depends_on_the_inpu
         );
     }
 }
+
+/// A latency predictor fitted before the pooler space ran `prefix-and-last`
+/// still serves it (every layer has the same shape: which ones a subnet
+/// runs does not change its cost), while a change that does change costs
+/// is refused by name.
+#[test]
+fn a_latency_predictor_ignores_which_layers_a_subnet_runs_but_not_their_shapes() {
+    use vitnas::latency::{space_hash, Machine, Predictor};
+    let pooler = Space::from_file(repo_path("search_spaces/bert-minilm.toml")).unwrap();
+    let mut prefix = pooler.clone();
+    prefix.supernet.depth_layers = DepthLayers::Prefix;
+    assert_eq!(space_hash(&pooler), space_hash(&prefix));
+    let file = repo_path("evaluate/results/latency/bert-minilm-s128-b1-t2.predictor.json");
+    let p = Predictor::load(&file).unwrap();
+    p.check(&file, &pooler, &Machine::current(2)).unwrap();
+    let mut wider = pooler.clone();
+    wider.choices.embed_dim.push(448);
+    wider.supernet.embed_dim = 448;
+    let e = p.check(&file, &wider, &Machine::current(2)).unwrap_err();
+    assert!(e.to_string().contains("bert-minilm"), "{e}");
+}

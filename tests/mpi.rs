@@ -195,9 +195,17 @@ fn two_mpi_ranks_train_what_one_process_trains_on_the_same_global_batch() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("\"run_dir\"").count(), 1, "{stdout}");
     assert!(stdout.contains("\"world_size\": 2"), "{stdout}");
-    let (a, b) = (losses(&one), losses(&two));
-    assert_eq!((a.len(), b.len()), (12, 12));
+    assert_trained_alike(&one, &two, 12);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// That the runs in `one` and `two` logged `steps` steps whose losses
+/// agree within 1e-5 (relative) and ended on weights within 5e-4.
+fn assert_trained_alike(one: &Path, two: &Path, steps: usize) {
+    let (a, b) = (losses(one), losses(two));
+    assert_eq!((a.len(), b.len()), (steps, steps));
     for (s, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x.len(), y.len(), "step {}", s + 1);
         for (x, y) in x.iter().zip(y) {
             assert!(
                 (x - y).abs() <= 1e-5 * x.abs().max(1.0),
@@ -206,12 +214,108 @@ fn two_mpi_ranks_train_what_one_process_trains_on_the_same_global_batch() {
             );
         }
     }
-    let (wa, wb) = (tensors(&one), tensors(&two));
+    let (wa, wb) = (tensors(one), tensors(two));
     assert_eq!(wa.len(), wb.len());
     for (name, ta) in &wa {
         let diff = max_abs_diff(ta, &wb[name]);
         assert!(diff < 5e-4, "{name}: max difference {diff}");
     }
+}
+
+/// The bundled SpamAssassin sample with its texts cut to 1 to 24 words
+/// (most are longer than any `max_len` here, which would pad every batch
+/// alike), written to `dir`.
+fn short_texts(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for split in ["train", "test"] {
+        let file = format!("{split}.jsonl");
+        let text = std::fs::read_to_string(repo_path("data/spam-sample").join(&file)).unwrap();
+        let cut: String = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let words: Vec<&str> = v["text"].as_str().unwrap().split_whitespace().collect();
+                let short = words[..words.len().min(1 + i * 7 % 24)].join(" ");
+                v["text"] = short.into();
+                format!("{v}\n")
+            })
+            .collect();
+        std::fs::write(dir.join(&file), cut).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+#[test]
+#[ignore = "needs mpirun and the mpi feature: .ci/mpi.sh"]
+fn two_mpi_ranks_train_a_text_supernet_and_subnet_as_one_process_does_on_the_same_batches() {
+    let d = tmp_dir("text");
+    let space = d.join("space.toml");
+    std::fs::write(&space, common::tiny_text_space_toml(64, "num_classes = 2")).unwrap();
+    let data = short_texts(&d.join("data"));
+    // Rewiring at init must leave both ranks on the same weights (checked
+    // by checksum before the first step).
+    let recipe = d.join("recipe.toml");
+    let text = common::tiny_text_recipe_toml(
+        (&space, &data, &d.join("unused")),
+        100,
+        "max_len = 64\nrewire_batches = 2",
+        1,
+    );
+    std::fs::write(&recipe, text).unwrap();
+    let recipe = recipe.display().to_string();
+    let (one, two) = (d.join("one"), d.join("two"));
+    let (o, t) = (one.display().to_string(), two.display().to_string());
+    let steps = ["--max-steps", "8"];
+    ok(alone(
+        &[&["train", &recipe, "--output-dir", &o][..], &steps].concat(),
+    ));
+    let out = ok(mpirun(
+        2,
+        &[&["train", &recipe, "--output-dir", &t][..], &steps].concat(),
+        &[],
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("\"run_dir\"").count(), 1, "{stdout}");
+    assert!(stdout.contains("\"world_size\": 2"), "{stdout}");
+    for f in ["labels.json", "tokenizer.json", "rewire-report.json"] {
+        assert!(two.join(f).is_file(), "{f} missing in {}", two.display());
+    }
+    assert_trained_alike(&one, &two, 8);
+    // The global batches padded to different lengths (each rank pads its
+    // own half: the losses above agree all the same).
+    let padded: std::collections::HashSet<u64> = std::fs::read_to_string(one.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens"].as_u64())
+        .collect();
+    assert!(padded.len() > 2, "padded lengths {padded:?}");
+    // One subnet alone, from the supernet's weights (`retrain --inherit`).
+    let (ro, rt) = (d.join("retrain-one"), d.join("retrain-two"));
+    let (ros, rts) = (ro.display().to_string(), rt.display().to_string());
+    let retrain = [
+        "retrain",
+        "--supernet",
+        &o,
+        "--arch",
+        "smallest",
+        "--inherit",
+        "--max-steps",
+        "4",
+        "--output-dir",
+    ];
+    ok(alone(&[&retrain[..], &[ros.as_str()]].concat()));
+    ok(mpirun(2, &[&retrain[..], &[rts.as_str()]].concat(), &[]));
+    assert_trained_alike(&ro, &rt, 4);
+    // The supernet runs resume (rank 0 locks and truncates the metrics).
+    let to = ["--max-steps", "12"];
+    ok(alone(&[&["train", "--resume", &o][..], &to].concat()));
+    ok(mpirun(
+        2,
+        &[&["train", "--resume", &t][..], &to].concat(),
+        &[],
+    ));
+    assert_trained_alike(&one, &two, 12);
     let _ = std::fs::remove_dir_all(d);
 }
 

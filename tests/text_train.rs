@@ -166,10 +166,24 @@ fn text_supernet_trains_resumes_bit_exactly_searches_and_exports() {
     let res: serde_json::Value = serde_json::from_str(&out).unwrap();
     let b = &res["latency_budget"];
     let (largest, max) = (
-        b["largest_measured_ms"].as_f64().unwrap(),
+        b["largest_ms"].as_f64().unwrap(),
         b["max_ms"].as_f64().unwrap(),
     );
     assert!(largest > 0.0 && (max - 0.9 * largest).abs() < 1e-9, "{out}");
+    // With a predictor the largest's latency is predicted, as the
+    // candidates' are: the same figure `latency predict` gives.
+    assert_eq!(b["largest_how"], "predicted", "{out}");
+    let largest_file = run.join("largest-arch.json");
+    let (ok, arch, err) = vitnas(&["arch", "sample", s(&run.join("space.toml")), "--largest"]);
+    assert!(ok, "{err}");
+    std::fs::write(&largest_file, arch).unwrap();
+    let (ok, p, err) = vitnas(&["latency", "predict", s(&pred), s(&largest_file)]);
+    assert!(ok, "{err}");
+    let p: serde_json::Value = serde_json::from_str(&p).unwrap();
+    assert!(
+        (p["predicted_ms"].as_f64().unwrap() - largest).abs() < 1e-9,
+        "{p} vs {out}"
+    );
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run.join("search-hat/search-state.json")).unwrap(),
     )

@@ -53,8 +53,9 @@ pub struct SearchArgs {
     /// measured, or predicted with --predictor.
     #[arg(long, alias = "latency-max-ms")]
     latency_ms_max: Option<f64>,
-    /// Bound on latency as a fraction of the largest subnet's, measured on
-    /// this machine when the search starts (e.g. 0.333: 3× faster).
+    /// Bound on latency as a fraction of the largest subnet's (e.g. 0.333:
+    /// 3× faster): predicted with a latency predictor, else measured on
+    /// this machine when the search starts.
     #[arg(long, conflicts_with = "latency_ms_max")]
     latency_fraction: Option<f64>,
     #[arg(long)]
@@ -301,17 +302,24 @@ pub fn run(a: SearchArgs, world: &dyn Collective) -> anyhow::Result<()> {
                 Some(p) => (p.batch, p.machine.threads),
                 None => (c.latency_batch.unwrap_or(1), rayon::current_num_threads()),
             };
-            let largest = match c.latency_largest_ms {
-                Some(ms) => ms,
-                None => with_threads(threads, || judge.latency_ms(&space.largest(), batch))?,
+            // With a predictor, the candidates' latencies are predicted: so
+            // is the largest's, on the same scale, rather than one timing
+            // taken now (which other jobs on the machine would inflate).
+            let (largest, how) = match (c.latency_largest_ms, &predictor) {
+                (Some(ms), _) => (ms, "as resumed"),
+                (None, Some(p)) => (p.predict(space, &space.largest()), "predicted"),
+                (None, None) => (
+                    with_threads(threads, || judge.latency_ms(&space.largest(), batch))?,
+                    "measured",
+                ),
             };
             c.latency_largest_ms = Some(largest);
             eprintln!(
-                "latency bound: {f} × the largest subnet's {largest:.3} ms (batch {batch}, \
+                "latency bound: {f} × the largest subnet's {largest:.3} ms ({how}; batch {batch}, \
                  {threads} threads) = {:.3} ms",
                 f * largest
             );
-            serde_json::json!({"fraction": f, "largest_measured_ms": largest,
+            serde_json::json!({"fraction": f, "largest_ms": largest, "largest_how": how,
                 "max_ms": f * largest, "batch": batch, "threads": threads})
         }
         _ => serde_json::Value::Null,

@@ -87,10 +87,15 @@ fn cpu_model() -> String {
 }
 
 /// A stable hash of a space's definition (FNV-1a over its TOML form): a
-/// dataset or predictor is only valid for the space it was made on.
+/// dataset or predictor is only valid for the space it was made on. Which
+/// of the supernet's layers a shallower subnet runs (`[supernet]
+/// depth_layers`) is left out: every layer has the same shape, so a
+/// subnet's cost, hence its latency, does not depend on it.
 pub fn space_hash(space: &Space) -> String {
+    let mut cost = space.clone();
+    cost.supernet.depth_layers = Default::default();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in space.to_toml_string().bytes() {
+    for b in cost.to_toml_string().bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

@@ -9,7 +9,10 @@
 //!
 //! A run directory holds, besides the image trainer's files, the label
 //! names (`labels.json`) and the tokenizer (`tokenizer.json`), so that
-//! search, evaluation and export need nothing else.
+//! search, evaluation and export need nothing else. Under MPI a text run
+//! trains data-parallel as an image run does: rank 0 alone checks, locks
+//! and writes the directory, and every rank reads the data and rewires
+//! alike.
 //!
 //! The same task trains one text subnet alone (`vitnas retrain`,
 //! `vitnas finetune`, the standalone side of `vitnas evaluate rank`): a
@@ -18,6 +21,7 @@
 //! [`super::standalone`]).
 
 use super::checkpoint::{self, write_atomic, ModelFile, TrainState};
+use super::data_parallel::{check_batch, check_same_run};
 use super::flat::FlatWeights;
 use super::loss::cross_entropy;
 use super::optim::AdamW;
@@ -33,6 +37,7 @@ use super::RunOptions;
 use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE};
 use crate::data::batch::epoch_order;
 use crate::data::text::{load_text, TextDataset, TokenizedDataset};
+use crate::dist;
 use crate::engine::{self, Weights};
 use crate::error::{Error, Result};
 use crate::models::bert::Bert;
@@ -363,24 +368,49 @@ pub(crate) fn start_kind(
     kind: RunKind,
     opts: &RunOptions,
 ) -> Result<Summary> {
-    single_process(opts)?;
     let dir = &recipe.output_dir;
     if opts.resume {
         return resume(dir, opts);
     }
     recipe.validate_resolved()?;
-    rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
+    check_batch(opts.collective, recipe)?;
+    let root = dist::is_root(opts.collective);
+    if root {
+        rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
+    }
     let data = load_train_val(recipe, space)?;
     check_start_labels(&kind, &data.label_names)?;
     let space = &resolve_space(recipe, space, &data)?;
-    if opts.progress {
+    if opts.progress && root {
         eprintln!("{}", data_summary(&data));
     }
     let mut resolved = recipe.clone();
     resolved.data.path = Some(data.data_dir.clone());
     resolved.resolve_teacher();
+    check_same_run(opts.collective, &resolved, &space.to_toml_string())?;
+    let _lock = match root {
+        true => Some(write_run_dir(dir, &resolved, space, &data, opts)?),
+        false => None,
+    };
+    run(&resolved, space, &data, kind, None, opts)
+}
+
+/// Creates the run directory under its lock and writes the resolved
+/// recipe, the space, the label names, the tokenizer and an empty metrics
+/// file (rank 0's work in a data-parallel run).
+fn write_run_dir(
+    dir: &Path,
+    resolved: &Recipe,
+    space: &Space,
+    data: &TextData,
+    opts: &RunOptions,
+) -> Result<RunLock> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let _lock = RunLock::acquire(dir)?;
+    let lock = RunLock::acquire(dir)?;
+    // Checked again under the lock: another process may have started here.
+    if dir.join(CHECKPOINT_FILE).exists() || dir.join(METRICS_FILE).exists() {
+        rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
+    }
     write_atomic(&dir.join(RECIPE_FILE), resolved.to_toml_string().as_bytes())?;
     write_atomic(&dir.join(SPACE_FILE), space.to_toml_string().as_bytes())?;
     let labels = serde_json::to_string(&data.label_names).expect("names serialize");
@@ -390,12 +420,11 @@ pub(crate) fn start_kind(
     write_atomic(&dir.join(TOKENIZER_FILE), &tok)?;
     std::fs::write(dir.join(METRICS_FILE), b"")
         .map_err(|e| Error::io(dir.join(METRICS_FILE), e))?;
-    run(&resolved, space, &data, kind, None, opts)
+    Ok(lock)
 }
 
 /// Continues the text run in `dir` from its last checkpoint.
 pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
-    single_process(opts)?;
     let ckpt = dir.join(CHECKPOINT_FILE);
     if !ckpt.is_file() {
         return Err(Error::Checkpoint {
@@ -403,16 +432,21 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
             message: super::nothing_to_resume(dir),
         });
     }
-    let _lock = RunLock::acquire(dir)?;
+    let root = dist::is_root(opts.collective);
+    let _lock = root.then(|| RunLock::acquire(dir)).transpose()?;
     let mut recipe = Recipe::from_file(dir.join(RECIPE_FILE))?;
     recipe.output_dir = dir.to_path_buf();
+    check_batch(opts.collective, &recipe)?;
     let space = Space::from_file(dir.join(SPACE_FILE))?;
     let data = load_train_val(&recipe, &space)?;
-    if opts.progress {
+    if opts.progress && root {
         eprintln!("{}", data_summary(&data));
     }
     let (tensors, state) = checkpoint::read_checkpoint(&ckpt)?;
-    super::session::truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
+    check_same_run(opts.collective, &recipe, &space.to_toml_string())?;
+    if root {
+        super::session::truncate_metrics(&dir.join(METRICS_FILE), state.step)?;
+    }
     // A standalone run's directory is its exported model: the shapes come
     // from there, the weights from the checkpoint.
     let kind = match &state.arch {
@@ -423,20 +457,6 @@ pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary> {
         },
     };
     run(&recipe, &space, &data, kind, Some((tensors, state)), opts)
-}
-
-/// Text runs train in one process (data-parallel ranks are the image
-/// trainer's so far).
-fn single_process(opts: &RunOptions) -> Result<()> {
-    match opts.collective.size() {
-        1 => Ok(()),
-        n => Err(Error::Distributed {
-            message: format!(
-                "text supernets train in one process so far, not on {n} ranks: run `vitnas train` \
-                 without mpirun"
-            ),
-        }),
-    }
 }
 
 /// The seeded BERT supernet of a text space and its sorted parameters.
@@ -457,6 +477,13 @@ fn run(
     restore: Option<Restore>,
     opts: &RunOptions,
 ) -> Result<Summary> {
+    let ranks = opts.collective.size();
+    if ranks > 1 && recipe.loss.hidden_distill.is_some() && dist::is_root(opts.collective) {
+        tracing::warn!(
+            "loss.hidden_distill on {ranks} ranks: each rank averages it over its own share's \
+             tokens, so it matches one process only where the shares hold as many tokens"
+        );
+    }
     let (net, params) = match kind {
         RunKind::Supernet => {
             let (net, params) = build(space, recipe)?;
@@ -464,8 +491,10 @@ fn run(
             (TextNet::Supernet { net, sampler }, params)
         }
         RunKind::Standalone { arch, init } => {
-            let say = opts.progress && restore.is_none();
-            let start = standalone_start(recipe, space, data, &arch, &init, say)?;
+            let root = dist::is_root(opts.collective);
+            let say = opts.progress && restore.is_none() && root;
+            let dir = root.then_some(recipe.output_dir.as_path());
+            let start = standalone_start(recipe, space, data, &arch, &init, dir, say)?;
             let (model, params) = trainable(&start)?;
             let model_arch = model.config.arch();
             let model = Box::new(model);
@@ -527,7 +556,7 @@ impl Forward for Bert {
 /// The static BERT of `arch` a standalone text run starts from: the
 /// recipe's start (seeded supernet, then `init_from`'s pretrained weights
 /// and rewiring as a supernet run does them, reports written in the run
-/// directory) sliced to `arch`; a trained supernet run's slice
+/// directory `dir`, rank 0's) sliced to `arch`; a trained supernet run's slice
 /// (inherited); or an exported model (labels checked by
 /// `check_start_labels` before the run directory was written).
 fn standalone_start(
@@ -536,6 +565,7 @@ fn standalone_start(
     data: &TextData,
     arch: &Arch,
     init: &Init,
+    dir: Option<&Path>,
     say: bool,
 ) -> Result<Bert> {
     arch.check_fits(space)?;
@@ -554,7 +584,7 @@ fn standalone_start(
                 space,
                 data,
             };
-            task.init(&params, Some(&recipe.output_dir), say)?;
+            task.init(&params, dir, say)?;
             match &task.net {
                 TextNet::Supernet { net, .. } => net.extract(arch),
                 TextNet::Static { .. } => unreachable!("built as a supernet above"),
@@ -673,8 +703,11 @@ impl TrainTask for TextTask<'_> {
         Ok(())
     }
 
-    /// Padded to the batch's longest member; no draws. (Text runs have one
-    /// rank, whose shard is the whole batch.)
+    /// This rank's shard, padded to the shard's longest member; no draws.
+    /// (Padding per shard leaves the per-sequence losses, cross-entropy
+    /// and KL, the global batch's mean over the ranks; the hidden-state
+    /// term, a mean over a shard's tokens, is weighted per shard instead:
+    /// see `docs/text.md`.)
     fn examples(
         &self,
         indices: &[usize],
