@@ -76,6 +76,24 @@ fn depth_layers_reads_from_the_space_file_and_an_image_space_refuses_it() {
         assert!(s
             .to_toml_string()
             .contains(&format!("depth_layers = \"{name}\"")));
+        // the largest must run every layer, and no [[layer]] list may
+        // name a position that maps to other layers at each depth
+        let shallow = t.replacen("depth = [2, 3, 4, 5, 6]", "depth = [2, 3, 4, 5]", 1);
+        assert_ne!(shallow, t);
+        let e = Space::from_toml_str(&shallow, "shallow.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("supernet.depth_layers") && e.contains("choices.depth"),
+            "{e}"
+        );
+        let layered = format!("{t}\n[[layer]]\nindex = 5\nnum_heads = [12]\n");
+        let e = Space::from_toml_str(&layered, "layered.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[[layer]]"), "{e}");
+        let prefix = layered.replace(&format!("depth_layers = \"{name}\"\n"), "");
+        Space::from_toml_str(&prefix, "prefix.toml").unwrap();
     }
     let image = std::fs::read_to_string(repo_path("search_spaces/fmnist-tiny.toml")).unwrap();
     let image = image.replacen(

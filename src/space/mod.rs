@@ -242,9 +242,11 @@ impl Space {
                 if s.depth_layers != DepthLayers::Prefix {
                     return Err(bad(
                         "supernet.depth_layers",
-                        "\"prefix-and-last\" is for text spaces so far; an image space's \
-                         subnets run its first layers (leave the field out)"
-                            .into(),
+                        format!(
+                            "{:?} is for text spaces so far; an image space's subnets run its \
+                             first layers (leave the field out)",
+                            s.depth_layers
+                        ),
                     ));
                 }
                 positive.extend([
@@ -255,6 +257,34 @@ impl Space {
                 ]);
             }
             (None, Some(t)) => {
+                if s.depth_layers != DepthLayers::Prefix {
+                    // The largest subnet must run every layer (rewiring
+                    // and the full-depth teacher read them in order), and
+                    // a `[[layer]]` index would name a subnet position
+                    // that runs different supernet layers at each depth.
+                    let deepest = self.choices.depth.iter().max().copied().unwrap_or(0);
+                    if deepest != s.depth {
+                        return Err(bad(
+                            "supernet.depth_layers",
+                            format!(
+                                "{:?} needs the deepest choice to be the supernet's depth \
+                                 ({}), not {deepest}: add it to choices.depth",
+                                s.depth_layers, s.depth
+                            ),
+                        ));
+                    }
+                    if !self.layer.is_empty() {
+                        return Err(bad(
+                            "layer",
+                            format!(
+                                "[[layer]] choice lists name a subnet's layer by position, and \
+                                 under depth_layers = {:?} a position runs another supernet \
+                                 layer at each depth: use one choice list for every layer",
+                                s.depth_layers
+                            ),
+                        ));
+                    }
+                }
                 positive.extend([
                     ("text.vocab_size", t.vocab_size),
                     ("text.max_position_embeddings", t.max_position_embeddings),

@@ -161,7 +161,13 @@ pub fn load_parent_into(
 ) -> Result<crate::hub::LoadReport> {
     let parent_space_file = parent.join(SPACE_FILE);
     let ps = Space::from_file(&parent_space_file)?;
-    if ps.supernet != space.supernet || ps.input != space.input || ps.text != space.text {
+    // Which layers a shallower subnet runs changes no shape.
+    let same_shapes = |a: &Space| {
+        let mut d = a.supernet.clone();
+        d.depth_layers = Default::default();
+        d
+    };
+    if same_shapes(&ps) != same_shapes(space) || ps.input != space.input || ps.text != space.text {
         return Err(Error::InvalidConfig {
             file: parent_space_file.display().to_string(),
             field: "supernet".into(),
