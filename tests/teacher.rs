@@ -280,6 +280,15 @@ fn a_text_run_starts_from_a_trained_run_and_learns_from_it_as_a_fixed_teacher() 
         e.contains("loss.teacher") && e.contains("supernet.safetensors"),
         "{e}"
     );
+    // refused before anything is written
+    assert!(
+        !dir.join("sixth").exists(),
+        "a refused run left a directory"
+    );
+    assert!(
+        !dir.join("fourth").exists(),
+        "a refused run left a directory"
+    );
 }
 
 #[test]

@@ -43,6 +43,11 @@ pub(crate) fn start(
         rundir::check_output(dir, Artifact::TrainingRun, opts.force)?;
     }
     let data = load_train_val(recipe, space)?;
+    if let Some(t) = &recipe.loss.teacher {
+        // Refused before the directory is written (training loads it again).
+        let hidden = recipe.loss.hidden_distill.is_some();
+        super::teacher::FixedTeacher::load(t, space, None, hidden)?;
+    }
     let mut resolved = recipe.clone();
     resolved.data.normalize = Some(data.norm.clone());
     // The data directory as found, so that a resume from anywhere reads

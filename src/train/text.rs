@@ -32,6 +32,7 @@ use super::step::{Forward, Params};
 use super::summary::{EvalSplit, Reported, Summary};
 use super::task::{Examples, TrainTask};
 use super::task::{Metrics, Restore};
+use super::teacher::FixedTeacher;
 use super::trainee::RunKind;
 use super::RunOptions;
 use super::{CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, SPACE_FILE};
@@ -381,6 +382,11 @@ pub(crate) fn start_kind(
     let data = load_train_val(recipe, space)?;
     check_start_labels(&kind, &data.label_names)?;
     let space = &resolve_space(recipe, space, &data)?;
+    if let Some(t) = &recipe.loss.teacher {
+        // Refused before the directory is written (training loads it again).
+        let hidden = recipe.loss.hidden_distill.is_some();
+        FixedTeacher::load(t, space, Some(&data.label_names), hidden)?;
+    }
     if opts.progress && root {
         eprintln!("{}", data_summary(&data));
     }
