@@ -172,6 +172,26 @@ fn start_until_step(mut cmd: Command, dir: &Path, step: usize) -> Child {
     child
 }
 
+/// `vitnas train <recipe>` for `steps` steps in one process into `one`
+/// and on 2 ranks into `two`; rank 0 alone prints the summary, of a
+/// 2-rank world.
+fn train_alone_and_on_two_ranks(recipe: &str, one: &Path, two: &Path, steps: usize) {
+    let (o, t) = (one.display().to_string(), two.display().to_string());
+    let steps = ["--max-steps".to_string(), steps.to_string()];
+    let steps = [steps[0].as_str(), steps[1].as_str()];
+    ok(alone(
+        &[&["train", recipe, "--output-dir", &o][..], &steps].concat(),
+    ));
+    let out = ok(mpirun(
+        2,
+        &[&["train", recipe, "--output-dir", &t][..], &steps].concat(),
+        &[],
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("\"run_dir\"").count(), 1, "{stdout}");
+    assert!(stdout.contains("\"world_size\": 2"), "{stdout}");
+}
+
 #[test]
 #[ignore = "needs mpirun and the mpi feature: .ci/mpi.sh"]
 fn two_mpi_ranks_train_what_one_process_trains_on_the_same_global_batch() {
@@ -180,21 +200,7 @@ fn two_mpi_ranks_train_what_one_process_trains_on_the_same_global_batch() {
     r.train.epochs = 2;
     let recipe = write_recipe(&r, &d, "recipe.toml");
     let (one, two) = (d.join("one"), d.join("two"));
-    let steps = ["--max-steps", "12"];
-    let o = one.display().to_string();
-    let t = two.display().to_string();
-    ok(alone(
-        &[&["train", &recipe, "--output-dir", &o][..], &steps].concat(),
-    ));
-    let out = ok(mpirun(
-        2,
-        &[&["train", &recipe, "--output-dir", &t][..], &steps].concat(),
-        &[],
-    ));
-    // Rank 0 alone prints the summary.
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.matches("\"run_dir\"").count(), 1, "{stdout}");
-    assert!(stdout.contains("\"world_size\": 2"), "{stdout}");
+    train_alone_and_on_two_ranks(&recipe, &one, &two, 12);
     assert_trained_alike(&one, &two, 12);
     let _ = std::fs::remove_dir_all(d);
 }
@@ -266,18 +272,7 @@ fn two_mpi_ranks_train_a_text_supernet_and_subnet_as_one_process_does_on_the_sam
     let recipe = recipe.display().to_string();
     let (one, two) = (d.join("one"), d.join("two"));
     let (o, t) = (one.display().to_string(), two.display().to_string());
-    let steps = ["--max-steps", "8"];
-    ok(alone(
-        &[&["train", &recipe, "--output-dir", &o][..], &steps].concat(),
-    ));
-    let out = ok(mpirun(
-        2,
-        &[&["train", &recipe, "--output-dir", &t][..], &steps].concat(),
-        &[],
-    ));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.matches("\"run_dir\"").count(), 1, "{stdout}");
-    assert!(stdout.contains("\"world_size\": 2"), "{stdout}");
+    train_alone_and_on_two_ranks(&recipe, &one, &two, 8);
     for f in ["labels.json", "tokenizer.json", "rewire-report.json"] {
         assert!(two.join(f).is_file(), "{f} missing in {}", two.display());
     }

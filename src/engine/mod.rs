@@ -64,7 +64,8 @@ mod weights;
 pub use crate::kernels::simd;
 pub use input::{check_input, Input, Layout, Seq};
 pub use parallel::{
-    backward_chunks, backward_chunks_hidden, forward_chunks, forward_chunks_hidden, split,
+    backward_chunks, backward_chunks_hidden, forward_chunks, forward_chunks_hidden,
+    forward_chunks_infer_hidden, split,
 };
 pub(crate) use parallel::{forward_chunks_features, par_ok, serial};
 pub use weights::{Config, Head, LayerIdx, Pair, Stem, Weights};
@@ -193,6 +194,19 @@ pub fn forward_infer(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (V
 /// [`backward_hidden`] takes gradients with respect to those states.
 pub fn forward_hidden(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (Vec<f32>, Tape) {
     forward_impl(w, cfg, arch, input, false, true, true)
+}
+
+/// [`forward_infer`] that keeps the hidden states at every layer boundary
+/// ([`Tape::hidden`], as [`forward_hidden`] lays them out, the same values)
+/// and no block's activations: a fixed teacher's forward, whose states are
+/// constants.
+pub fn forward_infer_hidden(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    input: Input,
+) -> (Vec<f32>, Tape) {
+    forward_impl(w, cfg, arch, input, false, true, false)
 }
 
 fn forward_impl(

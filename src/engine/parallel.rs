@@ -3,8 +3,8 @@
 //! keeps an op on its thread when splitting it would not pay.
 
 use super::{
-    backward_hidden, forward, forward_hidden, forward_infer, infer_one_split, Config, Input, Tape,
-    Weights,
+    backward_hidden, forward, forward_hidden, forward_infer, forward_infer_hidden, infer_one_split,
+    Config, Input, Tape, Weights,
 };
 use crate::space::Arch;
 use rayon::prelude::*;
@@ -94,6 +94,18 @@ pub fn forward_chunks_hidden(
     chunks: &[std::ops::Range<usize>],
 ) -> (Vec<f32>, Vec<Tape>) {
     chunks_by(forward_hidden, w, cfg, arch, input, chunks, true)
+}
+
+/// [`forward_chunks`] by [`forward_infer_hidden`]: each chunk's tape keeps
+/// its hidden states and no block's activations (a fixed teacher's).
+pub fn forward_chunks_infer_hidden(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    input: Input,
+    chunks: &[std::ops::Range<usize>],
+) -> (Vec<f32>, Vec<Tape>) {
+    chunks_by(forward_infer_hidden, w, cfg, arch, input, chunks, true)
 }
 
 type ForwardFn = fn(&Weights, &Config, &Arch, Input) -> (Vec<f32>, Tape);

@@ -734,7 +734,7 @@ impl Pass for EnginePass<'_> {
     fn teacher(&mut self, t: TeacherModel, hidden: bool) -> Result<(Tensor, HiddenStates)> {
         let (x, chunks) = (self.x.input(), &self.chunks);
         let (logits, mut tapes) = match hidden {
-            true => engine::forward_chunks_hidden(t.weights, t.cfg, t.arch, x, chunks),
+            true => engine::forward_chunks_infer_hidden(t.weights, t.cfg, t.arch, x, chunks),
             false => engine::forward_chunks(t.weights, t.cfg, t.arch, x, chunks, false),
         };
         let states = tapes.iter_mut().map(engine::Tape::take_hidden).collect();
