@@ -171,6 +171,9 @@ def measure(a, model, tokens, flags, mode, batch, rows, raw, tmp):
     peer = os.path.join("evaluate", "peers", "torch_reference.py" if model == "vit" else "torch_bert_reference.py")
     print(f"{model} {tokens} tokens, {mode} batch {batch}: {reps} reps (~{gflop:.1f} GFLOP each)", file=sys.stderr)
     sides = [("vitnas", [a.vitnas, "bench", mode] + common + count)]
+    if mode == "train" and a.recompute:
+        # the same steps keeping each block's input alone (`[train] recompute = "blocks"`)
+        sides.append(("vitnas-recompute", [a.vitnas, "bench", mode] + common + count + ["--recompute", "blocks"]))
     if a.torch_py:
         sides.append(("pytorch", [a.torch_py, peer, mode] + common + count))
     for side, cmd in sides:
@@ -210,8 +213,8 @@ def summary(rows):
     by = {(r["side"], r["model"], r["mode"], int(r["batch"]), int(r["tokens"])): r for r in ok}
     lines = ["| model | tokens | mode | batch | vitnas ms | PyTorch ms | ratio | target | peak MiB vitnas / PyTorch | ratio (<= 0.5) | vs ORT ms (<= 0.8) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (side, model, mode, batch, tokens), v in sorted(by.items(), key=lambda kv: (kv[0][1] != "vit", kv[0][2], kv[0][3], kv[0][4])):
-        if side != "vitnas":
+    for (side, model, mode, batch, tokens), v in sorted(by.items(), key=lambda kv: (kv[0][1] != "vit", kv[0][2], kv[0][3], kv[0][4], kv[0][0])):
+        if not side.startswith("vitnas"):
             continue
         p = by.get(("pytorch", model, mode, batch, tokens))
         o = by.get(("onnxruntime", model, mode, batch, tokens))
@@ -227,7 +230,8 @@ def summary(rows):
             ort = f"{o['ms_per_step']:.2f} ({v['ms_per_step'] / o['ms_per_step']:.2f}x)"
         pm = f"{v.get('peak_mb') or 0:.0f} / {p.get('peak_mb') or 0:.0f}" if p else f"{v.get('peak_mb') or 0:.0f} / -"
         what = "throughput" if field == "throughput" else "latency"
-        lines.append(f"| {model} | {tokens} | {mode} | {batch} | {v['ms_per_step']:.2f} | {pms} | {ratio} | {what} {op} {target}x | {pm} | {mem} | {ort} |")
+        label = mode + (" (recompute blocks)" if side == "vitnas-recompute" else "")
+        lines.append(f"| {model} | {tokens} | {label} | {batch} | {v['ms_per_step']:.2f} | {pms} | {ratio} | {what} {op} {target}x | {pm} | {mem} | {ort} |")
     lines += ["", "Growth of ms per model GFLOP from the smallest to the largest size (<= 1.00: cost grows no faster than the FLOPs):", "",
               "| side | model | mode | batch | tokens | ms/GFLOP first -> last | growth |", "|---|---|---|---|---|---|---|"]
     series = {}
@@ -245,7 +249,7 @@ def summary(rows):
 # --- the plot, written by hand (no plotting library needed) ---------------
 
 COLORS = {("train", 32): "#1f77b4", ("infer", 1): "#d62728", ("infer", 64): "#2ca02c"}
-DASH = {"vitnas": "", "pytorch": "7,4", "onnxruntime": "2,3"}
+DASH = {"vitnas": "", "vitnas-recompute": "12,3,2,3", "pytorch": "7,4", "onnxruntime": "2,3"}
 
 
 def svg(rows, title):
@@ -302,9 +306,9 @@ def svg(rows, title):
                     out.append(f'<circle cx="{X(t):.1f}" cy="{Y(v):.1f}" r="3" fill="{COLORS[k[1:]]}"/>')
     ly = H - 40
     items = [(f"{m} batch {b}", COLORS[(m, b)], "") for (m, b) in COLORS] + \
-            [(s, "#333", DASH[s]) for s in ("vitnas", "pytorch", "onnxruntime")]
+            [(s, "#333", DASH[s]) for s in DASH if any(r["side"] == s for r in rows)]
     for i, (label, color, dash) in enumerate(items):
-        x = 60 + i * 165
+        x = 40 + i * 150
         d = f' stroke-dasharray="{dash}"' if dash else ""
         out.append(f'<line x1="{x}" x2="{x + 40}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"{d}/>')
         out.append(f'<text x="{x + 46}" y="{ly + 4}">{label}</text>')
@@ -343,6 +347,8 @@ def main():
     ap.add_argument("--min-reps", type=int, default=1)
     ap.add_argument("--max-reps", type=int, default=200)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
+    ap.add_argument("--no-recompute", dest="recompute", action="store_false",
+                    help="skip the training rows with `--recompute blocks`")
     ap.add_argument("--replot", metavar="CSV", help="only write summary.md and scaling.svg again from a scaling.csv")
     a = ap.parse_args(namespace=Args())
     if a.replot:

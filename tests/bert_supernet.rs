@@ -204,6 +204,7 @@ fn the_engine_step_on_a_text_supernet_equals_the_autograd_step() {
             Path::Engine {
                 weights: &weights,
                 config: &cfg,
+                recompute: Default::default(),
             },
             &plan,
             batch,

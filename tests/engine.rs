@@ -361,6 +361,7 @@ fn engine_and_autograd_nasvit_steps_agree_with_scaling_layers() {
     let (le, ge, ue, ae) = run(Path::Engine {
         weights: &w,
         config: &cfg,
+        recompute: Default::default(),
     });
     let (la, ga, ua, aa) = run(Path::Autograd {
         net: &net,
@@ -430,6 +431,7 @@ fn nasvit_changes_only_the_conflicting_tensors_of_a_real_step() {
     let path = Path::Engine {
         weights: &w,
         config: &cfg,
+        recompute: Default::default(),
     };
     // No clipping of g_S, so that the plain sum is the reference.
     let strategy = Nasvit {

@@ -198,6 +198,7 @@ fn engine_step(
     let path = Path::Engine {
         weights: &weights,
         config: &cfg,
+        recompute: Default::default(),
     };
     let one = vec![0; plan.archs.len()];
     let out = accumulate_groups(path, plan, batch, &one, &mut [&mut grads[..]]).unwrap();

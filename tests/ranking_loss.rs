@@ -254,6 +254,7 @@ fn the_engine_step_with_the_ranking_loss_equals_autograd_of_the_whole_objective(
     let engine = StepPath::Engine {
         weights: &w,
         config: &cfg,
+        recompute: Default::default(),
     };
     let autograd = StepPath::Autograd {
         net: &net,
@@ -337,6 +338,7 @@ fn a_step_at_zero_weight_has_exactly_the_gradients_of_a_step_without_the_term() 
         StepPath::Engine {
             weights: &w,
             config: &cfg,
+            recompute: Default::default(),
         },
         StepPath::Autograd {
             net: &net,

@@ -56,6 +56,7 @@ fn step(
     let path = StepPath::Engine {
         weights: &weights,
         config: &cfg,
+        recompute: Default::default(),
     };
     let one = vec![0; plan.archs.len()];
     let out = accumulate_groups(path, plan, batch, &one, &mut [&mut grads[..]]).unwrap();

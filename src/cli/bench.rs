@@ -11,6 +11,7 @@ use super::workload as bench;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use vitnas::dist::Collective;
+use vitnas::engine::Recompute;
 use vitnas::space::Space;
 
 /// The space a benchmark runs on and the sizes that replace its own.
@@ -69,6 +70,22 @@ fn image_only(flag: &str, space: &Space) -> anyhow::Result<()> {
     )
 }
 
+/// [`Recompute`] on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RecomputeArg {
+    None,
+    Blocks,
+}
+
+impl From<RecomputeArg> for Recompute {
+    fn from(r: RecomputeArg) -> Self {
+        match r {
+            RecomputeArg::None => Recompute::None,
+            RecomputeArg::Blocks => Recompute::Blocks,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Sandwich training steps (largest, smallest, 2 random; CE + KL; AdamW).
@@ -89,6 +106,12 @@ pub enum BenchCmd {
         /// `evaluate/studies/2026-11-28-engine-benchmarks.md`.
         #[arg(long)]
         candle_autograd: bool,
+        /// What the engine's forward keeps of each block for the backward:
+        /// `none` (every block's activations) or `blocks` (each block's
+        /// input; its forward runs again in the backward), as a recipe's
+        /// `[train] recompute`.
+        #[arg(long, value_enum, default_value = "none")]
+        recompute: RecomputeArg,
     },
     /// Measured f32 gemm GFLOP/s (n × n × n) of the kernels vitnas uses.
     Gemm {
@@ -162,6 +185,9 @@ pub enum BenchCmd {
         warmup: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// As `train --recompute`.
+        #[arg(long, value_enum, default_value = "none")]
+        recompute: RecomputeArg,
     },
     /// Text: inference of the largest subnet of that supernet.
     BertInfer {
@@ -202,17 +228,31 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
             batch,
             threads,
             candle_autograd,
+            recompute,
         } => {
             let space = size.space()?;
             super::threads::init_pool(threads)?;
+            let recompute = recompute.into();
             if space.is_text() {
                 if candle_autograd {
                     image_only("--candle-autograd", &space)?;
                 }
-                bench::bert_train(&space, steps, warmup.unwrap_or(2), batch, threads)?
+                let warmup = warmup.unwrap_or(2);
+                bench::bert_train(&space, steps, warmup, batch, threads, recompute)?
             } else {
+                if candle_autograd && recompute != Recompute::None {
+                    anyhow::bail!("--recompute is the engine's; candle's autograd keeps its graph");
+                }
                 let warmup = warmup.unwrap_or(3);
-                bench::train(&space, steps, warmup, batch, threads, candle_autograd)?
+                bench::train(
+                    &space,
+                    steps,
+                    warmup,
+                    batch,
+                    threads,
+                    candle_autograd,
+                    recompute,
+                )?
             }
         }
         BenchCmd::Gemm { n, threads } => {
@@ -260,10 +300,11 @@ pub fn run(cmd: BenchCmd, c: &dyn Collective) -> anyhow::Result<()> {
             space,
             warmup,
             threads,
+            recompute,
         } => {
             let space = text_space(space.as_deref(), seq)?;
             super::threads::init_pool(threads)?;
-            bench::bert_train(&space, steps, warmup, batch, threads)?
+            bench::bert_train(&space, steps, warmup, batch, threads, recompute.into())?
         }
         BenchCmd::BertInfer {
             batch,

@@ -242,6 +242,7 @@ pub fn train(
     batch: usize,
     threads: usize,
     candle_autograd: bool,
+    recompute: engine::Recompute,
 ) -> Result<Value> {
     let backend = if candle_autograd {
         Backend::Autograd
@@ -278,7 +279,7 @@ pub fn train(
         grads.iter_mut().for_each(|g| g.fill(0.0));
         match &mut flat {
             Some((w, c)) => {
-                accumulate_on_engine(w, c, plan, &x, &y, 0.0, Some(&Kl), grads)?;
+                accumulate_on_engine(w, c, plan, &x, &y, 0.0, Some(&Kl), recompute, grads)?;
                 opt.step_flat(&mut w.data, grads, 5e-4);
                 w.refresh_transposed();
             }
@@ -316,6 +317,7 @@ pub fn train(
     let out = json!({
         "mode": "train", "batch": batch, "threads": threads,
         "path": if backend == Backend::Engine { "engine" } else { "candle-autograd" },
+        "recompute": recompute,
         "steps_per_s": steps as f64 / dt, "images_per_s": (steps * batch) as f64 / dt,
         "gflops": gflops,
         "full_model_gflops": 6.0 * macs as f64 * batch as f64 / dt / 1e9,
@@ -675,6 +677,7 @@ pub fn bert_train(
     warmup: usize,
     batch: usize,
     threads: usize,
+    recompute: engine::Recompute,
 ) -> Result<Value> {
     let seq = space.text_input().seq_len;
     let mut w = bert_supernet(space, 0)?;
@@ -710,7 +713,8 @@ pub fn bert_train(
         let mut teacher: Option<Tensor> = None;
         for arch in &plan.archs {
             w.check(&cfg, arch)?;
-            let (logits, tapes) = engine::forward_chunks(w, &cfg, arch, input, &chunks, true);
+            let (logits, tapes) =
+                engine::forward_chunks_train(w, &cfg, arch, input, &chunks, false, recompute);
             let logits = Var::from_vec(logits, (batch, cfg.classes), &Device::Cpu)?;
             let l = logits.as_tensor();
             let loss = match &teacher {
@@ -753,6 +757,7 @@ pub fn bert_train(
     let dt = t0.elapsed().as_secs_f64();
     let out = json!({
         "mode": "bert-train", "batch": batch, "seq": seq, "threads": threads,
+        "recompute": recompute,
         "steps_per_s": steps as f64 / dt, "sequences_per_s": (steps * batch) as f64 / dt,
         "ms_per_step": 1e3 * dt / steps as f64,
         // training ≈ 3 × forward, 2 FLOPs per multiply-add

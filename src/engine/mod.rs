@@ -65,7 +65,7 @@ pub use crate::kernels::simd;
 pub use input::{check_input, Input, Layout, Seq};
 pub use parallel::{
     backward_chunks, backward_chunks_hidden, forward_chunks, forward_chunks_hidden,
-    forward_chunks_infer_hidden, split,
+    forward_chunks_infer_hidden, forward_chunks_train, split,
 };
 pub(crate) use parallel::{forward_chunks_features, par_ok, serial};
 pub use weights::{Config, Head, LayerIdx, Pair, Stem, Weights};
@@ -99,11 +99,48 @@ fn gelu_backward(u: &[f32], g: &mut [f32]) {
     chunked(u, g, vecmath::gelu_backward);
 }
 
+/// What a training forward keeps of each block for the backward
+/// (`[train] recompute` in a recipe).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recompute {
+    /// Every block's activations: the fastest backward, and memory that
+    /// grows with depth × batch × tokens (attention probabilities with
+    /// tokens²).
+    #[default]
+    None,
+    /// Each block's input alone (the last block's activations excepted,
+    /// which the backward reads first): the backward runs each block's
+    /// forward again just before that block's backward (activation
+    /// checkpointing per block, Chen et al. 2016; PyTorch's
+    /// `torch.utils.checkpoint`). One block's activations are held at a
+    /// time, for about one more forward of work; the gradients are the
+    /// same, bit for bit, because the forward is deterministic.
+    Blocks,
+}
+
+/// What a training forward kept of one block.
+enum Layer {
+    /// The block's activations (boxed: the other variant is one vector).
+    Tape(Box<block::Tape>),
+    /// The block's input, to run its forward again in the backward.
+    Input(Vec<f32>),
+}
+
+/// Which of its blocks' activations a forward keeps.
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    /// None (inference).
+    Nothing,
+    /// Per [`Recompute`].
+    Train(Recompute),
+}
+
 /// What the backward needs of a forward.
 pub struct Tape {
     stem: stem::Tape,
     layout: Layout,
-    layers: Vec<block::Tape>,
+    layers: Vec<Layer>,
     /// Whether the last block produced first-token rows only.
     first_only: bool,
     head: head::Tape,
@@ -165,6 +202,20 @@ pub fn forward(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (Vec<f32
     forward_with(w, cfg, arch, input, true)
 }
 
+/// [`forward`] (or, with `hidden`, [`forward_hidden`]) keeping of each
+/// block what `recompute` says: the same logits, hidden states and
+/// gradients from [`backward`], bit for bit, whatever it is.
+pub fn forward_train(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    input: Input,
+    hidden: bool,
+    recompute: Recompute,
+) -> (Vec<f32>, Tape) {
+    forward_impl(w, cfg, arch, input, !hidden, hidden, Keep::Train(recompute))
+}
+
 /// [`forward`], choosing whether the last block computes the first token
 /// only when the head reads nothing else (`true`, the default) or every
 /// token (for tests).
@@ -175,7 +226,15 @@ pub fn forward_with(
     input: Input,
     first_only: bool,
 ) -> (Vec<f32>, Tape) {
-    forward_impl(w, cfg, arch, input, first_only, false, true)
+    forward_impl(
+        w,
+        cfg,
+        arch,
+        input,
+        first_only,
+        false,
+        Keep::Train(Recompute::None),
+    )
 }
 
 /// [`forward`] for inference: each block's activations (attention
@@ -185,7 +244,7 @@ pub fn forward_with(
 /// it returns has the stem, layout and head (its [`Tape::features`]) but
 /// no blocks: it is no input to [`backward`].
 pub fn forward_infer(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (Vec<f32>, Tape) {
-    forward_impl(w, cfg, arch, input, true, false, false)
+    forward_impl(w, cfg, arch, input, true, false, Keep::Nothing)
 }
 
 /// [`forward`] that keeps the hidden states at every layer boundary in
@@ -193,7 +252,15 @@ pub fn forward_infer(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (V
 /// block computes every token (no first-token shortcut), and
 /// [`backward_hidden`] takes gradients with respect to those states.
 pub fn forward_hidden(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (Vec<f32>, Tape) {
-    forward_impl(w, cfg, arch, input, false, true, true)
+    forward_impl(
+        w,
+        cfg,
+        arch,
+        input,
+        false,
+        true,
+        Keep::Train(Recompute::None),
+    )
 }
 
 /// [`forward_infer`] that keeps the hidden states at every layer boundary
@@ -206,7 +273,7 @@ pub fn forward_infer_hidden(
     arch: &Arch,
     input: Input,
 ) -> (Vec<f32>, Tape) {
-    forward_impl(w, cfg, arch, input, false, true, false)
+    forward_impl(w, cfg, arch, input, false, true, Keep::Nothing)
 }
 
 fn forward_impl(
@@ -216,12 +283,12 @@ fn forward_impl(
     input: Input,
     first_only: bool,
     keep_hidden: bool,
-    keep_layers: bool,
+    keep: Keep,
 ) -> (Vec<f32>, Tape) {
     let e = arch.embed_dim;
     let first_token = cfg.head.first_token_only();
     let (mut h, layout, mut stem) = stem::forward(w, cfg, e, input, first_token);
-    if !keep_layers {
+    if keep == Keep::Nothing {
         stem.drop_activations();
     }
     let first_only = first_only && first_token && arch.depth > 0;
@@ -233,12 +300,17 @@ fn forward_impl(
         }
         let d = block_dims(cfg, arch, l, &layout, first_only);
         let li = &w.idx.layers[cfg.block(w, arch, l)];
-        if keep_layers {
-            let (out, tape) = block::forward(h, w, li, &d);
-            h = out;
-            layers.push(tape);
-        } else {
-            h = block::forward_infer(h, w, li, &d);
+        match keep {
+            Keep::Train(Recompute::Blocks) if l + 1 < arch.depth => {
+                layers.push(Layer::Input(h.clone()));
+                h = block::forward_infer(h, w, li, &d);
+            }
+            Keep::Train(_) => {
+                let (out, tape) = block::forward(h, w, li, &d);
+                h = out;
+                layers.push(Layer::Tape(Box::new(tape)));
+            }
+            Keep::Nothing => h = block::forward_infer(h, w, li, &d),
         }
     }
     if keep_hidden {
@@ -336,7 +408,15 @@ pub fn backward_hidden(
     for l in (0..arch.depth).rev() {
         let d = block_dims(cfg, arch, l, layout, tape.first_only);
         let li = &w.idx.layers[cfg.block(w, arch, l)];
-        dh = block::backward(&dh, w, li, &d, &tape.layers[l], grads);
+        let again;
+        let t = match &tape.layers[l] {
+            Layer::Tape(t) => t,
+            Layer::Input(x) => {
+                again = block::forward(x.clone(), w, li, &d).1;
+                &again
+            }
+        };
+        dh = block::backward(&dh, w, li, &d, t, grads);
         add_hidden(l, &mut dh);
     }
     stem::backward(w, cfg, e, &tape.stem, &dh, grads);

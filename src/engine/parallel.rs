@@ -3,8 +3,8 @@
 //! keeps an op on its thread when splitting it would not pay.
 
 use super::{
-    backward_hidden, forward, forward_hidden, forward_infer, forward_infer_hidden, infer_one_split,
-    Config, Input, Tape, Weights,
+    backward_hidden, forward, forward_hidden, forward_infer, forward_infer_hidden, forward_train,
+    infer_one_split, Config, Input, Recompute, Tape, Weights,
 };
 use crate::space::Arch;
 use rayon::prelude::*;
@@ -108,10 +108,25 @@ pub fn forward_chunks_infer_hidden(
     chunks_by(forward_infer_hidden, w, cfg, arch, input, chunks, true)
 }
 
-type ForwardFn = fn(&Weights, &Config, &Arch, Input) -> (Vec<f32>, Tape);
+/// [`forward_chunks`] with tapes by [`forward_train`]: hidden states
+/// kept with `hidden`, block activations as `recompute` says.
+pub fn forward_chunks_train(
+    w: &Weights,
+    cfg: &Config,
+    arch: &Arch,
+    input: Input,
+    chunks: &[std::ops::Range<usize>],
+    hidden: bool,
+    recompute: Recompute,
+) -> (Vec<f32>, Vec<Tape>) {
+    let fwd = |w: &Weights, cfg: &Config, arch: &Arch, x: Input| {
+        forward_train(w, cfg, arch, x, hidden, recompute)
+    };
+    chunks_by(fwd, w, cfg, arch, input, chunks, true)
+}
 
 fn chunks_by(
-    fwd: ForwardFn,
+    fwd: impl Fn(&Weights, &Config, &Arch, Input) -> (Vec<f32>, Tape) + Sync,
     w: &Weights,
     cfg: &Config,
     arch: &Arch,

@@ -305,6 +305,17 @@ pub struct TrainConfig {
     /// diagnoses.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub diagnose_gradients: bool,
+    /// What the engine's forward keeps of each block for the backward:
+    /// `"none"` (every block's activations, the fastest) or `"blocks"`
+    /// (each block's input, its forward run again in the backward: a
+    /// fraction of the memory for about a third more work; the same
+    /// gradients bit for bit). See [`crate::engine::Recompute`].
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub recompute: crate::engine::Recompute,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn default_nonfinite() -> NonFinite {

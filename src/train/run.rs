@@ -128,7 +128,11 @@ pub(super) fn run(
             g.iter_mut().for_each(|g| g.fill(0.0));
         }
         let path = match &flat.engine {
-            Some((weights, config)) => StepPath::Engine { weights, config },
+            Some((weights, config)) => StepPath::Engine {
+                weights,
+                config,
+                recompute: recipe.train.recompute,
+            },
             None => StepPath::Autograd {
                 net: task.net(),
                 params,

@@ -144,6 +144,9 @@ pub enum Path<'a> {
     Engine {
         weights: &'a Weights,
         config: &'a engine::Config,
+        /// What the forward keeps of each block for the backward
+        /// (`[train] recompute`).
+        recompute: engine::Recompute,
     },
     /// candle's autograd through the model's own forward.
     Autograd {
@@ -207,6 +210,7 @@ pub fn accumulate(
             let path = Path::Engine {
                 weights: &weights,
                 config: &config,
+                recompute: engine::Recompute::None,
             };
             return accumulate_groups(path, plan, batch, &one_group, &mut [grads]);
         }
@@ -230,11 +234,13 @@ pub fn accumulate_on_engine(
     labels: &Tensor,
     label_smoothing: f64,
     distill: Option<&dyn Distill>,
+    recompute: engine::Recompute,
     grads: &mut [Vec<f32>],
 ) -> Result<StepLosses> {
     let path = Path::Engine {
         weights: w,
         config: cfg,
+        recompute,
     };
     let batch = Batch {
         input: Input::Images(images),
@@ -260,8 +266,12 @@ pub fn accumulate_groups(
 ) -> Result<StepLosses> {
     assert_eq!(group_of.len(), plan.archs.len(), "one group per subnet");
     match path {
-        Path::Engine { weights, config } => {
-            let mut pass = EnginePass::new(weights, config, batch.input)?;
+        Path::Engine {
+            weights,
+            config,
+            recompute,
+        } => {
+            let mut pass = EnginePass::new(weights, config, batch.input, recompute)?;
             run_subnets(&mut pass, plan, batch, group_of, groups)
         }
         Path::Autograd { net, params } => {
@@ -534,8 +544,12 @@ pub struct CeComparison {
 /// the steps it diagnoses.
 pub fn diagnose_subnets(path: Path, plan: &Plan, batch: Batch) -> Result<Vec<SubnetDiagnosis>> {
     match path {
-        Path::Engine { weights, config } => {
-            let mut pass = EnginePass::new(weights, config, batch.input)?;
+        Path::Engine {
+            weights,
+            config,
+            recompute,
+        } => {
+            let mut pass = EnginePass::new(weights, config, batch.input, recompute)?;
             diagnose(&mut pass, plan, batch, weights.zero_grads())
         }
         Path::Autograd { net, params } => {
@@ -675,13 +689,19 @@ struct EnginePass<'a> {
     batch: usize,
     x: Flat,
     chunks: Vec<std::ops::Range<usize>>,
+    recompute: engine::Recompute,
     /// Gradients of chunks 1.. (chunk 0 adds into the group's buffers),
     /// added in at each flush.
     extra: Vec<Vec<Vec<f32>>>,
 }
 
 impl<'a> EnginePass<'a> {
-    fn new(w: &'a Weights, cfg: &'a engine::Config, input: Input) -> Result<Self> {
+    fn new(
+        w: &'a Weights,
+        cfg: &'a engine::Config,
+        input: Input,
+        recompute: engine::Recompute,
+    ) -> Result<Self> {
         let (batch, x, device) = match input {
             Input::Images(images) => (
                 engine::check_images(cfg, images)?,
@@ -706,6 +726,7 @@ impl<'a> EnginePass<'a> {
             x,
             extra: (1..chunks.len()).map(|_| w.zero_grads()).collect(),
             chunks,
+            recompute,
         })
     }
 }
@@ -717,10 +738,8 @@ impl Pass for EnginePass<'_> {
     fn forward(&mut self, arch: &Arch, hidden: bool) -> Result<(Tensor, Self::Tape)> {
         self.w.check(self.cfg, arch)?;
         let (w, cfg, x, chunks) = (self.w, self.cfg, self.x.input(), &self.chunks);
-        let (logits, tapes) = match hidden {
-            true => engine::forward_chunks_hidden(w, cfg, arch, x, chunks),
-            false => engine::forward_chunks(w, cfg, arch, x, chunks, true),
-        };
+        let (logits, tapes) =
+            engine::forward_chunks_train(w, cfg, arch, x, chunks, hidden, self.recompute);
         let logits = Var::from_vec(logits, (self.batch, self.cfg.classes), &self.device)?;
         Ok((logits.as_tensor().clone(), tapes))
     }
