@@ -176,6 +176,9 @@ def measure(a, model, tokens, flags, mode, batch, rows, raw, tmp):
         sides.append(("vitnas-recompute", [a.vitnas, "bench", mode] + common + count + ["--recompute", "blocks"]))
     if a.torch_py:
         sides.append(("pytorch", [a.torch_py, peer, mode] + common + count))
+        if mode == "train" and a.recompute:
+            # PyTorch's own activation checkpointing, the same blocks recomputed
+            sides.append(("pytorch-checkpoint", [a.torch_py, peer, mode] + common + count + ["--checkpoint"]))
     onnx = None
     if mode == "infer" and batch == 1 and a.ort_py:
         onnx = os.path.join(tmp, f"{model}-{tokens}.onnx")
@@ -222,6 +225,43 @@ def key(r):
     return (r["model"], r["mode"], int(r["batch"]))
 
 
+def gemm_peak(a, rows):
+    """The gemm crate's GFLOP/s on 1024³ with the sweep's threads, best of 3
+    processes, as a row (side "gemm", mode "peak", throughput = GFLOP/s)."""
+    best = 0.0
+    for _ in range(3):
+        out, _, err = run([a.vitnas, "bench", "gemm", "--n", "1024", "--threads", str(a.threads)], a.timeout)
+        if out:
+            best = max(best, out["gflops"])
+    rows.append(dict(side="gemm", model="-", tokens=0, batch=0, mode="peak", throughput=best, error="",
+                     simd="avx512" if out and out.get("gemm_avx512") else "avx2"))
+    print(f"gemm peak: {best:.0f} GFLOP/s", file=sys.stderr, flush=True)
+
+
+def bounds(rows, ok):
+    """What the batch-1 targets ask: the GFLOP/s that <= 0.8x ORT and <= 0.5x
+    PyTorch need, against the best gemm rate measured in the sweep."""
+    peaks = [float(r["throughput"]) for r in rows if r["side"] == "gemm" and r.get("throughput")]
+    if not peaks:
+        return []
+    peak = max(peaks)
+    by = {(r["side"], r["model"], int(r["tokens"])): r for r in ok if r["mode"] == "infer" and int(r["batch"]) == 1}
+    lines = ["", f"What batch-1 latency targets ask of the machine (model GFLOP per call / the time the target allows), "
+                 f"against the best gemm rate measured in this sweep, {peak:.0f} GFLOP/s (1024³, the same threads):", "",
+             "| model | tokens | vitnas GFLOP/s (% of peak) | <= 0.8x ORT needs (% of peak) | <= 0.5x PyTorch needs (% of peak) |",
+             "|---|---|---|---|---|"]
+    for (side, model, tokens), v in sorted(by.items(), key=lambda kv: (kv[0][1] != "vit", kv[0][2])):
+        if side != "vitnas" or not v.get("flops"):
+            continue
+        g = v["flops"] / 1e9
+        rate = lambda ms: g / (ms / 1e3)
+        cell = lambda ms: f"{rate(ms):.0f} ({100 * rate(ms) / peak:.0f} %)"
+        o, p = by.get(("onnxruntime", model, tokens)), by.get(("pytorch", model, tokens))
+        lines.append(f"| {model} | {tokens} | {cell(v['ms_per_step'])} | {cell(0.8 * o['ms_per_step']) if o else ''} | "
+                     f"{cell(0.5 * p['ms_per_step']) if p else ''} |")
+    return lines
+
+
 def summary(rows):
     ok = [r for r in rows if not r["error"] and r.get("ms_per_step") is not None]
     by = {(r["side"], r["model"], r["mode"], int(r["batch"]), int(r["tokens"])): r for r in ok}
@@ -231,6 +271,7 @@ def summary(rows):
         if not side.startswith("vitnas"):
             continue
         p = by.get(("pytorch", model, mode, batch, tokens))
+        pc = by.get(("pytorch-checkpoint", model, mode, batch, tokens)) if side == "vitnas-recompute" else None
         o = by.get(("onnxruntime", model, mode, batch, tokens))
         field, op, target = TARGETS[(mode, batch)]
         ratio = mem = ort = ""
@@ -246,6 +287,11 @@ def summary(rows):
         what = "throughput" if field == "throughput" else "latency"
         label = mode + (" (recompute blocks)" if side == "vitnas-recompute" else "")
         lines.append(f"| {model} | {tokens} | {label} | {batch} | {v['ms_per_step']:.2f} | {pms} | {ratio} | {what} {op} {target}x | {pm} | {mem} | {ort} |")
+        if pc:
+            cm = f"{v['peak_mb'] / pc['peak_mb']:.2f}x" if v.get("peak_mb") and pc.get("peak_mb") else ""
+            lines.append(f"| {model} | {tokens} | {label}, against PyTorch checkpointed | {batch} | {v['ms_per_step']:.2f} | "
+                         f"{pc['ms_per_step']:.2f} | {v[field] / pc[field]:.2f}x | {what} {op} {target}x | "
+                         f"{v.get('peak_mb') or 0:.0f} / {pc.get('peak_mb') or 0:.0f} | {cm} |  |")
     lines += ["", "Growth of ms per model GFLOP from the smallest to the largest size (<= 1.00: cost grows no faster than the FLOPs):", "",
               "| side | model | mode | batch | tokens | ms/GFLOP first -> last | growth |", "|---|---|---|---|---|---|---|"]
     series = {}
@@ -257,13 +303,15 @@ def summary(rows):
         if len(pts) > 1:
             lines.append(f"| {side} | {model} | {mode} | {batch} | {pts[0][0]} -> {pts[-1][0]} | "
                          f"{pts[0][1]:.3f} -> {pts[-1][1]:.3f} | {pts[-1][1] / pts[0][1]:.2f}x |")
+    lines += bounds(rows, ok)
     return "\n".join(lines) + "\n"
 
 
 # --- the plot, written by hand (no plotting library needed) ---------------
 
 COLORS = {("train", 32): "#1f77b4", ("infer", 1): "#d62728", ("infer", 64): "#2ca02c"}
-DASH = {"vitnas": "", "vitnas-recompute": "12,3,2,3", "pytorch": "7,4", "onnxruntime": "2,3"}
+DASH = {"vitnas": "", "vitnas-recompute": "12,3,2,3", "pytorch": "7,4", "pytorch-checkpoint": "7,2,2,2",
+        "onnxruntime": "2,3"}
 
 
 def svg(rows, title):
@@ -386,12 +434,14 @@ def main():
     rows = []
     t0 = time.perf_counter()
     with open(os.path.join(out_dir, "scaling.jsonl"), "w") as raw:
+        gemm_peak(a, rows)
         for model, sizes in (("vit", VIT_SIZES), ("text", TEXT_SIZES)):
             if a.only and a.only != model:
                 continue
             for tokens, flags in sizes:
                 for mode, batch in MODES:
                     measure(a, model, tokens, flags, mode, batch, rows, raw, tmp)
+            gemm_peak(a, rows)
     os.rmdir(tmp)
     total = time.perf_counter() - t0
     with open(os.path.join(out_dir, "scaling.csv"), "w", newline="") as f:
@@ -400,8 +450,10 @@ def main():
         for r in rows:
             w.writerow({c: r.get(c, "") for c in COLUMNS})
     simd = sorted({r.get("simd", "") for r in rows if r["side"] == "vitnas" and r.get("simd")})
+    peaks = [r["throughput"] for r in rows if r["side"] == "gemm"]
     head = (f"# Scaling run {date}{' (--quick: a smoke test, not figures)' if a.quick else ''}\n\n"
             f"{a.threads} threads; vitnas vector math {', '.join(simd) or '?'}; wall time {total / 60:.1f} min; "
+            f"gemm peak measured {', '.join('%.0f' % p for p in peaks)} GFLOP/s (start, after each model); "
             f"`{' '.join(sys.argv)}`\n\n")
     text = head + summary(rows)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:

@@ -71,7 +71,7 @@ class Supernet(nn.Module):
         x = self.word.weight[ids, :e] + self.pos.weight[pos, :e] + self.tok_type.weight[0, :e]
         x = F.layer_norm(x, (e,), self.ln_emb.weight[:e], self.ln_emb.bias[:e], S["eps"])
         bias = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-        for i in range(a["depth"]):
+        def block(x, i):
             b = self.blocks[i]; h = a["heads"][i]; qd = h * hd; m = a["ffn"][i]
             q = F.linear(x, b.q.weight[:qd, :e], b.q.bias[:qd]).view(B, T, h, hd).transpose(1, 2)
             k = F.linear(x, b.k.weight[:qd, :e], b.k.bias[:qd]).view(B, T, h, hd).transpose(1, 2)
@@ -81,14 +81,23 @@ class Supernet(nn.Module):
             x = F.layer_norm(x + F.linear(y, b.o.weight[:e, :qd], b.o.bias[:e]), (e,),
                              b.ln1.weight[:e], b.ln1.bias[:e], S["eps"])
             y = F.gelu(F.linear(x, b.fc1.weight[:m, :e], b.fc1.bias[:m]))
-            x = F.layer_norm(x + F.linear(y, b.fc2.weight[:e, :m], b.fc2.bias[:e]), (e,),
-                             b.ln2.weight[:e], b.ln2.bias[:e], S["eps"])
+            return F.layer_norm(x + F.linear(y, b.fc2.weight[:e, :m], b.fc2.bias[:e]), (e,),
+                                b.ln2.weight[:e], b.ln2.bias[:e], S["eps"])
+        for i in range(a["depth"]):
+            # --checkpoint: every block but the last recomputed in the backward (vitnas's recompute = "blocks")
+            if CHECKPOINT and torch.is_grad_enabled() and i + 1 < a["depth"]:
+                x = torch.utils.checkpoint.checkpoint(block, x, i, use_reentrant=False)
+            else:
+                x = block(x, i)
         if S["pooling"] == "pooler":
             pooled = torch.tanh(F.linear(x[:, 0], self.pooler.weight[:e, :e], self.pooler.bias[:e]))
         else:
             w = mask.unsqueeze(-1).float()
             pooled = (x * w).sum(1) / w.sum(1).clamp(min=1.0)
         return F.linear(pooled, self.head.weight[:, :e], self.head.bias)
+
+
+CHECKPOINT = False
 
 
 def sized(out, ms, throughput, macs_per_step):
@@ -101,14 +110,16 @@ def sized(out, ms, throughput, macs_per_step):
 
 
 def main():
-    global SPACE
+    global SPACE, CHECKPOINT
     ap = argparse.ArgumentParser(); ap.add_argument("mode", choices=["train", "infer"])
+    ap.add_argument("--checkpoint", action="store_true",
+                    help="train: torch.utils.checkpoint around every block but the last")
     ap.add_argument("--steps", type=int, default=10); ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--iters", type=int, default=100); ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, help="untimed steps (train, default 2) or batches (infer, default 5)")
     space_args.add_text_args(ap)
     args = ap.parse_args(); torch.set_num_threads(args.threads); torch.manual_seed(0); rng = random.Random(0)
-    SPACE = space_args.text_space(args, SPACE); S = SPACE; seq = S["seq"]
+    SPACE = space_args.text_space(args, SPACE); S = SPACE; seq = S["seq"]; CHECKPOINT = args.checkpoint
     net = Supernet()
     ids = torch.randint(1000, S["vocab"], (args.batch, seq))
     mask = torch.ones(args.batch, seq, dtype=torch.long)
@@ -133,7 +144,8 @@ def main():
         for _ in range(args.steps): step()
         dt = time.perf_counter() - t0
         out = {"mode": "train", "batch": args.batch, "seq": seq, "steps_per_s": args.steps / dt,
-               "sequences_per_s": args.steps * args.batch / dt, "threads": args.threads}
+               "sequences_per_s": args.steps * args.batch / dt, "threads": args.threads,
+               "checkpoint": args.checkpoint}
         print(json.dumps(sized(out, 1e3 * dt / args.steps, args.steps * args.batch / dt,
                                3 * macs[0] * args.batch / args.steps)))
     else:

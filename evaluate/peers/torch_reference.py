@@ -61,7 +61,7 @@ class Supernet(nn.Module):
         x = x.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).reshape(B, -1, S["chans"] * p * p)
         x = F.linear(x, self.patch.weight[:e], self.patch.bias[:e])
         x = torch.cat([self.cls[..., :e].expand(B, -1, -1), x], 1) + self.pos[..., :e]
-        for i in range(a["depth"]):
+        def block(x, i):
             b = self.blocks[i]; h = a["heads"][i]; hd = S["head_dim"]; qd = h * hd
             m = space_args.mlp_width(e, a["mlp"][i])
             y = F.layer_norm(x, (e,), b.ln1.weight[:e], b.ln1.bias[:e])
@@ -73,9 +73,18 @@ class Supernet(nn.Module):
             x = x + F.linear(y, b.o.weight[:e, :qd], b.o.bias[:e])
             y = F.layer_norm(x, (e,), b.ln2.weight[:e], b.ln2.bias[:e])
             y = F.gelu(F.linear(y, b.fc1.weight[:m, :e], b.fc1.bias[:m]))
-            x = x + F.linear(y, b.fc2.weight[:e, :m], b.fc2.bias[:e])
+            return x + F.linear(y, b.fc2.weight[:e, :m], b.fc2.bias[:e])
+        for i in range(a["depth"]):
+            # --checkpoint: every block but the last recomputed in the backward (vitnas's recompute = "blocks")
+            if CHECKPOINT and torch.is_grad_enabled() and i + 1 < a["depth"]:
+                x = torch.utils.checkpoint.checkpoint(block, x, i, use_reentrant=False)
+            else:
+                x = block(x, i)
         x = F.layer_norm(x[:, 0], (e,), self.norm.weight[:e], self.norm.bias[:e])
         return F.linear(x, self.head.weight[:, :e], self.head.bias)
+
+CHECKPOINT = False
+
 
 def sized(out, ms, throughput, macs_per_step):
     S = SPACE
@@ -86,14 +95,16 @@ def sized(out, ms, throughput, macs_per_step):
     return out
 
 def main():
-    global SPACE
+    global SPACE, CHECKPOINT
     ap = argparse.ArgumentParser(); ap.add_argument("mode", choices=["train", "infer"])
+    ap.add_argument("--checkpoint", action="store_true",
+                    help="train: torch.utils.checkpoint around every block but the last")
     ap.add_argument("--steps", type=int, default=30); ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--iters", type=int, default=200); ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, help="untimed steps (train, default 3) or batches (infer, default 10)")
     space_args.add_vit_args(ap)
     args = ap.parse_args(); torch.set_num_threads(args.threads); torch.manual_seed(0); rng = random.Random(0)
-    SPACE = space_args.vit_space(args, SPACE); S = SPACE
+    SPACE = space_args.vit_space(args, SPACE); S = SPACE; CHECKPOINT = args.checkpoint
     net = Supernet()
     x = torch.rand(args.batch, S["chans"], S["image"], S["image"]); y = torch.randint(0, S["classes"], (args.batch,))
     if args.mode == "train":
@@ -115,7 +126,7 @@ def main():
         for _ in range(args.steps): step()
         dt = time.perf_counter() - t0
         out = {"mode": "train", "batch": args.batch, "steps_per_s": args.steps / dt,
-               "images_per_s": args.steps * args.batch / dt, "threads": args.threads}
+               "images_per_s": args.steps * args.batch / dt, "threads": args.threads, "checkpoint": args.checkpoint}
         print(json.dumps(sized(out, 1e3 * dt / args.steps, args.steps * args.batch / dt,
                                3 * macs[0] * args.batch / args.steps)))
     else:

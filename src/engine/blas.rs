@@ -51,20 +51,27 @@ impl<'a> W<'a> {
 /// gemm sees a row-major product transposed) into contiguous panels when
 /// the other side has more than 8 (one thread) or 16 (several) times its
 /// kernel's 6 columns: every call repacks the whole weight. At batch 1 that
-/// copy took 28 % of a 64-token BERT forward. The weights (or their
-/// transposes, [`W::t`]) are already column panels the kernel reads in
-/// place, so the engine raises both thresholds to gemm's maximum, 256
-/// (1,536 columns). Measured on AVX-512 (2 threads, batch 1): ViT 50 tokens
-/// 3.87 → 2.98 ms, BERT 64 5.30 → 4.87, BERT 128 8.49 → 7.56; training at
-/// batch 32 unchanged to 3 % faster. Packing only copies: the kernel does
-/// the same multiply-adds in the same order, so results are unchanged.
-/// gemm's thresholds are process-wide; this sets them once, on the first
-/// product.
+/// copy took 28 % of a 64-token BERT forward. With AVX-512 kernels a panel
+/// is 64 floats, four whole cache lines of a weight (or of its transpose,
+/// [`W::t`]) that the kernel can read in place, so the engine raises both
+/// thresholds to gemm's maximum, 256 (1,536 columns). Measured on AVX-512
+/// (2 threads, batch 1, medians of 3 alternating runs): ViT 50 tokens
+/// 3.84 → 3.05 ms, 197 tokens 11.9 → 11.1, BERT 64 4.88 → 3.77, 128 8.32 →
+/// 7.68, 256 16.5 → 15.4; 577 and 512 tokens unchanged; training at batch
+/// 32 unchanged to 3 % faster. AVX2's panels are 24 floats, which straddle
+/// cache lines: unpacked, training at 50 ViT tokens was about 5 % slower
+/// and batch 1 no faster (ViT 50 tokens 6.2–7.4 against 5.8–6.3 ms), so
+/// without AVX-512 kernels gemm keeps its defaults. Packing only
+/// copies: the kernel does the same multiply-adds in the same order, so
+/// results are unchanged. gemm's thresholds are process-wide; this sets
+/// them once, on the first product.
 fn tune_gemm() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        gemm::set_lhs_packing_threshold_single_thread(256);
-        gemm::set_lhs_packing_threshold_multi_thread(256);
+        if crate::kernels::simd::gemm_avx512_kernels() {
+            gemm::set_lhs_packing_threshold_single_thread(256);
+            gemm::set_lhs_packing_threshold_multi_thread(256);
+        }
     });
 }
 

@@ -175,6 +175,19 @@ pub fn level() -> Level {
 /// Whether gemm's AVX-512 kernels are compiled in (the `avx512` feature).
 pub const GEMM_AVX512: bool = cfg!(feature = "avx512");
 
+/// Whether gemm runs its AVX-512 kernels here: compiled in, and the CPU has
+/// AVX-512F (gemm's own runtime choice).
+pub fn gemm_avx512_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        GEMM_AVX512 && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
