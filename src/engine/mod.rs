@@ -136,6 +136,11 @@ enum Keep {
     Train(Recompute),
 }
 
+impl Keep {
+    /// Every block's activations.
+    const ALL: Keep = Keep::Train(Recompute::None);
+}
+
 /// What the backward needs of a forward.
 pub struct Tape {
     stem: stem::Tape,
@@ -226,15 +231,7 @@ pub fn forward_with(
     input: Input,
     first_only: bool,
 ) -> (Vec<f32>, Tape) {
-    forward_impl(
-        w,
-        cfg,
-        arch,
-        input,
-        first_only,
-        false,
-        Keep::Train(Recompute::None),
-    )
+    forward_impl(w, cfg, arch, input, first_only, false, Keep::ALL)
 }
 
 /// [`forward`] for inference: each block's activations (attention
@@ -252,15 +249,7 @@ pub fn forward_infer(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (V
 /// block computes every token (no first-token shortcut), and
 /// [`backward_hidden`] takes gradients with respect to those states.
 pub fn forward_hidden(w: &Weights, cfg: &Config, arch: &Arch, input: Input) -> (Vec<f32>, Tape) {
-    forward_impl(
-        w,
-        cfg,
-        arch,
-        input,
-        false,
-        true,
-        Keep::Train(Recompute::None),
-    )
+    forward_impl(w, cfg, arch, input, false, true, Keep::ALL)
 }
 
 /// [`forward_infer`] that keeps the hidden states at every layer boundary
