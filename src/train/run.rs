@@ -74,6 +74,12 @@ pub(super) fn run(
     // from them only when candle reads them (validation, checkpoints, the
     // end). Models the engine does not run train through candle's autograd.
     let mut flat = FlatWeights::new(params, task.net())?;
+    if flat.engine.is_none() && recipe.train.recompute != crate::engine::Recompute::None {
+        tracing::warn!(
+            "[train] recompute applies to the CPU engine; this model trains through candle's \
+             autograd, which keeps its whole graph"
+        );
+    }
     let distill = loss::from_loss_config(&recipe.loss);
     let teacher = match &recipe.loss.teacher {
         Some(dir) => {
