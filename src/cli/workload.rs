@@ -295,29 +295,16 @@ pub fn train(
     let t0 = Instant::now();
     for s in 0..steps {
         let plan = sampler.plan(space, s, &mut rng);
-        macs += plan.archs.iter().map(|a| flops(space, a)).sum::<u64>();
-        executed += plan
-            .archs
-            .iter()
-            .map(|a| {
-                if backend == Backend::Engine {
-                    vitnas::engine::forward_macs(&ecfg, a, space.seq_len())
-                } else {
-                    flops(space, a)
-                }
-            })
-            .sum::<u64>();
-        redone += plan
-            .archs
-            .iter()
-            .map(|a| {
-                recomputed_macs(
-                    recompute,
-                    a,
-                    vitnas::engine::forward_macs(&ecfg, a, space.seq_len()),
-                )
-            })
-            .sum::<u64>();
+        for a in &plan.archs {
+            let full = flops(space, a);
+            let m = match backend {
+                Backend::Engine => vitnas::engine::forward_macs(&ecfg, a, space.seq_len()),
+                _ => full,
+            };
+            macs += full;
+            executed += m;
+            redone += recomputed_macs(recompute, a, m);
+        }
         step(&plan, &mut grads)?;
     }
     let dt = t0.elapsed().as_secs_f64();

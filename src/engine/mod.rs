@@ -64,8 +64,8 @@ mod weights;
 pub use crate::kernels::simd;
 pub use input::{check_input, Input, Layout, Seq};
 pub use parallel::{
-    backward_chunks, backward_chunks_hidden, forward_chunks, forward_chunks_hidden,
-    forward_chunks_infer_hidden, forward_chunks_train, split,
+    backward_chunks, backward_chunks_hidden, forward_chunks, forward_chunks_infer_hidden,
+    forward_chunks_train, split,
 };
 pub(crate) use parallel::{forward_chunks_features, par_ok, serial};
 pub use weights::{Config, Head, LayerIdx, Pair, Stem, Weights};

@@ -3,8 +3,8 @@
 //! keeps an op on its thread when splitting it would not pay.
 
 use super::{
-    backward_hidden, forward, forward_hidden, forward_infer, forward_infer_hidden, forward_train,
-    infer_one_split, Config, Input, Recompute, Tape, Weights,
+    backward_hidden, forward_infer, forward_infer_hidden, forward_train, infer_one_split, Config,
+    Input, Recompute, Tape, Weights,
 };
 use crate::space::Arch;
 use rayon::prelude::*;
@@ -51,7 +51,7 @@ pub fn split(batch: usize) -> Vec<std::ops::Range<usize>> {
     (0..n).map(|i| batch * i / n..batch * (i + 1) / n).collect()
 }
 
-/// [`forward`] of each chunk of [`split`] on its own thread; the logits of
+/// [`forward`](super::forward) of each chunk of [`split`] on its own thread; the logits of
 /// the whole batch and one tape per chunk (none when `tape` is false:
 /// inference, by [`forward_infer`], which keeps one block's activations at
 /// a time and lets one sequence be split over the threads by rows).
@@ -64,7 +64,7 @@ pub fn forward_chunks(
     tape: bool,
 ) -> (Vec<f32>, Vec<Tape>) {
     match tape {
-        true => chunks_by(forward, w, cfg, arch, input, chunks, true),
+        true => forward_chunks_train(w, cfg, arch, input, chunks, false, Recompute::None),
         false => {
             let (logits, _) = chunks_by(forward_infer, w, cfg, arch, input, chunks, false);
             (logits, Vec::new())
@@ -84,18 +84,6 @@ pub(crate) fn forward_chunks_features(
     chunks_by(forward_infer, w, cfg, arch, input, chunks, true)
 }
 
-/// [`forward_chunks`] by [`forward_hidden`]: each chunk's tape keeps its
-/// hidden states ([`Tape::hidden`]).
-pub fn forward_chunks_hidden(
-    w: &Weights,
-    cfg: &Config,
-    arch: &Arch,
-    input: Input,
-    chunks: &[std::ops::Range<usize>],
-) -> (Vec<f32>, Vec<Tape>) {
-    chunks_by(forward_hidden, w, cfg, arch, input, chunks, true)
-}
-
 /// [`forward_chunks`] by [`forward_infer_hidden`]: each chunk's tape keeps
 /// its hidden states and no block's activations (a fixed teacher's).
 pub fn forward_chunks_infer_hidden(
@@ -109,7 +97,8 @@ pub fn forward_chunks_infer_hidden(
 }
 
 /// [`forward_chunks`] with tapes by [`forward_train`]: hidden states
-/// kept with `hidden`, block activations as `recompute` says.
+/// kept with `hidden` (as [`forward_hidden`](super::forward_hidden)),
+/// block activations as `recompute` says.
 pub fn forward_chunks_train(
     w: &Weights,
     cfg: &Config,
